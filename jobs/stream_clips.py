@@ -1,0 +1,68 @@
+"""Stream one epoch of clips from shards through the Ray Data pipeline and report clips/s.
+
+    python jobs/stream_clips.py --data SHARDS [--split train] [--frames 16 --stride 1 --size 112]
+
+The last stdout line is a JSON object: clips, seconds, clips_per_s and the clip shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import ray
+from tqdm import tqdm
+
+from raylab.data.ingest import load_manifest
+from raylab.data.pipeline import clip_dataset
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
+    p.add_argument("--split", default="train")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--scheme", choices=["dense", "segments"], default="dense")
+    p.add_argument("--decoders", type=int, default=1, help="decoder actors")
+    p.add_argument("--batch-size", type=int, default=8)
+    args = p.parse_args(argv)
+
+    ray.init(log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    total = load_manifest(args.data)["splits"].get(args.split, 0)
+    ds = clip_dataset(
+        args.data,
+        args.split,
+        frames=args.frames,
+        stride=args.stride,
+        size=args.size,
+        scheme=args.scheme,
+        train=args.split == "train",
+        decoders=args.decoders,
+    )
+    start, clips, shape = time.perf_counter(), 0, None
+    with tqdm(total=total, unit="clip", desc=f"stream {args.split}", file=sys.stderr) as bar:
+        for batch in ds.iter_torch_batches(batch_size=args.batch_size, dtypes=None):
+            clips += len(batch["label"])
+            shape = list(batch["clip"].shape[1:])
+            bar.update(len(batch["label"]))
+    seconds = time.perf_counter() - start
+    result = {
+        "data": args.data,
+        "split": args.split,
+        "clips": clips,
+        "clip_shape": shape,
+        "seconds": round(seconds, 2),
+        "clips_per_s": round(clips / seconds, 1),
+    }
+    print(f"{clips} clips in {seconds:.1f}s: {clips / seconds:.1f} clips/s", file=sys.stderr)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""raylab: video action-recognition networks trained and searched on Ray."""

@@ -1,0 +1,1 @@
+"""Everything a video goes through before it meets a model."""

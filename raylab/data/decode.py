@@ -1,0 +1,194 @@
+"""Decode the chosen frames of a stored video and cut them into uint8 views.
+
+Decoding reads the in-memory bytes of one rendition with decord, asks it for exactly the
+sampled indices (decord seeks to the key frame before each and decodes forward, which is
+why ingest stores a short key-frame interval) and lets FFmpeg scale the frames to the
+working short side while decoding. Spatial transforms then run on uint8 arrays: clips
+stay four times smaller than float32 until they reach the training device.
+
+Training views: TSN-style multi-scale crop (scale jitter with aspect jitter, at a random
+or a corner position), resized to ``size`` x ``size``, optional horizontal flip.
+Evaluation views: centre crop or three crops along the long side.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import decord
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raylab.data.sampling import clip_indices
+
+# Scales of TSN's multi-scale crop (relative to the short side).
+TSN_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What one sample of a video is: its frames, their size and how views are cut.
+
+    ``short_side`` is the side the frames are scaled to before cropping; by default
+    ``size * 8 / 7`` (128 for 112, 256 for 224), the ratio C3D and I3D use.
+    ``clips`` x ``crops`` views per video at test; one view in training.
+    """
+
+    frames: int = 16
+    stride: int = 1
+    size: int = 112
+    scheme: str = "dense"  # "dense" clips or TSN "segments"
+    train: bool = True
+    clips: int = 1
+    crops: int = 1  # 1 = centre crop, 3 = three crops along the long side
+    flip: bool = False  # off for direction-sensitive data (the demo set, Something-Something)
+    short_side: int | None = None
+    scales: tuple[float, ...] = TSN_SCALES
+    corner_crops: bool = True  # positions from the 5 fixed corners/centre, as TSN does
+
+    def __post_init__(self) -> None:
+        if self.crops not in (1, 3):
+            raise ValueError(f"crops must be 1 (centre) or 3 (three-crop), got {self.crops}")
+        if self.scheme not in ("dense", "segments"):
+            raise ValueError(f"scheme must be 'dense' or 'segments', got {self.scheme!r}")
+        if self.size < 8 or self.frames < 1 or self.stride < 1 or self.clips < 1:
+            raise ValueError(f"invalid clip spec {self}")
+        if self.short_side is not None and self.short_side < self.size:
+            raise ValueError(f"short_side {self.short_side} is smaller than the crop {self.size}")
+
+    @property
+    def working_short_side(self) -> int:
+        """The short side frames are decoded at before cropping."""
+        return self.short_side or round(self.size * 8 / 7)
+
+    @property
+    def views(self) -> int:
+        """Views per video: 1 in training, clips x crops at test."""
+        return 1 if self.train else self.clips * self.crops
+
+
+def choose_rendition(renditions: list[int] | tuple[int, ...], short_side: int) -> int:
+    """The smallest stored rendition whose short side is at least ``short_side``.
+
+    Raises ValueError naming the stored renditions when none is large enough: upscaling
+    a small rendition would train on blurred frames without anyone noticing.
+    """
+    fitting = sorted(r for r in renditions if r >= short_side)
+    if not fitting:
+        raise ValueError(
+            f"frames at short side {short_side} need a rendition of at least that size; the "
+            f"shards store {sorted(renditions)}: re-ingest with --short-side {short_side} or "
+            "use a smaller --size"
+        )
+    return fitting[0]
+
+
+def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) with the short side set to ``short_side``, aspect kept, sides even."""
+    if height <= width:
+        return short_side, max(2, round(width * short_side / height / 2) * 2)
+    return max(2, round(height * short_side / width / 2) * 2), short_side
+
+
+def open_video(data: bytes, height: int | None = None, width: int | None = None):
+    """A decord VideoReader on in-memory bytes, optionally scaling frames while decoding."""
+    kwargs = {} if height is None else {"height": height, "width": width}
+    return decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, **kwargs)
+
+
+def decode_frames(reader, indices: np.ndarray) -> np.ndarray:
+    """Frames at ``indices`` (any shape, repeats allowed) as uint8 (*indices.shape, H, W, 3).
+
+    Each distinct frame is decoded once, in increasing order, however often it is used.
+    """
+    flat = np.asarray(indices, dtype=np.int64).reshape(-1)
+    unique, inverse = np.unique(flat, return_inverse=True)
+    frames = reader.get_batch(unique.tolist()).asnumpy()
+    return frames[inverse].reshape(*np.shape(indices), *frames.shape[1:])
+
+
+def resize(clip: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 (T, H, W, 3) clip to ``size`` (square or (H, W)), bilinear, antialiased."""
+    out_hw = (size, size) if isinstance(size, int) else size
+    if clip.shape[1:3] == tuple(out_hw):
+        return clip
+    t = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)
+    t = F.interpolate(t, size=out_hw, mode="bilinear", antialias=True, align_corners=False)
+    return t.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def center_crop(clip: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` window of a (T, H, W, C) clip."""
+    h, w = clip.shape[1:3]
+    top, left = (h - size) // 2, (w - size) // 2
+    return clip[:, top : top + size, left : left + size]
+
+
+def three_crop(clip: np.ndarray, size: int) -> list[np.ndarray]:
+    """Three ``size`` squares along the long side (start, centre, end), as I3D/TSN test."""
+    h, w = clip.shape[1:3]
+    if w >= h:
+        top = (h - size) // 2
+        lefts = (0, (w - size) // 2, w - size)
+        return [clip[:, top : top + size, x : x + size] for x in lefts]
+    left = (w - size) // 2
+    tops = (0, (h - size) // 2, h - size)
+    return [clip[:, y : y + size, left : left + size] for y in tops]
+
+
+def multiscale_crop(
+    clip: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    scales: tuple[float, ...] = TSN_SCALES,
+    corner_crops: bool = True,
+) -> np.ndarray:
+    """TSN's scale-and-aspect jittered crop of a (T, H, W, 3) clip, resized to ``size``.
+
+    Crop height and width are drawn from ``scales`` x short side, at most one scale step
+    apart; the window sits at one of five fixed positions (corners, centre) or anywhere.
+    """
+    h, w = clip.shape[1:3]
+    base = min(h, w)
+    sizes = [int(base * s) for s in scales]
+    pairs = [
+        (ch, cw) for i, ch in enumerate(sizes) for j, cw in enumerate(sizes) if abs(i - j) <= 1
+    ]
+    ch, cw = pairs[rng.integers(len(pairs))]
+    if corner_crops:
+        dy, dx = (h - ch) // 4, (w - cw) // 4
+        positions = [(0, 0), (0, 4 * dx), (4 * dy, 0), (4 * dy, 4 * dx), (2 * dy, 2 * dx)]
+        top, left = positions[rng.integers(len(positions))]
+    else:
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    return resize(clip[:, top : top + ch, left : left + cw], size)
+
+
+def sample_views(reader, spec: ClipSpec, rng: np.random.Generator) -> list[np.ndarray]:
+    """All views of one video as uint8 (T, size, size, 3) arrays, in view order.
+
+    ``reader`` yields frames at the working short side (see :func:`open_video`). View ``v``
+    at test is clip ``v // crops``, crop ``v % crops``.
+    """
+    idx = clip_indices(
+        len(reader),
+        spec.frames,
+        spec.stride,
+        scheme=spec.scheme,
+        train=spec.train,
+        num_clips=1 if spec.train else spec.clips,
+        rng=rng,
+    )
+    clips = decode_frames(reader, idx)  # (clips, T, H, W, 3)
+    if spec.train:
+        view = multiscale_crop(clips[0], spec.size, rng, spec.scales, spec.corner_crops)
+        if spec.flip and rng.random() < 0.5:
+            view = view[:, :, ::-1]
+        return [np.ascontiguousarray(view)]
+    views = []
+    for c in clips:
+        crops = [center_crop(c, spec.size)] if spec.crops == 1 else three_crop(c, spec.size)
+        views.extend(np.ascontiguousarray(v) for v in crops)
+    return views

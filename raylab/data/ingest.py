@@ -1,0 +1,442 @@
+"""Source videos -> re-encoded renditions -> Parquet shards, a manifest and a rejects ledger.
+
+Every listed video ends in exactly one place: a shard row (``SHARDS/<split>/part-*.parquet``)
+or a line of ``SHARDS/rejects.jsonl`` with its path, split and a reason a person can act
+on. Videos are decoded with PyAV (anything FFmpeg reads) and re-encoded as H.264 at each
+rendition's short side with a short, fixed key-frame interval and no B-frames, so that
+decoding a clip costs little more than the clip itself.
+
+Ingest runs one Ray task per video. Shard parts are written atomically (temporary name,
+then rename) and rejects are appended as they come, so an interrupted ingest re-run with
+the same arguments skips what is recorded and finishes the rest: nothing is encoded twice
+and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pyarrow as pa
+import pyarrow.parquet as pq
+from av.video.frame import PictureType
+
+from raylab.data.annotations import Annotations, VideoEntry, read_annotations
+from raylab.data.decode import scaled_size
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+# File signatures of video containers, to tell a damaged video from something else.
+_CONTAINER_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (4, b"ftyp", "MP4/MOV"),
+    (0, b"RIFF", "AVI"),
+    (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"),
+    (0, b"\x00\x00\x01\xba", "MPEG-PS"),
+    (0, b"FLV", "FLV"),
+    (0, b"\x30\x26\xb2\x75", "ASF/WMV"),
+)
+
+
+class Rejected(Exception):
+    """A video that cannot be ingested; the message is the reason written to the ledger."""
+
+
+@dataclass(frozen=True)
+class EncodeParams:
+    """How every rendition is encoded. Stored in the manifest; a resume must match it."""
+
+    short_sides: tuple[int, ...] = (128,)
+    keyframe_interval: int = 8
+    crf: int = 20
+    preset: str = "veryfast"
+    codec: str = "libx264"
+    pix_fmt: str = "yuv420p"
+
+    def __post_init__(self) -> None:
+        if not self.short_sides or any(s < 16 or s % 2 for s in self.short_sides):
+            raise ValueError(f"short sides must be even and >= 16, got {self.short_sides}")
+        if self.keyframe_interval < 1:
+            raise ValueError(f"keyframe interval must be >= 1, got {self.keyframe_interval}")
+
+
+def rendition_column(short_side: int) -> str:
+    """The shard column holding the H.264/MP4 bytes of one rendition."""
+    return f"video_{short_side}"
+
+
+def video_id_of(path: str) -> str:
+    """The stable id of a video: its path relative to the video root, without extension."""
+    return os.path.splitext(path)[0]
+
+
+def _describe_unreadable(path: Path, err: Exception) -> str:
+    head = path.read_bytes()[:16]
+    for offset, magic, name in _CONTAINER_MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return f"truncated or corrupt {name} file: FFmpeg cannot read it ({err})"
+    return f"not a video: FFmpeg recognises no video container in it ({err})"
+
+
+def _new_encoder(short_side: int, height: int, width: int, rate: Fraction, params: EncodeParams):
+    buf = io.BytesIO()
+    out = av.open(buf, mode="w", format="mp4")
+    h, w = scaled_size(height, width, short_side)
+    stream = out.add_stream(params.codec, rate=rate)
+    stream.width, stream.height, stream.pix_fmt = w, h, params.pix_fmt
+    k = params.keyframe_interval
+    # Fixed GOP, no scene-cut key frames, no B-frames: every clip starts at most k-1
+    # frames after a key frame, and frame indices map one-to-one to decode order.
+    stream.options = {
+        "crf": str(params.crf),
+        "preset": params.preset,
+        "x264-params": f"keyint={k}:min-keyint={k}:scenecut=0:bframes=0",
+    }
+    stream.codec_context.thread_count = 1
+    return buf, out, stream
+
+
+def encode_video(path: Path, params: EncodeParams) -> dict:
+    """Decode ``path`` and re-encode it at every rendition.
+
+    Returns ``num_frames``, ``fps``, ``height``, ``width`` (of the source) and one bytes
+    value per rendition column. Raises :class:`Rejected` with the reason when the file is
+    empty, not a video, truncated or undecodable, or has no frames.
+    """
+    if path.stat().st_size == 0:
+        raise Rejected("empty file (0 bytes)")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
+        raise Rejected(_describe_unreadable(path, err)) from err
+    with container:
+        # FFmpeg reads a still image as a one-frame video; it is not one.
+        if container.format.name.endswith("_pipe") or container.format.name == "image2":
+            raise Rejected(
+                f"not a video: FFmpeg reads it as a still image ({container.format.name})"
+            )
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise Rejected(f"not a video: no video stream (streams found: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        rate = Fraction(rate).limit_denominator(1001)
+        expected = stream.frames  # 0 when the container does not say
+        encoders: list = []
+        n = 0
+        height = width = 0
+        try:
+            for frame in container.decode(stream):
+                if not encoders:
+                    height, width = frame.height, frame.width
+                    encoders = [
+                        (s, *_new_encoder(s, height, width, rate, params))
+                        for s in params.short_sides
+                    ]
+                for _, _, muxer, enc in encoders:
+                    small = frame.reformat(
+                        width=enc.width, height=enc.height, format=params.pix_fmt
+                    )
+                    # Renumber frames: constant frame rate, whatever the source's timestamps.
+                    small.pts, small.time_base = n, 1 / rate
+                    # A decoded source key frame would force one here: keep the GOP fixed.
+                    small.pict_type = PictureType.NONE
+                    muxer.mux(enc.encode(small))
+                n += 1
+        except (av.FFmpegError, ValueError) as err:
+            if n == 0:
+                raise Rejected(f"undecodable: no frame could be decoded ({err})") from err
+            raise Rejected(
+                f"truncated or corrupt: decoding failed after {n} frames ({err})"
+            ) from err
+        if n == 0:
+            raise Rejected("zero frames: the video stream holds no decodable frame")
+        # A short read of an indexed container (MP4's sample table, AVI's index) means the
+        # data ends early; tolerate the off-by-a-few counts some muxers write.
+        if expected and n < expected - max(2, expected // 20):
+            raise Rejected(f"truncated: the container lists {expected} frames, {n} decode")
+        result: dict = {"num_frames": n, "fps": float(rate), "height": height, "width": width}
+        for short_side, buf, out, enc in encoders:
+            out.mux(enc.encode())
+            out.close()
+            result[rendition_column(short_side)] = buf.getvalue()
+        return result
+
+
+def shard_schema(short_sides: Iterable[int]) -> pa.Schema:
+    """The Parquet schema of a shard: metadata columns then one bytes column per rendition."""
+    fields = [
+        pa.field("video_id", pa.string()),
+        pa.field("label", pa.int32()),
+        pa.field("label_name", pa.string()),
+        pa.field("num_frames", pa.int32()),
+        pa.field("fps", pa.float32()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+    ]
+    fields += [pa.field(rendition_column(s), pa.binary()) for s in sorted(short_sides)]
+    return pa.schema(fields)
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest run left on disk; ``encoded``/``rejected`` count this run's work."""
+
+    out: str
+    manifest: str
+    rejects: str
+    splits: dict[str, int]
+    rejected_total: int
+    encoded: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _read_rejects(path: Path) -> list[dict]:
+    """Valid ledger lines; a line cut short by a killed run is dropped (and re-done)."""
+    if not path.exists():
+        return []
+    good = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and {"path", "split", "reason"} <= rec.keys():
+            good.append(rec)
+    return good
+
+
+def _existing_rows(out: Path) -> tuple[set[tuple[str, str]], dict[str, int]]:
+    """(split, video_id) of every stored row, and the next free part number per split."""
+    done: set[tuple[str, str]] = set()
+    next_part: dict[str, int] = {}
+    for split_dir in sorted(p for p in out.iterdir() if p.is_dir()):
+        parts = sorted(split_dir.glob("part-*.parquet"))
+        for part in parts:
+            ids = pq.read_table(part, columns=["video_id"]).column("video_id").to_pylist()
+            done.update((split_dir.name, v) for v in ids)
+        numbers = [int(p.stem.split("-")[1]) for p in parts]
+        next_part[split_dir.name] = max(numbers, default=-1) + 1
+    return done, next_part
+
+
+def _count_rows(out: Path) -> dict[str, int]:
+    counts = {}
+    for split_dir in sorted(p for p in out.iterdir() if p.is_dir()):
+        parts = sorted(split_dir.glob("part-*.parquet"))
+        if parts:
+            counts[split_dir.name] = sum(pq.read_metadata(p).num_rows for p in parts)
+    return counts
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / "manifest.json")
+
+
+def load_manifest(shards: str | Path) -> dict:
+    """The manifest of a shard folder; a clear error when it is missing or unfinished."""
+    path = Path(shards) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {shards} the --out folder of an ingest?")
+    manifest = json.loads(path.read_text())
+    if not manifest.get("complete"):
+        raise ValueError(f"the ingest into {shards} did not finish: re-run it to complete it")
+    return manifest
+
+
+def _encode_task(source: str, entry: VideoEntry, label: int, params: EncodeParams) -> dict:
+    """One video's shard row, or ``{"reject": reason}``; runs as a Ray task."""
+    try:
+        encoded = encode_video(Path(source) / entry.path, params)
+    except Rejected as err:
+        return {"reject": str(err)}
+    except Exception as err:  # a crash must not lose the video: ledger it with the cause
+        return {"reject": f"undecodable: {type(err).__name__}: {err}"}
+    return {
+        "video_id": video_id_of(entry.path),
+        "label": label,
+        "label_name": entry.label_name,
+        **encoded,
+    }
+
+
+def ingest(
+    source: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    annotations: str | Path | None = None,
+    split: int = 1,
+    params: EncodeParams | None = None,
+    rows_per_part: int = 256,
+    max_in_flight: int | None = None,
+    progress: bool = True,
+    on_part_written: Callable[[Path], None] | None = None,
+) -> IngestSummary:
+    """Ingest every video the annotations list into shards under ``out``.
+
+    Re-running with the same arguments resumes: rows and rejects already recorded are
+    skipped. Different encoding parameters for an existing ``out`` raise ValueError.
+    Uses the running Ray cluster, or starts a local one.
+    """
+    import ray
+    from tqdm import tqdm
+
+    start = time.time()
+    params = params or EncodeParams()
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise FileNotFoundError(f"video root {source} is not a folder")
+    anns: Annotations = read_annotations(fmt, source, annotations, split)
+    out.mkdir(parents=True, exist_ok=True)
+
+    encoding = asdict(params) | {"short_sides": sorted(params.short_sides)}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "format": fmt,
+        "source": str(source.resolve()),
+        "annotation_split": split,
+        "classes": anns.classes,
+        "renditions": sorted(params.short_sides),
+        "encoding": encoding,
+        "complete": False,
+    }
+    old_path = out / "manifest.json"
+    if old_path.exists():
+        old = json.loads(old_path.read_text())
+        for key in ("encoding", "classes", "format"):
+            if old.get(key) != manifest[key]:
+                raise ValueError(
+                    f"{out} holds shards ingested with another {key} ({old.get(key)} vs "
+                    f"{manifest[key]}): use a new --out folder or the original arguments"
+                )
+    _write_manifest(out, manifest)
+
+    rejects_path = out / "rejects.jsonl"
+    old_rejects = _read_rejects(rejects_path)
+    # Rewrite the ledger clean: drops a half-written last line of an interrupted run.
+    rejects_path.write_text("".join(json.dumps(r) + "\n" for r in old_rejects))
+    rejected_keys = {(r["split"], r["path"]) for r in old_rejects}
+    for stale in out.glob("*/part-*.parquet.tmp"):  # a part a killed run left half-written
+        stale.unlink()
+    stored, next_part = _existing_rows(out)
+
+    class_index = {c: i for i, c in enumerate(anns.classes)}
+    summary = IngestSummary(str(out), str(old_path), str(rejects_path), {}, 0)
+    todo: list[tuple[VideoEntry, int]] = []
+    seen: set[tuple[str, str]] = set()
+    ledger = rejects_path.open("a")
+
+    def reject(entry: VideoEntry, reason: str) -> None:
+        ledger.write(json.dumps({"path": entry.path, "split": entry.split, "reason": reason}))
+        ledger.write("\n")
+        ledger.flush()
+        summary.rejected += 1
+        kind = reason.split(":")[0].split(" (")[0]
+        summary.reject_reasons[kind] = summary.reject_reasons.get(kind, 0) + 1
+
+    # Cheap checks in the driver; decoding happens in tasks.
+    for entry in anns.entries:
+        key = (entry.split, video_id_of(entry.path))
+        if key in stored or (entry.split, entry.path) in rejected_keys:
+            summary.skipped += 1
+            continue
+        if key in seen:
+            reject(entry, f"duplicate: video id {key[1]!r} is already listed in split {key[0]}")
+            continue
+        seen.add(key)
+        file = source / entry.path
+        if entry.label_name not in class_index:
+            reject(entry, f"unknown class {entry.label_name!r}: not among the dataset's classes")
+        elif not file.exists():
+            reject(entry, f"missing file: {file} does not exist")
+        elif not file.is_file():
+            reject(entry, f"not a video: {file} is not a regular file")
+        elif file.stat().st_size == 0:
+            reject(entry, "empty file (0 bytes)")
+        else:
+            todo.append((entry, class_index[entry.label_name]))
+
+    schema = shard_schema(params.short_sides)
+    buffers: dict[str, list[dict]] = {}
+
+    def flush(split_name: str) -> None:
+        rows = buffers.pop(split_name, [])
+        if not rows:
+            return
+        split_dir = out / split_name
+        split_dir.mkdir(exist_ok=True)
+        number = next_part.get(split_name, 0)
+        next_part[split_name] = number + 1
+        path = split_dir / f"part-{number:05d}.parquet"
+        table = pa.Table.from_pylist(rows, schema=schema)
+        # Small row groups let Ray Data read a part in parallel pieces.
+        pq.write_table(table, str(path) + ".tmp", row_group_size=16)
+        os.replace(str(path) + ".tmp", path)
+        if on_part_written is not None:
+            on_part_written(path)
+
+    if todo and not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    remote = ray.remote(num_cpus=1, max_retries=1)(_encode_task)
+    limit = max_in_flight or max(2, 2 * int(ray.available_resources().get("CPU", 1)))
+    bar = tqdm(
+        total=len(anns.entries),
+        initial=len(anns.entries) - len(todo),
+        desc=f"ingest {source.name}",
+        unit="video",
+        disable=not progress,
+    )
+    pending: dict = {}
+    queue = list(reversed(todo))
+    try:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                entry, label = queue.pop()
+                pending[remote.remote(str(source), entry, label, params)] = entry
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                entry = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as err:  # the task's worker died twice: ledger, go on
+                    result = {"reject": f"undecodable: the decoder process failed ({err})"}
+                if "reject" in result:
+                    reject(entry, result["reject"])
+                else:
+                    buffers.setdefault(entry.split, []).append(result)
+                    summary.encoded += 1
+                    if len(buffers[entry.split]) >= rows_per_part:
+                        flush(entry.split)
+                bar.update(1)
+        for split_name in list(buffers):
+            flush(split_name)
+    finally:
+        bar.close()
+        ledger.close()
+
+    all_rejects = _read_rejects(rejects_path)
+    summary.splits = _count_rows(out)
+    summary.rejected_total = len(all_rejects)
+    manifest |= {
+        "complete": True,
+        "splits": summary.splits,
+        "rejected": summary.rejected_total,
+        "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    _write_manifest(out, manifest)
+    summary.seconds = round(time.time() - start, 2)
+    return summary

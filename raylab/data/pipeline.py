@@ -1,0 +1,153 @@
+"""The Ray Data clip pipeline: Parquet shards -> decoder actors -> uint8 clip rows.
+
+``read_parquet`` streams shard rows (only the columns a clip needs, and only the one
+rendition it decodes from) into a pool of :class:`ClipDecoder` actors on CPU nodes. Each
+actor turns a batch of videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id,
+view}``. In a Train worker, ``ray.train.get_dataset_shard("train").iter_torch_batches(
+dtypes=None, device=...)`` delivers them as uint8 tensors; the worker makes them float and
+normalises them on its device (a quarter of float32's traffic through the object store).
+
+Every pass over the dataset re-runs read + decode, so training clips are re-sampled each
+epoch. Give ``seed`` to replay one exact pass instead (evaluation views are always the
+same: they are not random).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
+from raylab.data.ingest import load_manifest, rendition_column
+from raylab.data.sampling import sample_rng
+
+log = logging.getLogger(__name__)
+
+CLIP_COLUMNS = ("clip", "label", "video_id", "view")
+
+
+class ClipDecoder:
+    """Callable for ``map_batches``: a batch of shard rows -> a batch of clip rows.
+
+    A video that fails to decode (bytes damaged after ingest) is skipped with a warning
+    naming its ``video_id``; it yields no rows, the rest of the batch goes on, and the
+    count of skipped videos is kept in ``self.failed``.
+    """
+
+    def __init__(self, spec: ClipSpec, column: str, seed: int | None, epoch: int = 0) -> None:
+        self.spec, self.column, self.seed, self.epoch = spec, column, seed, epoch
+        # Without a seed each actor draws from fresh OS entropy: every pass samples anew.
+        self._fresh = np.random.default_rng() if seed is None else None
+        self.failed = 0
+
+    def _rng(self, video_id: str) -> np.random.Generator:
+        if self._fresh is not None:
+            return self._fresh
+        return sample_rng(self.seed, self.epoch, video_id)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.spec
+        clips, labels, ids, views = [], [], [], []
+        for i, video_id in enumerate(batch["video_id"]):
+            video_id = str(video_id)
+            h, w = scaled_size(
+                int(batch["height"][i]), int(batch["width"][i]), spec.working_short_side
+            )
+            try:
+                reader = open_video(batch[self.column][i], height=h, width=w)
+                out = sample_views(reader, spec, self._rng(video_id))
+            except Exception as err:  # damaged bytes: lose this sample, not the epoch
+                self.failed += 1
+                log.warning("skipping video %s: cannot decode its clip (%s)", video_id, err)
+                continue
+            for v, clip in enumerate(out):
+                clips.append(clip)
+                labels.append(int(batch["label"][i]))
+                ids.append(video_id)
+                views.append(v)
+        shape = (0, spec.frames, spec.size, spec.size, 3)
+        return {
+            "clip": np.stack(clips) if clips else np.zeros(shape, np.uint8),
+            "label": np.asarray(labels, dtype=np.int64),
+            "video_id": np.asarray(ids, dtype=object),
+            "view": np.asarray(views, dtype=np.int32),
+        }
+
+
+def shard_files(shards: str | Path, split: str) -> list[str]:
+    """The Parquet parts of one split, sorted; a clear error when the split is absent."""
+    files = sorted(str(p) for p in (Path(shards) / split).glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(
+            f"no shards for split {split!r} under {shards}: the ingest stored "
+            f"{sorted(p.name for p in Path(shards).iterdir() if p.is_dir())}"
+        )
+    return files
+
+
+def clip_dataset(
+    shards: str | Path,
+    split: str,
+    *,
+    frames: int = 16,
+    stride: int = 1,
+    size: int = 112,
+    train: bool = True,
+    scheme: str = "dense",
+    clips: int = 1,
+    crops: int = 1,
+    flip: bool = False,
+    short_side: int | None = None,
+    seed: int | None = None,
+    epoch: int = 0,
+    decoders: int | tuple[int, int] = 1,
+    decoder_cpus: float = 1.0,
+    videos_per_batch: int = 4,
+):
+    """A ``ray.data.Dataset`` of clip rows from one split of an ingested shard folder.
+
+    ``train=True``: one randomly sampled, scale-jittered view per video, blocks in random
+    order (combine with ``local_shuffle_buffer_size`` when iterating). ``train=False``:
+    ``clips`` x ``crops`` deterministic views per video (``view`` numbers them) for
+    multi-view testing. ``decoders`` is the actor pool size, fixed or (min, max) to let
+    Ray scale it; each actor reserves ``decoder_cpus``. Leave one whole CPU free for Ray
+    Data's own read tasks (see RAY.md), or the pipeline waits forever.
+    """
+    import ray
+
+    manifest = load_manifest(shards)
+    spec = ClipSpec(
+        frames=frames,
+        stride=stride,
+        size=size,
+        scheme=scheme,
+        train=train,
+        clips=clips,
+        crops=crops,
+        flip=flip,
+        short_side=short_side,
+    )
+    rendition = choose_rendition(manifest["renditions"], spec.working_short_side)
+    column = rendition_column(rendition)
+    ds = ray.data.read_parquet(
+        shard_files(shards, split),
+        columns=["video_id", "label", "height", "width", column],
+    )
+    if train:
+        ds = ds.randomize_block_order(seed=seed)
+    size_ = decoders if isinstance(decoders, int) else tuple(decoders)
+    strategy = (
+        ray.data.ActorPoolStrategy(size=size_)
+        if isinstance(size_, int)
+        else ray.data.ActorPoolStrategy(min_size=size_[0], max_size=size_[1])
+    )
+    return ds.map_batches(
+        ClipDecoder,
+        fn_constructor_kwargs={"spec": spec, "column": column, "seed": seed, "epoch": epoch},
+        batch_size=videos_per_batch,
+        batch_format="numpy",
+        compute=strategy,
+        num_cpus=decoder_cpus,
+    )

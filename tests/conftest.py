@@ -51,9 +51,8 @@ def ray_session():
 @pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory, ray_session) -> Path:
     """A small demo set (8 classes x 4 videos, 24 frames at 128x96) ingested at short side 64."""
-    from raylab.data.synthetic import make_demo_dataset
-
     from raylab.data.ingest import EncodeParams, ingest
+    from raylab.data.synthetic import make_demo_dataset
 
     root = tmp_path_factory.mktemp("demo")
     make_demo_dataset(root / "videos", videos_per_class=4, seed=0, frames=24, height=96, width=128)

@@ -4,8 +4,9 @@
 rendition it decodes from) into a pool of :class:`ClipDecoder` actors on CPU nodes. Each
 actor turns a batch of videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id,
 view}``. In a Train worker, ``ray.train.get_dataset_shard("train").iter_torch_batches(
-dtypes=None, device=...)`` delivers them as uint8 tensors; the worker makes them float and
-normalises them on its device (a quarter of float32's traffic through the object store).
+collate_fn=ClipTensors(), device=...)`` delivers them as uint8 tensors; the worker makes
+them float and normalises them on its device (a quarter of float32's traffic through the
+object store).
 
 Every pass over the dataset re-runs read + decode, so training clips are re-sampled each
 epoch. Give ``seed`` to replay one exact pass instead (evaluation views are always the
@@ -18,6 +19,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
 from raylab.data.ingest import load_manifest, rendition_column
@@ -26,6 +29,18 @@ from raylab.data.sampling import sample_rng
 log = logging.getLogger(__name__)
 
 CLIP_COLUMNS = ("clip", "label", "video_id", "view")
+
+
+class ClipTensors(NumpyBatchCollateFn):
+    """Collate for ``iter_torch_batches``: the numeric columns as tensors, dtypes kept.
+
+    ``video_id`` is a string column, which tensors cannot hold; training needs none of it
+    and evaluation reads it with ``iter_batches``. Returning only tensors lets Ray pin the
+    batch and move it to the worker's device on its prefetch thread.
+    """
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in batch.items() if v.dtype.kind in "biuf"}
 
 
 class ClipDecoder:

@@ -16,7 +16,7 @@ import ray
 from tqdm import tqdm
 
 from raylab.data.ingest import load_manifest
-from raylab.data.pipeline import clip_dataset
+from raylab.data.pipeline import ClipTensors, clip_dataset
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     start, clips, shape = time.perf_counter(), 0, None
     with tqdm(total=total, unit="clip", desc=f"stream {args.split}", file=sys.stderr) as bar:
-        for batch in ds.iter_torch_batches(batch_size=args.batch_size, dtypes=None):
+        for batch in ds.iter_torch_batches(batch_size=args.batch_size, collate_fn=ClipTensors()):
             clips += len(batch["label"])
             shape = list(batch["clip"].shape[1:])
             bar.update(len(batch["label"]))

@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--scheme", choices=["dense", "segments"], default="dense")
-    p.add_argument("--decoders", type=int, default=1, help="decoder actors")
+    p.add_argument(
+        "--decoders",
+        type=int,
+        default=None,
+        help="concurrent decode tasks (default: as CPUs allow)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
 

@@ -1,0 +1,111 @@
+"""Build the Ray Train ``TorchTrainer`` that runs :func:`raylab.train.loop.train_loop`.
+
+The driver builds the two clip datasets (random training views, multi-view validation),
+sizes the schedule from the manifest, and names the run so that calling ``fit()`` again
+with the same ``storage_path``/``name`` resumes from its latest checkpoint (RAY.md §1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raylab.data.ingest import load_manifest
+from raylab.train.loop import DEFAULTS, train_loop
+
+
+@dataclass
+class DataOptions:
+    """Which clips the run trains and validates on."""
+
+    shards: str
+    frames: int = 16
+    stride: int = 1
+    size: int = 112
+    scheme: str = "dense"  # "segments" for TSN / STM
+    flip: bool = False  # off for direction-sensitive data (the demo set, Something-Something)
+    val_split: str = "val"
+    val_clips: int = 1
+    val_crops: int = 1
+    decoders: int | None = None  # concurrent decode tasks; None = as CPUs allow
+    decoder_cpus: float = 1.0
+    decoder_resources: dict = field(default_factory=dict)
+
+
+def clip_datasets(data: DataOptions) -> dict:
+    """``{"train": ..., "val": ...}`` Ray datasets for a run."""
+    from raylab.data.pipeline import clip_dataset
+
+    common = {
+        "frames": data.frames,
+        "stride": data.stride,
+        "size": data.size,
+        "scheme": data.scheme,
+        "decoders": data.decoders,
+        "decoder_cpus": data.decoder_cpus,
+    }
+    return {
+        "train": clip_dataset(data.shards, "train", train=True, flip=data.flip, **common),
+        "val": clip_dataset(
+            data.shards,
+            data.val_split,
+            train=False,
+            clips=data.val_clips,
+            crops=data.val_crops,
+            **common,
+        ),
+    }
+
+
+def build_trainer(
+    config: dict,
+    data: DataOptions,
+    *,
+    storage_path: str | Path,
+    name: str,
+    workers: int = 1,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 1.0,
+    max_failures: int = 1,
+    keep_checkpoints: int = 2,
+    callbacks: list | None = None,
+):
+    """A TorchTrainer for ``config`` (see ``loop.DEFAULTS``) on the shards in ``data``.
+
+    Keeps the best ``keep_checkpoints`` checkpoints by validation video top-1 (the latest
+    is always kept too, for resuming); restarts the worker group from the latest
+    checkpoint up to ``max_failures`` times.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    manifest = load_manifest(data.shards)
+    n_train = manifest["splits"].get("train", 0)
+    if n_train == 0:
+        raise ValueError(f"{data.shards} holds no training videos")
+    config = DEFAULTS | config
+    config["num_classes"] = config.get("num_classes") or len(manifest["classes"])
+    config["steps_per_epoch"] = max(1, math.ceil(n_train / workers / config["batch_size"]))
+    config["run_dir"] = config["run_dir"] or str(Path(storage_path) / name)
+    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage_path),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=keep_checkpoints,
+                checkpoint_score_attribute="val_video_top1",
+                checkpoint_score_order="max",
+            ),
+            callbacks=callbacks,
+        ),
+        datasets=clip_datasets(data),
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+    )

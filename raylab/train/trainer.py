@@ -58,6 +58,22 @@ def clip_datasets(data: DataOptions) -> dict:
     }
 
 
+def check_model(config: dict, frames: int, size: int) -> None:
+    """Build ``config``'s model on the meta device and pass it one clip of the run's shape.
+
+    A wrong name, option or clip size then fails here, on the driver, with the model's
+    own message, instead of in every worker after the cluster has started them.
+    """
+    import torch
+
+    from raylab.models import build_model
+
+    options = config["model_options"]
+    with torch.device("meta"):
+        model = build_model(config["model"], config["num_classes"], **options)
+        model(torch.empty(1, options.get("in_channels", 3), frames, size, size))
+
+
 def build_trainer(
     config: dict,
     data: DataOptions,
@@ -86,6 +102,7 @@ def build_trainer(
         raise ValueError(f"{data.shards} holds no training videos")
     config = DEFAULTS | config
     config["num_classes"] = config.get("num_classes") or len(manifest["classes"])
+    check_model(config, data.frames, data.size)
     config["steps_per_epoch"] = max(1, math.ceil(n_train / workers / config["batch_size"]))
     config["run_dir"] = config["run_dir"] or str(Path(storage_path) / name)
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})

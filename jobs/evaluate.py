@@ -1,0 +1,89 @@
+"""Evaluate a trained checkpoint with multi-view testing, optionally fused with a flow stream.
+
+    python jobs/evaluate.py --data SHARDS --checkpoint CKPT [--clips 10 --crops 3] \
+        [--flow-checkpoint CKPT2] [--split val] [--out DIR]
+
+Runs Ray Data batch inference over predictor actors; scores are averaged over each
+video's clips x crops. Writes metrics.json and confusion.png to --out (default: beside
+the checkpoint). The last stdout line is a JSON object with the metrics and those paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from raylab.data.ingest import load_manifest
+from raylab.train.evaluate import fuse, plot_confusion, predict, report_metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import ray
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder of a training run")
+    p.add_argument("--flow-checkpoint", help="a flow-stream checkpoint to fuse with")
+    p.add_argument("--flow-data", help="shards holding flow (default: --data)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--clips", type=int, default=10, help="clips per video")
+    p.add_argument("--crops", type=int, choices=[1, 3], default=3, help="crops per clip")
+    p.add_argument("--predictors", type=int, default=1, help="inference actors")
+    p.add_argument("--gpu", action="store_true", help="one GPU per predictor")
+    p.add_argument("--decoder-cpus", type=float, default=0.5)
+    p.add_argument("--predictor-cpus", type=float, default=0.5)
+    p.add_argument("--out", help="where metrics.json and confusion.png go")
+    args = p.parse_args(argv)
+
+    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    classes = load_manifest(args.data)["classes"]
+    out = Path(args.out or Path(args.checkpoint).parent / "eval").resolve()
+    common = {
+        "split": args.split,
+        "clips": args.clips,
+        "crops": args.crops,
+        "predictors": args.predictors,
+        "use_gpu": args.gpu,
+        "decoder_cpus": args.decoder_cpus,
+        "predictor_cpus": args.predictor_cpus,
+    }
+    rgb = predict(args.data, args.checkpoint, **common)
+    metrics = {"rgb": report_metrics(rgb, classes) | {"clip_acc": rgb["clip_acc"]}}
+    final = rgb
+    if args.flow_checkpoint:
+        flow = predict(args.flow_data or args.data, args.flow_checkpoint, **common)
+        final = fuse(rgb, flow)
+        metrics["flow"] = report_metrics(flow, classes) | {"clip_acc": flow["clip_acc"]}
+        metrics["fused"] = report_metrics(final, classes)
+    headline = metrics["fused" if args.flow_checkpoint else "rgb"]
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_confusion(headline["confusion"], classes, out / "confusion.png")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for stream, m in metrics.items():
+        print(
+            f"{stream}: video top1 {m['video_top1']:.3f} top5 {m['video_top5']:.3f} "
+            f"mean class {m['mean_class_acc']:.3f} over {m['videos']} videos",
+            file=sys.stderr,
+        )
+    result = {
+        "metrics": {
+            "video_top1": headline["video_top1"],
+            "video_top5": headline["video_top5"],
+            "mean_class_acc": headline["mean_class_acc"],
+            "videos": headline["videos"],
+            "views_per_video": args.clips * args.crops,
+        }
+        | {f"{s}_video_top1": m["video_top1"] for s, m in metrics.items()},
+        "metrics_file": str(out / "metrics.json"),
+        "confusion_png": str(png),
+        "checkpoint": str(args.checkpoint),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Train a model of the zoo on ingested shards with Ray Train.
+
+    python jobs/train.py --data SHARDS --model c3d --out RUN_DIR \
+        [--frames 16 --stride 1 --size 112 --width 1.0 --epochs 10 --batch-size 8 \
+         --workers 1 --gpu --lr 1e-3 --optimizer adamw ...]
+
+Running the same command again resumes from the run's latest checkpoint. The last stdout
+line is a JSON object: ``metrics`` (val_video_top1, val_video_top5, val_clip_acc, epochs,
+...) and the paths of the run, the best checkpoint and the plain weights file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from raylab.train.loop import DEFAULTS
+from raylab.train.trainer import DataOptions, build_trainer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
+    p.add_argument("--model", required=True, help="a name from raylab.models.MODEL_NAMES")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, weights, events)")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--stride", type=int, default=1, help="temporal stride of dense clips")
+    p.add_argument("--size", type=int, default=112, help="crop size (square)")
+    p.add_argument("--scheme", choices=["dense", "segments"], help="default: by model family")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    p.add_argument("--dropout", type=float)
+    p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="extra build_model option, e.g. head='\"pool\"' or batch_norm=true",
+    )
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="per worker")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=DEFAULTS["optimizer"])
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
+    p.add_argument("--schedule", choices=["cosine", "step"], default=DEFAULTS["schedule"])
+    p.add_argument("--warmup-epochs", type=float, default=DEFAULTS["warmup_epochs"])
+    p.add_argument("--label-smoothing", type=float, default=DEFAULTS["label_smoothing"])
+    p.add_argument("--grad-accum", type=int, default=DEFAULTS["grad_accum"])
+    p.add_argument("--clip-grad", type=float, default=DEFAULTS["clip_grad"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--init-from", help="plain state dict to start from (e.g. transferred T3D)")
+    p.add_argument("--val-clips", type=int, default=1, help="clips per video at validation")
+    p.add_argument("--val-crops", type=int, choices=[1, 3], default=1)
+    p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument(
+        "--decoders",
+        type=int,
+        default=None,
+        help="concurrent decode tasks (default: as CPUs allow)",
+    )
+    p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts")
+    return p.parse_args(argv)
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """build_model options from the flags."""
+    opts = {"width": args.width}
+    if args.dropout is not None:
+        opts["dropout"] = args.dropout
+    for item in args.model_option:
+        key, _, value = item.partition("=")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"--model-option {item!r}: the value must be JSON ({err})") from err
+    return opts
+
+
+def default_scheme(model: str) -> str:
+    """TSN-style segments for the 2D-backbone families, dense clips for the 3D ones."""
+    return "segments" if model in ("stm", "tsn") else "dense"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import ray
+    import torch
+
+    from raylab.train.evaluate import best_checkpoint
+
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    ray.init(ignore_reinit_error=True, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    config = {
+        "model": args.model,
+        "model_options": model_options(args),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "schedule": args.schedule,
+        "warmup_epochs": args.warmup_epochs,
+        "label_smoothing": args.label_smoothing,
+        "grad_accum": args.grad_accum,
+        "clip_grad": args.clip_grad,
+        "compile": args.compile,
+        "seed": args.seed,
+        "init_from": args.init_from,
+        "run_dir": str(out),
+        "data": {
+            "frames": args.frames,
+            "stride": args.stride,
+            "size": args.size,
+            "scheme": args.scheme or default_scheme(args.model),
+        },
+    }
+    data = DataOptions(
+        shards=str(Path(args.data).resolve()),
+        frames=args.frames,
+        stride=args.stride,
+        size=args.size,
+        scheme=config["data"]["scheme"],
+        flip=args.flip,
+        val_clips=args.val_clips,
+        val_crops=args.val_crops,
+        decoders=args.decoders,
+    )
+    trainer = build_trainer(
+        config,
+        data,
+        storage_path=out.parent,
+        name=out.name,
+        workers=args.workers,
+        use_gpu=args.gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        max_failures=args.max_failures,
+    )
+    result = trainer.fit()
+    if result.error:
+        raise SystemExit(f"training failed: {result.error}")
+
+    best = best_checkpoint(result)
+    with best.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    weights = out / "weights.pt"
+    torch.save(state["model"], weights)  # the best epoch's weights, a plain state dict
+    summary = {
+        "metrics": result.metrics
+        | {"epochs": result.metrics["epoch"], "best_epoch": state["epoch"] + 1},
+        "best_metrics": state["metrics"],
+        "run": str(out),
+        "best_checkpoint": best.path,
+        "weights": str(weights),
+        "model": args.model,
+        "model_options": config["model_options"],
+        "data": config["data"],
+    }
+    print(f"best epoch {state['epoch'] + 1}: {state['metrics']}", file=sys.stderr)
+    print(json.dumps(summary, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

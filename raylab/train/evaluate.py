@@ -1,0 +1,204 @@
+"""Evaluate as the papers report: multi-view video accuracy, per class, and fused streams.
+
+:func:`predict` runs Ray Data batch inference: the multi-view clip dataset flows through
+a pool of :class:`Predictor` actors (GPU or CPU), each returning per-view logits. Scores
+are softmax-averaged per video (``n clips x k crops``); two streams (RGB and optical
+flow) are fused by averaging their per-video scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raylab.train.loop import normalise, topk_accuracy, video_scores
+
+
+def best_checkpoint(result):
+    """The checkpoint with the highest ``val_video_top1`` of a Train result (latest on ties)."""
+    ranked = [
+        (m.get("val_video_top1", float("-inf")), m.get("epoch", 0), c)
+        for c, m in (result.best_checkpoints or [])
+    ]
+    if not ranked:
+        if result.checkpoint is None:
+            raise ValueError(f"the run at {result.path} reported no checkpoint")
+        return result.checkpoint
+    ranked.sort(key=lambda r: (np.nan_to_num(r[0], nan=-1.0), r[1]))
+    return ranked[-1][2]
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The model and config of a checkpoint folder written by the training loop."""
+    from raylab.models import build_model
+
+    file = Path(path) / "state.pt" if Path(path).is_dir() else Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"{file} not found: pass a checkpoint folder of a training run")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    config = state["config"]
+    model = build_model(config["model"], config["num_classes"], **config["model_options"])
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+class Predictor:
+    """``map_batches`` callable: clip rows -> rows of per-view logits."""
+
+    def __init__(self, checkpoint: str) -> None:
+        self.model, config = load_checkpoint(checkpoint)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.mean = torch.tensor(config["mean"], device=self.device)
+        self.std = torch.tensor(config["std"], device=self.device)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        clip = torch.from_numpy(batch["clip"]).to(self.device)
+        ctx = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else torch.autocast("cpu", enabled=False)
+        )
+        with ctx:
+            logits = self.model(normalise(clip, self.mean, self.std)).float().cpu().numpy()
+        return {
+            "video_id": batch["video_id"],
+            "label": batch["label"],
+            "view": batch["view"],
+            "logits": logits,
+        }
+
+
+def predict(
+    shards: str | Path,
+    checkpoint: str | Path,
+    *,
+    split: str = "val",
+    clips: int = 1,
+    crops: int = 1,
+    predictors: int = 1,
+    use_gpu: bool = False,
+    batch_size: int = 16,
+    decoders: int | None = None,
+    decoder_cpus: float = 1.0,
+    predictor_cpus: float = 1.0,
+) -> dict:
+    """Per-video scores of one model over a split: ``{"ids", "labels", "scores", "views"}``.
+
+    Clip geometry (frames, stride, size, scheme) comes from the checkpoint's config.
+    """
+    from raylab.data.pipeline import clip_dataset
+
+    _, config = load_checkpoint(checkpoint)
+    data = config.get("data") or {}
+    ds = clip_dataset(
+        shards,
+        split,
+        frames=data.get("frames", 16),
+        stride=data.get("stride", 1),
+        size=data.get("size", 112),
+        scheme=data.get("scheme", "dense"),
+        train=False,
+        clips=clips,
+        crops=crops,
+        decoders=decoders,
+        decoder_cpus=decoder_cpus,
+    )
+    import ray
+
+    out = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"checkpoint": str(checkpoint)},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=predictors),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=predictor_cpus,
+    )
+    ids, labels, logits, views = [], [], [], 0
+    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+        ids.extend(str(v) for v in batch["video_id"])
+        labels.extend(int(v) for v in batch["label"])
+        logits.append(batch["logits"])
+        views += len(batch["view"])
+    if not ids:
+        raise ValueError(f"no clip of split {split!r} under {shards} could be decoded")
+    scores, video_labels, video_ids = video_scores(ids, labels, np.concatenate(logits))
+    order = np.argsort(video_ids)  # a stable order, so streams can be fused by position
+    return {
+        "ids": [video_ids[i] for i in order],
+        "labels": video_labels[order],
+        "scores": scores[order],
+        "views": views,
+        "clip_acc": float((np.concatenate(logits).argmax(1) == np.asarray(labels)).mean()),
+    }
+
+
+def fuse(a: dict, b: dict) -> dict:
+    """Late fusion of two streams' per-video scores by averaging (I3D's two-stream)."""
+    common = sorted(set(a["ids"]) & set(b["ids"]))
+    ia = {v: i for i, v in enumerate(a["ids"])}
+    ib = {v: i for i, v in enumerate(b["ids"])}
+    sa = a["scores"][[ia[v] for v in common]]
+    sb = b["scores"][[ib[v] for v in common]]
+    return {
+        "ids": common,
+        "labels": a["labels"][[ia[v] for v in common]],
+        "scores": (sa + sb) / 2,
+        "views": a["views"] + b["views"],
+    }
+
+
+def report_metrics(pred: dict, classes: list[str]) -> dict:
+    """Top-1/top-5, mean per-class accuracy and the confusion matrix of per-video scores."""
+    labels, scores = pred["labels"], pred["scores"]
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, scores.argmax(1)), 1)
+    totals = confusion.sum(1)
+    per_class = {
+        c: (float(confusion[i, i] / totals[i]) if totals[i] else None)
+        for i, c in enumerate(classes)
+    }
+    seen = [v for v in per_class.values() if v is not None]
+    return {
+        "video_top1": topk_accuracy(scores, labels, 1),
+        "video_top5": topk_accuracy(scores, labels, 5),
+        "mean_class_acc": float(np.mean(seen)) if seen else float("nan"),
+        "videos": len(labels),
+        "per_class_acc": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path) -> Path:
+    """The confusion matrix as a PNG (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(confusion, dtype=float)
+    norm = m / np.maximum(1, m.sum(1, keepdims=True))
+    size = max(4.0, 0.45 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(classes) <= 30:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if m[i, j]:
+                    color = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

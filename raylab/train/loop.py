@@ -1,0 +1,354 @@
+"""The per-worker training loop: ordinary PyTorch plus a handful of ``ray.train`` calls.
+
+``train_loop(config)`` runs in every Ray Train worker. It reads uint8 clips from its
+shard of the ``train`` dataset, makes them float and normalised on its own device,
+trains with DDP (gloo on CPU, NCCL on GPU), evaluates multi-view video accuracy on the
+``val`` dataset, and reports metrics and a checkpoint every epoch. A restarted worker
+group resumes from the latest checkpoint. Configuration is a plain dict: see
+:data:`DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raylab.data.pipeline import ClipTensors
+
+DEFAULTS: dict = {
+    "model": "c3d",
+    "model_options": {},  # passed to build_model: width, dropout, family knobs
+    "num_classes": 8,
+    "epochs": 10,
+    "batch_size": 8,  # per worker
+    "optimizer": "adamw",  # "sgd" (Nesterov momentum) or "adamw"
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "schedule": "cosine",  # "cosine" (with linear warm-up) or "step"
+    "warmup_epochs": 1,
+    "step_epochs": 30,  # "step": lr / 10 every step_epochs (the T3D recipe)
+    "label_smoothing": 0.0,
+    "grad_accum": 1,  # optimiser step every N batches
+    "clip_grad": 0.0,  # max gradient norm; 0 = off
+    "amp": "auto",  # bf16 autocast on GPU; "auto" = on for CUDA only
+    "compile": False,  # torch.compile the model
+    "channels_last": "auto",  # channels_last_3d memory format; "auto" = on for CUDA
+    "mean": (0.45, 0.45, 0.45),  # per-channel normalisation of [0, 1] frames
+    "std": (0.225, 0.225, 0.225),
+    "shuffle_buffer": 64,  # clips in the local shuffle buffer
+    "steps_per_epoch": 1,  # batches per worker per epoch, for the schedule (set by the driver)
+    "seed": 0,  # model initialisation
+    "init_from": None,  # a plain state dict to start from (e.g. transferred weights)
+    "run_dir": None,  # TensorBoard events and progress files go here (rank 0)
+}
+
+
+def normalise(clip: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, H, W, C) on the device -> normalised float (B, C, T, H, W)."""
+    x = clip.permute(0, 4, 1, 2, 3).float().div_(255.0)
+    return x.sub_(mean.view(1, -1, 1, 1, 1)).div_(std.view(1, -1, 1, 1, 1))
+
+
+def lr_factor(config: dict, epoch_float: float) -> float:
+    """The learning-rate multiplier at a (fractional) epoch."""
+    warmup = config["warmup_epochs"]
+    if config["schedule"] == "step":
+        return 0.1 ** int(epoch_float // config["step_epochs"])
+    if warmup and epoch_float < warmup:
+        return (epoch_float + 1e-3) / warmup
+    progress = (epoch_float - warmup) / max(1e-9, config["epochs"] - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum or AdamW; no weight decay on norms and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": config["weight_decay"]},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if config["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"], nesterov=True)
+    if config["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=config["lr"])
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {config['optimizer']!r}")
+
+
+def video_scores(
+    ids: list[str], labels: list[int], logits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Average softmax scores over each video's views -> (scores [V, K], labels [V], ids)."""
+    probs = torch.from_numpy(logits).float().softmax(-1).numpy()
+    order: dict[str, int] = {}
+    for vid in ids:
+        order.setdefault(vid, len(order))
+    sums = np.zeros((len(order), probs.shape[1]))
+    counts = np.zeros(len(order))
+    video_labels = np.zeros(len(order), dtype=np.int64)
+    for vid, lab, p in zip(ids, labels, probs, strict=True):
+        i = order[vid]
+        sums[i] += p
+        counts[i] += 1
+        video_labels[i] = lab
+    return sums / counts[:, None], video_labels, list(order)
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k highest scores."""
+    if len(labels) == 0:
+        return float("nan")
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def _gather(obj):
+    """Every worker's ``obj`` in a list (one element when not distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+@torch.no_grad()
+def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
+    """Clip and video accuracy over multi-view numpy batches, gathered from every worker."""
+    model.eval()
+    ids, labels, logits = [], [], []
+    for batch in batches:
+        clip = torch.from_numpy(batch["clip"]).to(device, non_blocking=True)
+        with amp_ctx:
+            out = model(normalise(clip, mean, std))
+        logits.append(out.float().cpu().numpy())
+        labels.extend(batch["label"].tolist())
+        ids.extend(batch["video_id"])
+    logits_np = np.concatenate(logits) if logits else np.zeros((0, 1))
+    parts = _gather((ids, labels, logits_np))
+    ids = [v for p in parts for v in p[0]]
+    labels = [v for p in parts for v in p[1]]
+    logits_np = np.concatenate([p[2] for p in parts if len(p[2])]) if ids else logits_np
+    if not ids:
+        return {
+            "val_clip_acc": float("nan"),
+            "val_video_top1": float("nan"),
+            "val_video_top5": float("nan"),
+            "val_videos": 0,
+        }
+    clip_acc = float((logits_np.argmax(1) == np.asarray(labels)).mean())
+    scores, video_labels, _ = video_scores(ids, labels, logits_np)
+    return {
+        "val_clip_acc": clip_acc,
+        "val_video_top1": topk_accuracy(scores, video_labels, 1),
+        "val_video_top5": topk_accuracy(scores, video_labels, 5),
+        "val_videos": len(video_labels),
+    }
+
+
+def train_loop(config: dict) -> None:
+    """Train ``config["model"]`` on the ``train`` dataset shard, evaluating on ``val``."""
+    import ray.train
+    import ray.train.torch
+
+    from raylab.models import build_model
+
+    config = DEFAULTS | config
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    cuda = device.type == "cuda"
+    use_amp = cuda if config["amp"] == "auto" else bool(config["amp"])
+    channels_last = cuda if config["channels_last"] == "auto" else bool(config["channels_last"])
+
+    torch.manual_seed(config["seed"])  # every worker starts from the same weights
+    model = build_model(config["model"], config["num_classes"], **config["model_options"])
+    if config["init_from"]:
+        state = torch.load(config["init_from"], map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if rank == 0:
+            print(f"init from {config['init_from']}: missing {missing}, unexpected {unexpected}")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    model = ray.train.torch.prepare_model(model)  # device + DDP
+    optimizer = make_optimizer(model, config)
+    updates_per_epoch = max(1, config["steps_per_epoch"] // config["grad_accum"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda update: lr_factor(config, update / updates_per_epoch)
+    )
+    start_epoch = 0
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = state["epoch"] + 1
+        if rank == 0:
+            print(f"resumed from the checkpoint of epoch {start_epoch}")
+            _history(config, {"event": "resumed", "from_epoch": start_epoch})
+
+    compiled = torch.compile(model) if config["compile"] else model
+    mean = torch.tensor(config["mean"], device=device)
+    std = torch.tensor(config["std"], device=device)
+    amp_ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
+    writer = _tensorboard(config, rank)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+
+    for epoch in range(start_epoch, config["epochs"]):
+        model.train()
+        _progress(config, rank, epoch, pid=os.getpid())
+        loss_sum = correct = seen = step = 0
+        wait = 0.0
+        optimizer.zero_grad(set_to_none=True)
+        batches = train_shard.iter_torch_batches(
+            batch_size=config["batch_size"],
+            collate_fn=ClipTensors(),
+            device=device,
+            local_shuffle_buffer_size=config["shuffle_buffer"] or None,
+            prefetch_batches=2,
+        )
+        epoch_start = tick = time.perf_counter()
+        for batch in batches:
+            wait += time.perf_counter() - tick
+            x = normalise(batch["clip"], mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            y = batch["label"]
+            with amp_ctx:
+                logits = compiled(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
+            (loss / config["grad_accum"]).backward()
+            step += 1
+            if step % config["grad_accum"] == 0:
+                if config["clip_grad"]:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip_grad"])
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            _progress(config, rank, epoch, step=step, pid=os.getpid())
+            tick = time.perf_counter()
+        if step % config["grad_accum"]:  # the tail of an accumulation window
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        train_time = time.perf_counter() - epoch_start
+        totals = _gather((loss_sum, correct, seen, wait, train_time))
+        all_seen = sum(t[2] for t in totals)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": sum(t[0] for t in totals) / max(1, all_seen),
+            "train_clip_acc": sum(t[1] for t in totals) / max(1, all_seen),
+            "train_clips": all_seen,
+            "clips_per_s": all_seen / max(1e-9, max(t[4] for t in totals)),
+            "data_wait_frac": sum(t[3] for t in totals) / max(1e-9, sum(t[4] for t in totals)),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        # Numpy batches: evaluation needs the string video ids, which tensors cannot hold.
+        val_batches = val_shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy")
+        # The bare module: DDP's forward would sync buffers across workers.
+        metrics |= evaluate_views(unwrap(model), val_batches, device, mean, std, amp_ctx)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                torch.save(
+                    {
+                        "model": unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        # Training clips come from fresh entropy each pass (pipeline.py), so
+                        # the sampler's whole state is the next epoch to draw.
+                        "sampler": {"next_epoch": epoch + 1},
+                        "config": _plain(config),
+                        "metrics": metrics,
+                    },
+                    Path(tmp) / "state.pt",
+                )
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                _log_epoch(writer, metrics, config)
+                _history(config, {"event": "epoch"} | metrics)
+            ray.train.report(metrics, checkpoint=ckpt)
+    if writer is not None:
+        writer.close()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def _plain(config: dict) -> dict:
+    """A copy of the config that ``torch.load(weights_only=True)`` can read back."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out[k] = _plain(v)
+        elif isinstance(v, tuple):
+            out[k] = list(v)
+        elif v is None or isinstance(v, str | int | float | bool | list):
+            out[k] = v
+        else:
+            out[k] = str(v)
+    return out
+
+
+def _tensorboard(config: dict, rank: int):
+    if rank != 0 or not config["run_dir"]:
+        return None
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(Path(config["run_dir"]) / "tensorboard"))
+
+
+def _log_epoch(writer, metrics: dict, config: dict) -> None:
+    """One line a person can follow, and the same numbers as TensorBoard scalars."""
+    print(
+        f"epoch {metrics['epoch']}/{config['epochs']}  loss {metrics['train_loss']:.3f}  "
+        f"train acc {metrics['train_clip_acc']:.3f}  val clip {metrics['val_clip_acc']:.3f}  "
+        f"video top1 {metrics['val_video_top1']:.3f} top5 {metrics['val_video_top5']:.3f}  "
+        f"{metrics['clips_per_s']:.1f} clips/s  data wait {metrics['data_wait_frac']:.0%}",
+        flush=True,
+    )
+    if writer is not None:
+        for k, v in metrics.items():
+            if isinstance(v, int | float) and k != "epoch":
+                writer.add_scalar(k, v, metrics["epoch"])
+        writer.flush()
+
+
+def _history(config: dict, record: dict) -> None:
+    """Append one JSON line to ``run_dir/history.jsonl``: every epoch and every resume."""
+    if config["run_dir"]:
+        Path(config["run_dir"]).mkdir(parents=True, exist_ok=True)
+        with open(Path(config["run_dir"]) / "history.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _progress(config: dict, rank: int, epoch: int, step: int = 0, pid: int = 0) -> None:
+    """Where each worker is (``run_dir/progress/rank-N``): for people and for fault tests."""
+    if not config["run_dir"]:
+        return
+    d = Path(config["run_dir"]) / "progress"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"rank-{rank}").write_text(f"{epoch} {step} {pid}\n")

@@ -1,0 +1,120 @@
+"""Ray Train runs of a tiny network on real demo shards: workers, failures, resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from raylab.train.trainer import DataOptions, build_trainer, check_model
+
+TINY = {"model": "c3d", "model_options": {"width": 0.125, "head": "pooled"}, "lr": 3e-3}
+
+
+def _data(shards: Path, **kw) -> DataOptions:
+    return DataOptions(shards=str(shards), frames=16, stride=1, size=32, decoder_cpus=0.5, **kw)
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def _fit(shards: Path, root: Path, name: str, workers: int = 1, **config):
+    trainer = build_trainer(
+        TINY | {"warmup_epochs": 0} | config,
+        _data(shards),
+        storage_path=root,
+        name=name,
+        workers=workers,
+        cpus_per_worker=0.5,
+    )
+    return trainer.fit()
+
+
+def test_a_bad_model_or_clip_fails_on_the_driver(demo_shards):
+    with pytest.raises(ValueError, match="needs T >= 16"):
+        check_model(TINY | {"num_classes": 8}, frames=8, size=32)
+    with pytest.raises(ValueError, match="unknown model 'c4d'"):
+        build_trainer(TINY | {"model": "c4d"}, _data(demo_shards), storage_path="/tmp", name="x")
+
+
+def test_two_workers_learn_like_one(demo_shards, ray_session, tmp_path):
+    one = _fit(demo_shards, tmp_path, "one", workers=1, epochs=3, batch_size=8, seed=1)
+    two = _fit(demo_shards, tmp_path, "two", workers=2, epochs=3, batch_size=4, seed=1)
+    assert one.error is None and two.error is None
+    h1 = [r for r in _history(tmp_path / "one") if r["event"] == "epoch"]
+    h2 = [r for r in _history(tmp_path / "two") if r["event"] == "epoch"]
+    assert [r["epoch"] for r in h1] == [r["epoch"] for r in h2] == [1, 2, 3]
+    # The same clips per epoch in total, split over the workers.
+    assert [r["train_clips"] for r in h1] == [r["train_clips"] for r in h2]
+    assert h1[0]["train_clips"] > 0
+    for a, b in zip(h1, h2, strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) < 0.1 * a["train_loss"], (a, b)
+    assert h1[-1]["train_loss"] < h1[0]["train_loss"]
+    assert h2[-1]["train_loss"] < h2[0]["train_loss"]
+
+
+def _registered_epochs(run: Path) -> set[int]:
+    """Epochs whose checkpoints the Train controller has registered (its snapshot file)."""
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return set()
+    return {r["metrics"]["epoch"] for r in snapshot["checkpoint_results"]}
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(demo_shards, ray_session, tmp_path):
+    run = tmp_path / "killed"
+    progress = run / "progress" / "rank-1"
+    killed: list[int] = []  # the 1-based epoch the kill interrupted
+
+    def kill_mid_epoch() -> None:
+        # Kill rank 1 part-way through an epoch whose predecessor's checkpoint is
+        # registered: that epoch is the one interrupted, and nothing before it may be lost.
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            try:
+                epoch, step, pid = map(int, progress.read_text().split())
+            except (FileNotFoundError, ValueError):
+                epoch = step = pid = 0
+            if epoch >= 1 and step >= 1 and epoch in _registered_epochs(run):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(epoch + 1)
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_mid_epoch, daemon=True)
+    watcher.start()
+    result = _fit(demo_shards, tmp_path, "killed", workers=2, epochs=4, batch_size=1)
+    watcher.join(timeout=5)
+    assert killed, "the worker was never caught mid-epoch"
+    assert result.error is None
+    assert result.metrics["epoch"] == 4
+    history = _history(run)
+    epochs = [r["epoch"] for r in history if r["event"] == "epoch"]
+    assert epochs == [1, 2, 3, 4]  # the interrupted epoch re-run once, nothing else lost
+    assert {"event": "resumed", "from_epoch": killed[0] - 1} in history
+
+
+def test_rerunning_the_same_run_resumes_and_keeps_the_best(demo_shards, ray_session, tmp_path):
+    first = _fit(demo_shards, tmp_path, "again", epochs=1, batch_size=8)
+    assert first.error is None and first.metrics["epoch"] == 1
+    second = _fit(demo_shards, tmp_path, "again", epochs=2, batch_size=8)
+    assert second.error is None and second.metrics["epoch"] == 2
+    history = _history(tmp_path / "again")
+    assert [r["epoch"] for r in history if r["event"] == "epoch"] == [1, 2]
+    assert {"event": "resumed", "from_epoch": 1} in history
+    from raylab.train.evaluate import best_checkpoint
+
+    best = best_checkpoint(second)
+    with best.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    scores = [r["val_video_top1"] for r in history if r["event"] == "epoch"]
+    assert state["metrics"]["val_video_top1"] == max(scores)
+    assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "sampler", "config"}

@@ -70,7 +70,7 @@ def check_model(config: dict, frames: int, size: int) -> None:
 
     options = config["model_options"]
     with torch.device("meta"):
-        model = build_model(config["model"], config["num_classes"], **options)
+        model = build_model(config["model"], config["num_classes"], **options).eval()
         model(torch.empty(1, options.get("in_channels", 3), frames, size, size))
 
 

@@ -1,0 +1,129 @@
+"""Steps/s of a training step inside a Ray Train worker vs the same step in bare PyTorch.
+
+    python benchmarks/train_overhead.py [--model c3d --width 0.25 --frames 16 --size 64]
+
+Both run the same model from the same seed on the same in-memory uint8 batches (no data
+pipeline: this isolates what Ray Train adds — the worker process, prepare_model, a
+report per epoch), with the same number of torch threads, one after the other in one run.
+Prints both rates and their ratio (Ray / bare). Nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def make_batches(n: int, batch: int, frames: int, size: int) -> list[tuple]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        (
+            torch.randint(0, 256, (batch, frames, size, size, 3), dtype=torch.uint8, generator=g),
+            torch.randint(0, 8, (batch,), generator=g),
+        )
+        for _ in range(n)
+    ]
+
+
+def run_steps(config: dict, report=None) -> float:
+    """Train ``config["steps"]`` steps (after ``config["warmup"]``); returns steps/s."""
+    from raylab.models import build_model
+    from raylab.train.loop import make_optimizer, normalise
+
+    torch.set_num_threads(config["threads"])
+    torch.manual_seed(0)
+    model = build_model(config["model"], 8, **config["model_options"])
+    if report is not None:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model)
+    optimizer = make_optimizer(model, {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4})
+    batches = make_batches(
+        config["batches"], config["batch_size"], config["frames"], config["size"]
+    )
+    mean = torch.tensor([0.45] * 3)
+    std = torch.tensor([0.225] * 3)
+    start = None
+    total = config["warmup"] + config["steps"]
+    for step in range(total):
+        if step == config["warmup"]:
+            start = time.perf_counter()
+        clip, label = batches[step % len(batches)]
+        loss = F.cross_entropy(model(normalise(clip, mean, std)), label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if report is not None and (step + 1) % config["steps_per_epoch"] == 0:
+            report({"step": step + 1, "loss": loss.item()})
+    return config["steps"] / (time.perf_counter() - start)
+
+
+def ray_worker(config: dict) -> None:
+    import ray.train
+
+    rate = run_steps(config, report=ray.train.report)
+    ray.train.report({"steps_per_s": rate})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="c3d")
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    options = {"width": args.width} | ({"head": "pooled"} if args.model == "c3d" else {})
+    config = {
+        "model": args.model,
+        "model_options": options,
+        "frames": args.frames,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "batches": 8,
+        "warmup": 5,
+        "steps": args.steps,
+        "steps_per_epoch": 20,
+        "threads": args.threads,
+    }
+
+    bare = run_steps(config)
+
+    import tempfile
+
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False)
+    trainer = TorchTrainer(
+        ray_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=1, resources_per_worker={"CPU": args.threads}
+        ),
+        run_config=ray.train.RunConfig(storage_path=tempfile.mkdtemp(), name="overhead"),
+    )
+    in_ray = trainer.fit().metrics["steps_per_s"]
+    ray.shutdown()
+
+    print(
+        f"{args.model} width {args.width}, {args.batch_size} x {args.frames}x{args.size}^2 "
+        f"clips, {args.threads} torch threads, {args.steps} timed steps each"
+    )
+    print(f"bare PyTorch loop   {bare:7.2f} steps/s")
+    print(f"Ray Train worker    {in_ray:7.2f} steps/s")
+    print(f"ratio Ray / bare = {in_ray / bare:.3f}")
+    print(json.dumps({"bare_steps_per_s": bare, "ray_steps_per_s": in_ray, "ratio": in_ray / bare}))
+
+
+if __name__ == "__main__":
+    main()

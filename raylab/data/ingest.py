@@ -392,7 +392,8 @@ def ingest(
     if todo and not ray.is_initialized():
         ray.init(log_to_driver=False)
     remote = ray.remote(num_cpus=1, max_retries=1)(_encode_task)
-    limit = max_in_flight or max(2, 2 * int(ray.available_resources().get("CPU", 1)))
+    cpus = ray.available_resources().get("CPU", 1) if todo else 1  # no Ray when all is done
+    limit = max_in_flight or max(2, 2 * int(cpus))
     bar = tqdm(
         total=len(anns.entries),
         initial=len(anns.entries) - len(todo),

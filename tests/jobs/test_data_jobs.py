@@ -39,6 +39,13 @@ def test_demo_data_then_ingest_then_stream_one_epoch(tmp_path, ray_session):
         env=env,
     )
     assert shards["splits"] == {"train": demo["train"], "val": demo["test"]}
+    again = _job(  # the same command again: nothing left to do, and it says so
+        "ingest.py",
+        *("--source", demo["root"], "--format", "ucf101", "--out", str(tmp_path / "shards")),
+        *("--short-side", "48", "--no-progress"),
+        env=env,
+    )
+    assert again["encoded"] == 0 and again["splits"] == shards["splits"]
     stream = _job(
         "stream_clips.py",
         *("--data", str(tmp_path / "shards"), "--frames", "4", "--size", "32"),

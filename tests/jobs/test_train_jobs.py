@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from raylab.models import build_model
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _job(name: str, *args: str, env: dict) -> dict:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / name), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def test_train_then_evaluate_multi_view_and_fused(demo_shards, ray_session, tmp_path):
-    env = os.environ | {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+def test_train_then_evaluate_multi_view_and_fused(demo_shards, run_job, tmp_path):
     run = tmp_path / "run"
-    trained = _job(
+    trained = run_job(
         "train.py",
         *("--data", str(demo_shards), "--model", "c3d", "--out", str(run)),
         *("--width", "0.125", "--model-option", 'head="pooled"'),
         *("--frames", "16", "--size", "32", "--epochs", "2", "--batch-size", "8"),
         *("--cpus-per-worker", "0.5"),
-        env=env,
     )
     metrics = trained["metrics"]
     assert metrics["epochs"] == 2
@@ -49,12 +30,11 @@ def test_train_then_evaluate_multi_view_and_fused(demo_shards, ray_session, tmp_
     model = build_model("c3d", 8, width=0.125, head="pooled")
     model.load_state_dict(state)
 
-    evaluated = _job(
+    evaluated = run_job(
         "evaluate.py",
         *("--data", str(demo_shards), "--checkpoint", trained["best_checkpoint"]),
         *("--clips", "2", "--crops", "3", "--out", str(tmp_path / "eval")),
         *("--flow-checkpoint", trained["best_checkpoint"]),  # fusing a stream with itself
-        env=env,
     )
     m = evaluated["metrics"]
     assert m["views_per_video"] == 6

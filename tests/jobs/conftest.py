@@ -1,0 +1,33 @@
+"""Run a job of jobs/ as a user would, against the session's Ray, and read its JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def run_job(ray_session):
+    """``run_job("train.py", *args) -> dict``: the job's last stdout line, parsed; the job
+    joins the session's Ray through RAY_ADDRESS and must exit 0."""
+    env = os.environ | {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+
+    def run(name: str, *args: str) -> dict:
+        done = subprocess.run(
+            [sys.executable, str(REPO / "jobs" / name), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    return run

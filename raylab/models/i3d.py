@@ -158,6 +158,9 @@ class I3D(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.logits = nn.Conv3d(channels, num_classes, 1, bias=True)
         init_weights(self)
+        # The classifier is a 1x1x1 conv: He init (fan_out = classes) would give it logits
+        # of several units at the start; initialise it as the linear classifier it is.
+        nn.init.normal_(self.logits.weight, 0.0, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_clip("i3d", x, self.in_channels, self.min_input)

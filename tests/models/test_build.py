@@ -3,6 +3,8 @@ derived here from the layer tables in MODELS.md (not from our modules) and its p
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -54,6 +56,20 @@ def test_unknown_option_and_bad_values_name_the_model():
     with pytest.raises(ValueError, match="densenet3d121: the depth is part of the name"):
         build_model("densenet3d121", 10, depth=201)
     assert len(build_model("stm", 10, depth=101, width=0.0625).layer3) == 23
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_training_starts_at_the_uniform_guess(name):
+    # A freshly built classifier should be unsure: loss near ln(classes). A classifier
+    # initialised like a hidden conv starts with logits of several units and trains badly.
+    torch.manual_seed(0)
+    model = build_model(name, 8, width=0.0625).train()  # batch statistics, as in training
+    thw = (32, 64, 64) if "densenet" in name or "t3d" in name else SMALL[name]
+    with torch.no_grad():
+        logits = model(torch.randn(4, 3, *thw))
+    loss = nn.functional.cross_entropy(logits, torch.arange(4))
+    assert abs(loss.item() - math.log(8)) < 0.3, loss.item()
+    assert logits.abs().max() < 1.0
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

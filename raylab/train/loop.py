@@ -288,8 +288,9 @@ def train_loop(config: dict) -> None:
                 )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 _log_epoch(writer, metrics, config)
-                _history(config, {"event": "epoch"} | metrics)
             ray.train.report(metrics, checkpoint=ckpt)
+        if rank == 0:  # after the report: every worker finished the epoch and it is saved
+            _history(config, {"event": "epoch"} | metrics)
     if writer is not None:
         writer.close()
 

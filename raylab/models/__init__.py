@@ -19,9 +19,9 @@ from functools import partial
 from torch import nn
 
 from raylab.models.c3d import C3D, c3d
-from raylab.models.densenet3d import DenseNet3D, densenet3d, t3d
 from raylab.models.i3d import I3D, i3d
 from raylab.models.stm import stm
+from raylab.models.t3d import DenseNet3D, densenet3d, t3d
 from raylab.models.tsn import FrameResNet, tsn
 
 

@@ -35,9 +35,9 @@ from collections.abc import Mapping
 import torch
 
 from raylab.models.c3d import C3D
-from raylab.models.densenet3d import DenseNet3D
 from raylab.models.i3d import I3D
 from raylab.models.inflate import LoadReport, load_inflated
+from raylab.models.t3d import DenseNet3D
 from raylab.models.tsn import FrameResNet
 
 StateLike = Mapping[str, torch.Tensor] | str | os.PathLike

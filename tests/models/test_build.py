@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from raylab.models import MODEL_INFO, MODEL_NAMES, build_model
-from raylab.models.densenet3d import densenet3d
+from raylab.models.t3d import densenet3d
 
 # The smallest-cost input each model takes, for tiny-width runs.
 SMALL = {

@@ -19,9 +19,9 @@ from raylab.models.checkpoints import (
     load_resnet_2d,
     read_state,
 )
-from raylab.models.densenet3d import DenseNet3D, t3d
 from raylab.models.i3d import I3D
 from raylab.models.stm import stm
+from raylab.models.t3d import DenseNet3D, t3d
 
 
 def c(n: int, width: float) -> int:

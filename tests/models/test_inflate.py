@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from raylab.models.checkpoints import load_densenet_2d, load_googlenet_2d, load_resnet_2d
-from raylab.models.densenet3d import DenseNet3D
 from raylab.models.i3d import I3D, Inception, MaxPool3dSame, Unit3d, same_padding
 from raylab.models.inflate import adapt_in_channels, inflate_weight
 from raylab.models.stm import STMBlock, stm
+from raylab.models.t3d import DenseNet3D
 from raylab.models.tsn import FrameResNet
 
 # ---------------------------------------------------------------- 2D reference networks

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raylab.models import build_model
-from raylab.models.densenet3d import DenseNet3D, TemporalTransition, densenet3d, min_size, t3d
+from raylab.models.t3d import DenseNet3D, TemporalTransition, densenet3d, min_size, t3d
 
 
 @pytest.mark.parametrize("name", ["densenet3d121", "t3d121"])

@@ -1,0 +1,292 @@
+"""The search space: T3D and STM architectures, clip shape and optimiser, and what can run.
+
+The space is conditional (Optuna define-by-run): the ``family`` is drawn first and decides
+which architecture knobs exist::
+
+    family        t3d | stm
+      t3d  depth          121 | 169 | 201
+      stm  stm_stages     which of the paper's stages 2-5 hold STM blocks ("2345", "45", ...)
+           stm_blocks     all (every bottleneck of those stages) | first (one per stage)
+    frames        8 | 16 | 32 | 64         input frames per clip
+    size          112 | 160 | 224          crop side
+    stride        1 | 2 | 4 | 8            temporal stride between sampled frames
+    lr            1e-4 .. 1e-2 (log)       AdamW, cosine schedule
+    weight_decay  1e-5 .. 1e-2 (log)
+
+Both families read dense clips (``frames`` frames ``stride`` apart), so stride means the
+same thing for both. A :class:`SearchSpace` narrows any knob to fewer choices, and a knob
+left with one choice is a constant of the experiment, not a searched parameter.
+
+:func:`plan_trial` turns a sampled configuration into a model, a pipeline and a batch size,
+or into a :class:`Pruned` reason when it cannot run: a clip longer than the videos, a crop
+larger than the stored renditions, a clip the model's pooling cannot take, or a memory
+estimate above the device.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from raylab.data.decode import ClipSpec, choose_rendition
+from raylab.models import build_model
+
+STM_STAGE_SETS: tuple[str, ...] = tuple(
+    "".join(c) for n in range(4, 0, -1) for c in itertools.combinations("2345", n)
+)
+
+
+@dataclass
+class SearchSpace:
+    """The choices of every knob; one choice fixes it. Ranges are (low, high), log-uniform."""
+
+    family: tuple[str, ...] = ("t3d", "stm")
+    depth: tuple[int, ...] = (121, 169, 201)
+    stm_stages: tuple[str, ...] = STM_STAGE_SETS
+    stm_blocks: tuple[str, ...] = ("all", "first")
+    frames: tuple[int, ...] = (8, 16, 32, 64)
+    size: tuple[int, ...] = (112, 160, 224)
+    stride: tuple[int, ...] = (1, 2, 4, 8)
+    lr: tuple[float, ...] = (1e-4, 1e-2)
+    weight_decay: tuple[float, ...] = (1e-5, 1e-2)
+
+    def __post_init__(self) -> None:
+        allowed = {
+            "family": {"t3d", "stm"},
+            "depth": {121, 169, 201},
+            "stm_stages": set(STM_STAGE_SETS),
+            "stm_blocks": {"all", "first"},
+        }
+        for name, valid in allowed.items():
+            bad = [v for v in getattr(self, name) if v not in valid]
+            if bad:
+                raise ValueError(f"search space: {name} {bad} not among {sorted(valid)}")
+        for name in ("family", "depth", "stm_stages", "stm_blocks", "frames", "size", "stride"):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"search space: {name} needs at least one choice")
+            if name in ("frames", "size", "stride") and min(values) < 1:
+                raise ValueError(f"search space: {name} must be positive, got {values}")
+        for name in ("lr", "weight_decay"):
+            values = getattr(self, name)
+            if len(values) not in (1, 2) or min(values) <= 0:
+                raise ValueError(
+                    f"search space: {name} is one positive value or a (low, high) range, "
+                    f"got {values}"
+                )
+
+    def define(self, trial) -> dict:
+        """Optuna define-by-run: draws the family, then only that family's knobs.
+
+        Returns the knobs with one choice as constants (Ray's ``OptunaSearch`` merges them
+        into the trial's config), so every trial's config names all of its knobs.
+        """
+        constants: dict = {}
+
+        def pick(name: str):
+            choices = getattr(self, name)
+            if len(choices) == 1:
+                constants[name] = choices[0]
+                return choices[0]
+            return trial.suggest_categorical(name, list(choices))
+
+        def log_range(name: str) -> None:
+            values = getattr(self, name)
+            if len(values) == 1:
+                constants[name] = values[0]
+            else:
+                trial.suggest_float(name, min(values), max(values), log=True)
+
+        if pick("family") == "t3d":
+            pick("depth")
+        else:
+            pick("stm_stages")
+            pick("stm_blocks")
+        for name in ("frames", "size", "stride"):
+            pick(name)
+        log_range("lr")
+        log_range("weight_decay")
+        return constants
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    """What the shards allow: stored renditions (short sides) and the shortest video."""
+
+    renditions: tuple[int, ...]
+    min_frames: int
+    num_classes: int
+    train_videos: int
+
+    @classmethod
+    def of(cls, shards: str | Path) -> DataLimits:
+        """Read the manifest and the ``num_frames`` column of the training split."""
+        import pyarrow.parquet as pq
+
+        from raylab.data.ingest import load_manifest
+        from raylab.data.pipeline import shard_files
+
+        manifest = load_manifest(shards)
+        frames = [
+            n
+            for f in shard_files(shards, "train")
+            for n in pq.read_table(f, columns=["num_frames"]).column(0).to_pylist()
+        ]
+        return cls(
+            renditions=tuple(manifest["renditions"]),
+            min_frames=min(frames),
+            num_classes=len(manifest["classes"]),
+            train_videos=len(frames),
+        )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Where a trial runs: device memory per worker (GiB), the largest batch per worker,
+    the channel multiplier of the networks (1.0 full size, small for CPU searches)."""
+
+    memory_gib: float
+    max_batch: int = 8
+    width: float = 1.0
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """A configuration that is not run, and why."""
+
+    reason: str
+
+
+@dataclass
+class TrialPlan:
+    """What a valid configuration runs: the model, its clips, its batch and its cost."""
+
+    model: str
+    model_options: dict
+    frames: int
+    stride: int
+    size: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    gmacs: float  # multiply-adds per clip, forward
+    params_m: float
+    memory_gib: float  # estimated training memory per worker at batch_size
+    knobs: dict = field(default_factory=dict)
+
+    @property
+    def cost(self) -> dict:
+        return {"gmacs": self.gmacs, "params_m": self.params_m, "memory_gib": self.memory_gib}
+
+
+def model_of(config: dict, width: float) -> tuple[str, dict]:
+    """The ``build_model`` name and options of a sampled configuration."""
+    options: dict = {"width": width}
+    if config["family"] == "t3d":
+        return f"t3d{config['depth']}", options
+    options["stm_stages"] = [int(s) for s in config["stm_stages"]]
+    options["stm_blocks"] = config["stm_blocks"]
+    return "stm", options
+
+
+def measure(model: torch.nn.Module, shape: tuple[int, ...]) -> tuple[float, float, float]:
+    """(GMACs per clip, millions of parameters, activation GiB per clip) of a meta model.
+
+    MACs come from ``torch.utils.flop_counter`` (which counts 2 FLOPs per multiply-add).
+    Activations are the outputs of every leaf module, in float32: roughly what autograd
+    keeps for the backward pass.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    activations = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal activations
+        if isinstance(output, torch.Tensor):
+            activations += output.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.empty(shape, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    params = sum(p.numel() for p in model.parameters())
+    return counter.get_total_flops() / 2 / 1e9, params / 1e6, activations * 4 / 2**30
+
+
+def plan_trial(config: dict, limits: DataLimits, budget: Budget) -> TrialPlan | Pruned:
+    """A runnable plan for a sampled ``config``, or the reason it cannot run.
+
+    The batch is the largest power of two up to ``budget.max_batch`` whose estimated
+    training memory (weights, gradients and AdamW state, plus twice the activations per clip
+    for their gradients) fits ``budget.memory_gib``.
+    """
+    frames, stride, size = config["frames"], config["stride"], config["size"]
+    span = (frames - 1) * stride + 1
+    if span > limits.min_frames:
+        return Pruned(
+            f"clip span {span} frames ({frames} frames x stride {stride}) is longer than the "
+            f"shortest training video ({limits.min_frames} frames)"
+        )
+    working = ClipSpec(frames=frames, stride=stride, size=size).working_short_side
+    try:
+        choose_rendition(limits.renditions, working)
+    except ValueError:
+        return Pruned(
+            f"resolution {size} is cropped from frames at short side {working}, above the "
+            f"stored renditions {list(limits.renditions)}"
+        )
+    name, options = model_of(config, budget.width)
+    shape = (1, 3, frames, size, size)
+    try:
+        with torch.device("meta"):
+            model = build_model(name, limits.num_classes, **options).eval()
+        gmacs, params_m, act_gib = measure(model, shape)
+    except ValueError as err:  # the model's own message: pooling needs a larger clip
+        return Pruned(f"{name} cannot take a {frames}x{size}x{size} clip: {err}")
+    fixed_gib = params_m * 1e6 * 4 * 4 / 2**30  # weights, gradients, two AdamW moments
+    per_clip_gib = 2 * act_gib
+    fits = math.floor((budget.memory_gib - fixed_gib) / per_clip_gib) if per_clip_gib else 0
+    if fits < 1:
+        return Pruned(
+            f"estimated memory {fixed_gib + per_clip_gib:.1f} GiB for a batch of one "
+            f"{frames}x{size}x{size} clip is above the device's {budget.memory_gib:.1f} GiB"
+        )
+    batch = 2 ** int(math.log2(min(fits, budget.max_batch)))
+    return TrialPlan(
+        model=name,
+        model_options=options,
+        frames=frames,
+        stride=stride,
+        size=size,
+        batch_size=batch,
+        lr=config["lr"],
+        weight_decay=config["weight_decay"],
+        gmacs=gmacs,
+        params_m=params_m,
+        memory_gib=fixed_gib + batch * per_clip_gib,
+        knobs={k: config[k] for k in sorted(config) if k in SEARCH_KEYS},
+    )
+
+
+SEARCH_KEYS = (
+    "family",
+    "depth",
+    "stm_stages",
+    "stm_blocks",
+    "frames",
+    "size",
+    "stride",
+    "lr",
+    "weight_decay",
+)

@@ -50,6 +50,7 @@ DEFAULTS: dict = {
     "seed": 0,  # model initialisation
     "init_from": None,  # a plain state dict to start from (e.g. transferred weights)
     "run_dir": None,  # TensorBoard events and progress files go here (rank 0)
+    "extra_metrics": {},  # constants reported with every epoch (a search trial's cost)
 }
 
 
@@ -268,6 +269,7 @@ def train_loop(config: dict) -> None:
         val_batches = val_shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy")
         # The bare module: DDP's forward would sync buffers across workers.
         metrics |= evaluate_views(unwrap(model), val_batches, device, mean, std, amp_ctx)
+        metrics |= config["extra_metrics"]
 
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None

@@ -1,0 +1,422 @@
+"""Ray Tune over the search space: Optuna (TPE) proposes, ASHA stops early, Train runs.
+
+Each trial is a driver function (:func:`run_trial`) that plans the sampled configuration
+(``space.plan_trial``) and either reports why it was pruned or builds and fits a Ray Train
+``TorchTrainer`` whose epochs reach Tune through ``TuneReportCallback`` (RAY.md section 1).
+Layout of an experiment (``storage_path/name``)::
+
+    <Tune's trial folders>     params.json, result.json, progress.csv, TensorBoard events
+    train_runs/train-<trial>/  the trial's Train run: checkpoints, history.jsonl, tensorboard/
+    optuna.db                  the Optuna study (SQLite), written as trials progress
+    best/                      the best trial's weights, evaluation and confusion matrix
+    summary.json, report.html  written at the end (``raylab.report``)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from raylab.tune.space import Budget, DataLimits, Pruned, SearchSpace, plan_trial
+
+METRIC = "val_video_top1"
+STUDY_FILE = "optuna.db"
+
+# Device memory (GiB) by the accelerator type Ray advertises, for the batch-size estimate.
+ACCELERATOR_GIB = {"H100": 80, "H200": 141, "A100": 40, "A10G": 24, "L4": 24, "T4": 16, "V100": 16}
+
+
+@dataclass
+class TuneOptions:
+    """One experiment: where the data and results are, how much to search, how trials run."""
+
+    shards: str
+    storage_path: str
+    name: str
+    space: SearchSpace = field(default_factory=SearchSpace)
+    num_samples: int = 20
+    max_epochs: int = 10  # ASHA's max_t: epochs of a trial that is never stopped
+    grace_period: int = 1  # epochs before ASHA may stop a trial
+    reduction_factor: int = 3
+    width: float = 1.0  # channel multiplier of every network
+    max_batch: int = 16  # per worker; lowered to what the memory estimate allows
+    memory_gib: float | None = None  # per worker; None: the GPU's, or a share of free RAM
+    workers: int = 1  # Train workers per trial
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    decoder_cpus: float = 1.0
+    concurrency: int | None = None  # trials at once; None: as the cluster's CPUs/GPUs allow
+    val_clips: int = 1
+    seed: int = 0
+
+    @property
+    def experiment_dir(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def local(self) -> bool:
+        return "://" not in self.storage_path
+
+    @property
+    def study_path(self) -> Path:
+        """The SQLite study (and ``options.json`` beside it): in the experiment folder, or
+        under ``~/raylab/studies/NAME`` when results go to a URI such as s3://."""
+        return options_dir(self.storage_path, self.name) / STUDY_FILE
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["space"] = self.space.to_dict()
+        return out
+
+
+def options_dir(storage_path: str, name: str) -> Path:
+    """The local folder of an experiment's study and options."""
+    if "://" not in storage_path:
+        return Path(storage_path) / name
+    return Path.home() / "raylab" / "studies" / name
+
+
+def trial_concurrency(options: TuneOptions, resources: dict) -> int:
+    """Trials that fit at once: each needs its workers' CPUs (and GPUs) plus one decoder.
+
+    More would leave Train workers waiting for CPUs that never free up (RAY.md section 1).
+    """
+    if options.concurrency:
+        return options.concurrency
+    per_trial = options.workers * options.cpus_per_worker + options.decoder_cpus
+    fit = int(resources.get("CPU", 1) // per_trial)
+    if options.use_gpu:
+        fit = min(fit, int(resources.get("GPU", 0) // options.workers))
+    return max(1, fit)
+
+
+def memory_budget(options: TuneOptions, resources: dict, concurrency: int) -> float:
+    """GiB a worker may use: the flag, the GPU's memory, or half the free RAM per trial."""
+    if options.memory_gib:
+        return options.memory_gib
+    if options.use_gpu:
+        for key in resources:
+            kind = key.removeprefix("accelerator_type:")
+            if key.startswith("accelerator_type:") and kind in ACCELERATOR_GIB:
+                return 0.9 * ACCELERATOR_GIB[kind]
+        return 0.9 * 16
+    return 0.5 * available_ram_gib() / (concurrency * options.workers)
+
+
+def available_ram_gib() -> float:
+    """Memory the kernel could hand out now (MemAvailable), in GiB; free pages elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Budget) -> None:
+    """One trial: plan the configuration, then train it with Ray Train, or report the pruning."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raylab.train.trainer import DataOptions, build_trainer
+
+    # Tune's trial table is the progress display; per-trial data bars would garble it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # Lists this trial's Train run in the dashboard (/api/train/v2/runs/v1). The trainer reads
+    # it where it is built, in this trial's process, whatever the job's environment says.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    trial_id = tune.get_context().get_trial_id()
+    plan = plan_trial(config, limits, budget)
+    if isinstance(plan, Pruned):
+        print(f"trial {trial_id} pruned before it started: {plan.reason}", file=sys.stderr)
+        tune.report({"pruned": True, "prune_reason": plan.reason})
+        return
+    runs = f"{options.experiment_dir}/train_runs"
+    train_config = {
+        "model": plan.model,
+        "model_options": plan.model_options,
+        "epochs": options.max_epochs,
+        "batch_size": plan.batch_size,
+        "optimizer": "adamw",
+        "lr": plan.lr,
+        "weight_decay": plan.weight_decay,
+        "seed": options.seed,
+        "run_dir": f"{runs}/train-{trial_id}" if options.local else None,
+        "data": {"frames": plan.frames, "stride": plan.stride, "size": plan.size},
+        "extra_metrics": plan.cost | {"batch_size": plan.batch_size, "pruned": False},
+    }
+    data = DataOptions(
+        shards=options.shards,
+        frames=plan.frames,
+        stride=plan.stride,
+        size=plan.size,
+        scheme="dense",
+        flip=False,
+        val_clips=options.val_clips,
+        decoder_cpus=options.decoder_cpus,
+    )
+    trainer = build_trainer(
+        train_config,
+        data,
+        storage_path=runs,
+        name=f"train-{trial_id}",  # a restored trial resumes its own Train run
+        workers=options.workers,
+        use_gpu=options.use_gpu,
+        cpus_per_worker=options.cpus_per_worker,
+        max_failures=1,
+        keep_checkpoints=2,
+        callbacks=[TuneReportCallback()],
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+
+def _searcher_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class StudySearch(OptunaSearch):
+        """``OptunaSearch`` that records configurations pruned before they started as PRUNED
+        trials with a ``prune_reason``, and every trial's cost as user attributes."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+            trial = self._ot_trials.get(trial_id)
+            if trial is not None and result and trial_id not in self._completed_trials:
+                for key in ("prune_reason", "gmacs", "params_m", "clips_per_s", "batch_size"):
+                    if key in result:
+                        trial.set_user_attr(key, result[key])
+            super().on_trial_complete(trial_id, result, error)
+
+    return StudySearch
+
+
+def build_tuner(options: TuneOptions, *, resume: bool = False):
+    """The ``Tuner`` of an experiment, new or restored from ``options.experiment_dir``."""
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    # Pruned trials report no accuracy, on purpose: Optuna then marks them PRUNED.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    resources = ray.cluster_resources()
+    concurrency = trial_concurrency(options, resources)
+    budget = Budget(
+        memory_gib=memory_budget(options, resources, concurrency),
+        max_batch=options.max_batch,
+        width=options.width,
+    )
+    limits = DataLimits.of(options.shards)
+    # The driver only waits on its Train run, which reserves the workers' resources itself;
+    # a CPU share here would leave the last decoder without the whole CPU it asks for.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, options=options, limits=limits, budget=budget),
+        {"CPU": 0, "memory": 256 * 2**20},
+    )
+    if resume:
+        if not tune.Tuner.can_restore(options.experiment_dir):
+            raise FileNotFoundError(
+                f"--resume: no experiment to restore at {options.experiment_dir}"
+            )
+        return tune.Tuner.restore(
+            options.experiment_dir, trainable, resume_unfinished=True, restart_errored=True
+        )
+    options.study_path.parent.mkdir(parents=True, exist_ok=True)
+    searcher = _searcher_class()(
+        space=options.space.define,
+        metric=METRIC,
+        mode="max",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{options.study_path}"),
+        study_name=options.name,
+        seed=options.seed,
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=options.max_epochs,
+        grace_period=min(options.grace_period, options.max_epochs),
+        reduction_factor=options.reduction_factor,
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=options.num_samples,
+            max_concurrent_trials=concurrency,
+        ),
+        run_config=tune.RunConfig(
+            name=options.name,
+            storage_path=options.storage_path,
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
+
+
+def save_options(options: TuneOptions) -> None:
+    """``options.json`` beside the study: what ``--resume`` and the report read back."""
+    path = options.study_path.parent / "options.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(options.to_dict(), indent=2))
+
+
+def load_options(storage_path: str, name: str) -> TuneOptions:
+    """The options an experiment was started with."""
+    path = options_dir(storage_path, name) / "options.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no experiment {name!r} under {storage_path} ({path} is missing)")
+    raw = json.loads(path.read_text())
+    space = SearchSpace(**{k: tuple(v) for k, v in raw.pop("space").items()})
+    return TuneOptions(space=space, **raw)
+
+
+def trial_table(results, max_epochs: int) -> list[dict]:
+    """One row per trial: its knobs, status (done, stopped early by ASHA, pruned before it
+    started, error), best accuracy (and epoch) and cost side by side."""
+    rows = []
+    for r in results:
+        frame = r.metrics_dataframe
+        last = r.metrics or {}
+        row = {"trial_id": last.get("trial_id") or Path(r.path).name, "path": r.path}
+        row |= {k: v for k, v in r.config.items()}
+        if last.get("pruned"):
+            row |= {"status": "pruned", "prune_reason": last.get("prune_reason")}
+        elif r.error:
+            row |= {"status": "error", "error": str(r.error).splitlines()[0][:300]}
+        else:
+            row["status"] = "done"
+        if frame is not None and METRIC in frame and frame[METRIC].notna().any():
+            best = frame[METRIC].astype(float).idxmax()
+            for key in (
+                METRIC,
+                "val_video_top5",
+                "val_clip_acc",
+                "gmacs",
+                "params_m",
+                "batch_size",
+                "memory_gib",
+            ):
+                if key in frame:
+                    row[key] = _plain(frame[key][best])
+            row["best_epoch"] = int(frame["training_iteration"][best])
+            row["epochs"] = int(frame["training_iteration"].max())
+            row["clips_per_s"] = float(frame["clips_per_s"].mean())
+            row["best_checkpoint"] = _plain(frame.get("checkpoint_path", {}).get(best))
+            if row["status"] == "done" and row["epochs"] < max_epochs:
+                row["status"] = "stopped"
+        rows.append(row)
+    return rows
+
+
+def _plain(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def best_checkpoint_in(run_dir: str | Path) -> Path:
+    """The checkpoint folder of a Train run with the highest validation video top-1
+    (the later epoch on ties), read from the checkpoints themselves."""
+    import torch
+
+    ranked = []
+    for d in Path(run_dir).glob("checkpoint_*"):
+        if (d / "state.pt").exists():
+            state = torch.load(d / "state.pt", map_location="cpu", weights_only=True)
+            score = state["metrics"].get(METRIC)
+            score = -1.0 if score is None or math.isnan(score) else score
+            ranked.append((score, state["epoch"], d))
+    if not ranked:
+        raise FileNotFoundError(f"no checkpoint in the Train run {run_dir}")
+    return max(ranked, key=lambda r: (r[0], r[1]))[2]
+
+
+def reproduce_command(config: dict, shards: str, epochs: int) -> str:
+    """The ``jobs/train.py`` command line that trains a checkpoint's configuration alone."""
+    data, options = config["data"], dict(config["model_options"])
+    width = options.pop("width", 1.0)
+    parts = [
+        "python jobs/train.py",
+        f"--data {shards}",
+        f"--model {config['model']}",
+        f"--frames {data['frames']} --stride {data['stride']} --size {data['size']}",
+        "--scheme dense",
+        f"--width {width}",
+        f"--epochs {epochs} --batch-size {config['batch_size']}",
+        f"--optimizer {config['optimizer']} --lr {config['lr']:.3g}",
+        f"--weight-decay {config['weight_decay']:.3g}",
+    ]
+    parts += [f"--model-option {k}='{json.dumps(v)}'" for k, v in options.items()]
+    parts.append(f"--out runs/{config['model']}-best")
+    return " ".join(parts)
+
+
+def summarise(options: TuneOptions, results) -> dict:
+    """Rank the trials, evaluate the best one's best checkpoint multi-view on the validation
+    split (confusion matrix in ``best/``), and return the job's result."""
+    import torch
+
+    from raylab.data.ingest import load_manifest
+    from raylab.train.evaluate import plot_confusion, predict, report_metrics
+
+    rows = trial_table(results, options.max_epochs)
+    exp = Path(options.experiment_dir)
+    (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
+    scored = [r for r in rows if r.get(METRIC) is not None]
+    counts = {
+        s: sum(r["status"] == s for r in rows) for s in ("done", "stopped", "pruned", "error")
+    }
+    if not scored:
+        raise RuntimeError(
+            f"no trial of {exp} finished an epoch ({counts}); see {exp / 'trials.json'}"
+        )
+    best = max(scored, key=lambda r: (r[METRIC], -(r.get("gmacs") or 0)))
+    checkpoint = best_checkpoint_in(exp / "train_runs" / f"train-{best['trial_id']}")
+    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
+    out = exp / "best"
+    out.mkdir(exist_ok=True)
+    torch.save(state["model"], out / "weights.pt")
+    classes = load_manifest(options.shards)["classes"]
+    pred = predict(options.shards, checkpoint, split="val", clips=options.val_clips)
+    evaluation = report_metrics(pred, classes) | {"clip_acc": pred["clip_acc"]}
+    plot_confusion(evaluation["confusion"], classes, out / "confusion.png")
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+    command = reproduce_command(state["config"], options.shards, options.max_epochs)
+    (out / "command.txt").write_text(command + "\n")
+    knobs = {k: best[k] for k in options.space.to_dict() if k in best}
+    return {
+        "best_config": knobs,
+        "metrics": {
+            METRIC: best[METRIC],
+            "val_video_top5": best.get("val_video_top5"),
+            "val_clip_acc": best.get("val_clip_acc"),
+            "best_epoch": best.get("best_epoch"),
+            "epochs": best.get("epochs"),
+            "gmacs": best.get("gmacs"),
+            "params_m": best.get("params_m"),
+            "clips_per_s": best.get("clips_per_s"),
+            "eval_video_top1": evaluation["video_top1"],
+            "eval_mean_class_acc": evaluation["mean_class_acc"],
+        },
+        "trials": counts | {"total": len(rows)},
+        "best_trial": best["trial_id"],
+        "model": state["config"]["model"],
+        "experiment": str(exp),
+        "best_checkpoint": str(checkpoint),
+        "weights": str(out / "weights.pt"),
+        "confusion": str(out / "confusion.png"),
+        "study": f"sqlite:///{options.study_path}",
+        "tensorboard": str(exp),
+        "reproduce": command,
+    }

@@ -1,0 +1,110 @@
+"""Sizing of an experiment on its cluster, and what the job hands back."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from raylab.tune.runner import (
+    TuneOptions,
+    best_checkpoint_in,
+    load_options,
+    memory_budget,
+    reproduce_command,
+    save_options,
+    trial_concurrency,
+)
+from raylab.tune.space import SearchSpace
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def train_args(argv: list[str]):
+    """jobs/train.py's own argument parser."""
+    spec = importlib.util.spec_from_file_location("train_job", REPO / "jobs" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.parse_args(argv)
+
+
+def options(**kw) -> TuneOptions:
+    return TuneOptions(shards="/data/shards", storage_path="/tmp/results", name="x", **kw)
+
+
+@pytest.mark.parametrize(
+    "kw, resources, expected",
+    [
+        ({}, {"CPU": 2}, 1),  # one worker CPU + one decoder CPU
+        ({}, {"CPU": 16}, 8),
+        ({"workers": 2}, {"CPU": 16}, 5),
+        ({"use_gpu": True}, {"CPU": 64, "GPU": 8}, 8),
+        ({"use_gpu": True, "workers": 4}, {"CPU": 64, "GPU": 8}, 2),
+        ({"use_gpu": True}, {"CPU": 64}, 1),  # never zero: Tune would wait forever
+        ({"concurrency": 3}, {"CPU": 2}, 3),
+    ],
+)
+def test_concurrency_leaves_every_trial_its_workers_and_a_decoder(kw, resources, expected):
+    assert trial_concurrency(options(**kw), resources) == expected
+
+
+def test_memory_budget_follows_the_accelerator():
+    gpu = options(use_gpu=True)
+    assert memory_budget(gpu, {"accelerator_type:H100": 1}, 1) == pytest.approx(72)
+    assert memory_budget(gpu, {}, 1) == pytest.approx(14.4)
+    assert memory_budget(options(memory_gib=3.0), {}, 4) == 3.0
+    assert 0 < memory_budget(options(), {}, 2) < memory_budget(options(), {}, 1)
+
+
+def test_options_round_trip(tmp_path):
+    opts = TuneOptions(
+        shards="/d", storage_path=str(tmp_path), name="e", space=SearchSpace(frames=(8, 16))
+    )
+    save_options(opts)
+    back = load_options(str(tmp_path), "e")
+    assert back == opts and back.space.frames == (8, 16)
+    with pytest.raises(FileNotFoundError, match="no experiment 'other'"):
+        load_options(str(tmp_path), "other")
+
+
+def test_study_of_an_s3_experiment_stays_local():
+    opts = TuneOptions(shards="/d", storage_path="s3://bucket/results", name="e")
+    assert opts.experiment_dir == "s3://bucket/results/e"
+    assert "://" not in str(opts.study_path) and opts.study_path.name == "optuna.db"
+
+
+def test_best_checkpoint_is_read_from_the_checkpoints(tmp_path):
+    for i, score in enumerate([0.5, 0.75, 0.75, float("nan")]):
+        d = tmp_path / f"checkpoint_{i}"
+        d.mkdir()
+        torch.save({"epoch": i, "metrics": {"val_video_top1": score}}, d / "state.pt")
+    assert best_checkpoint_in(tmp_path).name == "checkpoint_2"  # the later of the ties
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        best_checkpoint_in(tmp_path / "none")
+
+
+def test_reproduce_command_parses_as_a_train_job():
+    config = {
+        "model": "stm",
+        "model_options": {"width": 0.125, "stm_stages": [4, 5], "stm_blocks": "first"},
+        "data": {"frames": 8, "stride": 2, "size": 112},
+        "batch_size": 8,
+        "optimizer": "adamw",
+        "lr": 0.00123,
+        "weight_decay": 1e-4,
+    }
+    words = shlex.split(reproduce_command(config, "/data/shards", 10))
+    assert words[:2] == ["python", "jobs/train.py"]
+    args = train_args(words[2:])
+    assert (args.model, args.frames, args.stride, args.size, args.width) == (
+        "stm",
+        8,
+        2,
+        112,
+        0.125,
+    )
+    assert (args.epochs, args.batch_size, args.lr) == (10, 8, 0.00123)
+    assert sorted(args.model_option) == ['stm_blocks="first"', "stm_stages=[4, 5]"]

@@ -1,0 +1,388 @@
+"""Experiment -> one self-contained HTML report.
+
+:func:`write_report` reads what ``jobs/tune_t3d.py`` leaves in an experiment folder
+(``trials.json``, ``summary.json``, ``best/``, ``optuna.db``, Tune's trial folders) and
+writes ``report.html`` beside them: the best trial, every trial in a table, accuracy against
+cost, learning curves, Optuna's views of the search and the commands to look further.
+The file opens offline: plotly.js is inlined once and the image is a data URI.
+
+An experiment still running or cut off (no ``summary.json``, perhaps no ``trials.json``) is
+reported from Tune's trial folders.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+import logging
+import math
+import re
+import warnings
+from pathlib import Path
+
+METRIC = "val_video_top1"
+ARCH = ("family", "depth", "stm_stages", "stm_blocks")
+KNOBS = (*ARCH, "frames", "size", "stride", "lr", "weight_decay")
+COSTS = ("gmacs", "params_m", "clips_per_s", "batch_size")
+RESULTS = (METRIC, "val_video_top5", *COSTS, "epochs", "best_epoch")
+STATUSES = ("done", "stopped", "pruned", "error")
+# Taken at a trial's best epoch, as runner.trial_table does.
+AT_BEST = (METRIC, "val_video_top5", "val_clip_acc", "gmacs", "params_m", "batch_size")
+AT_BEST += ("memory_gib",)
+RAY_DASHBOARD = "http://127.0.0.1:8265/#/jobs"
+# Optuna's plots, and why one would be empty: what the note says when Optuna gives none.
+SEARCH_PLOTS = (
+    ("plot_optimization_history", "Optimisation history", "no trial has completed yet"),
+    ("plot_parallel_coordinate", "Parallel coordinates", "no trial has completed yet"),
+    ("plot_param_importances", "Parameter importances", "no trial has completed yet"),
+    ("plot_intermediate_values", "Intermediate values", "no trial has reported an epoch"),
+)
+STYLE = """body{font-family:sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}
+th{background:#f3f3f3}td.num{text-align:right}pre{background:#f6f6f6;padding:8px;
+white-space:pre-wrap}.note{color:#666;font-style:italic}tr.best{background:#eef8ee}"""
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices (ascending) of the non-dominated ``(cost, accuracy)`` points, where lower cost
+    and higher accuracy are better. A point is dominated when another is at least as good on
+    both and strictly better on one; equal points are all kept."""
+    return [
+        i
+        for i, (cost, acc) in enumerate(points)
+        if not any(c <= cost and a >= acc and (c < cost or a > acc) for c, a in points)
+    ]
+
+
+def read_results(trial_dir: Path) -> list[dict]:
+    """The lines of a Tune trial's ``result.json``, one per reported epoch; [] if none."""
+    path = Path(trial_dir) / "result.json"
+    lines = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(json.JSONDecodeError):  # a live trial's half-written line
+            lines.append(json.loads(line))
+    return lines
+
+
+def load_trials(experiment_dir: str | Path) -> list[dict]:
+    """One row per trial, with ``runner.trial_table``'s keys: ``trials.json`` when the tune
+    job wrote it, else rebuilt from Tune's trial folders (``*/params.json``, ``result.json``)."""
+    exp = Path(experiment_dir)
+    rows = _read_json(exp / "trials.json")
+    return rows if isinstance(rows, list) else rows_from_folders(exp)
+
+
+def rows_from_folders(exp: Path) -> list[dict]:
+    """Rows of an unsummarised experiment. A trial whose last result is not ``done`` is
+    ``running`` (or was cut off); one that ended short of ``options.json``'s max_epochs was
+    ``stopped`` by ASHA; an ``error.txt`` beside it marks an ``error``."""
+    max_epochs = (_read_json(exp / "options.json") or {}).get("max_epochs")
+    rows = []
+    for params in sorted(exp.glob("*/params.json")):
+        folder = params.parent
+        lines = read_results(folder)
+        last = lines[-1] if lines else {}
+        # A trial that failed before its first result is known by its folder's name alone:
+        # run_trial_<id>_<n>_<config>_<date>.
+        named = re.search(r"_([0-9a-f]{8})_\d+_", folder.name)
+        trial_id = last.get("trial_id") or (named.group(1) if named else folder.name)
+        row = {"trial_id": trial_id, "path": str(folder)}
+        row |= _read_json(params) or {}
+        scored = [line for line in lines if _num(line.get(METRIC)) is not None]
+        if scored:
+            best = max(scored, key=lambda line: line[METRIC])  # the first best, like idxmax
+            row |= {k: best[k] for k in AT_BEST if k in best}
+            row["best_epoch"] = best.get("training_iteration")
+            row["epochs"] = max(line.get("training_iteration", 0) for line in lines)
+            speeds = [s for s in (_num(x.get("clips_per_s")) for x in scored) if s is not None]
+            row["clips_per_s"] = sum(speeds) / len(speeds) if speeds else None
+        if any(line.get("pruned") for line in lines):
+            row |= {"status": "pruned", "prune_reason": last.get("prune_reason")}
+        elif (folder / "error.txt").exists():
+            error = [x for x in (folder / "error.txt").read_text().splitlines() if x.strip()]
+            row |= {"status": "error", "error": (error or ["error"])[-1][:300]}
+        elif not last.get("done"):
+            row["status"] = "running"
+        elif max_epochs and row.get("epochs", 0) < max_epochs:
+            row["status"] = "stopped"
+        else:
+            row["status"] = "done"
+        rows.append(row)
+    return rows
+
+
+def write_report(experiment_dir: str | Path) -> Path:
+    """Write ``EXPERIMENT_DIR/report.html`` from whatever the experiment holds so far and
+    return its path. Missing pieces (no best trial yet, a plot Optuna cannot draw) become a
+    sentence in the report rather than an error."""
+    exp = Path(experiment_dir).resolve()
+    rows = load_trials(exp)
+    summary = _read_json(exp / "summary.json") or {}
+    best = _best_row(rows, summary)
+    figure = _Figures()
+    sections = [
+        _header(exp, rows, best, summary),
+        _best_section(exp, best, summary),
+        _trials_section(rows, best),
+        _pareto_section(rows, figure),
+        _curves_section(exp, rows, figure),
+        _search_section(exp, figure),
+        _inspect_section(exp),
+    ]
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(exp.name)}</title>"
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
+    path = exp / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+class _Figures:
+    """Plotly figures as HTML divs: plotly.js goes inline with the first one only, so the
+    sections must be built in page order."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, fig) -> str:
+        fig.update_layout(template="plotly_white", height=460)
+        div = fig.to_html(
+            full_html=False, include_plotlyjs=self.count == 0, config={"displaylogo": False}
+        )
+        self.count += 1
+        return div
+
+
+def _header(exp: Path, rows: list[dict], best: dict | None, summary: dict) -> str:
+    statuses = [str(r.get("status")) for r in rows]
+    extra = sorted(set(statuses) - set(STATUSES))  # a live experiment has running trials
+    tally = ", ".join(f"{statuses.count(s)} {s}" for s in (*STATUSES, *extra))
+    out = f"<h1>Experiment {_e(exp.name)}</h1>\n<p>{len(rows)} trials: {_e(tally)}.</p>"
+    if best is None:
+        return out + "<p class='note'>No trial has finished an epoch yet.</p>"
+    config = summary.get("best_config") or {k: best[k] for k in KNOBS if k in best}
+    knobs = ", ".join(f"{k}={_fmt(k, v)}" for k, v in config.items())
+    metrics = summary.get("metrics") or {k: best.get(k) for k in RESULTS}
+    shown = ", ".join(f"{k} {_fmt(k, metrics.get(k))}" for k in (METRIC, "val_video_top5", "gmacs"))
+    return out + f"<p><b>Best trial {_e(best['trial_id'])}</b>: {_e(knobs)}<br>{_e(shown)}</p>"
+
+
+def _best_section(exp: Path, best: dict | None, summary: dict) -> str:
+    out = ["<h2>Best trial</h2>"]
+    if best is None:
+        return out[0] + "<p class='note'>None yet.</p>"
+    metrics = summary.get("metrics") or {k: best.get(k) for k in RESULTS}
+    out.append(_table(["metric", "value"], [[k, _fmt(k, v)] for k, v in metrics.items()]))
+    png = exp / "best" / "confusion.png"
+    if png.exists():
+        data = base64.b64encode(png.read_bytes()).decode()
+        out.append(
+            f"<h3>Confusion matrix</h3><img alt='confusion matrix' src='data:image/png;base64,{data}'>"
+        )
+    else:
+        out.append("<p class='note'>No best/confusion.png: the tune job writes it at the end.</p>")
+    evaluation = _read_json(exp / "best" / "evaluation.json") or {}
+    if evaluation.get("per_class_acc"):
+        per_class = [[c, _fmt("acc", a)] for c, a in evaluation["per_class_acc"].items()]
+        out += ["<h3>Per-class accuracy</h3>", _table(["class", "accuracy"], per_class)]
+    command = summary.get("reproduce")
+    if not command and (exp / "best" / "command.txt").exists():
+        command = (exp / "best" / "command.txt").read_text().strip()
+    out.append("<h3>Reproduce</h3>")
+    out.append(f"<pre>{_e(command)}</pre>" if command else "<p class='note'>Not written yet.</p>")
+    return "\n".join(out)
+
+
+def _trials_section(rows: list[dict], best: dict | None) -> str:
+    def order(row: dict) -> tuple:
+        acc = _num(row.get(METRIC))
+        return (row.get("status") == "pruned", acc is None, -(acc or 0.0))
+
+    columns = ["trial_id", "status", *KNOBS, *RESULTS]
+    body = []
+    for row in sorted(rows, key=order):
+        cells = [_fmt(k, row.get(k)) for k in columns]
+        cells.append(row.get("prune_reason") or row.get("error") or "")
+        body.append((cells, row is best))
+    return "<h2>Trials</h2>\n" + _table([*columns, "note"], body)
+
+
+def _pareto_section(rows: list[dict], figure: _Figures) -> str:
+    import plotly.graph_objects as go
+
+    points = [(r, _num(r.get("gmacs")), _num(r.get(METRIC))) for r in rows]
+    points = [(r, c, a) for r, c, a in points if c is not None and a is not None]
+    out = "<h2>Accuracy vs cost</h2>\n"
+    if not points:
+        return out + "<p class='note'>No trial has both an accuracy and a cost yet.</p>"
+    front = sorted(pareto_front([(c, a) for _, c, a in points]), key=lambda i: points[i][1:])
+
+    def trace(idx: list[int], **style):
+        hover = [_describe(points[i][0]) for i in idx]
+        x, y = [points[i][1] for i in idx], [points[i][2] for i in idx]
+        return go.Scatter(x=x, y=y, text=hover, hovertemplate="%{text}<extra></extra>", **style)
+
+    fig = go.Figure()
+    fig.add_trace(trace(list(range(len(points))), mode="markers", name="trials"))
+    fig.add_trace(trace(front, mode="lines+markers", line_shape="hv", name="Pareto front"))
+    fig.update_traces(marker_size=10)
+    fig.update_layout(xaxis_title="GMACs per clip", yaxis_title=METRIC)
+    ids = ", ".join(str(points[i][0]["trial_id"]) for i in front)
+    return out + figure(fig) + f"<p>Non-dominated, cheapest first: {_e(ids)}.</p>"
+
+
+def _curves_section(exp: Path, rows: list[dict], figure: _Figures) -> str:
+    import plotly.graph_objects as go
+
+    curves = {r["trial_id"]: (r, read_results(_trial_dir(exp, r))) for r in rows}
+    out = ["<h2>Learning curves</h2>"]
+    for key in (METRIC, "train_loss"):
+        fig = go.Figure()
+        for trial_id, (row, lines) in curves.items():
+            xy = [(x.get("training_iteration"), _num(x.get(key))) for x in lines]
+            xy = [(i, v) for i, v in xy if i is not None and v is not None]
+            if xy:
+                name = f"{trial_id} {row.get('family', '')}".strip()
+                fig.add_scatter(x=[i for i, _ in xy], y=[v for _, v in xy], name=name)
+        fig.update_layout(title=key, xaxis_title="epoch (training_iteration)", yaxis_title=key)
+        out.append(figure(fig) if fig.data else f"<p class='note'>No trial has reported {key}.</p>")
+    return "\n".join(out)
+
+
+def _search_section(exp: Path, figure: _Figures) -> str:
+    import optuna
+
+    out = ["<h2>Search</h2>"]
+    db = exp / "optuna.db"
+    if not db.exists():
+        return out[0] + f"<p class='note'>No study: {_e(db)} does not exist.</p>"
+    storage = f"sqlite:///{db}"
+    try:
+        names = optuna.get_all_study_names(storage)
+        # The folder may have been renamed when copied off the cluster: a lone study is its.
+        name = exp.name if exp.name in names or len(names) != 1 else names[0]
+        study = optuna.load_study(study_name=name, storage=storage)
+    except Exception as exc:
+        return out[0] + f"<p class='note'>Could not open the study in {_e(db)}: {_e(exc)}</p>"
+    states = [t.state.name.lower() for t in study.trials]
+    tally = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
+    out.append(f"<p>Optuna study <code>{_e(name)}</code>: {_e(tally or 'no trials')}.</p>")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    varied = any(t.params != complete[0].params for t in complete)
+    for func, title, reason in SEARCH_PLOTS:
+        out.append(f"<h3>{title}</h3>")
+        # Optuna would draw equal, meaningless bars: say so instead.
+        if func == "plot_param_importances" and (len(complete) < 2 or not varied):
+            out.append(
+                "<p class='note'>Not drawn: importances need at least 2 completed trials "
+                f"whose parameters vary ({len(complete)} completed).</p>"
+            )
+            continue
+        with _optuna_notes() as notes:
+            try:
+                fig = getattr(optuna.visualization, func)(study)
+            except Exception as exc:
+                fig, reason = None, f"{type(exc).__name__}: {exc}"
+        if fig is None or not fig.data:
+            out.append(f"<p class='note'>Not drawn: {_e(notes[0] if notes else reason)}</p>")
+            continue
+        out.append(figure(fig))
+        out += [f"<p class='note'>Optuna: {_e(n)}</p>" for n in dict.fromkeys(notes)]
+    return "\n".join(out)
+
+
+def _inspect_section(exp: Path) -> str:
+    commands = [
+        f"optuna-dashboard sqlite:///{exp / 'optuna.db'}",
+        f"tensorboard --logdir {exp}",
+        f"# Ray dashboard, Jobs page: {RAY_DASHBOARD}",
+    ]
+    return "<h2>Inspect</h2>\n<pre>" + _e("\n".join(commands)) + "</pre>"
+
+
+@contextlib.contextmanager
+def _optuna_notes():
+    """Collect what Optuna warns (through logging or warnings) while a plot is drawn."""
+    notes: list[str] = []
+    handler, logger = logging.Handler(logging.WARNING), logging.getLogger("optuna")
+    handler.emit = lambda record: notes.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield notes
+        notes.extend(str(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+
+
+def _best_row(rows: list[dict], summary: dict) -> dict | None:
+    """The summary's best trial, else the most accurate (the cheaper on ties)."""
+    for row in rows:
+        if summary.get("best_trial") and row.get("trial_id") == summary["best_trial"]:
+            return row
+    scored = [r for r in rows if _num(r.get(METRIC)) is not None]
+    return max(scored, key=lambda r: (r[METRIC], -(_num(r.get("gmacs")) or 0)), default=None)
+
+
+def _trial_dir(exp: Path, row: dict) -> Path:
+    """A trial's Tune folder: trials.json holds where it ran, so a moved experiment finds
+    it by name in its own folder."""
+    path = Path(row.get("path") or "")
+    return exp / path.name if path.name and (exp / path.name).is_dir() else path
+
+
+def _describe(row: dict) -> str:
+    knobs = " ".join(f"{k}={_fmt(k, row[k])}" for k in KNOBS if row.get(k) is not None)
+    return f"{row['trial_id']}<br>{knobs}<br>top1 {_fmt(METRIC, row.get(METRIC))}"
+
+
+def _table(header: list[str], rows: list) -> str:
+    """An HTML table of text cells; a row may be ``(cells, highlighted)``."""
+    lines = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        cells, mark = row if isinstance(row, tuple) else (row, False)
+        tds = "".join(
+            f"<td class='num'>{_e(c)}</td>" if _num(c) is not None else f"<td>{_e(c)}</td>"
+            for c in cells
+        )
+        lines.append(f"<tr class='best'>{tds}</tr>" if mark else f"<tr>{tds}</tr>")
+    return "\n".join(lines) + "</table>"
+
+
+def _fmt(key: str, value) -> str:
+    """A cell: blank when missing, accuracies to 3 decimals, rates in e-notation, other
+    floats to 3 significant digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if not isinstance(value, float):
+        return str(value)
+    if key in ("lr", "weight_decay"):
+        return f"{value:.2e}"
+    if key.endswith(("top1", "top5", "acc")):
+        return f"{value:.3f}"
+    # "#" keeps trailing zeros, so a column's numbers line up (0.600 beside 0.324).
+    return f"{value:#.3g}".rstrip(".") if abs(value) < 999.5 else f"{value:,.0f}"
+
+
+def _num(value) -> float | None:
+    """A finite number as float, else None (missing, NaN, text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _e(value) -> str:
+    return html.escape(str(value))

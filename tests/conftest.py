@@ -37,6 +37,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # its own, even when a test's `ray start` head is running
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

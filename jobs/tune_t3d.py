@@ -1,0 +1,192 @@
+"""Search T3D and STM architectures with Ray Tune (Optuna TPE + ASHA); every trial is a Ray Train run.
+
+    ray job submit --working-dir . -- python jobs/tune_t3d.py [--data SHARDS] [--name NAME] \
+        [--family t3d stm] [--depth 121 169 201] [--frames 8 16 32 64] [--size 112 160 224] \
+        [--stride 1 2 4 8] [--stm-stages 2345 45 ...] [--stm-blocks all first] \
+        [--lr LOW HIGH] [--weight-decay LOW HIGH] [--num-samples N] [--max-epochs E] [--resume]
+
+Every knob flag takes the choices to search; one value fixes the knob. Configurations that
+cannot run are pruned before they start, with the reason in the study and the report.
+
+Without ``--data`` the job uses the demo set (generated and ingested under ``--root`` if
+absent). On a cluster without GPUs it then runs an embedded CPU-sized default: tiny
+networks (width 1/8), small clips and a handful of short trials, a few minutes in all.
+
+``--resume --name NAME`` continues an interrupted experiment; finished trials are kept.
+The last stdout line is a JSON object: the best configuration, its metrics, and the paths
+of the experiment, the best checkpoint, the study and the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from raylab.tune.space import SearchSpace
+
+# The embedded CPU-sized default: what a 2-core laptop searches in a few minutes.
+CPU_DEFAULT = {
+    "frames": [8, 16, 32],
+    "size": [64, 112],
+    "stride": [1, 2],
+    "width": 0.125,
+    "num_samples": 8,
+    "max_epochs": 3,
+    "reduction_factor": 2,
+    "batch_size": 8,
+}
+DEMO_VIDEOS_PER_CLASS = 12
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", help="shards written by jobs/ingest.py (default: the demo set)")
+    p.add_argument(
+        "--root",
+        default=os.environ.get("RAYLAB_HOME", str(Path.home() / "raylab")),
+        help="home of the demo set and, by default, of results ($RAYLAB_HOME, ~/raylab)",
+    )
+    p.add_argument("--storage-path", help="results: a folder or s3://... (default ROOT/results)")
+    p.add_argument("--name", help="experiment name (default tune_t3d-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment --name")
+    space = p.add_argument_group("search space (one value fixes a knob)")
+    space.add_argument("--family", nargs="+", choices=["t3d", "stm"])
+    space.add_argument("--depth", nargs="+", type=int, choices=[121, 169, 201])
+    space.add_argument("--frames", nargs="+", type=int)
+    space.add_argument("--size", nargs="+", type=int)
+    space.add_argument("--stride", nargs="+", type=int)
+    space.add_argument("--stm-stages", nargs="+", help="e.g. 2345 45 5")
+    space.add_argument("--stm-blocks", nargs="+", choices=["all", "first"])
+    space.add_argument("--lr", nargs="+", type=float, help="a value or a LOW HIGH range")
+    space.add_argument("--weight-decay", nargs="+", type=float, help="a value or LOW HIGH")
+    run = p.add_argument_group("search and trials")
+    run.add_argument("--num-samples", type=int)
+    run.add_argument("--max-epochs", type=int, help="epochs of a trial ASHA never stops")
+    run.add_argument("--grace-period", type=int, default=1)
+    run.add_argument("--reduction-factor", type=int)
+    run.add_argument("--width", type=float, help="channel multiplier (1.0: the papers')")
+    run.add_argument("--batch-size", type=int, help="largest batch per worker")
+    run.add_argument("--memory-gib", type=float, help="memory per worker for the batch estimate")
+    run.add_argument("--workers", type=int, default=1, help="Train workers per trial")
+    run.add_argument("--gpu", action="store_true", help="one GPU per worker (auto if present)")
+    run.add_argument("--cpus-per-worker", type=float, default=1.0)
+    run.add_argument("--concurrency", type=int, help="trials at once (default: as resources fit)")
+    run.add_argument("--val-clips", type=int, default=1)
+    run.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def demo_shards(root: Path) -> Path:
+    """The demo set under ``root/demo``, generated and ingested on first use."""
+    from raylab.data.ingest import EncodeParams, ingest
+    from raylab.data.synthetic import make_demo_dataset
+
+    videos, shards = root / "demo" / "videos", root / "demo" / "shards"
+    if not (videos / "classInd.txt").exists():
+        print(f"generating the demo set in {videos}", file=sys.stderr)
+        make_demo_dataset(videos, videos_per_class=DEMO_VIDEOS_PER_CLASS)
+    if not (shards / "manifest.json").exists():
+        print(f"ingesting it into {shards}", file=sys.stderr)
+    # Resumes (a no-op when complete), so an interrupted first run heals itself.
+    ingest(videos, "ucf101", shards, params=EncodeParams(short_sides=(128,)))
+    return shards
+
+
+def build_options(args: argparse.Namespace, shards: Path, use_gpu: bool, embedded: bool):
+    """TuneOptions from the flags; the embedded CPU default fills what the flags leave open."""
+    from raylab.tune.runner import TuneOptions
+
+    preset = CPU_DEFAULT if embedded else {}
+
+    def knob(flag, default):
+        return tuple(flag) if flag else tuple(preset.get(default[0], default[1]))
+
+    defaults = SearchSpace()
+    space = SearchSpace(
+        family=knob(args.family, ("family", defaults.family)),
+        depth=knob(args.depth, ("depth", defaults.depth)),
+        stm_stages=knob(args.stm_stages, ("stm_stages", defaults.stm_stages)),
+        stm_blocks=knob(args.stm_blocks, ("stm_blocks", defaults.stm_blocks)),
+        frames=knob(args.frames, ("frames", defaults.frames)),
+        size=knob(args.size, ("size", defaults.size)),
+        stride=knob(args.stride, ("stride", defaults.stride)),
+        lr=knob(args.lr, ("lr", defaults.lr)),
+        weight_decay=knob(args.weight_decay, ("weight_decay", defaults.weight_decay)),
+    )
+
+    def value(flag, key, default):
+        return flag if flag is not None else preset.get(key, default)
+
+    storage = args.storage_path or str(Path(args.root).expanduser().resolve() / "results")
+    return TuneOptions(
+        shards=str(shards),
+        storage_path=storage,
+        name=args.name or time.strftime("tune_t3d-%Y%m%d-%H%M%S"),
+        space=space,
+        num_samples=value(args.num_samples, "num_samples", 20),
+        max_epochs=value(args.max_epochs, "max_epochs", 10),
+        grace_period=args.grace_period,
+        reduction_factor=value(args.reduction_factor, "reduction_factor", 3),
+        width=value(args.width, "width", 1.0),
+        max_batch=value(args.batch_size, "batch_size", 16),
+        memory_gib=args.memory_gib,
+        workers=args.workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        concurrency=args.concurrency,
+        val_clips=args.val_clips,
+        seed=args.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import ray
+
+    from raylab.report import write_report
+    from raylab.tune.runner import build_tuner, load_options, save_options, summarise
+
+    args = parse_args(argv)
+    ray.init(ignore_reinit_error=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    root = Path(args.root).expanduser().resolve()
+
+    if args.resume:
+        if not args.name:
+            raise SystemExit("--resume needs --name: the experiment to continue")
+        options = load_options(args.storage_path or str(root / "results"), args.name)
+    else:
+        use_gpu = args.gpu or ray.cluster_resources().get("GPU", 0) > 0
+        embedded = args.data is None and not use_gpu
+        shards = Path(args.data).resolve() if args.data else demo_shards(root)
+        options = build_options(args, shards, use_gpu, embedded)
+        if embedded:
+            print("no --data and no GPU: the embedded CPU-sized search", file=sys.stderr)
+        save_options(options)
+    print(
+        f"experiment {options.experiment_dir}\n"
+        f"  optuna-dashboard sqlite:///{options.study_path}\n"
+        f"  tensorboard --logdir {options.experiment_dir}",
+        file=sys.stderr,
+    )
+    results = build_tuner(options, resume=args.resume).fit()
+    if results.num_terminated + results.num_errors < options.num_samples:
+        # Interrupted (Ctrl-C, SIGUSR1): Tune saved the experiment; say how to go on.
+        resume = f"python jobs/tune_t3d.py --resume --name {options.name}"
+        resume += f" --storage-path {options.storage_path}"
+        summary = {"interrupted": True, "experiment": options.experiment_dir, "resume": resume}
+        print(f"interrupted; continue with: {resume}", file=sys.stderr)
+        print(json.dumps(summary))
+        return summary
+    summary = summarise(options, results)
+    summary["report"] = str(write_report(options.experiment_dir))
+    Path(options.experiment_dir, "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""jobs/tune_t3d.py as users run it: `ray job submit` to a real head with token auth, the
+Optuna dashboard and the Ray dashboard read while it runs, and interrupt + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SEARCHED = {"family", "frames", "size", "stride", "lr", "weight_decay"}
+# Tiny trials: 1/16-width STM on 4-8 frame 48 px clips of the 24-frame demo shards (T3D's
+# pooling needs 29+ frames: on these videos every T3D draw would be pruned).
+TINY = [
+    "--family", "stm",
+    "--frames", "4", "8",
+    "--size", "48",
+    "--stride", "1", "2",
+    "--width", "0.0625",
+    "--batch-size", "8",
+]  # fmt: skip
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, token: str | None = None, timeout: float = 10) -> dict | list:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_for(what: str, check, timeout: float, every: float = 1.0):
+    """Poll ``check()`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except urllib.error.HTTPError as err:
+            value, last = None, f"{err}: {err.read()[:500]!r}"
+        except (OSError, sqlite3.Error, ValueError) as err:
+            value, last = None, repr(err)
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last}")
+
+
+def study_trials(db: Path) -> list[tuple[int, str]]:
+    """(number, state) of the trials in a study file, read as the dashboard would."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return con.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
+
+
+def last_json(text: str) -> dict:
+    """The job's result: the last stdout line that is a JSON object."""
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise AssertionError(f"no JSON line in the output:\n{text[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A real `ray start --head --block` with token auth on free ports, stopped at the end
+    (by its own process group, so the session's other Ray is left alone)."""
+    token = secrets.token_hex(32)
+    dashboard, gcs = free_port(), free_port()
+    # Without RAY_ADDRESS: the session's ray.init() set it, and jobs would join that Ray.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # `python` in a job is this venv's
+    }
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"), "start", "--head", "--block",
+            f"--port={gcs}",
+            "--num-cpus=2",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--include-dashboard=true",
+            # Its own agent ports: the defaults are taken by the session's local Ray.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{dashboard}"
+    wait_for("the Ray dashboard", lambda: get_json(f"{url}/api/version", token), 90)
+    yield {
+        "url": url,
+        "token": token,
+        "env": env | {"RAY_API_SERVER_ADDRESS": url},
+        "address": f"127.0.0.1:{gcs}",
+    }
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_ray_job_submit_runs_the_search_and_dashboards_show_it(demo_shards, ray_head, tmp_path):
+    url, token, env = ray_head["url"], ray_head["token"], ray_head["env"]
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        get_json(f"{url}/api/jobs/")  # auth is on: no token, no access
+    job_id = f"tune-{secrets.token_hex(4)}"
+    name = "submitted"
+    command = [
+        str(BIN / "ray"), "job", "submit", "--no-wait",
+        "--submission-id", job_id,
+        "--working-dir", str(REPO),
+        "--", "python", "jobs/tune_t3d.py",
+        "--data", str(demo_shards), "--root", str(tmp_path), "--name", name,
+        "--num-samples", "3", "--max-epochs", "2", *TINY,
+    ]  # fmt: skip
+
+    def submit():
+        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+        # The head answers before its job agent is up; until then it refuses submissions.
+        return done if "No available agent" not in done.stderr else None
+
+    submitted = wait_for("the job agent to accept the job", submit, 120, every=3)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    experiment = tmp_path / "results" / name
+    db = experiment / "optuna.db"
+
+    # Optuna's dashboard on the live study: trials appear while the job runs.
+    wait_for("the study's first trial", lambda: study_trials(db), 240)
+    port = free_port()
+    dash = subprocess.Popen(
+        [str(BIN / "optuna-dashboard"), f"sqlite:///{db}", "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        studies = wait_for(
+            "optuna-dashboard", lambda: get_json(f"http://127.0.0.1:{port}/api/studies"), 60
+        )["study_summaries"]
+        assert [s["study_name"] for s in studies] == [name]
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}")
+        assert detail["trials"], detail
+        assert all("frames" in {p["name"] for p in t["params"]} for t in detail["trials"])
+    finally:
+        dash.terminate()
+        dash.wait(30)
+
+    # The Ray dashboard: the job, its logs, and each trial's Train run (state tracking on).
+    jobs = get_json(f"{url}/api/jobs/", token)
+    assert job_id in [j["submission_id"] for j in jobs]
+    try:
+        runs = wait_for(
+            "a Train run in /api/train/v2/runs/v1",
+            lambda: get_json(f"{url}/api/train/v2/runs/v1", token).get("train_runs"),
+            240,
+        )
+    except AssertionError as err:
+        logs = get_json(f"{url}/api/jobs/{job_id}/logs", token)["logs"]
+        raise AssertionError(f"{err}\njob logs:\n{logs[-3000:]}") from None
+    assert any(r["name"].startswith("train-") for r in runs), runs
+
+    status = wait_for(
+        "the job to finish",
+        lambda: (
+            s if (s := get_json(f"{url}/api/jobs/{job_id}", token)["status"])
+            in ("SUCCEEDED", "FAILED", "STOPPED") else None
+        ),
+        600,
+        every=2,
+    )  # fmt: skip
+    logs = get_json(f"{url}/api/jobs/{job_id}/logs", token)["logs"]
+    assert status == "SUCCEEDED", logs[-4000:]
+    result = last_json(logs)
+    assert set(result["best_config"]) >= SEARCHED
+    assert ({"depth"} if result["best_config"]["family"] == "t3d" else {"stm_stages"}) <= set(
+        result["best_config"]
+    )
+    assert 0.0 <= result["metrics"]["val_video_top1"] <= 1.0
+    assert result["metrics"]["gmacs"] > 0 and result["metrics"]["params_m"] > 0
+    assert result["trials"]["total"] == 3
+    assert Path(result["best_checkpoint"], "state.pt").exists()
+    report = Path(result["report"]).read_text()
+    assert report.count('class="plotly-graph-div"') >= 4
+    assert "data:image/png;base64" in report  # the best trial's confusion matrix
+    assert "jobs/train.py" in report  # how to reproduce the best trial
+
+
+def history(experiment: Path) -> dict[str, list[dict]]:
+    """Every Train run's history lines (epochs and resumes), by Tune trial id."""
+    return {
+        h.parent.name.removeprefix("train-"): [json.loads(x) for x in h.read_text().splitlines()]
+        for h in experiment.glob("train_runs/train-*/history.jsonl")
+    }
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(
+    demo_shards, ray_head, tmp_path
+):
+    args = ["--data", str(demo_shards), "--root", str(tmp_path), "--name", "resumable"]
+    search = ["--num-samples", "4", "--max-epochs", "2", "--concurrency", "1", *TINY]
+    # A driver of its own on the head (as `python jobs/tune_t3d.py` on a cluster's head node).
+    env = ray_head["env"] | {"RAY_ADDRESS": ray_head["address"]}
+    job = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), *args]
+    # Output to files: an unread pipe fills up and blocks the job.
+    out_file, err_file = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out_file, "w") as out, open(err_file, "w") as err:
+        proc = subprocess.Popen(job + search, env=env, stdout=out, stderr=err, text=True)
+    experiment = tmp_path / "results" / "resumable"
+    db = experiment / "optuna.db"
+
+    # Ctrl-C once a trial has trained all its epochs and a later one has started.
+    def trained_and_more():
+        runs = history(experiment)
+        full = {t for t, h in runs.items() if any(r.get("epoch") == 2 for r in h)}
+        return full if full and len(study_trials(db)) > len(full) else None
+
+    full = wait_for("a fully trained trial and a later one", trained_and_more, 600)
+    before, states = history(experiment), dict(study_trials(db))
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, err_file.read_text()[-3000:]
+    interrupted = last_json(out_file.read_text())
+    assert interrupted["interrupted"] is True
+    assert "--resume --name resumable" in interrupted["resume"]
+    assert len(study_trials(db)) < 4  # the search really was cut short
+
+    done = subprocess.run(job + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = last_json(done.stdout)
+    after = history(experiment)
+    # Four trials in all, each sampled once: the study was continued, not restarted.
+    assert result["trials"]["total"] == 4
+    now = dict(study_trials(db))
+    assert len(now) == 4 and "RUNNING" not in now.values(), now
+    assert {n: s for n, s in states.items() if s != "RUNNING"}.items() <= now.items()
+    for trial in full:
+        # A finished trial is not trained again: the same epochs, no resume event.
+        assert after[trial] == before[trial], trial
+    assert Path(result["report"]).exists()

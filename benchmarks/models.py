@@ -20,9 +20,9 @@ import argparse
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from raylab.models import MODEL_INFO, MODEL_NAMES, build_model
+from raylab.models.common import measure
 
 # A small full-width input per model for the training-speed column (C3D's fc head needs 16x112).
 SMALL = {name: (16, 112, 112) for name in MODEL_NAMES} | {
@@ -45,11 +45,8 @@ def count(name: str, options: dict, classes: int, thw: tuple[int, int, int]) -> 
     """(parameters, GMACs per clip) of the full-width model, on the meta device."""
     with torch.device("meta"):
         model = build_model(name, classes, **options).eval()
-        clip = torch.empty(1, options.get("in_channels", 3), *thw)
-    params = sum(p.numel() for p in model.parameters())
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(clip)
-    return params, counter.get_total_flops() / 2 / 1e9
+    gmacs, _, _ = measure(model, (1, options.get("in_channels", 3), *thw))
+    return sum(p.numel() for p in model.parameters()), gmacs
 
 
 def latency(name: str, options: dict, classes: int, thw: tuple[int, int, int], iters: int) -> float:

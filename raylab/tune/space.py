@@ -34,6 +34,7 @@ import torch
 
 from raylab.data.decode import ClipSpec, choose_rendition
 from raylab.models import build_model
+from raylab.models.common import measure
 
 STM_STAGE_SETS: tuple[str, ...] = tuple(
     "".join(c) for n in range(4, 0, -1) for c in itertools.combinations("2345", n)
@@ -194,34 +195,6 @@ def model_of(config: dict, width: float) -> tuple[str, dict]:
     options["stm_stages"] = [int(s) for s in config["stm_stages"]]
     options["stm_blocks"] = config["stm_blocks"]
     return "stm", options
-
-
-def measure(model: torch.nn.Module, shape: tuple[int, ...]) -> tuple[float, float, float]:
-    """(GMACs per clip, millions of parameters, activation GiB per clip) of a meta model.
-
-    MACs come from ``torch.utils.flop_counter`` (which counts 2 FLOPs per multiply-add).
-    Activations are the outputs of every leaf module, in float32: roughly what autograd
-    keeps for the backward pass.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    activations = 0
-
-    def count(_module, _inputs, output) -> None:
-        nonlocal activations
-        if isinstance(output, torch.Tensor):
-            activations += output.numel()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    hooks = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.empty(shape, device="meta"))
-    finally:
-        for h in hooks:
-            h.remove()
-    params = sum(p.numel() for p in model.parameters())
-    return counter.get_total_flops() / 2 / 1e9, params / 1e6, activations * 4 / 2**30
 
 
 def plan_trial(config: dict, limits: DataLimits, budget: Budget) -> TrialPlan | Pruned:

@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gpu", action="store_true", help="one GPU per predictor")
     p.add_argument("--decoder-cpus", type=float, default=0.5)
     p.add_argument("--predictor-cpus", type=float, default=0.5)
+    p.add_argument(
+        "--decoder-resource",
+        help="custom resource of the decoder nodes (cluster.yaml: decoder); decoding stays there",
+    )
     p.add_argument("--out", help="where metrics.json and confusion.png go")
     args = p.parse_args(argv)
 
@@ -48,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         "predictors": args.predictors,
         "use_gpu": args.gpu,
         "decoder_cpus": args.decoder_cpus,
+        "decoder_resource": args.decoder_resource,
         "predictor_cpus": args.predictor_cpus,
     }
     rgb = predict(args.data, args.checkpoint, **common)

@@ -49,10 +49,12 @@ def main(argv: list[str] | None = None) -> dict:
         train=args.split == "train",
         decoders=args.decoders,
     )
-    start, clips, shape = time.perf_counter(), 0, None
+    start, clips, failed, shape = time.perf_counter(), 0, 0, None
     with tqdm(total=total, unit="clip", desc=f"stream {args.split}", file=sys.stderr) as bar:
         for batch in ds.iter_torch_batches(batch_size=args.batch_size, collate_fn=ClipTensors()):
-            clips += len(batch["label"])
+            ok = int((batch["label"] >= 0).sum())  # label -1: a video that failed to decode
+            clips += ok
+            failed += len(batch["label"]) - ok
             shape = list(batch["clip"].shape[1:])
             bar.update(len(batch["label"]))
     seconds = time.perf_counter() - start
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         "data": args.data,
         "split": args.split,
         "clips": clips,
+        "decode_failures": failed,
         "clip_shape": shape,
         "seconds": round(seconds, 2),
         "clips_per_s": round(clips / seconds, 1),

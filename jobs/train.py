@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from raylab.data.ingest import resolve_location
 from raylab.train.loop import DEFAULTS
 from raylab.train.trainer import DataOptions, build_trainer
 
@@ -62,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="concurrent decode tasks (default: as CPUs allow)",
+    )
+    p.add_argument(
+        "--decoder-resource",
+        help="custom resource of the decoder nodes (cluster.yaml: decoder); decoding stays there",
     )
     p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts")
     return p.parse_args(argv)
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     data = DataOptions(
-        shards=str(Path(args.data).resolve()),
+        shards=resolve_location(args.data),  # a folder or s3://...
         frames=args.frames,
         stride=args.stride,
         size=args.size,
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         val_clips=args.val_clips,
         val_crops=args.val_crops,
         decoders=args.decoders,
+        decoder_resource=args.decoder_resource,
     )
     trainer = build_trainer(
         config,

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from raylab.data.ingest import resolve_location
 from raylab.tune.space import SearchSpace
 
 # The embedded CPU-sized default: what a 2-core laptop searches in a few minutes.
@@ -74,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--workers", type=int, default=1, help="Train workers per trial")
     run.add_argument("--gpu", action="store_true", help="one GPU per worker (auto if present)")
     run.add_argument("--cpus-per-worker", type=float, default=1.0)
+    run.add_argument(
+        "--decoder-resource",
+        help="custom resource of the decoder nodes (cluster.yaml: decoder); decoding stays there",
+    )
     run.add_argument("--concurrency", type=int, help="trials at once (default: as resources fit)")
     run.add_argument("--val-clips", type=int, default=1)
     run.add_argument("--seed", type=int, default=0)
@@ -96,7 +101,7 @@ def demo_shards(root: Path) -> Path:
     return shards
 
 
-def build_options(args: argparse.Namespace, shards: Path, use_gpu: bool, embedded: bool):
+def build_options(args: argparse.Namespace, shards: str, use_gpu: bool, embedded: bool):
     """TuneOptions from the flags; the embedded CPU default fills what the flags leave open."""
     from raylab.tune.runner import TuneOptions
 
@@ -137,6 +142,7 @@ def build_options(args: argparse.Namespace, shards: Path, use_gpu: bool, embedde
         workers=args.workers,
         use_gpu=use_gpu,
         cpus_per_worker=args.cpus_per_worker,
+        decoder_resource=args.decoder_resource,
         concurrency=args.concurrency,
         val_clips=args.val_clips,
         seed=args.seed,
@@ -147,7 +153,14 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from raylab.report import write_report
-    from raylab.tune.runner import build_tuner, load_options, save_options, summarise
+    from raylab.tune.runner import (
+        build_tuner,
+        load_options,
+        local_dir,
+        save_options,
+        summarise,
+        upload_outputs,
+    )
 
     args = parse_args(argv)
     ray.init(ignore_reinit_error=True)
@@ -161,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         use_gpu = args.gpu or ray.cluster_resources().get("GPU", 0) > 0
         embedded = args.data is None and not use_gpu
-        shards = Path(args.data).resolve() if args.data else demo_shards(root)
+        shards = resolve_location(args.data) if args.data else str(demo_shards(root))
         options = build_options(args, shards, use_gpu, embedded)
         if embedded:
             print("no --data and no GPU: the embedded CPU-sized search", file=sys.stderr)
@@ -182,8 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(summary))
         return summary
     summary = summarise(options, results)
-    summary["report"] = str(write_report(options.experiment_dir))
-    Path(options.experiment_dir, "summary.json").write_text(json.dumps(summary, indent=2))
+    summary["report"] = f"{options.experiment_dir}/report.html"
+    local = local_dir(options)  # the experiment folder, or its local copy for s3:// results
+    (local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_report(local)
+    upload_outputs(options, local)
     print(json.dumps(summary, default=str))
     return summary
 

@@ -65,3 +65,33 @@ def demo_shards(tmp_path_factory, ray_session) -> Path:
         progress=False,
     )
     return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def damaged_shards(demo_shards, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A copy of the demo shards in which one training and one validation video have their
+    stored bytes damaged after ingest (the MP4 header kept, the rest overwritten with
+    noise), as a bad disk or a bad copy would. Returns (shards, {split: damaged video_id})."""
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path_factory.mktemp("damaged") / "shards"
+    shutil.copytree(demo_shards, out)
+    damaged = {}
+    for split in ("train", "val"):
+        part = sorted((out / split).glob("part-*.parquet"))[0]
+        table = pq.read_table(part)
+        damaged[split] = table["video_id"][1].as_py()
+        rng = np.random.default_rng(7)
+        for name in table.column_names:
+            if name.removeprefix("video_").isdigit():  # every stored rendition (video_<side>)
+                cells = table[name].to_pylist()
+                good = cells[1]
+                cells[1] = good[:64] + rng.integers(0, 256, len(good) - 64, np.uint8).tobytes()
+                i = table.column_names.index(name)
+                table = table.set_column(i, table.field(i), pa.array(cells, table[name].type))
+        pq.write_table(table, part)
+    return out, damaged

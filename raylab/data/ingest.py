@@ -246,12 +246,33 @@ def _write_manifest(out: Path, manifest: dict) -> None:
     os.replace(tmp, out / "manifest.json")
 
 
+def storage(location: str | Path):
+    """``(pyarrow filesystem, path in it)`` of a local folder or a URI (s3://, gs://, file://),
+    so that shards written locally can be read from shared storage on a cluster."""
+    import pyarrow.fs
+
+    location = str(location)
+    if "://" in location:
+        return pyarrow.fs.FileSystem.from_uri(location)
+    return pyarrow.fs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def resolve_location(location: str | Path) -> str:
+    """A local folder made absolute; a URI as it is."""
+    return str(location) if "://" in str(location) else str(Path(location).resolve())
+
+
 def load_manifest(shards: str | Path) -> dict:
-    """The manifest of a shard folder; a clear error when it is missing or unfinished."""
-    path = Path(shards) / "manifest.json"
-    if not path.exists():
+    """The manifest of a shard folder (local or a URI); a clear error when it is missing or
+    unfinished."""
+    import pyarrow.fs
+
+    fs, root = storage(shards)
+    path = f"{root.rstrip('/')}/manifest.json"
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
         raise FileNotFoundError(f"{path} not found: is {shards} the --out folder of an ingest?")
-    manifest = json.loads(path.read_text())
+    with fs.open_input_stream(path) as f:
+        manifest = json.loads(f.read())
     if not manifest.get("complete"):
         raise ValueError(f"the ingest into {shards} did not finish: re-run it to complete it")
     return manifest

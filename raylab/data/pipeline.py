@@ -23,12 +23,13 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
-from raylab.data.ingest import load_manifest, rendition_column
+from raylab.data.ingest import load_manifest, rendition_column, storage
 from raylab.data.sampling import sample_rng
 
 log = logging.getLogger(__name__)
 
 CLIP_COLUMNS = ("clip", "label", "video_id", "view")
+FAILED = -1  # label and view of the placeholder row of a video that could not be decoded
 
 
 class ClipTensors(NumpyBatchCollateFn):
@@ -54,8 +55,10 @@ class ClipDecoder:
 
     Runs as stateless Ray tasks: their worker processes (with decord and torch already
     imported) are reused from pass to pass, where an actor pool would start new processes
-    every epoch. A video that fails to decode (bytes damaged after ingest) is skipped with
-    a warning naming its ``video_id``; it yields no rows and the rest of the batch goes on.
+    every epoch. A video that fails to decode (bytes damaged after ingest) costs only itself:
+    a warning names its ``video_id`` and it yields one placeholder row (``label`` -1, ``view``
+    -1, a black clip) that consumers drop and count, so the epoch's metrics say how many
+    videos were lost; the rest of the batch goes on.
     """
 
     def __init__(self, spec: ClipSpec, column: str, seed: int | None, epoch: int = 0) -> None:
@@ -77,12 +80,14 @@ class ClipDecoder:
                 out = sample_views(reader, spec, rng)
             except Exception as err:  # damaged bytes: lose this sample, not the epoch
                 log.warning("skipping video %s: cannot decode its clip (%s)", video_id, err)
-                continue
+                out, label = [np.zeros((spec.frames, spec.size, spec.size, 3), np.uint8)], FAILED
+            else:
+                label = int(batch["label"][i])
             for v, clip in enumerate(out):
                 clips.append(clip)
-                labels.append(int(batch["label"][i]))
+                labels.append(label)
                 ids.append(video_id)
-                views.append(v)
+                views.append(v if label != FAILED else FAILED)
         shape = (0, spec.frames, spec.size, spec.size, 3)
         return {
             "clip": np.stack(clips) if clips else np.zeros(shape, np.uint8),
@@ -93,12 +98,24 @@ class ClipDecoder:
 
 
 def shard_files(shards: str | Path, split: str) -> list[str]:
-    """The Parquet parts of one split, sorted; a clear error when the split is absent."""
-    files = sorted(str(p) for p in (Path(shards) / split).glob("part-*.parquet"))
+    """The Parquet parts of one split, sorted (URIs when ``shards`` is one); a clear error
+    when the split is absent."""
+    import pyarrow.fs
+
+    fs, root = storage(shards)
+    scheme = str(shards).split("://")[0] + "://" if "://" in str(shards) else ""
+    scheme = "" if scheme == "file://" else scheme  # local paths for the local filesystem
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    folders = sorted(i.base_name for i in listing if i.type == pyarrow.fs.FileType.Directory)
+    parts = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{split}", allow_not_found=True))
+    files = sorted(
+        scheme + i.path
+        for i in parts
+        if i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
+    )
     if not files:
         raise FileNotFoundError(
-            f"no shards for split {split!r} under {shards}: the ingest stored "
-            f"{sorted(p.name for p in Path(shards).iterdir() if p.is_dir())}"
+            f"no shards for split {split!r} under {shards}: the ingest stored {folders}"
         )
     return files
 
@@ -129,6 +146,7 @@ def clip_dataset(
     epoch: int = 0,
     decoders: int | None = None,
     decoder_cpus: float = 1.0,
+    decoder_resource: str | None = None,
     videos_per_batch: int = 16,
 ):
     """A ``ray.data.Dataset`` of clip rows from one split of an ingested shard folder.
@@ -138,7 +156,8 @@ def clip_dataset(
     ``clips`` x ``crops`` deterministic views per video (``view`` numbers them) for
     multi-view testing. ``decoders`` caps the decode tasks running at once (None: as many
     as free CPUs allow, which on a cluster means every CPU node decodes); each reserves
-    ``decoder_cpus``.
+    ``decoder_cpus``, and one unit of the custom resource ``decoder_resource`` when given,
+    which keeps decoding on the nodes that advertise it (cluster.yaml's decoder nodes).
     """
     import ray
 
@@ -180,4 +199,5 @@ def clip_dataset(
         batch_format="numpy",
         concurrency=decoders,
         num_cpus=decoder_cpus,
+        resources={decoder_resource: 1} if decoder_resource else None,
     )

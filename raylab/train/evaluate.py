@@ -84,9 +84,12 @@ def predict(
     batch_size: int = 16,
     decoders: int | None = None,
     decoder_cpus: float = 1.0,
+    decoder_resource: str | None = None,
     predictor_cpus: float = 1.0,
 ) -> dict:
-    """Per-video scores of one model over a split: ``{"ids", "labels", "scores", "views"}``.
+    """Per-video scores of one model over a split: ``{"ids", "labels", "scores", "views",
+    "clip_acc", "decode_failures"}``; a video whose bytes cannot be decoded is left out of
+    the scores and listed by id in ``decode_failures``.
 
     Clip geometry (frames, stride, size, scheme) comes from the checkpoint's config.
     """
@@ -106,6 +109,7 @@ def predict(
         crops=crops,
         decoders=decoders,
         decoder_cpus=decoder_cpus,
+        decoder_resource=decoder_resource,
     )
     import ray
 
@@ -118,12 +122,14 @@ def predict(
         num_gpus=1 if use_gpu else 0,
         num_cpus=predictor_cpus,
     )
-    ids, labels, logits, views = [], [], [], 0
+    ids, labels, logits, views, failed = [], [], [], 0, []
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        ids.extend(str(v) for v in batch["video_id"])
-        labels.extend(int(v) for v in batch["label"])
-        logits.append(batch["logits"])
-        views += len(batch["view"])
+        ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
+        failed.extend(str(v) for v in batch["video_id"][~ok])
+        ids.extend(str(v) for v in batch["video_id"][ok])
+        labels.extend(int(v) for v in batch["label"][ok])
+        logits.append(batch["logits"][ok])
+        views += int(ok.sum())
     if not ids:
         raise ValueError(f"no clip of split {split!r} under {shards} could be decoded")
     scores, video_labels, video_ids = video_scores(ids, labels, np.concatenate(logits))
@@ -134,6 +140,7 @@ def predict(
         "scores": scores[order],
         "views": views,
         "clip_acc": float((np.concatenate(logits).argmax(1) == np.asarray(labels)).mean()),
+        "decode_failures": sorted(failed),  # video_ids whose clips could not be decoded
     }
 
 
@@ -149,6 +156,9 @@ def fuse(a: dict, b: dict) -> dict:
         "labels": a["labels"][[ia[v] for v in common]],
         "scores": (sa + sb) / 2,
         "views": a["views"] + b["views"],
+        "decode_failures": sorted(
+            set(a.get("decode_failures", [])) | set(b.get("decode_failures", []))
+        ),
     }
 
 
@@ -169,6 +179,7 @@ def report_metrics(pred: dict, classes: list[str]) -> dict:
         "video_top5": topk_accuracy(scores, labels, 5),
         "mean_class_acc": float(np.mean(seen)) if seen else float("nan"),
         "videos": len(labels),
+        "decode_failures": pred.get("decode_failures", []),
         "per_class_acc": per_class,
         "confusion": confusion.tolist(),
     }

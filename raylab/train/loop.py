@@ -130,15 +130,21 @@ def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
     """Clip and video accuracy over multi-view numpy batches, gathered from every worker."""
     model.eval()
     ids, labels, logits = [], [], []
+    failed = 0
     for batch in batches:
-        clip = torch.from_numpy(batch["clip"]).to(device, non_blocking=True)
+        ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
+        failed += int((~ok).sum())
+        if not ok.any():
+            continue
+        clip = torch.from_numpy(batch["clip"][ok]).to(device, non_blocking=True)
         with amp_ctx:
             out = model(normalise(clip, mean, std))
         logits.append(out.float().cpu().numpy())
-        labels.extend(batch["label"].tolist())
-        ids.extend(batch["video_id"])
+        labels.extend(batch["label"][ok].tolist())
+        ids.extend(batch["video_id"][ok])
     logits_np = np.concatenate(logits) if logits else np.zeros((0, 1))
-    parts = _gather((ids, labels, logits_np))
+    parts = _gather((ids, labels, logits_np, failed))
+    failed = sum(p[3] for p in parts)
     ids = [v for p in parts for v in p[0]]
     labels = [v for p in parts for v in p[1]]
     logits_np = np.concatenate([p[2] for p in parts if len(p[2])]) if ids else logits_np
@@ -148,6 +154,7 @@ def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
             "val_video_top1": float("nan"),
             "val_video_top5": float("nan"),
             "val_videos": 0,
+            "val_decode_failures": failed,
         }
     clip_acc = float((logits_np.argmax(1) == np.asarray(labels)).mean())
     scores, video_labels, _ = video_scores(ids, labels, logits_np)
@@ -156,6 +163,7 @@ def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
         "val_video_top1": topk_accuracy(scores, video_labels, 1),
         "val_video_top5": topk_accuracy(scores, video_labels, 5),
         "val_videos": len(video_labels),
+        "val_decode_failures": failed,
     }
 
 
@@ -170,6 +178,10 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # A GPU was granted but this process cannot use one (a simulated cluster's fake
+        # GPUs, a CPU build of torch): train on the CPU rather than fail.
+        device = torch.device("cpu")
     cuda = device.type == "cuda"
     use_amp = cuda if config["amp"] == "auto" else bool(config["amp"])
     channels_last = cuda if config["channels_last"] == "auto" else bool(config["channels_last"])
@@ -186,7 +198,7 @@ def train_loop(config: dict) -> None:
     channels_last = channels_last and any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    model = ray.train.torch.prepare_model(model)  # device + DDP
+    model = ray.train.torch.prepare_model(model, move_to_device=device)  # device + DDP
     optimizer = make_optimizer(model, config)
     updates_per_epoch = max(1, config["steps_per_epoch"] // config["grad_accum"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -217,7 +229,7 @@ def train_loop(config: dict) -> None:
     for epoch in range(start_epoch, config["epochs"]):
         model.train()
         _progress(config, rank, epoch, pid=os.getpid())
-        loss_sum = correct = seen = step = 0
+        loss_sum = correct = seen = step = failed = 0
         wait = 0.0
         optimizer.zero_grad(set_to_none=True)
         batches = train_shard.iter_torch_batches(
@@ -230,13 +242,24 @@ def train_loop(config: dict) -> None:
         epoch_start = tick = time.perf_counter()
         for batch in batches:
             wait += time.perf_counter() - tick
-            x = normalise(batch["clip"], mean, std)
+            clip, y = batch["clip"], batch["label"]
+            # Placeholder rows of videos that failed to decode (label -1) are dropped and
+            # counted; a batch of nothing else still steps, at zero loss, so DDP stays in step.
+            ok = y >= 0
+            failed += int((~ok).sum())
+            usable = bool(ok.any())
+            if usable and not ok.all():
+                clip, y = clip[ok], y[ok]
+            x = normalise(clip, mean, std)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            y = batch["label"]
             with amp_ctx:
                 logits = compiled(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
+                loss = F.cross_entropy(
+                    logits.float(), y.clamp(min=0), label_smoothing=config["label_smoothing"]
+                )
+            if not usable:
+                loss = loss * 0.0
             (loss / config["grad_accum"]).backward()
             step += 1
             if step % config["grad_accum"] == 0:
@@ -245,16 +268,17 @@ def train_loop(config: dict) -> None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+            if usable:
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
             _progress(config, rank, epoch, step=step, pid=os.getpid())
             tick = time.perf_counter()
         if step % config["grad_accum"]:  # the tail of an accumulation window
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         train_time = time.perf_counter() - epoch_start
-        totals = _gather((loss_sum, correct, seen, wait, train_time))
+        totals = _gather((loss_sum, correct, seen, wait, train_time, failed))
         all_seen = sum(t[2] for t in totals)
         metrics = {
             "epoch": epoch + 1,
@@ -264,6 +288,7 @@ def train_loop(config: dict) -> None:
             "clips_per_s": all_seen / max(1e-9, max(t[4] for t in totals)),
             "data_wait_frac": sum(t[3] for t in totals) / max(1e-9, sum(t[4] for t in totals)),
             "lr": optimizer.param_groups[0]["lr"],
+            "decode_failures": sum(t[5] for t in totals),  # training videos lost this epoch
         }
         # Numpy batches: evaluation needs the string video ids, which tensors cannot hold.
         val_batches = val_shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy")

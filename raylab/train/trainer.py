@@ -8,7 +8,7 @@ with the same ``storage_path``/``name`` resumes from its latest checkpoint (RAY.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from raylab.data.ingest import load_manifest
@@ -30,7 +30,7 @@ class DataOptions:
     val_crops: int = 1
     decoders: int | None = None  # concurrent decode tasks; None = as CPUs allow
     decoder_cpus: float = 1.0
-    decoder_resources: dict = field(default_factory=dict)
+    decoder_resource: str | None = None  # custom resource of decoder nodes, e.g. "decoder"
 
 
 def clip_datasets(data: DataOptions) -> dict:
@@ -44,6 +44,7 @@ def clip_datasets(data: DataOptions) -> dict:
         "scheme": data.scheme,
         "decoders": data.decoders,
         "decoder_cpus": data.decoder_cpus,
+        "decoder_resource": data.decoder_resource,
     }
     return {
         "train": clip_dataset(data.shards, "train", train=True, flip=data.flip, **common),
@@ -94,7 +95,8 @@ def build_trainer(
     checkpoint up to ``max_failures`` times.
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
+    import torch
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     manifest = load_manifest(data.shards)
     n_train = manifest["splits"].get("train", 0)
@@ -106,9 +108,13 @@ def build_trainer(
     config["steps_per_epoch"] = max(1, math.ceil(n_train / workers / config["batch_size"]))
     config["run_dir"] = config["run_dir"] or str(Path(storage_path) / name)
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    # NCCL when this torch build has it (CUDA builds, even on a CPU-only head); gloo
+    # otherwise, e.g. on a simulated cluster whose GPU resources are only advertised.
+    backend = "nccl" if use_gpu and torch.distributed.is_nccl_available() else "gloo"
     return TorchTrainer(
         train_loop,
         train_loop_config=config,
+        torch_config=TorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
         ),

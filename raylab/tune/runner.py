@@ -49,6 +49,7 @@ class TuneOptions:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     decoder_cpus: float = 1.0
+    decoder_resource: str | None = None  # custom resource of decoder nodes (cluster.yaml)
     concurrency: int | None = None  # trials at once; None: as the cluster's CPUs/GPUs allow
     val_clips: int = 1
     seed: int = 0
@@ -160,6 +161,7 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
         flip=False,
         val_clips=options.val_clips,
         decoder_cpus=options.decoder_cpus,
+        decoder_resource=options.decoder_resource,
     )
     trainer = build_trainer(
         train_config,
@@ -218,10 +220,12 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
     )
     limits = DataLimits.of(options.shards)
     # The driver only waits on its Train run, which reserves the workers' resources itself;
-    # a CPU share here would leave the last decoder without the whole CPU it asks for.
+    # a CPU share here would leave the last decoder without the whole CPU it asks for. It
+    # runs on the head, with its Train controller: losing a worker node (a reclaimed spot
+    # instance) then costs a worker-group restart from the checkpoint, never the trial.
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, options=options, limits=limits, budget=budget),
-        {"CPU": 0, "memory": 256 * 2**20},
+        {"CPU": 0, "memory": 256 * 2**20, "node:__internal_head__": 0.001},
     )
     if resume:
         if not tune.Tuner.can_restore(options.experiment_dir):
@@ -242,7 +246,10 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
     )
     scheduler = ASHAScheduler(
         time_attr="training_iteration",
-        max_t=options.max_epochs,
+        # One past the last epoch: a trial that trains every epoch then ends on its own and
+        # its Train run shuts down cleanly. One that Tune stops is killed with its Train
+        # controller, whose request to the autoscaler lingers until it expires (180 s).
+        max_t=options.max_epochs + 1,
         grace_period=min(options.grace_period, options.max_epochs),
         reduction_factor=options.reduction_factor,
     )
@@ -325,21 +332,88 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def best_checkpoint_in(run_dir: str | Path) -> Path:
-    """The checkpoint folder of a Train run with the highest validation video top-1
-    (the later epoch on ties), read from the checkpoints themselves."""
+def best_checkpoint_in(run_dir: str | Path) -> tuple[str, dict]:
+    """The checkpoint of a Train run (a folder or a URI such as s3://) with the highest
+    validation video top-1, the later epoch on ties: ``(its location, its state)``, read
+    from the checkpoints themselves."""
+    import io
+
+    import pyarrow.fs
     import torch
 
+    from raylab.data.ingest import storage
+
+    fs, root = storage(run_dir)
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     ranked = []
-    for d in Path(run_dir).glob("checkpoint_*"):
-        if (d / "state.pt").exists():
-            state = torch.load(d / "state.pt", map_location="cpu", weights_only=True)
-            score = state["metrics"].get(METRIC)
-            score = -1.0 if score is None or math.isnan(score) else score
-            ranked.append((score, state["epoch"], d))
+    for info in listing:
+        if not info.base_name.startswith("checkpoint_"):
+            continue
+        file = f"{info.path}/state.pt"
+        if fs.get_file_info(file).type != pyarrow.fs.FileType.File:
+            continue
+        with fs.open_input_file(file) as f:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        score = state["metrics"].get(METRIC)
+        score = -1.0 if score is None or math.isnan(score) else score
+        location = f"{str(run_dir).rstrip('/')}/{info.base_name}"
+        ranked.append((score, state["epoch"], location, state))
     if not ranked:
         raise FileNotFoundError(f"no checkpoint in the Train run {run_dir}")
-    return max(ranked, key=lambda r: (r[0], r[1]))[2]
+    best = max(ranked, key=lambda r: (r[0], r[1]))
+    return best[2], best[3]
+
+
+def local_dir(options: TuneOptions) -> Path:
+    """Where the summary and report are written on this machine: the experiment folder, or
+    the study's folder when results go to a URI."""
+    return Path(options.experiment_dir) if options.local else options.study_path.parent
+
+
+def local_experiment(options: TuneOptions) -> Path:
+    """The experiment folder on this machine. For results on a URI (s3://...), a copy of
+    Tune's trial folders (results, not checkpoints) beside the study, where the summary and
+    the report are written before :func:`upload_outputs` sends them back."""
+    local = local_dir(options)
+    if options.local:
+        return local
+    import pyarrow.fs
+
+    from raylab.data.ingest import storage
+
+    fs, root = storage(options.experiment_dir)
+    root = root.rstrip("/")
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)):
+        relative = info.path[len(root) :].lstrip("/")
+        if info.type != pyarrow.fs.FileType.File or relative.startswith("train_runs/"):
+            continue
+        target = local / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as f:
+            target.write_bytes(f.read())
+    return local
+
+
+OUTPUTS = ("best", "trials.json", "summary.json", "report.html")
+
+
+def upload_outputs(options: TuneOptions, local: Path) -> None:
+    """Copy the summary, report and best/ folder written in ``local`` to a URI experiment."""
+    if options.local:
+        return
+    import pyarrow.fs
+
+    from raylab.data.ingest import storage
+
+    fs, root = storage(options.experiment_dir)
+    for name in OUTPUTS:
+        source = local / name
+        if source.is_dir():
+            fs.create_dir(f"{root}/{name}", recursive=True)  # a no-op on object stores
+            pyarrow.fs.copy_files(str(source), f"{root}/{name}", pyarrow.fs.LocalFileSystem(), fs)
+        elif source.exists():
+            with fs.open_output_stream(f"{root}/{name}") as f:
+                f.write(source.read_bytes())
 
 
 def reproduce_command(config: dict, shards: str, epochs: int) -> str:
@@ -371,7 +445,7 @@ def summarise(options: TuneOptions, results) -> dict:
     from raylab.train.evaluate import plot_confusion, predict, report_metrics
 
     rows = trial_table(results, options.max_epochs)
-    exp = Path(options.experiment_dir)
+    exp = local_experiment(options)
     (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     scored = [r for r in rows if r.get(METRIC) is not None]
     counts = {
@@ -382,11 +456,16 @@ def summarise(options: TuneOptions, results) -> dict:
             f"no trial of {exp} finished an epoch ({counts}); see {exp / 'trials.json'}"
         )
     best = max(scored, key=lambda r: (r[METRIC], -(r.get("gmacs") or 0)))
-    checkpoint = best_checkpoint_in(exp / "train_runs" / f"train-{best['trial_id']}")
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
+    run = f"{options.experiment_dir}/train_runs/train-{best['trial_id']}"
+    location, state = best_checkpoint_in(run)
     out = exp / "best"
     out.mkdir(exist_ok=True)
     torch.save(state["model"], out / "weights.pt")
+    checkpoint = Path(location)
+    if not options.local:  # the evaluation actors read a local copy
+        checkpoint = out / "checkpoint"
+        checkpoint.mkdir(exist_ok=True)
+        torch.save(state, checkpoint / "state.pt")
     classes = load_manifest(options.shards)["classes"]
     pred = predict(options.shards, checkpoint, split="val", clips=options.val_clips)
     evaluation = report_metrics(pred, classes) | {"clip_acc": pred["clip_acc"]}
@@ -412,11 +491,11 @@ def summarise(options: TuneOptions, results) -> dict:
         "trials": counts | {"total": len(rows)},
         "best_trial": best["trial_id"],
         "model": state["config"]["model"],
-        "experiment": str(exp),
-        "best_checkpoint": str(checkpoint),
-        "weights": str(out / "weights.pt"),
-        "confusion": str(out / "confusion.png"),
+        "experiment": options.experiment_dir,
+        "best_checkpoint": location,
+        "weights": f"{options.experiment_dir}/best/weights.pt",
+        "confusion": f"{options.experiment_dir}/best/confusion.png",
         "study": f"sqlite:///{options.study_path}",
-        "tensorboard": str(exp),
+        "tensorboard": options.experiment_dir,
         "reproduce": command,
     }

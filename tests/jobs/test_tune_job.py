@@ -127,6 +127,8 @@ def ray_head(tmp_path_factory):
 
 
 def test_ray_job_submit_runs_the_search_and_dashboards_show_it(demo_shards, ray_head, tmp_path):
+    """A search submitted with `ray job submit` to a head with token auth: a request without
+    the token is refused (401); with it the job runs, the dashboards show it, it succeeds."""
     url, token, env = ray_head["url"], ray_head["token"], ray_head["env"]
     with pytest.raises(urllib.error.HTTPError, match="401"):
         get_json(f"{url}/api/jobs/")  # auth is on: no token, no access
@@ -222,6 +224,10 @@ def history(experiment: Path) -> dict[str, list[dict]]:
 def test_interrupted_search_resumes_without_rerunning_finished_trials(
     demo_shards, ray_head, tmp_path
 ):
+    """Interrupted: the Tune driver (`python jobs/tune_t3d.py` on the head), with SIGINT,
+    once one trial has trained all its epochs and a later one has started. Checked: it
+    prints how to resume; `--resume` completes the 4 trials in the same study (earlier
+    states unchanged, none left RUNNING) without training the finished trials again."""
     args = ["--data", str(demo_shards), "--root", str(tmp_path), "--name", "resumable"]
     search = ["--num-samples", "4", "--max-epochs", "2", "--concurrency", "1", *TINY]
     # A driver of its own on the head (as `python jobs/tune_t3d.py` on a cluster's head node).

@@ -13,10 +13,12 @@ from raylab.tune.runner import (
     TuneOptions,
     best_checkpoint_in,
     load_options,
+    local_experiment,
     memory_budget,
     reproduce_command,
     save_options,
     trial_concurrency,
+    upload_outputs,
 )
 from raylab.tune.space import SearchSpace
 
@@ -81,7 +83,10 @@ def test_best_checkpoint_is_read_from_the_checkpoints(tmp_path):
         d = tmp_path / f"checkpoint_{i}"
         d.mkdir()
         torch.save({"epoch": i, "metrics": {"val_video_top1": score}}, d / "state.pt")
-    assert best_checkpoint_in(tmp_path).name == "checkpoint_2"  # the later of the ties
+    location, state = best_checkpoint_in(tmp_path)
+    assert Path(location).name == "checkpoint_2" and state["epoch"] == 2  # the later tie
+    # The same through a URI, as for results on s3://.
+    assert best_checkpoint_in(f"file://{tmp_path}")[0] == f"file://{tmp_path}/checkpoint_2"
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         best_checkpoint_in(tmp_path / "none")
 
@@ -108,3 +113,26 @@ def test_reproduce_command_parses_as_a_train_job():
     )
     assert (args.epochs, args.batch_size, args.lr) == (10, 8, 0.00123)
     assert sorted(args.model_option) == ['stm_blocks="first"', "stm_stages=[4, 5]"]
+
+
+def test_results_on_a_uri_are_summarised_locally_and_sent_back(tmp_path, monkeypatch):
+    """Results on a URI (file:// standing in for s3://): the trial folders, not the Train
+    checkpoints, are copied beside the study; the outputs written there go back."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    remote = tmp_path / "bucket" / "exp"
+    (remote / "run_trial_1").mkdir(parents=True)
+    (remote / "run_trial_1" / "result.json").write_text('{"epoch": 1}\n')
+    (remote / "train_runs" / "train-1" / "checkpoint_0").mkdir(parents=True)
+    (remote / "train_runs" / "train-1" / "checkpoint_0" / "state.pt").write_bytes(b"x" * 10)
+    opts = TuneOptions(shards="/s", storage_path=f"file://{tmp_path / 'bucket'}", name="exp")
+    assert not opts.local
+    local = local_experiment(opts)
+    assert local == tmp_path / "home" / "raylab" / "studies" / "exp"
+    assert (local / "run_trial_1" / "result.json").read_text() == '{"epoch": 1}\n'
+    assert not (local / "train_runs").exists()
+    (local / "best").mkdir()
+    (local / "best" / "weights.pt").write_bytes(b"w")
+    (local / "report.html").write_text("<html>")
+    upload_outputs(opts, local)
+    assert (remote / "best" / "weights.pt").read_bytes() == b"w"
+    assert (remote / "report.html").read_text() == "<html>"

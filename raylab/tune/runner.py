@@ -250,7 +250,7 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
         # its Train run shuts down cleanly. One that Tune stops is killed with its Train
         # controller, whose request to the autoscaler lingers until it expires (180 s).
         max_t=options.max_epochs + 1,
-        grace_period=min(options.grace_period, options.max_epochs),
+        grace_period=min(options.grace_period, options.max_epochs + 1),  # = max_t: no stopping
         reduction_factor=options.reduction_factor,
     )
     return tune.Tuner(

@@ -157,11 +157,15 @@ def cluster(tmp_path_factory):
             params=EncodeParams(short_sides=(64,)),
             progress=False,
         )
-        wait_for(lambda: node_kinds() == {"head": 1, "gpu_trainer": 0, "cpu_decoder": 0}, 120)
+        wait_for(head_only, 120)
         yield root
     finally:
         ray.shutdown()
         fake.shutdown()
+
+
+def head_only() -> bool:
+    return node_kinds() == {"head": 1, "gpu_trainer": 0, "cpu_decoder": 0}
 
 
 def wait_for(condition, timeout: float, step: float = 0.5) -> None:
@@ -201,15 +205,23 @@ def test_nodes_come_as_trials_queue_and_go_when_idle(cluster):
     finished, and afterwards the cluster shrank back to the head alone."""
     from raylab.tune.runner import build_tuner, trial_table
 
-    options = tune_options(cluster, "scale", num_samples=2, max_epochs=2, concurrency=2)
+    # No early stopping (grace period past the last epoch): a trial that ASHA stops is
+    # killed with its Train controller, whose autoscaler request then holds its GPU node
+    # for 180 s; here every trial ends on its own, so idle nodes go after the idle timeout.
+    options = tune_options(
+        cluster, "scale", num_samples=2, max_epochs=2, concurrency=2, grace_period=3
+    )
+    wait_for(head_only, 240)
     timeline = Timeline()
     timeline.start()
-    results = build_tuner(options).fit()
-    finished = time.monotonic() - timeline.start_time
-    wait_for(lambda: node_kinds() == {"head": 1, "gpu_trainer": 0, "cpu_decoder": 0}, 120)
-    timeline.done.set()
-    timeline.join()
-    gone = time.monotonic() - timeline.start_time
+    try:
+        results = build_tuner(options).fit()
+        finished = time.monotonic() - timeline.start_time
+        wait_for(head_only, 120)
+        gone = time.monotonic() - timeline.start_time
+    finally:
+        timeline.done.set()
+        timeline.join()
 
     rows = trial_table(results, options.max_epochs)
     assert [r["status"] for r in rows] == ["done", "done"], rows
@@ -270,14 +282,17 @@ def test_a_killed_trainer_node_is_replaced_and_the_trial_resumes(cluster):
                     return
             time.sleep(0.02)
 
+    wait_for(head_only, 240)  # no node left over: the one killed is the trial's only one
     watcher = threading.Thread(target=kill_node_mid_epoch, daemon=True)
     watcher.start()
     timeline = Timeline()
     timeline.start()
-    results = build_tuner(options).fit()
-    timeline.done.set()
+    try:
+        results = build_tuner(options).fit()
+    finally:
+        timeline.done.set()
+        timeline.join()
     watcher.join(timeout=5)
-    timeline.join()
 
     assert killed, "the trial's node was never caught mid-epoch"
     assert not Path(f"/proc/{killed['worker']}").exists()  # the node took its worker along

@@ -1,7 +1,8 @@
 """Ingest a video dataset into Parquet shards.
 
     python jobs/ingest.py --source VIDEO_ROOT --format ucf101 --out SHARDS \
-        [--annotations DIR] [--split 1] [--short-side 128 256] [--keyframe-interval 8]
+        [--annotations DIR] [--split 1] [--short-side 128 256] [--keyframe-interval 8] \
+        [--flow tvl1|farneback]
 
 Re-running the same command resumes an interrupted ingest. The last stdout line is a JSON
 object with the counts per split, the rejects and the paths of the manifest and ledger.
@@ -27,12 +28,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--short-side", type=int, nargs="+", default=[128], help="renditions")
     p.add_argument("--keyframe-interval", type=int, default=EncodeParams.keyframe_interval)
     p.add_argument("--crf", type=int, default=EncodeParams.crf, help="x264 quality")
+    p.add_argument(
+        "--flow",
+        choices=["tvl1", "farneback"],
+        help="also store optical flow between consecutive frames of every rendition",
+    )
     p.add_argument("--rows-per-part", type=int, default=256, help="videos per Parquet part")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
     params = EncodeParams(
-        short_sides=tuple(args.short_side), keyframe_interval=args.keyframe_interval, crf=args.crf
+        short_sides=tuple(args.short_side),
+        keyframe_interval=args.keyframe_interval,
+        crf=args.crf,
+        flow=args.flow,
     )
     summary = ingest(
         args.source,

@@ -30,6 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stride", type=int, default=1, help="temporal stride of dense clips")
     p.add_argument("--size", type=int, default=112, help="crop size (square)")
     p.add_argument("--scheme", choices=["dense", "segments"], help="default: by model family")
+    p.add_argument(
+        "--modality",
+        choices=["rgb", "flow"],
+        default="rgb",
+        help="flow: the 2-channel optical flow stored by ingest --flow (e.g. I3D's flow stream)",
+    )
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     p.add_argument("--dropout", type=float)
     p.add_argument(
@@ -75,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def model_options(args: argparse.Namespace) -> dict:
     """build_model options from the flags."""
     opts = {"width": args.width}
+    if getattr(args, "modality", "rgb") == "flow":
+        opts["in_channels"] = 2
     if args.dropout is not None:
         opts["dropout"] = args.dropout
     for item in args.model_option:
@@ -118,11 +126,14 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed,
         "init_from": args.init_from,
         "run_dir": str(out),
+        # Flow levels to [-1, 1] as I3D feeds them; RGB keeps the loop's defaults.
+        **({"mean": (0.5, 0.5), "std": (0.5, 0.5)} if args.modality == "flow" else {}),
         "data": {
             "frames": args.frames,
             "stride": args.stride,
             "size": args.size,
             "scheme": args.scheme or default_scheme(args.model),
+            "modality": args.modality,
         },
     }
     data = DataOptions(
@@ -136,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         val_crops=args.val_crops,
         decoders=args.decoders,
         decoder_resource=args.decoder_resource,
+        modality=args.modality,
     )
     trainer = build_trainer(
         config,

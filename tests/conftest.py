@@ -95,3 +95,21 @@ def damaged_shards(demo_shards, tmp_path_factory) -> tuple[Path, dict[str, str]]
                 table = table.set_column(i, table.field(i), pa.array(cells, table[name].type))
         pq.write_table(table, part)
     return out, damaged
+
+
+@pytest.fixture(scope="session")
+def flow_shards(tmp_path_factory, ray_session) -> Path:
+    """A tiny demo set (8 classes x 2 videos, 16 frames) ingested with Farneback flow."""
+    from raylab.data.ingest import EncodeParams, ingest
+    from raylab.data.synthetic import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("flowdemo")
+    make_demo_dataset(root / "videos", videos_per_class=2, seed=1, frames=16, height=96, width=128)
+    ingest(
+        root / "videos",
+        "ucf101",
+        root / "shards",
+        params=EncodeParams(short_sides=(64,), flow="farneback"),
+        progress=False,
+    )
+    return root / "shards"

@@ -47,8 +47,11 @@ class ClipSpec:
     short_side: int | None = None
     scales: tuple[float, ...] = TSN_SCALES
     corner_crops: bool = True  # positions from the 5 fixed corners/centre, as TSN does
+    modality: str = "rgb"  # "rgb" (T, H, W, 3) or "flow" (T, H, W, 2: x and y)
 
     def __post_init__(self) -> None:
+        if self.modality not in ("rgb", "flow"):
+            raise ValueError(f"modality must be 'rgb' or 'flow', got {self.modality!r}")
         if self.crops not in (1, 3):
             raise ValueError(f"crops must be 1 (centre) or 3 (three-crop), got {self.crops}")
         if self.scheme not in ("dense", "segments"):
@@ -62,6 +65,11 @@ class ClipSpec:
     def working_short_side(self) -> int:
         """The short side frames are decoded at before cropping."""
         return self.short_side or round(self.size * 8 / 7)
+
+    @property
+    def channels(self) -> int:
+        """3 for RGB, 2 for flow (x, y)."""
+        return 2 if self.modality == "flow" else 3
 
     @property
     def views(self) -> int:
@@ -96,6 +104,30 @@ def open_video(data: bytes, height: int | None = None, width: int | None = None)
     """A decord VideoReader on in-memory bytes, optionally scaling frames while decoding."""
     kwargs = {} if height is None else {"height": height, "width": width}
     return decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, **kwargs)
+
+
+class FlowFrames:
+    """A reader of a stored flow video (x and y side by side, see ingest's ``FlowEncoder``)
+    whose frames come out as (n, H, W, 2) uint8, 128 meaning no motion."""
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def get_batch(self, indices: list[int]) -> _Decoded:
+        grey = self.reader.get_batch(indices).asnumpy()[..., 0]  # R = G = B for grey
+        w = grey.shape[2] // 2
+        return _Decoded(np.stack([grey[:, :, :w], grey[:, :, w:]], axis=-1))
+
+
+@dataclass
+class _Decoded:
+    array: np.ndarray
+
+    def asnumpy(self) -> np.ndarray:
+        return self.array
 
 
 def decode_frames(reader, indices: np.ndarray) -> np.ndarray:
@@ -167,7 +199,7 @@ def multiscale_crop(
 
 
 def sample_views(reader, spec: ClipSpec, rng: np.random.Generator) -> list[np.ndarray]:
-    """All views of one video as uint8 (T, size, size, 3) arrays, in view order.
+    """All views of one video as uint8 (T, size, size, C) arrays, in view order.
 
     ``reader`` yields frames at the working short side (see :func:`open_video`). View ``v``
     at test is clip ``v // crops``, crop ``v % crops``.
@@ -186,6 +218,8 @@ def sample_views(reader, spec: ClipSpec, rng: np.random.Generator) -> list[np.nd
         view = multiscale_crop(clips[0], spec.size, rng, spec.scales, spec.corner_crops)
         if spec.flip and rng.random() < 0.5:
             view = view[:, :, ::-1]
+            if spec.modality == "flow":  # mirrored motion: x flips sign (255 - q ~ -x)
+                view = np.concatenate([255 - view[..., :1], view[..., 1:]], axis=-1)
         return [np.ascontiguousarray(view)]
     views = []
     for c in clips:

@@ -22,8 +22,15 @@ import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
-from raylab.data.ingest import load_manifest, rendition_column, storage
+from raylab.data.decode import (
+    ClipSpec,
+    FlowFrames,
+    choose_rendition,
+    open_video,
+    sample_views,
+    scaled_size,
+)
+from raylab.data.ingest import flow_column, load_manifest, rendition_column, storage
 from raylab.data.sampling import sample_rng
 
 log = logging.getLogger(__name__)
@@ -75,12 +82,16 @@ class ClipDecoder:
                 int(batch["height"][i]), int(batch["width"][i]), spec.working_short_side
             )
             try:
-                reader = open_video(batch[self.column][i], height=h, width=w)
+                if spec.modality == "flow":  # x | y side by side: twice as wide
+                    reader = FlowFrames(open_video(batch[self.column][i], height=h, width=2 * w))
+                else:
+                    reader = open_video(batch[self.column][i], height=h, width=w)
                 rng = fresh or sample_rng(self.seed, self.epoch, video_id)
                 out = sample_views(reader, spec, rng)
             except Exception as err:  # damaged bytes: lose this sample, not the epoch
                 log.warning("skipping video %s: cannot decode its clip (%s)", video_id, err)
-                out, label = [np.zeros((spec.frames, spec.size, spec.size, 3), np.uint8)], FAILED
+                blank = np.zeros((spec.frames, spec.size, spec.size, spec.channels), np.uint8)
+                out, label = [blank], FAILED
             else:
                 label = int(batch["label"][i])
             for v, clip in enumerate(out):
@@ -88,7 +99,7 @@ class ClipDecoder:
                 labels.append(label)
                 ids.append(video_id)
                 views.append(v if label != FAILED else FAILED)
-        shape = (0, spec.frames, spec.size, spec.size, 3)
+        shape = (0, spec.frames, spec.size, spec.size, spec.channels)
         return {
             "clip": np.stack(clips) if clips else np.zeros(shape, np.uint8),
             "label": np.asarray(labels, dtype=np.int64),
@@ -147,6 +158,7 @@ def clip_dataset(
     decoders: int | None = None,
     decoder_cpus: float = 1.0,
     decoder_resource: str | None = None,
+    modality: str = "rgb",
     videos_per_batch: int = 16,
 ):
     """A ``ray.data.Dataset`` of clip rows from one split of an ingested shard folder.
@@ -172,9 +184,14 @@ def clip_dataset(
         crops=crops,
         flip=flip,
         short_side=short_side,
+        modality=modality,
     )
     rendition = choose_rendition(manifest["renditions"], spec.working_short_side)
     column = rendition_column(rendition)
+    if modality == "flow":
+        if not manifest.get("flow"):
+            raise ValueError(f"{shards} holds no optical flow: ingest it with --flow tvl1")
+        column = flow_column(rendition)
     files = shard_files(shards, split)
     # The V1 Parquet reader: V2's ListFiles task re-lists the files on every pass, which
     # cost 1-5 s per epoch here, longer than decoding a small dataset.

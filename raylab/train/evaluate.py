@@ -104,6 +104,7 @@ def predict(
         stride=data.get("stride", 1),
         size=data.get("size", 112),
         scheme=data.get("scheme", "dense"),
+        modality=data.get("modality", "rgb"),
         train=False,
         clips=clips,
         crops=crops,

@@ -31,6 +31,7 @@ class DataOptions:
     decoders: int | None = None  # concurrent decode tasks; None = as CPUs allow
     decoder_cpus: float = 1.0
     decoder_resource: str | None = None  # custom resource of decoder nodes, e.g. "decoder"
+    modality: str = "rgb"  # "flow": 2-channel optical flow clips (ingest --flow)
 
 
 def clip_datasets(data: DataOptions) -> dict:
@@ -45,6 +46,7 @@ def clip_datasets(data: DataOptions) -> dict:
         "decoders": data.decoders,
         "decoder_cpus": data.decoder_cpus,
         "decoder_resource": data.decoder_resource,
+        "modality": data.modality,
     }
     return {
         "train": clip_dataset(data.shards, "train", train=True, flip=data.flip, **common),

@@ -151,3 +151,20 @@ def test_shards_are_read_through_a_uri(demo_shards, ray_session):
     assert len(rows["video_id"]) == load_manifest(demo_shards)["splits"]["val"]
     with pytest.raises(FileNotFoundError, match="no shards for split 'test'"):
         shard_files(uri, "test")
+
+
+def test_flow_clips_have_two_channels(flow_shards, ray_session):
+    rows = _collect(
+        clip_dataset(flow_shards, "val", frames=8, size=32, train=False, modality="flow")
+    )
+    n = load_manifest(flow_shards)["splits"]["val"]
+    assert rows["clip"].shape == (n, 8, 32, 32, 2) and rows["clip"].dtype == np.uint8
+    train = _collect(
+        clip_dataset(flow_shards, "train", frames=8, size=32, modality="flow", flip=True)
+    )
+    assert train["clip"].shape[-1] == 2
+
+
+def test_flow_from_shards_without_flow_is_a_clear_error(demo_shards, ray_session):
+    with pytest.raises(ValueError, match="holds no optical flow: ingest it with --flow"):
+        clip_dataset(demo_shards, "val", frames=8, size=32, train=False, modality="flow")

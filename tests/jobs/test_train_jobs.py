@@ -45,3 +45,37 @@ def test_train_then_evaluate_multi_view_and_fused(demo_shards, run_job, tmp_path
     assert len(report["rgb"]["confusion"]) == 8
     assert sum(map(sum, report["rgb"]["confusion"])) == 8
     assert Path(evaluated["confusion_png"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_two_stream_i3d_on_ingested_flow(demo_shards, run_job, tmp_path):
+    """ingest --flow, I3D on RGB and on flow from the same shards, late fusion."""
+    shards = tmp_path / "flow_shards"
+    ingested = run_job(
+        "ingest.py",
+        *("--source", str(demo_shards.parent / "videos"), "--format", "ucf101"),
+        *("--out", str(shards), "--short-side", "64", "--flow", "farneback", "--no-progress"),
+    )
+    assert ingested["rejected_total"] == 0
+    tiny = ("--model", "i3d", "--width", "0.125", "--frames", "16", "--size", "32")
+    tiny += ("--epochs", "1", "--batch-size", "8", "--cpus-per-worker", "0.5")
+    rgb = run_job("train.py", "--data", str(shards), "--out", str(tmp_path / "rgb"), *tiny)
+    flow = run_job(
+        "train.py",
+        *("--data", str(shards), "--out", str(tmp_path / "flow"), "--modality", "flow"),
+        *tiny,
+    )
+    state = torch.load(Path(flow["best_checkpoint"]) / "state.pt", weights_only=True)
+    assert state["config"]["data"]["modality"] == "flow"
+    assert state["config"]["model_options"]["in_channels"] == 2
+    first_conv = next(w for w in state["model"].values() if w.ndim == 5)
+    assert first_conv.shape[1] == 2  # x and y
+
+    evaluated = run_job(
+        "evaluate.py",
+        *("--data", str(shards), "--checkpoint", rgb["best_checkpoint"]),
+        *("--flow-checkpoint", flow["best_checkpoint"], "--clips", "2", "--crops", "1"),
+        *("--out", str(tmp_path / "eval")),
+    )
+    report = json.loads(Path(evaluated["metrics_file"]).read_text())
+    assert set(report) == {"rgb", "flow", "fused"}
+    assert report["rgb"]["videos"] == report["flow"]["videos"] == report["fused"]["videos"] == 8

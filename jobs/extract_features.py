@@ -1,0 +1,187 @@
+"""Use a network as a generic video descriptor: features per video, a linear SVM, PCA, t-SNE.
+
+    python jobs/extract_features.py --data SHARDS --out DIR \
+        (--checkpoint CKPT | --model NAME [--weights STATE_DICT.pt] [--width W]) \
+        [--layer fc6] [--frames 16 --size 112 --stride 1] [--clips 10 --crops 1] \
+        [--predictors 1] [--gpu]
+
+As the C3D paper: the layer's activations (default: C3D's fc6, for other models the pooled
+input of the final classifier) for --clips clips of every video, averaged per video,
+L2-normalised; a linear SVM trained on the train split and scored on the test split (val when
+there is none); its accuracy after PCA to 2, 4, 8, ... dimensions; a t-SNE plot. Writes
+DIR/features.parquet, DIR/features.json, DIR/compactness.png and DIR/tsne.png. The last stdout
+line is a JSON object with the SVM accuracy, the metrics and those paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from raylab.data.ingest import load_manifest, resolve_location
+from raylab.train.features import ModelSource, analyse, extract_features, write_features
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
+    p.add_argument("--out", required=True, help="folder for the features, plots and JSON")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint folder of a training run")
+    src.add_argument("--model", help="a name from raylab.models.MODEL_NAMES")
+    p.add_argument("--weights", help="with --model: a plain state dict (e.g. RUN/weights.pt)")
+    p.add_argument("--width", type=float, help="with --model: channel multiplier (default 1)")
+    p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="with --model: extra build_model option, e.g. head='\"pooled\"'",
+    )
+    p.add_argument(
+        "--layer",
+        help="a name of model.named_modules() (e.g. fc6, classifier.fc6, features.pool5), "
+        "optionally NAME:input and/or :pool; default: fc6 for C3D, else the pooled input "
+        "of the final classifier",
+    )
+    p.add_argument("--frames", type=int, help="clip length (default: the checkpoint's, or 16)")
+    p.add_argument("--stride", type=int, help="temporal stride (default: checkpoint's, or 1)")
+    p.add_argument("--size", type=int, help="crop size (default: the checkpoint's, or 112)")
+    p.add_argument("--scheme", choices=["dense", "segments"], help="default: by model family")
+    p.add_argument("--clips", type=int, default=10, help="clips per video, averaged")
+    p.add_argument("--crops", type=int, choices=[1, 3], default=1, help="crops per clip")
+    p.add_argument("--splits", nargs="+", help="default: every split of the manifest")
+    p.add_argument("--predictors", type=int, default=1, help="feature-extraction actors")
+    p.add_argument("--gpu", action="store_true", help="one GPU per extraction actor")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per forward pass")
+    p.add_argument("--decoder-cpus", type=float, default=0.5)
+    p.add_argument("--predictor-cpus", type=float, default=0.5)
+    p.add_argument(
+        "--decoder-resource",
+        help="custom resource of the decoder nodes (cluster.yaml: decoder); decoding stays there",
+    )
+    p.add_argument("--seed", type=int, default=0, help="CV folds, PCA and t-SNE")
+    args = p.parse_args(argv)
+    if args.checkpoint and (args.weights or args.width is not None or args.model_option):
+        p.error("--weights, --width and --model-option go with --model; a checkpoint fixes them")
+    return args
+
+
+def model_options(args: argparse.Namespace, frames: int, size: int) -> dict:
+    """build_model options from the flags. C3D's fc head takes only its published 16 x 112 x
+    112 clip; at other sizes C3D gets its pooled head unless --model-option says otherwise."""
+    opts = {"width": 1.0 if args.width is None else args.width}
+    for item in args.model_option:
+        key, _, value = item.partition("=")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"--model-option {item!r}: the value must be JSON ({err})") from err
+    if args.model == "c3d" and "head" not in opts and (frames, size) != (16, 112):
+        opts["head"] = "pooled"
+        print(f"c3d at {frames}x{size}x{size}: using its pooled head (no fc6)", file=sys.stderr)
+    return opts
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import ray
+
+    from raylab.train.evaluate import load_checkpoint
+
+    args = parse_args(argv)
+    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    shards = resolve_location(args.data)
+    classes = load_manifest(shards)["classes"]
+    out = Path(args.out).resolve()
+
+    if args.checkpoint:
+        config = load_checkpoint(args.checkpoint)[1]
+        data = config.get("data") or {}
+        source = ModelSource(checkpoint=str(Path(args.checkpoint).resolve()))
+        name = config["model"]
+    else:
+        data, name = {}, args.model
+    frames = args.frames or data.get("frames", 16)
+    size = args.size or data.get("size", 112)
+    stride = args.stride or data.get("stride", 1)
+    scheme = (
+        args.scheme or data.get("scheme") or ("segments" if name in ("stm", "tsn") else "dense")
+    )
+    if not args.checkpoint:
+        source = ModelSource(
+            model=args.model,
+            options=model_options(args, frames, size),
+            num_classes=len(classes),
+            weights=str(Path(args.weights).resolve()) if args.weights else None,
+        )
+
+    features = extract_features(
+        shards,
+        source,
+        layer=args.layer,
+        splits=args.splits,
+        frames=frames,
+        stride=stride,
+        size=size,
+        scheme=scheme,
+        modality=data.get("modality", "rgb"),
+        clips=args.clips,
+        crops=args.crops,
+        predictors=args.predictors,
+        use_gpu=args.gpu,
+        batch_size=args.batch_size,
+        decoder_cpus=args.decoder_cpus,
+        decoder_resource=args.decoder_resource,
+        predictor_cpus=args.predictor_cpus,
+    )
+    failures = sum(len(v) for v in features.decode_failures.values())
+    print(
+        f"{features.layer}: {features.dim}-d features of {features.counts()} videos "
+        f"({args.clips * args.crops} views each; {failures} could not be decoded)",
+        file=sys.stderr,
+    )
+    meta = source.describe() | {
+        "model": name,
+        "shards": shards,
+        "clips": args.clips,
+        "crops": args.crops,
+        "frames": frames,
+        "stride": stride,
+        "size": size,
+        "scheme": scheme,
+    }
+    parquet = write_features(features, out, meta)
+    analysis = analyse(features, classes, out, seed=args.seed)
+    record = json.loads((out / "features.json").read_text()) | {"analysis": analysis}
+    (out / "features.json").write_text(json.dumps(record, indent=2, default=str))
+    print(
+        f"linear SVM (C={analysis['svm_C']}) on {analysis['test_split']}: "
+        f"{analysis['svm_accuracy']:.3f}; by PCA dimensions: {analysis['compactness']}",
+        file=sys.stderr,
+    )
+    result = {
+        "svm_accuracy": analysis["svm_accuracy"],
+        "metrics": {
+            "svm_accuracy": analysis["svm_accuracy"],
+            "svm_C": analysis["svm_C"],
+            "compactness": analysis["compactness"],
+            "videos": features.counts(),
+            "decode_failures": failures,
+            "test_split": analysis["test_split"],
+        },
+        "features": str(parquet),
+        "features_json": str(out / "features.json"),
+        "compactness_plot": analysis["compactness_plot"],
+        "tsne_plot": analysis["tsne_plot"],
+        "layer": features.layer,
+        "dim": features.dim,
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -193,11 +193,14 @@ class DenseNet3D(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled feature vector (B, C) that the classifier reads (before dropout)."""
         check_clip(self.name, x, self.in_channels, self.min_input)
         x = F.relu(self.features(x))
-        x = F.adaptive_avg_pool3d(x, 1).flatten(1)  # 1x7x7 at 32x224, see module doc
-        return self.classifier(self.dropout(x))
+        return F.adaptive_avg_pool3d(x, 1).flatten(1)  # 1x7x7 at 32x224, see module doc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.forward_features(x)))
 
 
 def _ttl_depths(
@@ -233,3 +236,98 @@ def t3d(num_classes: int, depth: int = 121, **options) -> DenseNet3D:
     """T3D-121/169/201 (DenseNet3D with TTLs); options as densenet3d plus ttl_depths
     ((1, 3, 4) for every TTL by default), ttl_channels (128) and ttl_out (None: DenseNet's)."""
     return DenseNet3D(num_classes, _blocks("t3d", depth), ttl=True, name=f"t3d{depth}", **options)
+
+
+class DenseNet2D(nn.Module):
+    """A 2D DenseNet-BC in torchvision's key layout (``features.conv0`` ... ``features.norm5``,
+    ``classifier``), so a torchvision ImageNet state dict loads into it at ``width=1``.
+
+    Input (B, 3, H, W), ImageNet-normalised; ``forward`` returns logits, ``forward_features``
+    the globally pooled (B, C) vector after the final BN-ReLU (1024-D for DenseNet-121). It is
+    the frozen frame teacher of T3D's supervision transfer (``raylab.train.transfer``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        block_config: Sequence[int] = BLOCKS[121],
+        *,
+        width: float = 1.0,
+        growth_rate: int = 32,
+        bn_size: int = 4,
+        init_features: int = 64,
+        name: str = "densenet2d",
+    ) -> None:
+        super().__init__()
+        check_options(name, num_classes, 3, 0.0, width)
+        self.name = name
+        k, channels = scaled(growth_rate, width), scaled(init_features, width)
+        self.features = nn.Sequential(
+            OrderedDict(
+                conv0=nn.Conv2d(3, channels, 7, 2, 3, bias=False),
+                norm0=nn.BatchNorm2d(channels),
+                relu0=nn.ReLU(inplace=True),
+                pool0=nn.MaxPool2d(3, 2, 1),
+            )
+        )
+        for i, num_layers in enumerate(block_config, start=1):
+            block = nn.Sequential(
+                OrderedDict(
+                    (f"denselayer{j + 1}", _DenseLayer2d(channels + j * k, k, bn_size))
+                    for j in range(num_layers)
+                )
+            )
+            self.features.add_module(f"denseblock{i}", block)
+            channels += num_layers * k
+            if i == len(block_config):
+                break
+            self.features.add_module(
+                f"transition{i}",
+                nn.Sequential(
+                    OrderedDict(
+                        norm=nn.BatchNorm2d(channels),
+                        relu=nn.ReLU(inplace=True),
+                        conv=nn.Conv2d(channels, channels // 2, 1, bias=False),
+                        pool=nn.AvgPool2d(2, 2),
+                    )
+                ),
+            )
+            channels //= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(channels))
+        self.out_features = channels
+        self.classifier = nn.Linear(channels, num_classes)
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected images (B, 3, H, W), got {tuple(x.shape)}")
+        x = F.relu(self.features(x))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x))
+
+
+class _DenseLayer2d(nn.Module):
+    """torchvision's dense layer: BN-ReLU-Conv 1x1 (bn_size * k) -> BN-ReLU-Conv 3x3 (k)."""
+
+    def __init__(self, in_channels: int, growth_rate: int, bn_size: int) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(self.relu1(self.norm1(x)))
+        y = self.conv2(self.relu2(self.norm2(y)))
+        return torch.cat([x, y], 1)
+
+
+def densenet2d(depth: int = 121, width: float = 1.0, num_classes: int = 1000) -> DenseNet2D:
+    """2D DenseNet-121/169/201 in torchvision's layout (``width`` scales every channel count)."""
+    return DenseNet2D(
+        num_classes, _blocks("densenet2d", depth), width=width, name=f"densenet{depth}"
+    )

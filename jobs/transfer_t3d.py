@@ -1,0 +1,135 @@
+"""T3D's 2D -> 3D supervision transfer on unlabeled shards, with Ray Train.
+
+    python jobs/transfer_t3d.py --data SHARDS --out DIR \
+        [--student t3d121|densenet3d121] [--frames 32 --size 32 --width 0.125] \
+        [--teacher-frames 4] [--epochs E --batch-size B --lr LR --optimizer sgd|adamw] \
+        [--workers N --gpu] [--teacher-weights FILE]
+
+A frozen 2D DenseNet (``--teacher-weights``: a torchvision ImageNet DenseNet state dict, which
+needs ``--width 1``; random and frozen otherwise) sees ``--teacher-frames`` frames of a clip;
+the 3D student sees the clip; a head learns "same video and time stamp or not" from pairs the
+pipeline builds (labels are not used). The student's weights, classifier left out, are saved
+to ``DIR/student.pt``: ``jobs/train.py --model STUDENT --init-from DIR/student.pt`` fine-tunes
+them. DenseNet3D and T3D need clips of at least 29 frames and 29 x 29 pixels.
+
+The last stdout line is a JSON object: ``correspondence_accuracy`` (held-out, best epoch),
+``metrics`` (the last epoch's), ``student_weights`` and ``run``. Running the same command
+again resumes from the run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from raylab.data.ingest import resolve_location
+from raylab.train.transfer import DEFAULTS, STUDENTS
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, student.pt, events)")
+    p.add_argument("--student", choices=STUDENTS, default=DEFAULTS["student"])
+    p.add_argument("--frames", type=int, default=32, help="student clip length (>= 29)")
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--size", type=int, default=112, help="crop size (square, >= 29)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (both nets)")
+    p.add_argument("--teacher-frames", type=int, default=4, help="frames the 2D teacher sees")
+    p.add_argument("--teacher-weights", help="torchvision DenseNet state dict (ImageNet)")
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="pairs/worker")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=DEFAULTS["optimizer"])
+    p.add_argument("--lr", type=float, help="default: 0.1 for sgd, 1e-3 for adamw")
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
+    p.add_argument("--step-epochs", type=int, default=DEFAULTS["step_epochs"], help="lr / 10")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--decoders", type=int, help="concurrent decode tasks (default: as CPUs allow)")
+    p.add_argument("--val-split", default="val", help="held-out split for the accuracy")
+    p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import ray
+    import torch
+
+    from raylab.train.transfer import best_transfer_checkpoint, build_transfer_trainer
+
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    lr = args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else 1e-3)
+    ray.init(ignore_reinit_error=True, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    config = {
+        "student": args.student,
+        "model_options": {"width": args.width},
+        "teacher_weights": (
+            str(Path(args.teacher_weights).resolve()) if args.teacher_weights else None
+        ),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "optimizer": args.optimizer,
+        "lr": lr,
+        "weight_decay": args.weight_decay,
+        "step_epochs": args.step_epochs,
+        "seed": args.seed,
+        "run_dir": str(out),
+        "data": {
+            "frames": args.frames,
+            "stride": args.stride,
+            "size": args.size,
+            "teacher_frames": args.teacher_frames,
+        },
+    }
+    try:
+        trainer = build_transfer_trainer(
+            config,
+            shards=resolve_location(args.data),
+            frames=args.frames,
+            size=args.size,
+            stride=args.stride,
+            teacher_frames=args.teacher_frames,
+            storage_path=out.parent,
+            name=out.name,
+            workers=args.workers,
+            use_gpu=args.gpu,
+            cpus_per_worker=args.cpus_per_worker,
+            max_failures=args.max_failures,
+            decoders=args.decoders,
+            val_split=args.val_split,
+        )
+    except ValueError as err:
+        raise SystemExit(f"transfer_t3d: {err}") from err
+    result = trainer.fit()
+    if result.error:
+        raise SystemExit(f"transfer failed: {result.error}")
+
+    best = best_transfer_checkpoint(result)
+    with best.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    weights = out / "student.pt"
+    torch.save(state["student"], weights)  # backbone keys of build_model(student), no classifier
+    summary = {
+        "correspondence_accuracy": state["metrics"]["correspondence_accuracy"],
+        "metrics": result.metrics | {"epochs": result.metrics["epoch"]},
+        "best_epoch": state["epoch"] + 1,
+        "student_weights": str(weights),
+        "run": str(out),
+        "best_checkpoint": best.path,
+        "student": args.student,
+        "model_options": config["model_options"],
+        "data": config["data"],
+    }
+    print(f"best epoch {state['epoch'] + 1}: {state['metrics']}", file=sys.stderr)
+    print(json.dumps(summary, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""jobs/transfer_t3d.py, then jobs/train.py fine-tuning the transferred student."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from raylab.models import build_model
+
+
+@pytest.mark.slow
+def test_transfer_then_fine_tune(demo_shards, run_job, tmp_path):
+    run = tmp_path / "transfer"
+    tiny = ("--frames", "32", "--size", "32", "--width", "0.0625", "--cpus-per-worker", "0.5")
+    out = run_job(
+        "transfer_t3d.py",
+        *("--data", str(demo_shards), "--out", str(run), "--student", "t3d121"),
+        *("--epochs", "1", "--batch-size", "16", "--optimizer", "adamw", "--teacher-frames", "4"),
+        *tiny,
+    )
+    assert 0.0 <= out["correspondence_accuracy"] <= 1.0
+    assert out["metrics"]["epochs"] == 1 and out["metrics"]["val_positive_fraction"] == 0.5
+    assert out["run"] == str(run)
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1]
+    assert all(h["train_loss"] > 0 for h in history)
+
+    state = torch.load(out["student_weights"], map_location="cpu", weights_only=True)
+    model = build_model("t3d121", 8, width=0.0625)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert set(missing) == {"classifier.weight", "classifier.bias"} and not unexpected
+
+    tuned = run_job(
+        "train.py",
+        *("--data", str(demo_shards), "--model", "t3d121", "--out", str(tmp_path / "tune")),
+        *("--init-from", out["student_weights"], "--epochs", "1", "--batch-size", "8"),
+        *tiny,
+    )
+    assert tuned["metrics"]["epochs"] == 1
+    fine = torch.load(tuned["weights"], map_location="cpu", weights_only=True)
+    assert set(fine) == set(state) | {"classifier.weight", "classifier.bias"}
+    assert Path(tuned["weights"]).exists()

@@ -1,0 +1,166 @@
+"""T3D supervision transfer: pair construction, the networks, the saved student."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raylab.models import build_model
+from raylab.models.t3d import DenseNet2D, densenet2d
+from raylab.train.transfer import (
+    DEFAULTS,
+    ClipPairs,
+    CorrespondenceHead,
+    FrameTeacher,
+    build_teacher,
+    build_transfer_net,
+    calibrate_teacher,
+    load_teacher_weights,
+    pair_dataset,
+    student_state,
+    teacher_indices,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fake_batch(ids: list[str], frames: int = 8) -> dict[str, np.ndarray]:
+    """Clips whose every pixel holds (video number, frame index): who is who can be read back."""
+    n = len(ids)
+    clip = np.zeros((n, frames, 4, 4, 3), np.uint8)
+    for i in range(n):
+        clip[i, ..., 0] = i
+        clip[i, ..., 1] = np.arange(frames)[:, None, None]
+    return {"clip": clip, "video_id": np.asarray(ids, dtype=object)}  # no label column
+
+
+def test_clip_pairs_half_positive_negatives_from_other_videos_without_labels():
+    ids = ["a", "b", "a", "c", "d"]  # two clips of video a
+    out = ClipPairs(teacher_frames=4, seed=3)(fake_batch(ids))
+    assert "label" not in out
+    assert len(out["same"]) == 2 * len(ids)
+    assert out["same"].sum() == len(ids)
+    assert out["teacher_clip"].shape == (10, 4, 4, 4, 3)
+    for clip, teacher, same, vid, tvid in zip(
+        out["clip"],
+        out["teacher_clip"],
+        out["same"],
+        out["video_id"],
+        out["teacher_video_id"],
+        strict=True,
+    ):
+        assert np.array_equal(teacher[:, 0, 0, 1], [0, 2, 5, 7])  # evenly spaced frames
+        source = teacher[0, 0, 0, 0]
+        if same:
+            assert vid == tvid and source == clip[0, 0, 0, 0]  # frames of the same clip
+        else:
+            assert vid != tvid  # never the clip's own video
+            assert ids[source] == tvid != vid
+    # Every clip appears once as positive and once as negative.
+    own = sorted(int(c[0, 0, 0, 0]) for c in out["clip"])
+    assert own == sorted(list(range(len(ids))) * 2)
+    # A fixed seed gives the same pairs; a batch of one video gives none.
+    again = ClipPairs(teacher_frames=4, seed=3)(fake_batch(ids))
+    assert np.array_equal(again["teacher_clip"], out["teacher_clip"])
+    alone = ClipPairs(teacher_frames=4, seed=3)(fake_batch(["a", "a"]))
+    assert alone["clip"].shape == (0, 8, 4, 4, 3) and len(alone["same"]) == 0
+
+
+def test_failed_rows_are_dropped_and_indices_even():
+    batch = fake_batch(["a", "b", "c"]) | {"view": np.asarray([0, -1, 0], np.int32)}
+    out = ClipPairs(teacher_frames=2)(batch)
+    assert len(out["same"]) == 4 and "b" not in set(out["video_id"]) | set(out["teacher_video_id"])
+    assert list(teacher_indices(32, 4)) == [0, 10, 21, 31]
+    assert list(teacher_indices(16, 1)) == [0]
+
+
+def test_pair_dataset_from_demo_shards(demo_shards, ray_session):
+    ds = pair_dataset(demo_shards, "train", frames=8, size=32, teacher_frames=3, train=True)
+    rows = ds.take_all()
+    assert rows, "no pairs"
+    same = np.asarray([r["same"] for r in rows])
+    assert same.mean() == 0.5
+    for r in rows:
+        assert r["clip"].shape == (8, 32, 32, 3) and r["teacher_clip"].shape == (3, 32, 32, 3)
+        assert (r["video_id"] == r["teacher_video_id"]) == bool(r["same"])
+        if r["same"]:
+            assert np.array_equal(r["teacher_clip"], r["clip"][[0, 4, 7]])
+    assert "label" not in rows[0]
+    # Held-out pairs are fixed: two passes give the same pairs.
+    val = pair_dataset(demo_shards, "val", frames=8, size=32, teacher_frames=3, train=False)
+    a = sorted((r["video_id"], r["teacher_video_id"]) for r in val.take_all())
+    b = sorted((r["video_id"], r["teacher_video_id"]) for r in val.take_all())
+    assert a == b and len(a) > 0
+
+
+def test_teacher_and_head_shapes():
+    teacher = FrameTeacher(densenet2d(121, width=0.0625))
+    assert not any(p.requires_grad for p in teacher.parameters())
+    teacher.train()
+    assert not teacher.net.training  # frozen: stays in eval mode
+    feats = teacher(torch.randn(2, 4, 3, 32, 32))
+    assert feats.shape == (2, teacher.out_features) == (2, 64)
+    head = CorrespondenceHead(64, 48)
+    assert [m.out_features for m in head.mlp if isinstance(m, torch.nn.Linear)] == [512, 128, 2]
+    assert head(torch.randn(5, 64), torch.randn(5, 48)).shape == (5, 2)
+
+
+def test_teacher_loads_torchvision_layout_including_old_keys(tmp_path):
+    ref = densenet2d(121, width=0.0625)
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_()
+    # Old torchvision files name dense-layer modules "norm.1", "conv.2", ...
+    old = {
+        k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v
+        for k, v in ref.state_dict().items()
+    }
+    torch.save(old, tmp_path / "densenet.pt")
+    net = build_teacher(
+        DEFAULTS | {"model_options": {"width": 0.0625}, "teacher_weights": tmp_path / "densenet.pt"}
+    ).net
+    assert isinstance(net, DenseNet2D)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="do not fit"):
+        load_teacher_weights(densenet2d(121, width=0.125), tmp_path / "densenet.pt")
+
+
+@pytest.mark.parametrize("student", ["t3d121", "densenet3d121"])
+def test_saved_student_loads_into_build_model(student, tmp_path):
+    config = DEFAULTS | {"student": student, "model_options": {"width": 0.0625}}
+    net = build_transfer_net(config, teacher_features=64)
+    x = torch.randn(2, 3, 29, 29, 29)
+    net.eval()
+    assert net(x, torch.randn(2, 64)).shape == (2, 2)
+    torch.save(student_state(net), tmp_path / "student.pt")
+    state = torch.load(tmp_path / "student.pt", weights_only=True)
+    assert not any(k.startswith("classifier.") for k in state)
+    model = build_model(student, 5, width=0.0625).eval()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert set(missing) == {"classifier.weight", "classifier.bias"} and not unexpected
+    # The loaded backbone gives the student's features exactly; forward is unchanged.
+    with torch.no_grad():
+        assert torch.allclose(model.forward_features(x), net.student.forward_features(x))
+        logits = model.classifier(model.forward_features(x))
+        assert torch.allclose(model(x), logits)
+
+
+def test_random_teacher_is_calibrated_on_frames():
+    torch.manual_seed(0)
+    net = densenet2d(121, width=0.0625).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    x = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.225
+    with torch.no_grad():
+        before = net.forward_features(x).abs().mean()
+        calibrate_teacher(net, frames)
+        after = net.forward_features(x).abs().mean()
+    assert not net.training
+    assert before > 100 and 0.01 < after < 10

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
-    from raylab.train.transfer import best_transfer_checkpoint, build_transfer_trainer
+    from raylab.train.evaluate import best_checkpoint
+    from raylab.train.transfer import build_transfer_trainer
 
     args = parse_args(argv)
     out = Path(args.out).resolve()
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     if result.error:
         raise SystemExit(f"transfer failed: {result.error}")
 
-    best = best_transfer_checkpoint(result)
+    best = best_checkpoint(result, "correspondence_accuracy")
     with best.as_directory() as d:
         state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
     weights = out / "student.pt"

@@ -16,10 +16,10 @@ import torch
 from raylab.train.loop import normalise, topk_accuracy, video_scores
 
 
-def best_checkpoint(result):
-    """The checkpoint with the highest ``val_video_top1`` of a Train result (latest on ties)."""
+def best_checkpoint(result, metric: str = "val_video_top1"):
+    """The checkpoint with the highest ``metric`` of a Train result (latest on ties)."""
     ranked = [
-        (m.get("val_video_top1", float("-inf")), m.get("epoch", 0), c)
+        (m.get(metric, float("-inf")), m.get("epoch", 0), c)
         for c, m in (result.best_checkpoints or [])
     ]
     if not ranked:

@@ -622,17 +622,3 @@ def build_transfer_trainer(
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
-
-
-def best_transfer_checkpoint(result):
-    """The checkpoint with the highest held-out correspondence accuracy (latest on ties)."""
-    ranked = [
-        (m.get("correspondence_accuracy", float("-inf")), m.get("epoch", 0), c)
-        for c, m in (result.best_checkpoints or [])
-    ]
-    if not ranked:
-        if result.checkpoint is None:
-            raise ValueError(f"the run at {result.path} reported no checkpoint")
-        return result.checkpoint
-    ranked.sort(key=lambda r: (np.nan_to_num(r[0], nan=-1.0), r[1]))
-    return ranked[-1][2]

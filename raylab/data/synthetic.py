@@ -172,10 +172,8 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 25) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        # One encoder thread: x264's output then depends only on its input. Both the x264
-        # option and FFmpeg's thread count, which would otherwise pick threads itself.
+        # One encoder thread: x264's output then depends only on its input.
         stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
-        stream.codec_context.thread_count = 1
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

@@ -317,3 +317,13 @@ def test_flow_ingest_rejects_and_resumes_as_rgb(flow_ingested, ingested, source)
         source, "csv", out, annotations=source / "list.csv", params=params, progress=False
     )
     assert again.encoded == 0 and again.splits == summary.splits
+
+
+def test_shard_rows_mix_classes(demo_shards):
+    """UCF101's lists go class by class; the shards must not, or every block of rows the
+    pipeline reads is one class and its per-epoch shuffle (block order, local buffer) cannot
+    mix them: the rows are written in a fixed pseudo-random order."""
+    labels = [r["label"] for r in _rows(demo_shards) if r["split"] == "train"]
+    assert len(labels) == 24 and sorted(set(labels)) == list(range(8))
+    changes = sum(a != b for a, b in zip(labels, labels[1:]))
+    assert changes > 15, labels  # 7 in list order, about 20 when shuffled

@@ -2,15 +2,17 @@
 
     python jobs/transfer_t3d.py --data SHARDS --out DIR \
         [--student t3d121|densenet3d121] [--frames 32 --size 32 --width 0.125] \
-        [--teacher-frames 4] [--epochs E --batch-size B --lr LR --optimizer sgd|adamw] \
+        [--teacher-frames 4] [--hard-negatives 0.5] \
+        [--epochs E --batch-size B --lr LR --optimizer adamw|sgd --schedule cosine|step] \
         [--workers N --gpu] [--teacher-weights FILE]
 
 A frozen 2D DenseNet (``--teacher-weights``: a torchvision ImageNet DenseNet state dict, which
 needs ``--width 1``; random and frozen otherwise) sees ``--teacher-frames`` frames of a clip;
 the 3D student sees the clip; a head learns "same video and time stamp or not" from pairs the
-pipeline builds (labels are not used). The student's weights, classifier left out, are saved
-to ``DIR/student.pt``: ``jobs/train.py --model STUDENT --init-from DIR/student.pt`` fine-tunes
-them. DenseNet3D and T3D need clips of at least 29 frames and 29 x 29 pixels.
+pipeline builds (labels are not used). ``--hard-negatives`` of the negatives come from another
+video of the same scene where the ids name one (UCF101 groups), the rest from any other video.
+The student's weights, classifier left out, are saved to ``DIR/student.pt``: ``jobs/train.py
+--model STUDENT --init-from DIR/student.pt`` fine-tunes them. DenseNet3D and T3D need clips of at least 29 frames and 29 x 29 pixels.
 
 The last stdout line is a JSON object: ``correspondence_accuracy`` (held-out, best epoch),
 ``metrics`` (the last epoch's), ``student_weights`` and ``run``. Running the same command
@@ -39,11 +41,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (both nets)")
     p.add_argument("--teacher-frames", type=int, default=4, help="frames the 2D teacher sees")
     p.add_argument("--teacher-weights", help="torchvision DenseNet state dict (ImageNet)")
+    p.add_argument(
+        "--hard-negatives",
+        type=float,
+        default=0.5,
+        help="fraction of negatives from another video of the same scene (UCF101 group)",
+    )
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="pairs/worker")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default=DEFAULTS["optimizer"])
     p.add_argument("--lr", type=float, help="default: 0.1 for sgd, 1e-3 for adamw")
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
+    p.add_argument("--weight-decay", type=float, help="default: 1e-4 for sgd, 0.05 for adamw")
+    p.add_argument("--schedule", choices=["cosine", "step"], default=DEFAULTS["schedule"])
     p.add_argument("--step-epochs", type=int, default=DEFAULTS["step_epochs"], help="lr / 10")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
@@ -64,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    lr = args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else 1e-3)
+    sgd = args.optimizer == "sgd"
+    lr = args.lr if args.lr is not None else (0.1 if sgd else 1e-3)
+    weight_decay = args.weight_decay if args.weight_decay is not None else (1e-4 if sgd else 0.05)
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     config = {
@@ -77,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size,
         "optimizer": args.optimizer,
         "lr": lr,
-        "weight_decay": args.weight_decay,
+        "weight_decay": weight_decay,
+        "schedule": args.schedule,
         "step_epochs": args.step_epochs,
         "seed": args.seed,
         "run_dir": str(out),
@@ -86,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
             "stride": args.stride,
             "size": args.size,
             "teacher_frames": args.teacher_frames,
+            "hard_negatives": args.hard_negatives,
         },
     }
     try:
@@ -104,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
             max_failures=args.max_failures,
             decoders=args.decoders,
             val_split=args.val_split,
+            hard_negatives=args.hard_negatives,
         )
     except ValueError as err:
         raise SystemExit(f"transfer_t3d: {err}") from err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,13 @@ def test_transfer_then_fine_tune(demo_shards, run_job, tmp_path):
         *tiny,
     )
     assert 0.0 <= out["correspondence_accuracy"] <= 1.0
-    assert out["metrics"]["epochs"] == 1 and out["metrics"]["val_positive_fraction"] == 0.5
+    metrics = out["metrics"]
+    assert metrics["epochs"] == 1 and metrics["val_positive_fraction"] == 0.5
+    # Per kind of pair: the 8 held-out videos are one scene (one group), so every negative
+    # is of that scene and there is no other-scene pair to score.
+    assert 0.0 <= metrics["accuracy_positive"] <= 1.0
+    assert 0.0 <= metrics["accuracy_same_scene"] <= 1.0
+    assert math.isnan(metrics["accuracy_other_scene"])
     assert out["run"] == str(run)
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1]

@@ -10,6 +10,9 @@ from raylab.models import build_model
 from raylab.models.t3d import DenseNet2D, densenet2d
 from raylab.train.transfer import (
     DEFAULTS,
+    OTHER_SCENE,
+    POSITIVE,
+    SAME_SCENE,
     ClipPairs,
     CorrespondenceHead,
     FrameTeacher,
@@ -18,6 +21,7 @@ from raylab.train.transfer import (
     calibrate_teacher,
     load_teacher_weights,
     pair_dataset,
+    scene_of,
     student_state,
     teacher_indices,
 )
@@ -71,6 +75,41 @@ def test_clip_pairs_half_positive_negatives_from_other_videos_without_labels():
     assert np.array_equal(again["teacher_clip"], out["teacher_clip"])
     alone = ClipPairs(teacher_frames=4, seed=3)(fake_batch(["a", "a"]))
     assert alone["clip"].shape == (0, 8, 4, 4, 3) and len(alone["same"]) == 0
+
+
+def test_hard_negatives_come_from_the_same_scene_when_the_batch_has_one():
+    ids = [f"Grow/v_Grow_g{g:02d}_c{c:02d}" for g in (1, 2, 3) for c in (1, 2, 3)]
+    ids.append("Grow/v_Grow_g04_c01")  # the only clip of its scene: no hard negative for it
+    assert scene_of(ids[0]) == "g01" and scene_of("Shrink/v_Shrink_g01_c04") == "g01"
+    assert scene_of("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0") is None
+
+    def negatives(hard: float, seed: int) -> list[tuple[str, str, int]]:
+        out = ClipPairs(teacher_frames=2, seed=seed, hard_negatives=hard)(fake_batch(ids))
+        assert np.array_equal(out["same"], out["kind"] == POSITIVE)
+        return [
+            (v, t, k)
+            for v, t, k in zip(out["video_id"], out["teacher_video_id"], out["kind"], strict=True)
+            if k != POSITIVE
+        ]
+
+    for seed in range(5):
+        all_hard = negatives(1.0, seed)
+        assert len(all_hard) == len(ids)
+        for vid, tvid, kind in all_hard:
+            assert vid != tvid
+            assert kind == (SAME_SCENE if scene_of(vid) == scene_of(tvid) else OTHER_SCENE)
+            assert kind == SAME_SCENE or vid.endswith("g04_c01")
+    # A negative drawn from any other video is of the same scene 2 times in 9 here (never for
+    # the g04 clip): about 20 x 9 x 2/9 = 40 over 20 batches; with half of them hard, 20 x 9 x
+    # (1/2 + 1/2 x 2/9) = 110.
+    for hard, expected in ((0.0, 40), (0.5, 110)):
+        count = sum(k == SAME_SCENE for seed in range(20) for *_, k in negatives(hard, seed))
+        assert abs(count - expected) < 30, (hard, count)
+    # Ids without a scene: every negative is of another (unknown) scene.
+    out = ClipPairs(teacher_frames=2, seed=0, hard_negatives=1.0)(fake_batch(["a", "b", "c"]))
+    assert set(out["kind"]) == {POSITIVE, OTHER_SCENE}
+    with pytest.raises(ValueError, match="hard_negatives"):
+        ClipPairs(teacher_frames=2, hard_negatives=1.5)
 
 
 def test_failed_rows_are_dropped_and_indices_even():

@@ -167,7 +167,12 @@ def render_video(scene: Scene, trajectory: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 25) -> None:
-    """Encode uint8 (T, H, W, 3) frames as H.264 yuv420p MP4 with PyAV, byte-reproducibly."""
+    """Encode uint8 (T, H, W, 3) frames as H.264 yuv420p MP4 with PyAV.
+
+    With one encoder thread the stream is a function of the frames, but for rare exceptions
+    in x264 itself: about one encode in a few thousand of identical frames (identical YUV
+    planes, zeroed buffer padding too) came out different within one process, more often
+    once torch or decord had been imported, so a test can expect equal bytes only mostly."""
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
@@ -196,7 +201,8 @@ def make_demo_dataset(
     progress: bool = True,
 ) -> dict:
     """Write the demo set under ``out``: ``<Class>/v_<Class>_gGG_cCC.mp4``, ``classInd.txt``,
-    ``trainlist01.txt`` and ``testlist01.txt``. The same arguments give the same bytes.
+    ``trainlist01.txt`` and ``testlist01.txt``. The same arguments give the same lists and
+    frames, and but for x264's rare exceptions (:func:`write_mp4`) the same bytes.
 
     Returns a summary: classes, videos, train and test counts, and the test groups.
     """

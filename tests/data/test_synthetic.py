@@ -73,9 +73,19 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     make_demo_dataset(tmp_path / "c", seed=2, **kw)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
     assert len(files) == 2 * len(DEMO_CLASSES) + 3
-    for f in files:
-        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     videos = [f for f in files if f.suffix == ".mp4"]
+    for f in set(files) - set(videos):  # the lists
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    # x264 rarely encodes identical frames differently (write_mp4's docstring): nearly every
+    # MP4 is byte-identical and every one decodes to the same frames within a few levels.
+    same = [(tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in videos]
+    assert sum(same) >= len(videos) - 2, [
+        str(f) for f, s in zip(videos, same, strict=True) if not s
+    ]
+    for f in videos:
+        a, b = (decord.VideoReader(str(tmp_path / d / f)).get_batch([0, 1, 2, 3]) for d in "ab")
+        diff = np.abs(a.asnumpy().astype(np.int16) - b.asnumpy())
+        assert diff.mean() < 3.0, (f, diff.mean())  # 1.1 the worst seen
     assert all(
         (tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes() for f in videos
     )

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = {
     "c3d": ({"width": 0.125, "head": "pooled", "batch_norm": True}, 16, 2, 32, 3e-3),
     "i3d": ({"width": 0.125}, 16, 2, 64, 1e-3),
-    "t3d121": ({"width": 0.125}, 32, 1, 32, 3e-3),
+    "t3d121": ({"width": 0.125}, 32, 1, 32, 1e-3),
     "stm": ({"width": 0.125}, 16, 2, 64, 1e-3),
     "tsn": ({"width": 0.125}, 16, 2, 64, 1e-3),
 }

@@ -204,19 +204,9 @@ def train_loop(config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda update: lr_factor(config, update / updates_per_epoch)
     )
-    start_epoch = 0
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"] + 1
-        if rank == 0:
-            print(f"resumed from the checkpoint of epoch {start_epoch}")
-            _history(config, {"event": "resumed", "from_epoch": start_epoch})
+    start_epoch = resume(
+        config, rank, model=unwrap(model), optimizer=optimizer, scheduler=scheduler
+    )
 
     compiled = torch.compile(model) if config["compile"] else model
     mean = torch.tensor(config["mean"], device=device)
@@ -320,6 +310,26 @@ def train_loop(config: dict) -> None:
             _history(config, {"event": "epoch"} | metrics)
     if writer is not None:
         writer.close()
+
+
+def resume(config: dict, rank: int, **parts) -> int:
+    """Load the run's latest Ray Train checkpoint (``state.pt``) into ``parts`` (name -> an
+    object with ``load_state_dict``, the name being its key in the state) and return the epoch
+    to start from: 0 without a checkpoint. Rank 0 logs a ``resumed`` history event."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return 0
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    start_epoch = state["epoch"] + 1
+    if rank == 0:
+        print(f"resumed from the checkpoint of epoch {start_epoch}")
+        _history(config, {"event": "resumed", "from_epoch": start_epoch})
+    return start_epoch
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

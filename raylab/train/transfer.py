@@ -68,6 +68,7 @@ from raylab.train.loop import (
     lr_factor,
     make_optimizer,
     normalise,
+    resume,
     unwrap,
 )
 
@@ -447,19 +448,9 @@ def transfer_loop(config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(config, step / max(1, config["steps_per_epoch"]))
     )
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-        unwrap(net).load_state_dict(state["net"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"] + 1
-        if rank == 0:
-            print(f"resumed from the checkpoint of epoch {start_epoch}")
-            _history(config, {"event": "resumed", "from_epoch": start_epoch})
+    start_epoch = resume(
+        config, rank, net=unwrap(net), teacher=teacher, optimizer=optimizer, scheduler=scheduler
+    )
 
     def tensor(values):
         return torch.tensor(values, device=device)

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from raylab.data.decode import TSN_SCALES
 from raylab.data.ingest import resolve_location
 from raylab.train.loop import DEFAULTS
 from raylab.train.trainer import DataOptions, build_trainer
@@ -61,6 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-clips", type=int, default=1, help="clips per video at validation")
     p.add_argument("--val-crops", type=int, choices=[1, 3], default=1)
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument(
+        "--crop-scales",
+        type=float,
+        nargs="+",
+        default=list(TSN_SCALES),
+        metavar="S",
+        help="training crop sides relative to the short side (TSN multi-scale crop)",
+    )
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
             "size": args.size,
             "scheme": args.scheme or default_scheme(args.model),
             "modality": args.modality,
+            "crop_scales": args.crop_scales,
         },
     }
     data = DataOptions(
@@ -143,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         size=args.size,
         scheme=config["data"]["scheme"],
         flip=args.flip,
+        crop_scales=tuple(args.crop_scales),
         val_clips=args.val_clips,
         val_crops=args.val_crops,
         decoders=args.decoders,

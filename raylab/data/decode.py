@@ -58,6 +58,8 @@ class ClipSpec:
             raise ValueError(f"scheme must be 'dense' or 'segments', got {self.scheme!r}")
         if self.size < 8 or self.frames < 1 or self.stride < 1 or self.clips < 1:
             raise ValueError(f"invalid clip spec {self}")
+        if not self.scales or not all(0 < s <= 1 for s in self.scales):
+            raise ValueError(f"crop scales must lie in (0, 1], got {self.scales}")
         if self.short_side is not None and self.short_side < self.size:
             raise ValueError(f"short_side {self.short_side} is smaller than the crop {self.size}")
 

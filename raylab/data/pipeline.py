@@ -1,8 +1,8 @@
-"""The Ray Data clip pipeline: Parquet shards -> decoder actors -> uint8 clip rows.
+"""The Ray Data clip pipeline: Parquet shards -> decode tasks -> uint8 clip rows.
 
 ``read_parquet`` streams shard rows (only the columns a clip needs, and only the one
-rendition it decodes from) into a pool of :class:`ClipDecoder` actors on CPU nodes. Each
-actor turns a batch of videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id,
+rendition it decodes from) into :class:`ClipDecoder` tasks on CPU nodes. Each task turns
+a batch of videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id,
 view}``. In a Train worker, ``ray.train.get_dataset_shard("train").iter_torch_batches(
 collate_fn=ClipTensors(), device=...)`` delivers them as uint8 tensors; the worker makes
 them float and normalises them on its device (a quarter of float32's traffic through the
@@ -23,6 +23,7 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raylab.data.decode import (
+    TSN_SCALES,
     ClipSpec,
     FlowFrames,
     choose_rendition,
@@ -153,6 +154,7 @@ def clip_dataset(
     crops: int = 1,
     flip: bool = False,
     short_side: int | None = None,
+    scales: tuple[float, ...] = TSN_SCALES,
     seed: int | None = None,
     epoch: int = 0,
     decoders: int | None = None,
@@ -166,10 +168,13 @@ def clip_dataset(
     ``train=True``: one randomly sampled, scale-jittered view per video, blocks in random
     order (combine with ``local_shuffle_buffer_size`` when iterating). ``train=False``:
     ``clips`` x ``crops`` deterministic views per video (``view`` numbers them) for
-    multi-view testing. ``decoders`` caps the decode tasks running at once (None: as many
-    as free CPUs allow, which on a cluster means every CPU node decodes); each reserves
-    ``decoder_cpus``, and one unit of the custom resource ``decoder_resource`` when given,
-    which keeps decoding on the nodes that advertise it (cluster.yaml's decoder nodes).
+    multi-view testing. ``scales``: crop sides of the training views relative to the short
+    side (TSN's multi-scale crop; ``(1.0,)`` keeps whole-height crops, for data whose
+    subject may sit anywhere in the frame). ``decoders`` caps the decode tasks running at
+    once (None: as many as free CPUs allow, which on a cluster means every CPU node
+    decodes); each reserves ``decoder_cpus``, and one unit of the custom resource
+    ``decoder_resource`` when given, which keeps decoding on the nodes that advertise it
+    (cluster.yaml's decoder nodes).
     """
     import ray
 
@@ -184,6 +189,7 @@ def clip_dataset(
         crops=crops,
         flip=flip,
         short_side=short_side,
+        scales=tuple(scales),
         modality=modality,
     )
     rendition = choose_rendition(manifest["renditions"], spec.working_short_side)

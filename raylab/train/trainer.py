@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from raylab.data.decode import TSN_SCALES
 from raylab.data.ingest import load_manifest
 from raylab.train.loop import DEFAULTS, train_loop
 
@@ -25,6 +26,7 @@ class DataOptions:
     size: int = 112
     scheme: str = "dense"  # "segments" for TSN / STM
     flip: bool = False  # off for direction-sensitive data (the demo set, Something-Something)
+    crop_scales: tuple[float, ...] = TSN_SCALES  # training crop sides / short side
     val_split: str = "val"
     val_clips: int = 1
     val_crops: int = 1
@@ -49,7 +51,9 @@ def clip_datasets(data: DataOptions) -> dict:
         "modality": data.modality,
     }
     return {
-        "train": clip_dataset(data.shards, "train", train=True, flip=data.flip, **common),
+        "train": clip_dataset(
+            data.shards, "train", train=True, flip=data.flip, scales=data.crop_scales, **common
+        ),
         "val": clip_dataset(
             data.shards,
             data.val_split,

@@ -69,6 +69,18 @@ def test_crops_and_resize():
     assert shapes == {(4, 48, 48, 3)}
 
 
+def test_whole_height_crops_keep_every_row():
+    # Row r of every frame holds the value r: a crop spanning the short side keeps them all.
+    clip = np.broadcast_to(np.arange(60, dtype=np.uint8)[None, :, None, None], (2, 60, 80, 3))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        view = multiscale_crop(clip, 60, rng, scales=(1.0,))
+        assert view.shape == (2, 60, 60, 3)
+        np.testing.assert_array_equal(view[0, :, 0, 0], np.arange(60))
+    cut = {multiscale_crop(clip, 60, rng)[0, 0, 0, 0] for _ in range(30)}
+    assert max(cut) > 0  # the default scales do cut rows off
+
+
 def test_train_views_jitter_and_eval_views_are_fixed(counter_mp4):
     reader = open_video(counter_mp4, height=64, width=86)
     train = ClipSpec(frames=8, stride=2, size=56, train=True)
@@ -111,5 +123,8 @@ def test_spec_validation():
         ClipSpec(crops=2)
     with pytest.raises(ValueError, match="smaller than the crop"):
         ClipSpec(size=112, short_side=100)
+    for scales in [(), (0.0,), (1.0, 1.2)]:
+        with pytest.raises(ValueError, match="crop scales must lie in"):
+            ClipSpec(scales=scales)
     assert ClipSpec(size=112).working_short_side == 128
     assert ClipSpec(size=224).working_short_side == 256

@@ -12,8 +12,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raylab.data.ingest import load_manifest
+from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
+from raylab.data.ingest import load_manifest, rendition_column
 from raylab.data.pipeline import ClipTensors, clip_dataset
+from raylab.data.sampling import sample_rng
 
 
 def _collect(ds) -> dict[str, np.ndarray]:
@@ -54,6 +56,25 @@ def test_seeded_pass_replays_exactly(demo_shards, ray_session):
 
     a, b = run(), run()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_crop_scales_reach_the_decoder(demo_shards, ray_session):
+    ds = clip_dataset(
+        demo_shards, "train", frames=8, size=56, train=True, scales=(1.0,), seed=3, epoch=1
+    )
+    rows = _collect(ds)
+    got = dict(zip(rows["video_id"], rows["clip"], strict=True))
+    # The same views made directly from the shard bytes with the same draws.
+    spec = ClipSpec(frames=8, size=56, train=True, scales=(1.0,))
+    column = rendition_column(
+        choose_rendition(load_manifest(demo_shards)["renditions"], spec.working_short_side)
+    )
+    table = pq.read_table(sorted((demo_shards / "train").glob("*.parquet"))).to_pylist()
+    for row in table[:3]:
+        h, w = scaled_size(row["height"], row["width"], spec.working_short_side)
+        reader = open_video(row[column], height=h, width=w)
+        (want,) = sample_views(reader, spec, sample_rng(3, 1, row["video_id"]))
+        np.testing.assert_array_equal(got[row["video_id"]], want)
 
 
 def test_multi_view_rows_for_evaluation(demo_shards, ray_session):

@@ -17,10 +17,11 @@ def test_train_then_evaluate_multi_view_and_fused(demo_shards, run_job, tmp_path
         *("--data", str(demo_shards), "--model", "c3d", "--out", str(run)),
         *("--width", "0.125", "--model-option", 'head="pooled"'),
         *("--frames", "16", "--size", "32", "--epochs", "2", "--batch-size", "8"),
-        *("--cpus-per-worker", "0.5"),
+        *("--cpus-per-worker", "0.5", "--crop-scales", "1.0", "0.875"),
     )
     metrics = trained["metrics"]
     assert metrics["epochs"] == 2
+    assert trained["data"]["crop_scales"] == [1.0, 0.875]
     for key in ("val_video_top1", "val_video_top5", "val_clip_acc"):
         assert 0.0 <= metrics[key] <= 1.0
     assert (run / "history.jsonl").exists()

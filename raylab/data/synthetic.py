@@ -1,10 +1,9 @@
 """The temporal-reasoning demo dataset: real H.264 files in UCF101 layout.
 
-Eight classes come in four time-reversed pairs: an object (a bar with four coloured
-quadrants) moves left or right, up or down, rotates clockwise or anticlockwise, grows or
-shrinks. Every video draws all its nuisance factors the same way whatever its class
-(background, object texture, size, position, angle, speed), and each class is its partner
-played backwards, so:
+Eight classes come in four time-reversed pairs: an object (a textured bar) moves left or
+right, up or down, rotates clockwise or anticlockwise, grows or shrinks. Every video draws
+all its nuisance factors the same way whatever its class (background, object texture,
+size, position, angle, speed), and each class is its partner played backwards, so:
 
 * the state of one frame taken at a random time (position, angle, scale) has the same
   distribution in every class: the attribute that moves in one class is, in the others,
@@ -21,7 +20,6 @@ unseen scenes.
 
 from __future__ import annotations
 
-import colorsys
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +56,8 @@ SPRITE = 32  # texture side in sprite pixels
 OBJECT_FRACTION = 0.24  # object size at scale 1, as a fraction of the short side
 # The object is a bar, not a square: its outline shows which way it points even when it is
 # a few pixels long, so a turn is visible in the silhouette. Width and height as multiples
-# of the size; the half-diagonal stays under the square's (size / sqrt 2), which the
-# trajectories keep inside the frame.
-OBJECT_SHAPE = (1.25, 0.625)
+# of the size: twice as long as wide, with the area of a square of that size.
+OBJECT_SHAPE = (math.sqrt(2), math.sqrt(2) / 2)
 LOG_SCALE_RANGE = (math.log(0.6), math.log(1.4))
 CLIPS_PER_GROUP = 4
 TEST_GROUP_FRACTION = 0.25
@@ -86,25 +83,15 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
     return top * (1 - fy) + bottom * fy
 
 
-def _quadrant_colours(rng: np.random.Generator) -> np.ndarray:
-    """Four saturated colours, a quarter-turn of hue apart in a random order: (4, 3) in 0..1."""
-    hue = rng.random()
-    order = rng.permutation(4)
-    return np.array(
-        [colorsys.hsv_to_rgb((hue + k / 4) % 1.0, 0.9, 0.55 + 0.15 * (k % 2)) for k in order]
-    )
-
-
 def make_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
     """A random low-contrast background and a random high-contrast, asymmetric texture."""
     base = rng.random(3) * 0.6 + 0.2
     background = base + (_smooth_noise(rng, height, width, 4) - 0.5) * 0.35
     background += rng.normal(0, 0.02, background.shape)  # fine grain, as a camera has
-    # Four quadrants of distinct colours make the object's orientation, and so the sense of
-    # a turn, visible even when it is a few pixels wide; finer noise gives it texture.
-    half = SPRITE // 2
-    quadrants = _quadrant_colours(rng).reshape(2, 2, 3).repeat(half, 0).repeat(half, 1)
-    sprite = quadrants * 0.75 + _smooth_noise(rng, SPRITE, SPRITE, 3) * 0.25
+    # A 4x4 grid of random colours gives the object texture whose motion shows everywhere on
+    # it, not only at its outline.
+    sprite = _smooth_noise(rng, SPRITE, SPRITE, 3)
+    sprite = np.where(sprite > 0.5, 1.0, 0.1) * 0.6 + sprite * 0.4
     sprite[:2], sprite[-2:], sprite[:, :2], sprite[:, -2:] = 0.0, 0.0, 0.0, 0.0
     return Scene(
         background=(np.clip(background, 0, 1) * 255).astype(np.uint8),
@@ -126,7 +113,7 @@ def sample_trajectory(
     short = min(height, width)
     side = OBJECT_FRACTION * short
     # Half the diagonal of the largest object: keeps it wholly inside the frame.
-    reach = side * math.exp(LOG_SCALE_RANGE[1]) / math.sqrt(2)
+    reach = side * math.exp(LOG_SCALE_RANGE[1]) * math.hypot(*OBJECT_SHAPE) / 2
     x_room, y_room = width - 2 * reach, height - 2 * reach
     extents = np.array(
         [

@@ -14,6 +14,7 @@ from sklearn.model_selection import cross_val_score
 from raylab.data.annotations import read_annotations
 from raylab.data.synthetic import (
     DEMO_CLASSES,
+    OBJECT_SHAPE,
     make_demo_dataset,
     make_scene,
     render_frame,
@@ -113,7 +114,7 @@ def test_object_stays_inside_the_frame():
     rng = np.random.default_rng(0)
     for label in DEMO_CLASSES * 20:
         x, y, _, log_scale = sample_trajectory(label, rng, 16, 48, 80).T
-        half_diagonal = 0.24 * 48 * np.exp(log_scale) / math.sqrt(2)
+        half_diagonal = 0.24 * 48 * np.exp(log_scale) * math.hypot(*OBJECT_SHAPE) / 2
         assert (x - half_diagonal >= 0).all() and (x + half_diagonal <= 80).all()
         assert (y - half_diagonal >= 0).all() and (y + half_diagonal <= 48).all()
 

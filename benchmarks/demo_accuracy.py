@@ -23,13 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 # Tiny widths so that a CPU trains each in minutes; C3D with batch norm (no pretrained
 # weights here) and the pooled head (its fc head needs 112x112). Clips cover the whole
 # 32-frame video: 16 frames at stride 2, or 32 at stride 1 for T3D, whose TTLs need T >= 29.
-# I3D and the ResNet families (STM, TSN) shrink the frame 16-32x, so they get 64 px.
-# T3D-121 at width 1/8 (growth rate 4) spends its first ~10 epochs near chance: 40 epochs.
+# I3D and the ResNet families (STM, TSN) shrink the frame 16-32x, so they get 64 px; T3D's
+# stem shrinks it 4x, and at 32 px it could not tell the turns apart (8 x 8 cells): 48 px.
+# T3D-121 at width 1/8 (growth rate 4) spends its first ~5 epochs near chance, I3D 4-7,
+# and both were still climbing at epoch 30: 40 and 45 epochs.
 # Per model: build options, frames, stride, crop size, learning rate, epochs.
 MODELS = {
     "c3d": ({"width": 0.125, "head": "pooled", "batch_norm": True}, 16, 2, 32, 3e-3, 30),
-    "i3d": ({"width": 0.125}, 16, 2, 64, 1e-3, 30),
-    "t3d121": ({"width": 0.125}, 32, 1, 32, 1e-3, 40),
+    "i3d": ({"width": 0.125}, 16, 2, 64, 1e-3, 45),
+    "t3d121": ({"width": 0.125}, 32, 1, 48, 1e-3, 40),
     "stm": ({"width": 0.125}, 16, 2, 64, 1e-3, 30),
     "tsn": ({"width": 0.125}, 16, 2, 64, 1e-3, 30),
 }

@@ -220,7 +220,7 @@ def clip_dataset(
         ClipDecoder(spec, column, seed, epoch),
         batch_size=videos_per_batch,
         batch_format="numpy",
-        concurrency=decoders,
+        compute=ray.data.TaskPoolStrategy(size=decoders),
         num_cpus=decoder_cpus,
         resources={decoder_resource: 1} if decoder_resource else None,
     )

@@ -218,6 +218,8 @@ def pair_dataset(
     videos (twice the pipeline's 16): the shards' rows are in random order, and a larger
     batch more often holds another video of the same scene for a hard negative.
     """
+    import ray.data
+
     from raylab.data.pipeline import clip_dataset
 
     clips = clip_dataset(
@@ -239,7 +241,7 @@ def pair_dataset(
         ClipPairs(teacher_frames, pair_seed, hard_negatives),
         batch_size=videos_per_batch,
         batch_format="numpy",
-        concurrency=decoders,
+        compute=ray.data.TaskPoolStrategy(size=decoders),
         num_cpus=decoder_cpus,
         resources={decoder_resource: 1} if decoder_resource else None,
     )

@@ -7,8 +7,11 @@ pipeline: this isolates what Ray Train adds — the worker process, prepare_mode
 report per epoch), with the same number of torch threads, one after the other in one run.
 The bare loop runs twice: before Ray starts, and again with the local Ray up and idle, so
 that what the Train worker itself costs is told apart from the CPU that Ray's daemons
-(raylet, GCS, the Train controller's polling) take from a machine with few cores.
-Prints the rates and the ratios Ray / bare. Nothing here is a test.
+(raylet, GCS, the Train controller's polling) take from a machine with few cores. The three
+run back to back in each of ``--rounds`` rounds (Ray started and stopped in each), and the
+ratios are taken per round, then their median: a machine's speed drifts between runs by
+more than the difference measured. Prints the rates and the ratios Ray / bare. Nothing here
+is a test.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -75,6 +79,33 @@ def ray_worker(config: dict) -> None:
     Path(config["result_file"]).write_text(json.dumps({"steps_per_s": rate}))
 
 
+def one_round(config: dict, threads: int) -> dict:
+    """Steps/s of the bare loop, the bare loop beside an idle local Ray, and a Train worker."""
+    import tempfile
+
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    bare = run_steps(config)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=threads + 1, include_dashboard=False, log_to_driver=False)
+    bare_ray_up = run_steps(config)
+    config = config | {"result_file": str(Path(tempfile.mkdtemp()) / "rate.json")}
+    trainer = TorchTrainer(
+        ray_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=1, resources_per_worker={"CPU": threads}
+        ),
+        run_config=ray.train.RunConfig(storage_path=tempfile.mkdtemp(), name="overhead"),
+    )
+    trainer.fit()
+    in_ray = json.loads(Path(config["result_file"]).read_text())["steps_per_s"]
+    ray.shutdown()
+    return {"bare": bare, "bare_ray_up": bare_ray_up, "ray": in_ray}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="c3d")
@@ -84,6 +115,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     options = {"width": args.width} | ({"head": "pooled"} if args.model == "c3d" else {})
     config = {
@@ -98,53 +130,23 @@ def main() -> None:
         "steps_per_epoch": 20,
         "threads": args.threads,
     }
-
-    bare = run_steps(config)
-
-    import tempfile
-
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False)
-    bare_ray_up = run_steps(config)
-    config["result_file"] = str(Path(tempfile.mkdtemp()) / "rate.json")
-    trainer = TorchTrainer(
-        ray_worker,
-        train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=1, resources_per_worker={"CPU": args.threads}
-        ),
-        run_config=ray.train.RunConfig(storage_path=tempfile.mkdtemp(), name="overhead"),
-    )
-    trainer.fit()
-    in_ray = json.loads(Path(config["result_file"]).read_text())["steps_per_s"]
-    ray.shutdown()
+    rounds = [one_round(config, args.threads) for _ in range(args.rounds)]
+    ratio = statistics.median(r["ray"] / r["bare"] for r in rounds)
+    ratio_ray_up = statistics.median(r["ray"] / r["bare_ray_up"] for r in rounds)
 
     print(
         f"{args.model} width {args.width}, {args.batch_size} x {args.frames}x{args.size}^2 "
-        f"clips, {args.threads} torch threads, {args.steps} timed steps each"
+        f"clips, {args.threads} torch threads, {args.steps} timed steps each, "
+        f"{args.rounds} rounds (steps/s per round)"
     )
-    print(f"bare PyTorch loop               {bare:7.2f} steps/s")
-    print(f"bare PyTorch loop, Ray up, idle {bare_ray_up:7.2f} steps/s")
-    print(f"Ray Train worker                {in_ray:7.2f} steps/s")
-    print(
-        f"ratio Ray / bare = {in_ray / bare:.3f}  (Ray / bare with Ray up = "
-        f"{in_ray / bare_ray_up:.3f})"
-    )
-    print(
-        json.dumps(
-            {
-                "bare_steps_per_s": bare,
-                "bare_ray_up_steps_per_s": bare_ray_up,
-                "ray_steps_per_s": in_ray,
-                "ratio": in_ray / bare,
-                "ratio_ray_up": in_ray / bare_ray_up,
-            }
-        )
-    )
+    for name, key in [
+        ("bare PyTorch loop              ", "bare"),
+        ("bare PyTorch loop, Ray up, idle", "bare_ray_up"),
+        ("Ray Train worker               ", "ray"),
+    ]:
+        print(f"{name} " + " ".join(f"{r[key]:7.2f}" for r in rounds))
+    print(f"median ratio Ray / bare = {ratio:.3f}  (Ray / bare with Ray up = {ratio_ray_up:.3f})")
+    print(json.dumps({"rounds": rounds, "ratio": ratio, "ratio_ray_up": ratio_ray_up}))
 
 
 if __name__ == "__main__":

@@ -174,7 +174,9 @@ def clip_dataset(
     once (None: as many as free CPUs allow, which on a cluster means every CPU node
     decodes); each reserves ``decoder_cpus``, and one unit of the custom resource
     ``decoder_resource`` when given, which keeps decoding on the nodes that advertise it
-    (cluster.yaml's decoder nodes).
+    (cluster.yaml's decoder nodes). Ray Data counts a finished task against the cap until
+    it has collected the task's output: a cap of one task per core kept ~1.2 running on two
+    cores (``benchmarks/data_throughput.py``), so cap above the number meant to run.
     """
     import ray
 

@@ -88,8 +88,8 @@ def make_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
     base = rng.random(3) * 0.6 + 0.2
     background = base + (_smooth_noise(rng, height, width, 4) - 0.5) * 0.35
     background += rng.normal(0, 0.02, background.shape)  # fine grain, as a camera has
-    # A 4x4 grid of random colours gives the object texture whose motion shows everywhere on
-    # it, not only at its outline.
+    # Colour noise on a 4x4 grid, thresholded per channel for contrast: a texture whose
+    # motion shows everywhere on the object, not only at its outline.
     sprite = _smooth_noise(rng, SPRITE, SPRITE, 3)
     sprite = np.where(sprite > 0.5, 1.0, 0.1) * 0.6 + sprite * 0.4
     sprite[:2], sprite[-2:], sprite[:, :2], sprite[:, -2:] = 0.0, 0.0, 0.0, 0.0

@@ -9,7 +9,9 @@ Measured side by side in one run, on the same videos and the same number of proc
   (c) per-file baseline: a torch DataLoader whose ``workers`` open each source video,
       decode the clip's frames at source resolution and resize + crop them per sample,
       as MMAction2- and PyTorchVideo-style loaders do.
-Prints clips/s for each and the ratios (b)/(a) and (b)/(c). Nothing here is a test.
+Prints clips/s for each, the ratios (b)/(a) and (b)/(c), and how many cores each kind of
+process used during (b) (decode tasks, this consuming process, Ray's own processes), which
+says whether (b) is short of decode CPU or of something else. Nothing here is a test.
 """
 
 from __future__ import annotations
@@ -70,8 +72,48 @@ def _renditions(shards: Path) -> list[int]:
     return json.loads((shards / "manifest.json").read_text())["renditions"]
 
 
-def ray_pipeline(shards: Path, spec: ClipSpec, passes: int) -> float:
-    """Clips/s through clip_dataset, decode tasks as the CPUs allow, after a warm-up pass.
+def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by every process on this machine (Linux), with its command."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # the process ended meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(entry.name)] = (command, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _process_kind(pid: int, command: str) -> str:
+    if pid == os.getpid():
+        return "consumer (this process)"
+    if command.startswith("ray::"):  # Ray's workers: Ray Data's tasks, or Ray's own actors
+        name = command.split()[0].removeprefix("ray::")
+        if name.startswith("_") or "Agent" in name or "Actor" in name:
+            return "Ray's actors and agents"
+        return "Ray Data tasks (read, decode)"
+    if "ray" in command:
+        return "Ray daemons (raylet, GCS)"
+    return "other processes"
+
+
+def cpu_split(before: dict, after: dict, seconds: float) -> dict[str, float]:
+    """Cores used on average between two :func:`_cpu_seconds` snapshots, by process kind."""
+    cores: dict[str, float] = {}
+    for pid, (command, used) in after.items():
+        kind = _process_kind(pid, command)
+        cores[kind] = cores.get(kind, 0.0) + (used - before.get(pid, (command, 0.0))[1]) / seconds
+    return dict(sorted(cores.items(), key=lambda kv: -kv[1]))
+
+
+def ray_pipeline(shards: Path, spec: ClipSpec, passes: int) -> tuple[float, dict[str, float]]:
+    """Clips/s through clip_dataset, decode tasks as the CPUs allow, after a warm-up pass,
+    and the cores each kind of process used meanwhile.
 
     No cap on decode tasks (as jobs/train.py runs it): Ray Data counts a finished task
     against the cap until it has collected its output, so a cap of one task per core kept
@@ -92,7 +134,7 @@ def ray_pipeline(shards: Path, spec: ClipSpec, passes: int) -> float:
     )
     for _ in ds.iter_torch_batches(batch_size=16, collate_fn=ClipTensors()):
         pass
-    start = time.perf_counter()
+    before, start = _cpu_seconds(), time.perf_counter()
     n = 0
     for _ in range(passes):
         for batch in ds.iter_torch_batches(
@@ -100,8 +142,9 @@ def ray_pipeline(shards: Path, spec: ClipSpec, passes: int) -> float:
         ):
             n += len(batch["label"])
     elapsed = time.perf_counter() - start
+    cores = cpu_split(before, _cpu_seconds(), elapsed)
     ray.shutdown()
-    return n / elapsed
+    return n / elapsed, cores
 
 
 class PerFileDataset:
@@ -237,7 +280,7 @@ def main() -> None:
     # and a decode task holds its CPU until its output is collected (see ray_pipeline).
     ray.init(num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    b = ray_pipeline(shards, spec, args.passes)
+    b, cores = ray_pipeline(shards, spec, args.passes)
     c = per_file(paths, spec, args.workers, args.passes)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
@@ -252,7 +295,13 @@ def main() -> None:
     print(f"(b) Ray Data pipeline     {b:8.1f} clips/s")
     print(f"(c) per-file DataLoader   {c:8.1f} clips/s")
     print(f"(b)/(a) = {b / a:.2f}   (b)/(c) = {b / c:.2f}")
-    print(json.dumps({"a": a, "b": b, "c": c, "b_over_a": b / a, "b_over_c": b / c}))
+    print(f"cores in use during (b), of {os.cpu_count()}:")
+    for kind, used in cores.items():
+        if used >= 0.01:
+            print(f"    {kind:36s} {used:5.2f}")
+    print(
+        json.dumps({"a": a, "b": b, "c": c, "b_over_a": b / a, "b_over_c": b / c, "b_cores": cores})
+    )
 
 
 if __name__ == "__main__":

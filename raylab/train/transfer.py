@@ -237,7 +237,7 @@ def pair_dataset(
     )
     pair_seed = seed if train else (0 if seed is None else seed)
     # Same batch size and resources as the decoder: Ray Data fuses both into one task.
-    return clips.map_batches(
+    pairs = clips.map_batches(
         ClipPairs(teacher_frames, pair_seed, hard_negatives),
         batch_size=videos_per_batch,
         batch_format="numpy",
@@ -245,6 +245,11 @@ def pair_dataset(
         num_cpus=decoder_cpus,
         resources={decoder_resource: 1} if decoder_resource else None,
     )
+    if not train:
+        # Negatives are drawn within a decode batch, so fixed pairs need fixed batches: the
+        # blocks must reach the decoder in the same order every pass. This dataset only.
+        pairs.context.execution_options.preserve_order = True
+    return pairs
 
 
 # --------------------------------------------------------------------------------------------

@@ -165,9 +165,8 @@ def clip_dataset(
 ):
     """A ``ray.data.Dataset`` of clip rows from one split of an ingested shard folder.
 
-    ``train=True``: one randomly sampled, scale-jittered view per video, the split's parts
-    read in a new random order each pass (ingest stores rows in a random order; combine
-    with ``local_shuffle_buffer_size`` when iterating). ``train=False``:
+    ``train=True``: one randomly sampled, scale-jittered view per video, blocks in random
+    order (combine with ``local_shuffle_buffer_size`` when iterating). ``train=False``:
     ``clips`` x ``crops`` deterministic views per video (``view`` numbers them) for
     multi-view testing. ``scales``: crop sides of the training views relative to the short
     side (TSN's multi-scale crop; ``(1.0,)`` keeps whole-height crops, for data whose
@@ -206,24 +205,20 @@ def clip_dataset(
     # cost 1-5 s per epoch here, longer than decoding a small dataset.
     ctx = ray.data.DataContext.get_current()
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
-    # Training shuffles the order of the parts, not of blocks: randomize_block_order is an
-    # all-to-all step that holds back the first clip until every part of the split sits in
-    # the object store (3 s for 2048 videos here, growing with the dataset), where a part
-    # order lets decoding start with the first part read. A seed replays the same order.
-    order = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=False) if train else None
     try:
         ds = ray.data.read_parquet(
             files,
             columns=["video_id", "label", "height", "width", column],
             filesystem=_filesystem(files[0]),  # named: inferring it costs a lookup per pass
-            shuffle=order,
         )
     finally:
         ctx.use_datasource_v2 = v2
     # A part file is one block; cut it into decoder-batch-sized blocks so every decoder
-    # task gets work and clips flow out batch by batch, not part by part.
+    # actor gets work and clips flow out batch by batch, not part by part.
     ds = ds.repartition(target_num_rows_per_block=videos_per_batch)
-    ds = ds.map_batches(
+    if train:
+        ds = ds.randomize_block_order(seed=seed)
+    return ds.map_batches(
         ClipDecoder(spec, column, seed, epoch),
         batch_size=videos_per_batch,
         batch_format="numpy",
@@ -231,10 +226,3 @@ def clip_dataset(
         num_cpus=decoder_cpus,
         resources={decoder_resource: 1} if decoder_resource else None,
     )
-    # Ray Data's per-operator CPU reservation keeps a share of the CPUs for the read and
-    # split steps as long as parts remain to be read, which with streamed parts is the
-    # whole pass; those steps take milliseconds per part, so decoding lost the share
-    # (27% fewer clips/s at 720p sources on two cores). The object-store budget and its
-    # backpressure still bound how far reading runs ahead. This dataset only.
-    ds.context.op_resource_reservation_enabled = False
-    return ds

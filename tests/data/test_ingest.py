@@ -321,7 +321,7 @@ def test_flow_ingest_rejects_and_resumes_as_rgb(flow_ingested, ingested, source)
 
 def test_shard_rows_mix_classes(demo_shards):
     """UCF101's lists go class by class; the shards must not, or every block of rows the
-    pipeline reads is one class and its per-epoch shuffle (part order, local buffer) cannot
+    pipeline reads is one class and its per-epoch shuffle (block order, local buffer) cannot
     mix them: the rows are written in a fixed pseudo-random order."""
     labels = [r["label"] for r in _rows(demo_shards) if r["split"] == "train"]
     assert len(labels) == 24 and sorted(set(labels)) == list(range(8))

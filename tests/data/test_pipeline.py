@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
@@ -57,51 +56,6 @@ def test_seeded_pass_replays_exactly(demo_shards, ray_session):
 
     a, b = run(), run()
     assert all(np.array_equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture(scope="module")
-def four_part_shards(demo_shards, tmp_path_factory) -> tuple[Path, dict[str, int]]:
-    """The demo shards with their train split cut into four parts; which part holds each
-    video."""
-    out = tmp_path_factory.mktemp("four-parts")
-    (out / "train").mkdir()
-    shutil.copy(demo_shards / "manifest.json", out / "manifest.json")
-    table = pq.read_table(sorted((demo_shards / "train").glob("*.parquet")))
-    size = -(-table.num_rows // 4)
-    part_of = {}
-    for p in range(4):
-        part = table.slice(p * size, size)
-        pq.write_table(part, out / "train" / f"part-{p:05d}.parquet", row_group_size=16)
-        part_of.update(dict.fromkeys(part["video_id"].to_pylist(), p))
-    return out, part_of
-
-
-def test_training_reads_whole_parts_in_a_new_order_each_pass(four_part_shards, ray_session, capsys):
-    """No step of a pass waits for the whole split (no all-to-all operator in the plan);
-    the parts are read in an order drawn anew each pass, or replayed for a seed."""
-    import ray
-
-    shards, part_of = four_part_shards
-
-    def part_orders(passes: int, **kwargs) -> list[tuple[int, ...]]:
-        ctx = ray.data.DataContext.get_current()
-        keep, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
-        try:  # with order preserved, rows come out in the order the parts were read
-            ds = clip_dataset(shards, "train", frames=4, size=32, train=True, **kwargs)
-            ds.explain()
-            return [
-                tuple(dict.fromkeys(part_of[v] for v in _collect(ds)["video_id"]))
-                for _ in range(passes)
-            ]
-        finally:
-            ctx.execution_options.preserve_order = keep
-
-    drawn = part_orders(4)
-    assert all(sorted(order) == [0, 1, 2, 3] for order in drawn), drawn
-    assert len(set(drawn)) > 1, drawn  # 4 passes alike by chance: p = 1/24^3
-    seeded = part_orders(2, seed=5)
-    assert seeded[0] == seeded[1], seeded
-    assert "AllToAll" not in capsys.readouterr().out
 
 
 def test_crop_scales_reach_the_decoder(demo_shards, ray_session):

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from raylab.data.ingest import resolve_location
+from raylab.tune.runner import EARLY_STOPPING, SEARCHERS
 from raylab.tune.space import SearchSpace
 
 # The embedded CPU-sized default: what a 2-core laptop searches in a few minutes.
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = p.add_argument_group("search and trials")
     run.add_argument("--num-samples", type=int)
     run.add_argument("--max-epochs", type=int, help="epochs of a trial ASHA never stops")
-    run.add_argument("--grace-period", type=int, default=1)
+    run.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial")
     run.add_argument("--reduction-factor", type=int)
     run.add_argument("--width", type=float, help="channel multiplier (1.0: the papers')")
     run.add_argument("--batch-size", type=int, help="largest batch per worker")
@@ -81,7 +82,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     run.add_argument("--concurrency", type=int, help="trials at once (default: as resources fit)")
     run.add_argument("--val-clips", type=int, default=1)
+    run.add_argument("--dropout", type=float, help="before the classifier (default: the model's)")
+    run.add_argument(
+        "--crop-scales",
+        nargs="+",
+        type=float,
+        metavar="S",
+        help="training crop sides relative to the short side (default: TSN's 1 .875 .75 .66)",
+    )
     run.add_argument("--seed", type=int, default=0)
+    method = p.add_argument_group("search method")
+    method.add_argument(
+        "--searcher", choices=SEARCHERS, default="tpe", help="Optuna's sampler (default tpe)"
+    )
+    method.add_argument(
+        "--early-stopping",
+        choices=EARLY_STOPPING,
+        default="asha",
+        help="asha (default), or none: every trial trains --max-epochs",
+    )
+    method.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="end the search after this long (trials running then are stopped)",
+    )
     return p.parse_args(argv)
 
 
@@ -103,6 +128,7 @@ def demo_shards(root: Path) -> Path:
 
 def build_options(args: argparse.Namespace, shards: str, use_gpu: bool, embedded: bool):
     """TuneOptions from the flags; the embedded CPU default fills what the flags leave open."""
+    from raylab.data.decode import TSN_SCALES
     from raylab.tune.runner import TuneOptions
 
     preset = CPU_DEFAULT if embedded else {}
@@ -134,7 +160,7 @@ def build_options(args: argparse.Namespace, shards: str, use_gpu: bool, embedded
         space=space,
         num_samples=value(args.num_samples, "num_samples", 20),
         max_epochs=value(args.max_epochs, "max_epochs", 10),
-        grace_period=args.grace_period,
+        grace_period=value(args.grace_period, "grace_period", 1),
         reduction_factor=value(args.reduction_factor, "reduction_factor", 3),
         width=value(args.width, "width", 1.0),
         max_batch=value(args.batch_size, "batch_size", 16),
@@ -146,6 +172,11 @@ def build_options(args: argparse.Namespace, shards: str, use_gpu: bool, embedded
         concurrency=args.concurrency,
         val_clips=args.val_clips,
         seed=args.seed,
+        searcher=args.searcher,
+        early_stopping=args.early_stopping,
+        time_budget_s=args.time_budget,
+        dropout=value(args.dropout, "dropout", None),
+        crop_scales=tuple(value(args.crop_scales, "crop_scales", TSN_SCALES)),
     )
 
 

@@ -21,10 +21,13 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from raylab.data.decode import TSN_SCALES
 from raylab.tune.space import Budget, DataLimits, Pruned, SearchSpace, plan_trial
 
 METRIC = "val_video_top1"
 STUDY_FILE = "optuna.db"
+SEARCHERS = ("tpe", "random")
+EARLY_STOPPING = ("asha", "none")
 
 # Device memory (GiB) by the accelerator type Ray advertises, for the batch-size estimate.
 ACCELERATOR_GIB = {"H100": 80, "H200": 141, "A100": 40, "A10G": 24, "L4": 24, "T4": 16, "V100": 16}
@@ -53,6 +56,20 @@ class TuneOptions:
     concurrency: int | None = None  # trials at once; None: as the cluster's CPUs/GPUs allow
     val_clips: int = 1
     seed: int = 0
+    searcher: str = "tpe"  # Optuna's sampler: "tpe" or "random"
+    early_stopping: str = "asha"  # "asha", or "none": every trial trains max_epochs
+    time_budget_s: float | None = None  # stop starting and running trials after this long
+    dropout: float | None = None  # before every network's classifier; None: the model's
+    crop_scales: tuple[float, ...] = TSN_SCALES  # training crop sides / short side
+
+    def __post_init__(self) -> None:
+        if self.searcher not in SEARCHERS:
+            raise ValueError(f"searcher must be one of {SEARCHERS}, got {self.searcher!r}")
+        if self.early_stopping not in EARLY_STOPPING:
+            raise ValueError(
+                f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}"
+            )
+        self.crop_scales = tuple(self.crop_scales)
 
     @property
     def experiment_dir(self) -> str:
@@ -139,9 +156,12 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
         tune.report({"pruned": True, "prune_reason": plan.reason})
         return
     runs = f"{options.experiment_dir}/train_runs"
+    model_options = dict(plan.model_options)
+    if options.dropout is not None:
+        model_options["dropout"] = options.dropout
     train_config = {
         "model": plan.model,
-        "model_options": plan.model_options,
+        "model_options": model_options,
         "epochs": options.max_epochs,
         "batch_size": plan.batch_size,
         "optimizer": "adamw",
@@ -159,6 +179,7 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
         size=plan.size,
         scheme="dense",
         flip=False,
+        crop_scales=options.crop_scales,
         val_clips=options.val_clips,
         decoder_cpus=options.decoder_cpus,
         decoder_resource=options.decoder_resource,
@@ -207,7 +228,7 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
     import optuna
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     # Pruned trials report no accuracy, on purpose: Optuna then marks them PRUNED.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -236,23 +257,35 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
             options.experiment_dir, trainable, resume_unfinished=True, restart_errored=True
         )
     options.study_path.parent.mkdir(parents=True, exist_ok=True)
+    sampler = (
+        optuna.samplers.RandomSampler(seed=options.seed)
+        if options.searcher == "random"
+        # TPE models the space after n_startup_trials random ones (Optuna's default is 10,
+        # a whole small search): a third of the trials, at least 3.
+        else optuna.samplers.TPESampler(
+            seed=options.seed, n_startup_trials=max(3, min(10, options.num_samples // 3))
+        )
+    )
     searcher = _searcher_class()(
         space=options.space.define,
         metric=METRIC,
         mode="max",
+        sampler=sampler,
         storage=optuna.storages.RDBStorage(f"sqlite:///{options.study_path}"),
         study_name=options.name,
-        seed=options.seed,
     )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        # One past the last epoch: a trial that trains every epoch then ends on its own and
-        # its Train run shuts down cleanly. One that Tune stops is killed with its Train
-        # controller, whose request to the autoscaler lingers until it expires (180 s).
-        max_t=options.max_epochs + 1,
-        grace_period=min(options.grace_period, options.max_epochs + 1),  # = max_t: no stopping
-        reduction_factor=options.reduction_factor,
-    )
+    if options.early_stopping == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            # One past the last epoch: a trial that trains every epoch then ends on its own
+            # and its Train run shuts down cleanly. One that Tune stops is killed with its
+            # Train controller, whose request to the autoscaler lingers until it expires.
+            max_t=options.max_epochs + 1,
+            grace_period=min(options.grace_period, options.max_epochs + 1),
+            reduction_factor=options.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -262,6 +295,7 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
             scheduler=scheduler,
             num_samples=options.num_samples,
             max_concurrent_trials=concurrency,
+            time_budget_s=options.time_budget_s,
         ),
         run_config=tune.RunConfig(
             name=options.name,

@@ -17,9 +17,16 @@ Both families read dense clips (``frames`` frames ``stride`` apart), so stride m
 same thing for both. A :class:`SearchSpace` narrows any knob to fewer choices, and a knob
 left with one choice is a constant of the experiment, not a searched parameter.
 
+Every draw is one the drawn model takes: ``frames`` and ``size`` are drawn after the family,
+among the choices that every model of that family accepts by its input contract
+(``raylab.models.input_contract``; T3D's pooling needs T, H, W >= 29). When a family can take
+only some of the choices, Optuna draws them under a name of that family's own
+(``t3d_frames``), since one parameter name has one set of choices in a study; the trial's
+config carries the value under ``frames`` all the same.
+
 :func:`plan_trial` turns a sampled configuration into a model, a pipeline and a batch size,
-or into a :class:`Pruned` reason when it cannot run: a clip longer than the videos, a crop
-larger than the stored renditions, a clip the model's pooling cannot take, or a memory
+or into a :class:`Pruned` reason when the data or the machine cannot serve it: a clip
+longer than the shortest video, a crop larger than the stored renditions, or a memory
 estimate above the device.
 """
 
@@ -33,8 +40,11 @@ from pathlib import Path
 import torch
 
 from raylab.data.decode import ClipSpec, choose_rendition
-from raylab.models import build_model
+from raylab.models import build_model, input_contract
 from raylab.models.common import measure
+
+# The knobs a model's input contract limits.
+CONTRACT_KNOBS = ("frames", "size")
 
 STM_STAGE_SETS: tuple[str, ...] = tuple(
     "".join(c) for n in range(4, 0, -1) for c in itertools.combinations("2345", n)
@@ -79,6 +89,34 @@ class SearchSpace:
                     f"search space: {name} is one positive value or a (low, high) range, "
                     f"got {values}"
                 )
+        for family in self.family:
+            for knob in CONTRACT_KNOBS:
+                if not self.feasible(family, knob):
+                    contract = input_contract(self.models(family)[0])
+                    low = contract.min_frames if knob == "frames" else contract.min_size
+                    raise ValueError(
+                        f"search space: {family} takes {knob} >= {low}, and none of "
+                        f"--{knob} {' '.join(map(str, getattr(self, knob)))} is; "
+                        f"add a choice >= {low} or leave {family} out with --family"
+                    )
+
+    def models(self, family: str) -> list[str]:
+        """The ``build_model`` names the space can draw for ``family``."""
+        return [f"t3d{d}" for d in self.depth] if family == "t3d" else ["stm"]
+
+    def feasible(self, family: str, knob: str) -> tuple[int, ...]:
+        """The choices of ``knob`` ("frames" or "size") that every model of ``family`` in
+        this space takes, by the models' input contracts."""
+        contracts = [input_contract(m) for m in self.models(family)]
+        accepts = {"frames": "takes_frames", "size": "takes_size"}[knob]
+        return tuple(
+            v for v in getattr(self, knob) if all(getattr(c, accepts)(v) for c in contracts)
+        )
+
+    def param_name(self, family: str, knob: str) -> str:
+        """Optuna's name for ``knob`` under ``family``: the knob's own when the family takes
+        every choice, else ``<family>_<knob>`` (a name keeps one set of choices)."""
+        return knob if self.feasible(family, knob) == getattr(self, knob) else f"{family}_{knob}"
 
     def define(self, trial) -> dict:
         """Optuna define-by-run: draws the family, then only that family's knobs.
@@ -88,12 +126,15 @@ class SearchSpace:
         """
         constants: dict = {}
 
-        def pick(name: str):
-            choices = getattr(self, name)
+        def pick(name: str, choices: tuple | None = None, param: str | None = None):
+            choices = getattr(self, name) if choices is None else choices
             if len(choices) == 1:
                 constants[name] = choices[0]
                 return choices[0]
-            return trial.suggest_categorical(name, list(choices))
+            value = trial.suggest_categorical(param or name, list(choices))
+            if param and param != name:
+                constants[name] = value  # the config names it plainly
+            return value
 
         def log_range(name: str) -> None:
             values = getattr(self, name)
@@ -102,19 +143,27 @@ class SearchSpace:
             else:
                 trial.suggest_float(name, min(values), max(values), log=True)
 
-        if pick("family") == "t3d":
+        family = pick("family")
+        if family == "t3d":
             pick("depth")
         else:
             pick("stm_stages")
             pick("stm_blocks")
-        for name in ("frames", "size", "stride"):
-            pick(name)
+        for knob in CONTRACT_KNOBS:
+            pick(knob, self.feasible(family, knob), self.param_name(family, knob))
+        pick("stride")
         log_range("lr")
         log_range("weight_decay")
         return constants
 
     def to_dict(self) -> dict:
         return {k: list(v) for k, v in asdict(self).items()}
+
+
+def knobs(config: dict) -> dict:
+    """The searched knobs of a trial's config by their plain names, in ``SEARCH_KEYS`` order
+    (without the family-named Optuna parameters such as ``t3d_frames``)."""
+    return {k: config[k] for k in SEARCH_KEYS if k in config}
 
 
 @dataclass(frozen=True)
@@ -198,7 +247,9 @@ def model_of(config: dict, width: float) -> tuple[str, dict]:
 
 
 def plan_trial(config: dict, limits: DataLimits, budget: Budget) -> TrialPlan | Pruned:
-    """A runnable plan for a sampled ``config``, or the reason it cannot run.
+    """A runnable plan for a sampled ``config``, or the reason the data or the machine
+    cannot serve it. A clip the model itself cannot take raises ValueError: the space
+    draws none (:meth:`SearchSpace.define`).
 
     The batch is the largest power of two up to ``budget.max_batch`` whose estimated
     training memory (weights, gradients and AdamW state, plus twice the activations per clip
@@ -220,13 +271,12 @@ def plan_trial(config: dict, limits: DataLimits, budget: Budget) -> TrialPlan | 
             f"stored renditions {list(limits.renditions)}"
         )
     name, options = model_of(config, budget.width)
-    shape = (1, 3, frames, size, size)
-    try:
-        with torch.device("meta"):
-            model = build_model(name, limits.num_classes, **options).eval()
-        gmacs, params_m, act_gib = measure(model, shape)
-    except ValueError as err:  # the model's own message: pooling needs a larger clip
-        return Pruned(f"{name} cannot take a {frames}x{size}x{size} clip: {err}")
+    refusal = input_contract(name, **options).refusal(frames, size)
+    if refusal:  # the space never draws this; a hand-written config can
+        raise ValueError(f"{name} cannot take this configuration's clip: {refusal}")
+    with torch.device("meta"):
+        model = build_model(name, limits.num_classes, **options).eval()
+    gmacs, params_m, act_gib = measure(model, (1, 3, frames, size, size))
     fixed_gib = params_m * 1e6 * 4 * 4 / 2**30  # weights, gradients, two AdamW moments
     per_clip_gib = 2 * act_gib
     fits = math.floor((budget.memory_gib - fixed_gib) / per_clip_gib) if per_clip_gib else 0
@@ -248,7 +298,7 @@ def plan_trial(config: dict, limits: DataLimits, budget: Budget) -> TrialPlan | 
         gmacs=gmacs,
         params_m=params_m,
         memory_gib=fixed_gib + batch * per_clip_gib,
-        knobs={k: config[k] for k in sorted(config) if k in SEARCH_KEYS},
+        knobs=knobs(config),
     )
 
 

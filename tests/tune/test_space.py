@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raylab.data.decode import ClipSpec, choose_rendition
-from raylab.models import build_model
+from raylab.models import build_model, input_contract
 from raylab.tune.space import (
     STM_STAGE_SETS,
     Budget,
@@ -20,7 +20,6 @@ from raylab.tune.space import (
     knobs,
     plan_trial,
 )
-from raylab.models import input_contract
 
 SPACE = SearchSpace()
 T3D_KEYS = {"family", "depth", "frames", "size", "stride", "lr", "weight_decay"}

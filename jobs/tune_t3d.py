@@ -184,24 +184,32 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from raylab.report import write_report
+    from raylab.tune.console import route_ray_logs
     from raylab.tune.runner import (
         build_tuner,
         load_options,
         local_dir,
+        options_dir,
         save_options,
         summarise,
         upload_outputs,
     )
 
     args = parse_args(argv)
-    ray.init(ignore_reinit_error=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     root = Path(args.root).expanduser().resolve()
+    args.name = args.name or time.strftime("tune_t3d-%Y%m%d-%H%M%S")
+    storage = args.storage_path or str(root / "results")
+    # Workers' output (each Train worker's epoch lines, Ray Data's plans) stays in the Ray
+    # session's log files; the console follows the search through TrialConsole, and Ray's
+    # INFO records on this driver go to a log file beside the study.
+    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    ray_log = route_ray_logs(options_dir(storage, args.name) / "ray-driver.log")
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
     if args.resume:
         if not args.name:
             raise SystemExit("--resume needs --name: the experiment to continue")
-        options = load_options(args.storage_path or str(root / "results"), args.name)
+        options = load_options(storage, args.name)
     else:
         use_gpu = args.gpu or ray.cluster_resources().get("GPU", 0) > 0
         embedded = args.data is None and not use_gpu
@@ -213,11 +221,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"experiment {options.experiment_dir}\n"
         f"  optuna-dashboard sqlite:///{options.study_path}\n"
-        f"  tensorboard --logdir {options.experiment_dir}",
+        f"  tensorboard --logdir {options.experiment_dir}\n"
+        f"  Ray's logs: {ray_log} (this driver), /tmp/ray/session_latest/logs (workers)",
         file=sys.stderr,
+        flush=True,
     )
+    start = time.monotonic()
     results = build_tuner(options, resume=args.resume).fit()
-    if results.num_terminated + results.num_errors < options.num_samples:
+    out_of_time = options.time_budget_s and time.monotonic() - start >= options.time_budget_s
+    if results.num_terminated + results.num_errors < options.num_samples and not out_of_time:
         # Interrupted (Ctrl-C, SIGUSR1): Tune saved the experiment; say how to go on.
         resume = f"python jobs/tune_t3d.py --resume --name {options.name}"
         resume += f" --storage-path {options.storage_path}"
@@ -227,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         return summary
     summary = summarise(options, results)
     summary["report"] = f"{options.experiment_dir}/report.html"
+    summary["logs"] = {"driver": str(ray_log), "ray_session": "/tmp/ray/session_latest/logs"}
     local = local_dir(options)  # the experiment folder, or its local copy for s3:// results
     (local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     write_report(local)

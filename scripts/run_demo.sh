@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"  # `ray`, and the job's `python`, are the project's
-export RAY_AUTH_MODE=token          # the cluster's only lock (RAY.md section 0)
+export RAY_AUTH_MODE=token          # token auth: the cluster's only lock
 export RAY_API_SERVER_ADDRESS=http://127.0.0.1:8265
 ROOT=${RAYLAB_DEMO_DIR:-$PWD/.demo}
 mkdir -p "$ROOT"
@@ -20,21 +20,35 @@ else
 fi
 
 LOG="$ROOT/last-job.log"
-# Submits the working directory (.gitignore'd paths such as .demo/ stay behind) and follows
-# the job's logs until it ends.
-ray job submit --working-dir . -- python jobs/tune_t3d.py --root "$ROOT" | tee "$LOG"
+JOB="raylab-demo-$(date +%Y%m%d-%H%M%S)"
+# Submits the working directory (.gitignore'd paths such as .demo/ stay behind), then
+# follows the job's own output; the submission's Ray messages go to a file.
+ray job submit --no-wait --submission-id "$JOB" --working-dir . \
+  -- python jobs/tune_t3d.py --root "$ROOT" >"$ROOT/last-submit.log" 2>&1 \
+  || { cat "$ROOT/last-submit.log"; exit 1; }
+echo "submitted job $JOB (ray job logs $JOB; ray job stop $JOB)"
+ray job logs --follow "$JOB" | tee "$LOG"
+if ! ray job status "$JOB" 2>/dev/null | grep -q SUCCEEDED; then
+  echo "job $JOB did not succeed: $(ray job status "$JOB" 2>&1 | tail -1)" >&2
+  exit 1
+fi
 
 python - "$LOG" <<'PY'
 import json, sys
 
 line = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("{")][-1]
 r = json.loads(line)
+top1, chance = r["metrics"]["val_video_top1"], 1 / r["num_classes"]
+t = r["trials"]
+verdict = "" if top1 > 1.5 * chance else "  -- at chance level: no network learned"
 print(f"""
 best: {r['model']} {r['best_config']}
-  val video top-1 {r['metrics']['val_video_top1']:.3f}, {r['metrics']['gmacs']:.2f} GMACs/clip
+  val video top-1 {top1:.3f} (chance {chance:.3f}){verdict}, {r['metrics']['gmacs']:.2f} GMACs/clip
+trials: {t['total']} ({t['done']} done, {t['stopped']} stopped early, {t['pruned']} pruned, {t['error']} failed)
 report:      {r['report']}
 dashboard:   http://127.0.0.1:8265  (Jobs page: this job's logs)
 study:       optuna-dashboard {r['study']}
 tensorboard: tensorboard --logdir {r['tensorboard']}
+Ray's logs:  {r['logs']['driver']} and {r['logs']['ray_session']}
 """)
 PY

@@ -21,6 +21,9 @@ unseen scenes.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,7 +149,15 @@ def render_frame(scene: Scene, x: float, y: float, angle: float, log_scale: floa
     clockwise on screen and scaled by exp(log_scale); uint8 (H, W, 3)."""
     height, width = scene.background.shape[:2]
     size = OBJECT_FRACTION * min(height, width) * math.exp(log_scale)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = scene.background.copy()
+    # Only pixels within the object's half-diagonal of its centre can show it: work on
+    # that box, a fifth of a demo frame, and leave the background elsewhere.
+    reach = size * math.hypot(*OBJECT_SHAPE) / 2 + 2
+    top, bottom = max(0, math.floor(y - reach)), min(height, math.ceil(y + reach) + 1)
+    left, right = max(0, math.floor(x - reach)), min(width, math.ceil(x + reach) + 1)
+    if top >= bottom or left >= right:
+        return out
+    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float32)
     dx, dy = xs + 0.5 - x, ys + 0.5 - y
     # Inverse map: screen offset -> sprite coordinates (rotate back, then unscale).
     # With y pointing down, a positive angle in this rotation turns clockwise on screen.
@@ -162,8 +173,9 @@ def render_frame(scene: Scene, x: float, y: float, angle: float, log_scale: floa
     texel = (t[v0, u0] * (1 - fu) + t[v0, u0 + 1] * fu) * (1 - fv) + (
         t[v0 + 1, u0] * (1 - fu) + t[v0 + 1, u0 + 1] * fu
     ) * fv
-    out = np.where(inside[..., None], texel, scene.background.astype(np.float32))
-    return out.round().astype(np.uint8)
+    box = out[top:bottom, left:right]
+    box[inside] = texel[inside].round().astype(np.uint8)
+    return out
 
 
 def render_video(scene: Scene, trajectory: np.ndarray) -> np.ndarray:
@@ -194,6 +206,15 @@ def demo_name(label: str, group: int, clip: int) -> str:
     return f"{label}/v_{label}_g{group:02d}_c{clip:02d}"
 
 
+def _write_demo_video(item: tuple) -> None:
+    out, seed, ci, label, group, clip, frames, height, width, fps = item
+    # A group's scene is shared by every class, so a background tells nothing.
+    scene = make_scene(np.random.default_rng([seed, group]), height, width)
+    rng = np.random.default_rng([seed, ci, group, clip])
+    trajectory = sample_trajectory(label, rng, frames, height, width)
+    write_mp4(render_video(scene, trajectory), out / f"{demo_name(label, group, clip)}.mp4", fps)
+
+
 def make_demo_dataset(
     out: str | Path,
     *,
@@ -204,13 +225,16 @@ def make_demo_dataset(
     width: int = 160,
     fps: int = 25,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict:
     """Write the demo set under ``out``: ``<Class>/v_<Class>_gGG_cCC.mp4``, ``classInd.txt``,
     ``trainlist01.txt`` and ``testlist01.txt``. The same arguments give the same lists and
     frames, and but for x264's rare exceptions (:func:`write_mp4`) the same bytes.
 
+    ``workers`` processes render and encode (default: one per core, at most 4).
     Returns a summary: classes, videos, train and test counts, and the test groups.
     """
+    workers = workers or min(4, os.cpu_count() or 1)
     if videos_per_class < 2:
         raise ValueError(
             f"videos_per_class must be at least 2 (one train, one test), got {videos_per_class}"
@@ -230,20 +254,29 @@ def make_demo_dataset(
         for i in range(videos_per_class):
             group, clip = i // per_group + 1, i % per_group + 1
             jobs.append((ci, label, group, clip))
-    for ci, label, group, clip in tqdm(
-        jobs, desc="demo videos", unit="video", disable=not progress
-    ):
-        # A group's scene is shared by every class, so a background tells nothing.
-        scene = make_scene(np.random.default_rng([seed, group]), height, width)
-        rng = np.random.default_rng([seed, ci, group, clip])
-        trajectory = sample_trajectory(label, rng, frames, height, width)
+    for ci, label, group, clip in jobs:
         name = demo_name(label, group, clip)
         (out / label).mkdir(parents=True, exist_ok=True)
-        write_mp4(render_video(scene, trajectory), out / f"{name}.mp4", fps)
         if group <= test_groups:
             test_lines.append(f"{name}.mp4")
         else:
             train_lines.append(f"{name}.mp4 {ci + 1}")
+    # Each video is a function of (seed, class, group, clip) alone, so processes can write
+    # them in any order.
+    work = [
+        (out, seed, ci, label, group, clip, frames, height, width, fps)
+        for ci, label, group, clip in jobs
+    ]
+    bar = tqdm(total=len(work), desc="demo videos", unit="video", disable=not progress)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for _ in pool.map(_write_demo_video, work, chunksize=8):
+                bar.update()
+    else:
+        for item in work:
+            _write_demo_video(item)
+            bar.update()
+    bar.close()
     (out / "classInd.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(DEMO_CLASSES)))
     (out / "trainlist01.txt").write_text("\n".join(train_lines) + "\n")
     (out / "testlist01.txt").write_text("\n".join(test_lines) + "\n")

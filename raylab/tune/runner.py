@@ -208,6 +208,11 @@ def _searcher_class():
         """``OptunaSearch`` that records configurations pruned before they started as PRUNED
         trials with a ``prune_reason``, and every trial's cost as user attributes."""
 
+        def _setup_study(self, mode) -> None:
+            super()._setup_study(mode)
+            # Optuna's dashboard and plots then say what they plot, not "Objective 0".
+            self._ot_study.set_metric_names([METRIC])
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if self.metric in result:
                 super().on_trial_result(trial_id, result)
@@ -229,6 +234,8 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from raylab.tune.console import TrialConsole
 
     # Pruned trials report no accuracy, on purpose: Optuna then marks them PRUNED.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -301,6 +308,10 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
             name=options.name,
             storage_path=options.storage_path,
             failure_config=tune.FailureConfig(max_failures=1),
+            # TrialConsole prints the search's story; Tune's reporter would repeat it in
+            # tables of every config and result.
+            verbose=0,
+            callbacks=[TrialConsole(options.max_epochs)],
         ),
     )
 
@@ -523,6 +534,7 @@ def summarise(options: TuneOptions, results) -> dict:
             "eval_mean_class_acc": evaluation["mean_class_acc"],
         },
         "trials": counts | {"total": len(rows)},
+        "num_classes": len(classes),
         "best_trial": best["trial_id"],
         "model": state["config"]["model"],
         "experiment": options.experiment_dir,

@@ -198,6 +198,19 @@ def test_ray_job_submit_runs_the_search_and_dashboards_show_it(demo_shards, ray_
     )  # fmt: skip
     logs = get_json(f"{url}/api/jobs/{job_id}/logs", token)["logs"]
     assert status == "SUCCEEDED", logs[-4000:]
+    # The console tells the search's story, one line per trial event; Ray's internals (worker
+    # output, Ray Data's plans, Tune's tables) stay in log files.
+    lines = logs.splitlines()
+    assert sum(" started: stm " in line for line in lines) == 3, logs[-4000:]
+    assert sum(" epoch " in line and "val top-1" in line for line in lines) >= 3
+    for internal in (
+        "RayTrainWorker",
+        "Execution plan",
+        "Trial status",
+        "started with configuration",
+    ):
+        assert not [line for line in lines if internal in line], internal
+    assert len(lines) < 60, logs
     result = last_json(logs)
     assert set(result["best_config"]) >= SEARCHED
     assert ({"depth"} if result["best_config"]["family"] == "t3d" else {"stm_stages"}) <= set(

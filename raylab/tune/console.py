@@ -1,0 +1,161 @@
+"""What a search prints: the user's story on the console, Ray's internals in log files.
+
+:class:`TrialConsole` is a Tune callback that prints one line per trial event (started with
+its knobs, each epoch's validation accuracy, stopped early, pruned with the reason, finished,
+failed) and, at the end, one table of every trial. Tune's own reporter is turned off where
+the tuner is built (``verbose=0``), so these are the search's only progress lines.
+
+:func:`route_ray_logs` keeps Ray's INFO records (Ray Data's execution plans, Tune's
+bookkeeping) out of the driver's console and writes them, whole, to a log file; Ray's
+warnings and errors still reach the console. Worker processes' output (each Train worker's
+epoch line, decode tasks' warnings) stays in the Ray session's log files when the driver
+connects with ``ray.init(log_to_driver=False)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from ray.tune import Callback
+
+from raylab.tune.space import knobs
+
+METRIC = "val_video_top1"
+# Loggers of Ray's that print INFO records on a driver's console.
+RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train")
+
+
+def describe(config: dict) -> str:
+    """A trial's searched knobs in a few words: ``stm 45/all 8x48 s4 lr 3.1e-03 wd 2.0e-04``."""
+    k = knobs(config)
+    if k.get("family") == "t3d":
+        arch = f"t3d-{k.get('depth')}"
+    else:
+        arch = f"stm {k.get('stm_stages')}/{k.get('stm_blocks')}"
+    clip = f"{k.get('frames')}x{k.get('size')} s{k.get('stride')}"
+    rates = " ".join(
+        f"{short} {k[name]:.1e}"
+        for name, short in (("lr", "lr"), ("weight_decay", "wd"))
+        if name in k
+    )
+    return f"{arch} {clip} {rates}".strip()
+
+
+class TrialConsole(Callback):
+    """One line per trial event on ``out``, and the table of trials at the end."""
+
+    def __init__(self, max_epochs: int, out: TextIO | None = None) -> None:
+        self.max_epochs = max_epochs
+        self.out = out
+        self.best: dict[str, float] = {}
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.out or sys.stdout, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._print(f"trial {trial.trial_id} started: {describe(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get("pruned"):
+            self._print(
+                f"trial {trial.trial_id} pruned before it started: {result.get('prune_reason')}"
+            )
+            return
+        value = _num(result.get(METRIC))
+        if value is None:
+            return
+        self.best[trial.trial_id] = max(value, self.best.get(trial.trial_id, -1.0))
+        epoch = result.get("training_iteration")
+        self._print(
+            f"trial {trial.trial_id} epoch {epoch}/{self.max_epochs}: val top-1 {value:.3f}  "
+            f"loss {result.get('train_loss', float('nan')):.3f}  "
+            f"{result.get('clips_per_s', float('nan')):.0f} clips/s"
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        last = trial.last_result or {}
+        if last.get("pruned"):
+            return
+        epochs = last.get("training_iteration", 0)
+        best = self.best.get(trial.trial_id)
+        tail = f", best val top-1 {best:.3f}" if best is not None else ""
+        if epochs < self.max_epochs:
+            self._print(f"trial {trial.trial_id} stopped early after epoch {epochs}{tail}")
+        else:
+            self._print(f"trial {trial.trial_id} finished {epochs} epochs{tail}")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._print(f"trial {trial.trial_id} failed; the error is in {trial.error_file}")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._print(trial_table(trials, self.max_epochs, self.best))
+
+
+def status_of(trial, max_epochs: int) -> str:
+    """done (every epoch), stopped (early, by ASHA or the time budget), pruned or error."""
+    last = trial.last_result or {}
+    if last.get("pruned"):
+        return "pruned"
+    if trial.status == "ERROR":
+        return "error"
+    if trial.status != "TERMINATED":
+        return trial.status.lower()
+    return "done" if last.get("training_iteration", 0) >= max_epochs else "stopped"
+
+
+def trial_table(trials, max_epochs: int, best: dict[str, float]) -> str:
+    """Every trial on one line: id, status, knobs, epochs trained, best val top-1."""
+    rows = [("trial", "status", "configuration", "epochs", "best top-1")]
+    order = sorted(trials, key=lambda t: -best.get(t.trial_id, -1.0))
+    for t in order:
+        last = t.last_result or {}
+        rows.append(
+            (
+                t.trial_id,
+                status_of(t, max_epochs),
+                describe(t.config),
+                str(last.get("training_iteration", 0) if not last.get("pruned") else 0),
+                f"{best[t.trial_id]:.3f}" if t.trial_id in best else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def route_ray_logs(log_file: str | Path) -> Path:
+    """Send Ray's INFO records on this process's console to ``log_file`` instead.
+
+    Each of Ray's loggers keeps its own handlers (Ray Data's session file keeps everything);
+    its console handlers are raised to WARNING, and a file handler beside them takes every
+    record from INFO up. Returns the log file's path.
+    """
+    path = Path(log_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(path)
+    file_handler.setLevel(logging.INFO)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            ):
+                handler.setLevel(max(handler.level, logging.WARNING))
+        # Children that propagate reach the file through "ray"'s handler.
+        if (name == "ray" or not logger.propagate) and file_handler not in logger.handlers:
+            logger.addHandler(file_handler)
+    return path
+
+
+def _num(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

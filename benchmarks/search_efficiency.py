@@ -137,7 +137,13 @@ def run_job(*args: str, log: Path) -> dict:
 
 
 def job_env() -> dict:
-    return os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    # This checkout's raylab first: a virtualenv shared between checkouts may hold an
+    # editable install of another one, which a script in jobs/ would otherwise import.
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return os.environ | {
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+        "PYTHONPATH": path,
+    }
 
 
 def prepare_demo_set(work: Path) -> None:

@@ -16,6 +16,12 @@ function of the seconds since the search started. Prints a markdown table per me
 (per seed: seconds until the best first reaches the threshold, the best at the budget; the
 median over seeds), the ratio (a)/(c) of the median times, saves a plot of the curves, and
 ends with one JSON line.
+
+Sizing the budget: on a 2-core machine the first trial spends about a minute starting (its
+Train run, workers, data pipeline) before its first epoch, so 60 s shows no epoch at all.
+TPE's first trials (10 at the default samples, the job's ``n_startup_trials``) are the
+random sampler's own draws from the same seed, so (a) and (b) differ only once a search
+gets past them.
 """
 
 from __future__ import annotations
@@ -45,13 +51,12 @@ Curve = list[tuple[float, float]]  # (seconds since the search started, value)
 
 
 def read_trials(experiment: Path) -> list[list[dict]]:
-    """The result.json lines of every Tune trial folder of an experiment, one list per trial."""
-    trials = []
-    for result in sorted(experiment.glob("*/result.json")):
-        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if lines:
-            trials.append(lines)
-    return trials
+    """The result.json lines of every Tune trial folder of an experiment, one list per trial;
+    empty for a trial that started but reported nothing before the budget ran out."""
+    return [
+        [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        for result in sorted(experiment.glob("*/result.json"))
+    ]
 
 
 def search_start(experiment: Path, trials: list[list[dict]]) -> float:
@@ -69,7 +74,7 @@ def search_start(experiment: Path, trials: list[list[dict]]) -> float:
             starts.append(float(start))
     if starts:
         return min(starts)  # a resumed experiment writes one per session: the first began it
-    firsts = [t[0] for t in trials if "timestamp" in t[0] and "time_total_s" in t[0]]
+    firsts = [t[0] for t in trials if t and "timestamp" in t[0] and "time_total_s" in t[0]]
     if not firsts:
         raise ValueError(f"{experiment}: no trial reported anything to date the search by")
     return min(r["timestamp"] - r["time_total_s"] for r in firsts)
@@ -79,7 +84,7 @@ def read_points(experiment: Path) -> Curve:
     """(seconds since the search started, val_video_top1) of every reported epoch, in time
     order; trials pruned before they started and missing or NaN metrics left out."""
     trials = read_trials(experiment)
-    if not trials:
+    if not any(trials):
         return []
     start = search_start(experiment, trials)
     points = []
@@ -171,7 +176,9 @@ def plot(runs: list[dict], budget: float, threshold: float, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for run in runs:
         curve = run["curve"]
-        if not curve:
+        label = f"{run['method']}, seed {run['seed']}"
+        if not curve:  # still in the legend, so that a run with nothing to draw is seen
+            ax.plot([], [], color=COLOURS[run["method"]], label=f"{label}: no epoch")
             continue
         # Held flat to the budget (or the last result, if later) so each run's level shows.
         end = max(budget, curve[-1][0])
@@ -184,9 +191,11 @@ def plot(runs: list[dict], budget: float, threshold: float, out: Path) -> None:
             color=COLOURS[run["method"]],
             marker="o",
             markersize=3,
-            label=f"{run['method']}, seed {run['seed']}",
+            label=label,
         )
-    ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"{threshold:g}")
+    ax.axhline(
+        threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}"
+    )
     ax.axhline(CHANCE, color="grey", linestyle=":", linewidth=1, label="chance (1/8)")
     ax.axvline(budget, color="grey", linewidth=0.5)
     ax.set_xlim(left=0)
@@ -251,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "seed": seed,
                 "experiment": str(experiment),
                 "trials": len(trials),
-                "pruned": sum(bool(t[0].get("pruned")) for t in trials),
+                "pruned": sum(bool(t and t[0].get("pruned")) for t in trials),
                 "epochs": len(points),
                 "time_to_threshold_s": time_to_reach(curve, args.threshold),
                 "best_at_budget": best_at(curve, args.budget),

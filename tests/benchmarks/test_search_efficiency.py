@@ -47,9 +47,9 @@ def epoch(trial: str, iteration: int, at: float, started: float, top1: float) ->
 
 @pytest.fixture
 def experiment(tmp_path: Path) -> Path:
-    """Four trials, one at a time: a pruned one at the start, a slow climber, one whose
-    second epoch is NaN, and a late good one. The search starts at START (the first trial
-    pruned there)."""
+    """Five trials, one at a time: a pruned one at the start, a slow climber, one whose
+    second epoch is NaN, a late good one, and one cut off before its first epoch. The
+    search starts at START (the first trial pruned there)."""
     exp = tmp_path / "se-tpe-asha-seed0"
     # A pruned trial trained nothing: even a score on its line must not count.
     pruned = {"pruned": True, "prune_reason": "too few frames", "training_iteration": 1}
@@ -62,8 +62,14 @@ def experiment(tmp_path: Path) -> Path:
     )
     write_trial(exp, "c_nan", [epoch("c", 1, 70, 55, 0.3), epoch("c", 2, 85, 55, math.nan)])
     write_trial(exp, "d_late", [epoch("d", 1, 110, 90, 0.6), epoch("d", 2, 130, 90, 0.75)])
+    write_trial(exp, "e_unreported", [])  # started; the budget ran out before its first epoch
     (exp / "trials.json").write_text("[]")  # the job's own table, no trial folder
     return exp
+
+
+def test_every_trial_folder_is_a_trial(experiment):
+    trials = se.read_trials(experiment)
+    assert [len(lines) for lines in trials] == [1, 3, 2, 2, 0]
 
 
 def test_points_leave_out_pruned_trials_and_nan(experiment):

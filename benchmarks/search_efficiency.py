@@ -191,6 +191,7 @@ def plot(runs: list[dict], budget: float, threshold: float, out: Path) -> None:
             color=COLOURS[run["method"]],
             marker="o",
             markersize=3,
+            markevery=list(range(len(curve))),  # the improvements, not the held end
             label=label,
         )
     ax.axhline(

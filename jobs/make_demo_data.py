@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", required=True, help="folder to write videos and lists into")
     p.add_argument("--videos-per-class", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--clips-per-group", type=int, default=4, help="videos of a class that share a scene"
+    )
     p.add_argument("--frames", type=int, default=32)
     p.add_argument("--size", default="160x128", help="WIDTHxHEIGHT, both even")
     args = p.parse_args(argv)
@@ -31,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
         frames=args.frames,
         height=height,
         width=width,
+        clips_per_group=args.clips_per_group,
     )
     print(json.dumps(summary))
     return summary

@@ -32,6 +32,7 @@ from av.video.frame import PictureType
 
 from raylab.data.annotations import Annotations, VideoEntry, read_annotations
 from raylab.data.decode import scaled_size
+from raylab.progress import progress_bar
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -414,7 +415,6 @@ def ingest(
     Uses the running Ray cluster, or starts a local one.
     """
     import ray
-    from tqdm import tqdm
 
     start = time.time()
     params = params or EncodeParams()
@@ -524,7 +524,7 @@ def ingest(
     remote = ray.remote(num_cpus=1, max_retries=1)(_encode_task)
     cpus = ray.available_resources().get("CPU", 1) if todo else 1  # no Ray when all is done
     limit = max_in_flight or max(2, 2 * int(cpus))
-    bar = tqdm(
+    bar = progress_bar(
         total=len(anns.entries),
         initial=len(anns.entries) - len(todo),
         desc=f"ingest {source.name}",

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm import tqdm
+
+from raylab.progress import progress_bar
 
 DEMO_CLASSES: tuple[str, ...] = (
     "MoveLeft",
@@ -226,11 +227,14 @@ def make_demo_dataset(
     fps: int = 25,
     progress: bool = True,
     workers: int | None = None,
+    clips_per_group: int = CLIPS_PER_GROUP,
 ) -> dict:
     """Write the demo set under ``out``: ``<Class>/v_<Class>_gGG_cCC.mp4``, ``classInd.txt``,
     ``trainlist01.txt`` and ``testlist01.txt``. The same arguments give the same lists and
     frames, and but for x264's rare exceptions (:func:`write_mp4`) the same bytes.
 
+    ``clips_per_group`` videos of each class share a group's scene (UCF101's groups hold 4-7);
+    fewer per group means more scenes for the same number of videos.
     ``workers`` processes render and encode (default: one per core, at most 4).
     Returns a summary: classes, videos, train and test counts, and the test groups.
     """
@@ -242,11 +246,13 @@ def make_demo_dataset(
     if height % 2 or width % 2:
         raise ValueError(f"height and width must be even for yuv420p, got {height}x{width}")
     out = Path(out)
-    groups = -(-videos_per_class // CLIPS_PER_GROUP)
+    if clips_per_group < 1:
+        raise ValueError(f"clips_per_group must be at least 1, got {clips_per_group}")
+    groups = -(-videos_per_class // clips_per_group)
     if groups < 2:  # too few videos for whole groups on both sides: one clip per group
         groups, per_group = videos_per_class, 1
     else:
-        per_group = CLIPS_PER_GROUP
+        per_group = clips_per_group
     test_groups = max(1, round(groups * TEST_GROUP_FRACTION))
     train_lines, test_lines = [], []
     jobs = []
@@ -267,7 +273,7 @@ def make_demo_dataset(
         (out, seed, ci, label, group, clip, frames, height, width, fps)
         for ci, label, group, clip in jobs
     ]
-    bar = tqdm(total=len(work), desc="demo videos", unit="video", disable=not progress)
+    bar = progress_bar(total=len(work), desc="demo videos", unit="video", disable=not progress)
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for _ in pool.map(_write_demo_video, work, chunksize=8):

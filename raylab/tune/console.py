@@ -25,8 +25,8 @@ from ray.tune import Callback
 from raylab.tune.space import knobs
 
 METRIC = "val_video_top1"
-# Loggers of Ray's that print INFO records on a driver's console.
-RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train")
+# Loggers of Ray's (and Optuna's) that print INFO records on a driver's console.
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "optuna")
 
 
 def describe(config: dict) -> str:
@@ -129,27 +129,34 @@ def trial_table(trials, max_epochs: int, best: dict[str, float]) -> str:
 
 
 def route_ray_logs(log_file: str | Path) -> Path:
-    """Send Ray's INFO records on this process's console to ``log_file`` instead.
+    """Send the INFO records of Ray's and Optuna's loggers in this process to ``log_file``,
+    and only their warnings and errors to the console. Returns the log file's path.
 
-    Each of Ray's loggers keeps its own handlers (Ray Data's session file keeps everything);
-    its console handlers are raised to WARNING, and a file handler beside them takes every
-    record from INFO up. Returns the log file's path.
+    Call it before ``ray.init(configure_logging=False)``, which then leaves these handlers
+    alone. A logger's own file handlers (Ray Data's session file) keep everything.
     """
     path = Path(log_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(path)
-    file_handler.setLevel(logging.INFO)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in RAY_LOGGERS:
+    to_file = logging.FileHandler(path)
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_console = logging.StreamHandler(sys.stderr)
+    to_console.setLevel(logging.WARNING)
+    to_console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
         for handler in logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(
+            if type(handler) is logging.StreamHandler or not isinstance(
                 handler, logging.FileHandler
             ):
                 handler.setLevel(max(handler.level, logging.WARNING))
-        # Children that propagate reach the file through "ray"'s handler.
-        if (name == "ray" or not logger.propagate) and file_handler not in logger.handlers:
-            logger.addHandler(file_handler)
+        # Children that propagate reach both through the top loggers' handlers.
+        if name in ("ray", "optuna") or not logger.propagate:
+            logger.addHandler(to_file)
+            if not any(h.level >= logging.WARNING for h in logger.handlers if h is not to_file):
+                logger.addHandler(to_console)
     return path
 
 

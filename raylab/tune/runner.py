@@ -14,10 +14,12 @@ Layout of an experiment (``storage_path/name``)::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -202,6 +204,7 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
 
 
 def _searcher_class():
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     class StudySearch(OptunaSearch):
@@ -210,8 +213,12 @@ def _searcher_class():
 
         def _setup_study(self, mode) -> None:
             super()._setup_study(mode)
-            # Optuna's dashboard and plots then say what they plot, not "Objective 0".
-            self._ot_study.set_metric_names([METRIC])
+            # Optuna's dashboard and plots then say what they plot, not "Objective 0". The
+            # call is marked experimental (its storage format may change), which the study's
+            # users need not be told on every run.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names([METRIC])
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if self.metric in result:
@@ -273,8 +280,10 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
             seed=options.seed, n_startup_trials=max(3, min(10, options.num_samples // 3))
         )
     )
+    options.space.check_data(limits.min_frames)
     searcher = _searcher_class()(
-        space=options.space.define,
+        # Strides are drawn among those whose clip fits the shortest video.
+        space=functools.partial(options.space.define, max_span=limits.min_frames),
         metric=METRIC,
         mode="max",
         sampler=sampler,

@@ -104,22 +104,51 @@ class SearchSpace:
         """The ``build_model`` names the space can draw for ``family``."""
         return [f"t3d{d}" for d in self.depth] if family == "t3d" else ["stm"]
 
-    def feasible(self, family: str, knob: str) -> tuple[int, ...]:
+    def feasible(self, family: str, knob: str, max_span: int | None = None) -> tuple[int, ...]:
         """The choices of ``knob`` ("frames" or "size") that every model of ``family`` in
-        this space takes, by the models' input contracts."""
+        this space takes, by the models' input contracts; with ``max_span`` (the shortest
+        video's frames) only frame counts that fit it at the smallest stride."""
         contracts = [input_contract(m) for m in self.models(family)]
         accepts = {"frames": "takes_frames", "size": "takes_size"}[knob]
-        return tuple(
-            v for v in getattr(self, knob) if all(getattr(c, accepts)(v) for c in contracts)
-        )
+        choices = [v for v in getattr(self, knob) if all(getattr(c, accepts)(v) for c in contracts)]
+        if knob == "frames" and max_span is not None:
+            choices = [f for f in choices if span(f, min(self.stride)) <= max_span]
+        return tuple(choices)
 
-    def param_name(self, family: str, knob: str) -> str:
+    def strides(self, frames: int, max_span: int | None = None) -> tuple[int, ...]:
+        """The strides whose clip of ``frames`` fits ``max_span`` frames (all without it)."""
+        if max_span is None:
+            return self.stride
+        return tuple(s for s in self.stride if span(frames, s) <= max_span)
+
+    def param_name(self, family: str, knob: str, max_span: int | None = None) -> str:
         """Optuna's name for ``knob`` under ``family``: the knob's own when the family takes
         every choice, else ``<family>_<knob>`` (a name keeps one set of choices)."""
-        return knob if self.feasible(family, knob) == getattr(self, knob) else f"{family}_{knob}"
+        full = self.feasible(family, knob, max_span) == getattr(self, knob)
+        return knob if full else f"{family}_{knob}"
 
-    def define(self, trial) -> dict:
-        """Optuna define-by-run: draws the family, then only that family's knobs.
+    def check_data(self, max_span: int) -> None:
+        """Raise ValueError, naming the flag to change, when a family of the space has no
+        clip that fits videos of ``max_span`` frames."""
+        for family in self.family:
+            if not self.feasible(family, "frames", max_span):
+                takes = self.feasible(family, "frames")
+                raise ValueError(
+                    f"search space: no {family} clip fits the shortest training video "
+                    f"({max_span} frames): {family} takes --frames {' '.join(map(str, takes))} "
+                    f"and the smallest --stride is {min(self.stride)}; "
+                    + (
+                        "leave it out with --family"
+                        if len(self.family) > 1
+                        else "use longer videos"
+                    )
+                )
+
+    def define(self, trial, max_span: int | None = None) -> dict:
+        """Optuna define-by-run: draws the family, then only that family's knobs, then a
+        clip the drawn model takes and, with ``max_span`` (the shortest training video's
+        frames), one that fits the videos: strides are drawn after the frames, among those
+        whose clip spans at most ``max_span`` frames.
 
         Returns the knobs with one choice as constants (Ray's ``OptunaSearch`` merges them
         into the trial's config), so every trial's config names all of its knobs.
@@ -149,15 +178,29 @@ class SearchSpace:
         else:
             pick("stm_stages")
             pick("stm_blocks")
-        for knob in CONTRACT_KNOBS:
-            pick(knob, self.feasible(family, knob), self.param_name(family, knob))
-        pick("stride")
+        drawn = {
+            knob: pick(
+                knob,
+                self.feasible(family, knob, max_span),
+                self.param_name(family, knob, max_span),
+            )
+            for knob in CONTRACT_KNOBS
+        }
+        frames = drawn["frames"]
+        strides = self.strides(frames, max_span)
+        # The strides that fit depend on the frames drawn: a name per frame count then.
+        pick("stride", strides, "stride" if strides == self.stride else f"stride_{frames}f")
         log_range("lr")
         log_range("weight_decay")
         return constants
 
     def to_dict(self) -> dict:
         return {k: list(v) for k, v in asdict(self).items()}
+
+
+def span(frames: int, stride: int) -> int:
+    """Frames of the video a dense clip of ``frames`` frames ``stride`` apart covers."""
+    return (frames - 1) * stride + 1
 
 
 def knobs(config: dict) -> dict:
@@ -256,10 +299,10 @@ def plan_trial(config: dict, limits: DataLimits, budget: Budget) -> TrialPlan | 
     for their gradients) fits ``budget.memory_gib``.
     """
     frames, stride, size = config["frames"], config["stride"], config["size"]
-    span = (frames - 1) * stride + 1
-    if span > limits.min_frames:
+    covered = span(frames, stride)
+    if covered > limits.min_frames:
         return Pruned(
-            f"clip span {span} frames ({frames} frames x stride {stride}) is longer than the "
+            f"clip span {covered} frames ({frames} frames x stride {stride}) is longer than the "
             f"shortest training video ({limits.min_frames} frames)"
         )
     working = ClipSpec(frames=frames, stride=stride, size=size).working_short_side

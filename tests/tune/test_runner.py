@@ -63,11 +63,11 @@ def test_memory_budget_follows_the_accelerator():
 
 def test_options_round_trip(tmp_path):
     opts = TuneOptions(
-        shards="/d", storage_path=str(tmp_path), name="e", space=SearchSpace(frames=(8, 16))
+        shards="/d", storage_path=str(tmp_path), name="e", space=SearchSpace(frames=(16, 32))
     )
     save_options(opts)
     back = load_options(str(tmp_path), "e")
-    assert back == opts and back.space.frames == (8, 16)
+    assert back == opts and back.space.frames == (16, 32)
     with pytest.raises(FileNotFoundError, match="no experiment 'other'"):
         load_options(str(tmp_path), "other")
 
@@ -136,3 +136,23 @@ def test_results_on_a_uri_are_summarised_locally_and_sent_back(tmp_path, monkeyp
     upload_outputs(opts, local)
     assert (remote / "best" / "weights.pt").read_bytes() == b"w"
     assert (remote / "report.html").read_text() == "<html>"
+
+
+def test_search_methods_are_checked_and_travel_with_the_options(tmp_path):
+    with pytest.raises(ValueError, match="searcher must be one of"):
+        options(searcher="grid")
+    with pytest.raises(ValueError, match="early_stopping must be one of"):
+        options(early_stopping="hyperband")
+    opts = TuneOptions(
+        shards="/d",
+        storage_path=str(tmp_path),
+        name="m",
+        searcher="random",
+        early_stopping="none",
+        time_budget_s=120.0,
+        dropout=0.2,
+        crop_scales=(1.0, 0.875),
+    )
+    save_options(opts)
+    back = load_options(str(tmp_path), "m")
+    assert back == opts and back.crop_scales == (1.0, 0.875)  # a tuple again, not a list

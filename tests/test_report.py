@@ -456,3 +456,98 @@ def test_optuna_plots_name_the_metric(names, report, tmp_path):
     assert f'"colorbar":{{"title":{{"text":"{metric}"}}}}' in parallel
     assert f'"name":"{metric}"' in plots["Parameter importances"]
     assert f'"text":"{metric} per epoch"' in plots["Intermediate values"]
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    BROWSER is None,
+    reason="no chromium or chromium-browser on PATH (make test installs it with apt-get as root)",
+)
+# Put first in <head>: keeps what the page throws or logs with console.error as JSON on the
+# <html> element, where --dump-dom shows it. Chromium's own log tells uncaught errors
+# ("Uncaught ...") but not console.error from console.log.
+RECORDER = """<script>(function () {
+  var seen = [], root = document.documentElement, error = console.error;
+  function note(text) {
+    seen.push(String(text));
+    root.setAttribute("data-js-errors", JSON.stringify(seen));
+  }
+  window.addEventListener("error", function (e) { note(e.message); });  // "Uncaught ..."
+  window.addEventListener("unhandledrejection", function (e) { note("Unhandled " + e.reason); });
+  console.error = function () {
+    note([].join.call(arguments, " "));
+    error.apply(console, arguments);
+  };
+})();</script>"""
+
+
+class Plots(HTMLParser):
+    """Per plotly figure div (by id), how many drawn <svg class="main-svg"> it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.svgs: dict[str, int] = {}
+        self.plot: str | None = None
+        self.depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        classes = (dict(attrs).get("class") or "").split()
+        if self.plot is None and tag == "div" and "plotly-graph-div" in classes:
+            self.plot, self.depth = dict(attrs)["id"], 0
+            self.svgs[self.plot] = 0
+        if self.plot is not None:
+            self.depth += tag == "div"  # divs always close in Chromium's serialised DOM
+            self.svgs[self.plot] += tag == "svg" and "main-svg" in classes
+
+    def handle_endtag(self, tag):
+        if self.plot is not None and tag == "div":
+            self.depth -= 1
+            self.plot = None if self.depth == 0 else self.plot
+
+
+def render(page: str, out: Path) -> tuple[dict[str, int], list[str], list[str], Path]:
+    """Open ``page`` (HTML text) in headless Chromium at 1280 px wide: the drawn SVGs of each
+    plotly figure, the uncaught errors in Chromium's log, the errors the page recorded, and
+    a screenshot."""
+    path, png = out / "page.html", out / "page.png"
+    path.write_text(page.replace("<head>", "<head>" + RECORDER, 1), encoding="utf-8")
+    command = [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu"]
+    command += ["--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={out / 'profile'}"]
+    command += ["--enable-logging=stderr", "--v=0", "--hide-scrollbars"]
+    # Virtual time runs the page's timers to the end, so plotly has drawn when the DOM is read.
+    command += ["--virtual-time-budget=10000", "--window-size=1280,2400"]
+    command += [f"--screenshot={png}", "--dump-dom", path.as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = [x for x in done.stderr.splitlines() if "CONSOLE" in x and "Uncaught" in x]
+    recorded = re.search(r'<html[^>]* data-js-errors="([^"]*)"', done.stdout)
+    plots = Plots()
+    plots.feed(done.stdout)
+    return plots.svgs, logged, json.loads(unescape(recorded[1])) if recorded else [], png
+
+
+@needs_chromium
+def test_report_renders_in_chromium(experiment, report, tmp_path):
+    from PIL import Image
+
+    svgs, logged, recorded, png = render(report, tmp_path)
+    assert len(svgs) == report.count('class="plotly-graph-div"') == 8
+    assert [plot for plot, n in svgs.items() if n == 0] == []  # every figure drew
+    assert logged == [] and recorded == []
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(png) as image:
+        assert image.size == (1280, 2400)
+        assert image.convert("L").getextrema()[0] < 100  # not blank: there is dark text
+
+
+@needs_chromium
+def test_chromium_check_catches_a_js_error_and_an_undrawn_figure(report, tmp_path):
+    # The last figure's call to plotly goes nowhere, and a script fails after it.
+    last = report.rindex("Plotly.newPlot(")
+    page = report[:last] + "(function () {})(" + report[last + len("Plotly.newPlot(") :]
+    failing = "<script>console.error('deliberate'); null.deliberate();</script></body>"
+    svgs, logged, recorded, _ = render(page.replace("</body>", failing), tmp_path)
+    undrawn = [plot for plot, n in svgs.items() if n == 0]
+    assert undrawn == [re.findall(r'<div id="([^"]+)" class="plotly-graph-div"', report)[-1]]
+    assert len(logged) == 1 and "Uncaught TypeError" in logged[0]
+    assert recorded[0] == "deliberate" and recorded[1].startswith("Uncaught TypeError")

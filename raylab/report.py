@@ -489,16 +489,15 @@ def _table(header: list[str], rows: list) -> str:
     lines = [f"<table><tr>{ths}</tr>"]
     for row in rows:
         cells, mark = row if isinstance(row, tuple) else (row, False)
-        tds = "".join(
-            f"<td>{c}</td>"
-            if isinstance(c, _Html)
-            else f"<td class='num'>{_e(c)}</td>"
-            if _num(c) is not None
-            else f"<td>{_e(c)}</td>"
-            for c in cells
-        )
+        tds = "".join(_td(c) for c in cells)
         lines.append(f"<tr class='best'>{tds}</tr>" if mark else f"<tr>{tds}</tr>")
     return "\n".join(lines) + "</table>"
+
+
+def _td(cell: str) -> str:
+    if isinstance(cell, _Html):
+        return f"<td>{cell}</td>"
+    return f"<td class='num'>{_e(cell)}</td>" if _num(cell) is not None else f"<td>{_e(cell)}</td>"
 
 
 def _fmt(key: str, value) -> str:

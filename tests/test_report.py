@@ -4,21 +4,34 @@ folder (a real Optuna study in SQLite, Tune-style trial folders, a real PNG), no
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
-from html import escape
+import warnings
+from html import escape, unescape
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from optuna.exceptions import ExperimentalWarning
 
-from raylab.report import load_trials, pareto_front, write_report
+from raylab.report import (
+    NOTE_CHARS,
+    SEARCH_PLOTS,
+    at_chance,
+    load_trials,
+    num_classes,
+    pareto_front,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "exp_report"
 PRUNE_REASON = "t3d121 cannot take a 8x64x64 clip: needs T >= 29"
 ERROR = "RuntimeError: out of memory while allocating the batch"
 REPRODUCE = "python jobs/train.py --data /shards --model t3d --frames 16 --out runs/t3d-best"
+CLASSES = 8  # summary.json's num_classes: chance is 0.125, the best trial (0.6) well above
 # trial id -> (knobs, per-epoch (val_video_top1, train_loss), gmacs, status)
 TRIALS = {
     "aaaa0001": (
@@ -44,8 +57,9 @@ TRIALS = {
 }
 
 
-def make_experiment(root: Path) -> Path:
-    """An experiment folder as jobs/tune_t3d.py leaves it, with max_epochs 2."""
+def make_experiment(root: Path, metric_names: list[str] | None = None) -> Path:
+    """An experiment folder as jobs/tune_t3d.py leaves it, with max_epochs 2; the study's
+    objective is named ``metric_names`` when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,6 +73,8 @@ def make_experiment(root: Path) -> Path:
     study = optuna.create_study(
         study_name=NAME, storage=f"sqlite:///{exp / 'optuna.db'}", direction="maximize"
     )
+    if metric_names:
+        study.set_metric_names(metric_names)
     choices = {
         "family": ["t3d", "stm"],
         "depth": [121, 169, 201],
@@ -136,12 +152,13 @@ def make_experiment(root: Path) -> Path:
         "metrics": {"val_video_top1": 0.6, "val_video_top5": 0.9, "gmacs": 0.9},
         "best_trial": "aaaa0002",
         "reproduce": REPRODUCE,
+        "num_classes": CLASSES,
     }
     (exp / "summary.json").write_text(json.dumps(summary))
     (exp / "best").mkdir()
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.imshow([[3, 1], [0, 4]])
-    fig.savefig(exp / "best" / "confusion.png")
+    fig.savefig(exp / "best" / "confusion.png", bbox_inches="tight")
     plt.close(fig)
     per_class = {"per_class_acc": {"Walking": 0.75, "Running": 1.0}, "video_top1": 0.875}
     (exp / "best" / "evaluation.json").write_text(json.dumps(per_class))
@@ -184,23 +201,47 @@ def test_pareto_front_ties():
 
 
 def test_report_has_every_section_in_order(report):
-    titles = ["Best trial", "Trials", "Accuracy vs cost", "Learning curves", "Search", "Inspect"]
+    # The best trial's curves and the cost trade-off first; the details further down.
+    titles = [
+        "Best trial",
+        "Accuracy vs cost",
+        "Trials",
+        "Evaluation of the best trial",
+        "Learning curves of every trial",
+        "Search",
+        "Inspect",
+    ]
     positions = [report.index(f"<h2>{t}</h2>") for t in titles]
     assert positions == sorted(positions)
     assert report.index(f"Experiment {NAME}") < positions[0]
     assert "5 trials: 2 done, 1 stopped, 1 pruned, 1 error" in report
     assert "Best trial aaaa0002" in report
+    details = ["Confusion matrix", "Per-class accuracy", "Reproduce"]
+    details = [report.index(f"<h3>{t}</h3>") for t in details]
+    assert positions[3] < details[0] < details[1] < details[2] < positions[4]
+    optuna_plots = [report.index(f"<h3>{title}</h3>") for _, title, _ in SEARCH_PLOTS]
+    assert positions[5] < min(optuna_plots) and max(optuna_plots) < positions[6]
 
 
 def test_report_is_self_contained(report):
-    # Pareto, two learning curves and Optuna's four plots; plotly.js inlined exactly once.
-    assert report.count('class="plotly-graph-div"') == 7
+    # The best trial's curves, Pareto, two learning curves of every trial and Optuna's four
+    # plots; plotly.js inlined exactly once.
+    assert report.count('class="plotly-graph-div"') == 8
     assert report.count("<script>/**\n* plotly.js") == 1
     assert "<script src=" not in report
     assert report.count("<img alt='confusion matrix' src='data:image/png;base64,iVBORw0KGgo") == 1
     for title in ("Optimisation history", "Parallel coordinates", "Parameter importances"):
         assert f"<h3>{title}</h3>\n<div" in report
     assert "<h3>Intermediate values</h3>\n<div" in report
+
+
+def test_report_best_trial_curves_come_first(report):
+    best = report[report.index("<h2>Best trial</h2>") : report.index("<h2>Accuracy vs cost</h2>")]
+    assert "Trial aaaa0002, per epoch." in best
+    assert best.count('class="plotly-graph-div"') == 1
+    # Both curves are the best trial's: its two epochs' accuracy and loss.
+    assert '"y":[0.4,0.6]' in best and '"y":[1.9,1.2]' in best
+    assert '"text":"val_video_top1"' in best and '"text":"train_loss"' in best
 
 
 def test_report_best_trial_and_table(report):
@@ -234,7 +275,7 @@ def test_report_says_why_a_plot_is_missing(experiment, tmp_path):
     html = write_report(exp).read_text()
     assert "importances need at least 2 completed trials" in html
     assert html.count("Not drawn:") == 4
-    assert html.count('class="plotly-graph-div"') == 3  # Pareto and the learning curves
+    assert html.count('class="plotly-graph-div"') == 4  # the best trial, Pareto, every trial
     (exp / "optuna.db").unlink()
     assert "No study:" in write_report(exp).read_text()
 
@@ -253,7 +294,7 @@ def test_report_without_summary_rebuilds_from_trial_folders(experiment, tmp_path
     html = write_report(exp).read_text()
     assert "Best trial aaaa0002" in html  # the most accurate, without summary.json
     assert "No best/confusion.png" in html and "<img" not in html
-    assert html.count('class="plotly-graph-div"') == 7
+    assert html.count('class="plotly-graph-div"') == 8
     assert escape(PRUNE_REASON) in html and escape(ERROR) in html
 
 
@@ -280,3 +321,233 @@ def test_job_prints_the_report_and_trial_count(experiment, tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"report": str((exp / "report.html").resolve()), "trials": len(TRIALS)}
     assert Path(result["report"]).stat().st_size > 0
+
+
+def trials_table(html: str) -> str:
+    return html[html.index("<h2>Trials</h2>") : html.index("<h2>Evaluation of the best trial")]
+
+
+def test_trial_table_rows_are_one_line_with_numbered_notes(report):
+    table = trials_table(report)
+    # The error row sorts before the pruned one, so the error is note 1.
+    for n, text in ((1, ERROR), (2, PRUNE_REASON)):
+        assert len(text) > NOTE_CHARS  # both are cut in their cells
+        short = escape(text[:NOTE_CHARS].rstrip()) + "\u2026"
+        cell = f"<td><a href='#note-{n}'>[{n}]</a> <span title='{escape(text)}'>{short}</span></td>"
+        assert cell in table
+        assert table.count(f"<li id='note-{n}'>{escape(text)}</li>") == 1
+    assert "T >= 29" not in report  # escaped wherever it appears
+    # The full text is in a title and in the list, never a cell's text.
+    for cell in re.findall(r"<td>(.*?)</td>", table):
+        assert len(unescape(re.sub(r"<[^>]*>", "", cell))) <= len("[9] ") + NOTE_CHARS + 1
+    assert "<th>note</th>" in table and "<ol class='notes'>" in table
+
+
+class Cells(HTMLParser):
+    """The trial table's note spans (title, text) and its column headers, as a browser reads
+    them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: list[list[str]] = []
+        self.headers: list[str] = []
+        self.at: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "span":
+            self.spans.append([dict(attrs)["title"], ""])
+        self.at = tag if tag in ("span", "th") else self.at
+        if tag == "th":
+            self.headers.append("")
+
+    def handle_endtag(self, tag):
+        self.at = None if tag in ("span", "th") else self.at
+
+    def handle_data(self, data):
+        if self.at == "span":
+            self.spans[-1][1] += data
+        elif self.at == "th":
+            self.headers[-1] += data
+
+
+def test_trial_notes_are_escaped_and_empty_columns_dropped(experiment, tmp_path):
+    exp = copy_of(experiment, tmp_path)
+    rows = json.loads((exp / "trials.json").read_text())
+    tricky = "ValueError: <b>'quoted'</b> & \"double\" in a note\nspread over lines"
+    for row in rows:
+        row.pop("stride")  # no value in any row
+        if row["status"] == "error":
+            row["error"] = tricky
+    (exp / "trials.json").write_text(json.dumps(rows))
+    cells = Cells()
+    cells.feed(trials_table(write_report(exp).read_text()))
+    flat = " ".join(tricky.split())
+    assert [flat, flat[:NOTE_CHARS].rstrip() + "\u2026"] in cells.spans
+    assert "stride" not in cells.headers and "lr" in cells.headers
+
+
+def test_report_shows_chance_and_no_warning_above_it(report):
+    assert f"chance 0.125 ({CLASSES} classes)" in report
+    assert "class='warn'" not in report and "at chance level" not in report
+
+
+def test_report_warns_when_the_best_trial_is_at_chance(experiment, tmp_path):
+    exp = copy_of(experiment, tmp_path)
+    summary = json.loads((exp / "summary.json").read_text())
+    summary["metrics"]["val_video_top1"] = 0.15  # under 1.5 x 1/8
+    (exp / "summary.json").write_text(json.dumps(summary))
+    html = write_report(exp).read_text()
+    warning = "The best trial is at chance level (0.125 for 8 classes): the search found no"
+    assert html.count(warning) == 1
+    assert html.index(warning) < html.index("<h2>Best trial</h2>")  # near the top
+    assert "more epochs" in html and "learning-rate range" in html
+
+    # Without num_classes, best/evaluation.json has a key per class: 2, so 0.6 is chance.
+    del summary["num_classes"]
+    summary["metrics"]["val_video_top1"] = 0.6
+    (exp / "summary.json").write_text(json.dumps(summary))
+    html = write_report(exp).read_text()
+    assert "chance 0.5 (2 classes)" in html
+    assert "The best trial is at chance level (0.5 for 2 classes)" in html
+
+    # Without either, chance is unknown and the report says nothing of it.
+    (exp / "best" / "evaluation.json").unlink()
+    html = write_report(exp).read_text()
+    assert "chance" not in html[: html.index("<h2>Best trial</h2>")]
+    assert '"text":"chance"' not in html  # no chance line on the plots either
+
+
+def test_chance_level_and_its_margin():
+    assert num_classes({"num_classes": 8}, {"per_class_acc": {"a": 1.0, "b": 0.0}}) == 8
+    assert num_classes({}, {"per_class_acc": {"a": 1.0, "b": 0.0, "c": 0.5}}) == 3
+    assert num_classes({}, {}) is None
+    assert num_classes({"num_classes": 1}, {}) is None  # one class: no chance to beat
+    # At chance means not above 1.5 x 1 / classes.
+    assert at_chance(0.125, 8) and at_chance(0.1875, 8) and at_chance(0.0, 8)
+    assert not at_chance(0.19, 8) and not at_chance(0.6, 8)
+    assert at_chance(0.75, 2) and not at_chance(0.76, 2)
+
+
+def search_section(html: str) -> dict[str, str]:
+    """Optuna's plots in the report, by heading."""
+    search = html[html.index("<h2>Search</h2>") : html.index("<h2>Inspect</h2>")]
+    return {block.split("</h3>")[0]: block for block in search.split("<h3>")[1:]}
+
+
+@pytest.mark.parametrize("names", [None, ["val_video_top1"], ["clip_top1"]])
+def test_optuna_plots_name_the_metric(names, report, tmp_path):
+    # The fixture's study has no metric names: Optuna would say "Objective Value".
+    if names is None:
+        html = report
+    else:
+        with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            html = write_report(make_experiment(tmp_path, names)).read_text()
+    metric = (names or ["val_video_top1"])[0]
+    plots = search_section(html)
+    assert len(plots) == 4
+    for title, block in plots.items():
+        assert 'class="plotly-graph-div"' in block, title
+        assert "Objective" not in block, title
+    history, parallel = plots["Optimisation history"], plots["Parallel coordinates"]
+    assert f'"yaxis":{{"title":{{"text":"{metric}"}}}}' in history
+    assert f'"name":"{metric}"' in history
+    assert f'"ticktext":["{metric}",' in parallel  # the objective's axis, first
+    assert f'"colorbar":{{"title":{{"text":"{metric}"}}}}' in parallel
+    assert f'"name":"{metric}"' in plots["Parameter importances"]
+    assert f'"text":"{metric} per epoch"' in plots["Intermediate values"]
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    BROWSER is None,
+    reason="no chromium or chromium-browser on PATH (make test installs it with apt-get as root)",
+)
+# Put first in <head>: keeps what the page throws or logs with console.error as JSON on the
+# <html> element, where --dump-dom shows it. Chromium's own log tells uncaught errors
+# ("Uncaught ...") but not console.error from console.log.
+RECORDER = """<script>(function () {
+  var seen = [], root = document.documentElement, error = console.error;
+  function note(text) {
+    seen.push(String(text));
+    root.setAttribute("data-js-errors", JSON.stringify(seen));
+  }
+  window.addEventListener("error", function (e) { note(e.message); });  // "Uncaught ..."
+  window.addEventListener("unhandledrejection", function (e) { note("Unhandled " + e.reason); });
+  console.error = function () {
+    note([].join.call(arguments, " "));
+    error.apply(console, arguments);
+  };
+})();</script>"""
+
+
+class Plots(HTMLParser):
+    """Per plotly figure div (by id), how many drawn <svg class="main-svg"> it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.svgs: dict[str, int] = {}
+        self.plot: str | None = None
+        self.depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        classes = (dict(attrs).get("class") or "").split()
+        if self.plot is None and tag == "div" and "plotly-graph-div" in classes:
+            self.plot, self.depth = dict(attrs)["id"], 0
+            self.svgs[self.plot] = 0
+        if self.plot is not None:
+            self.depth += tag == "div"  # divs always close in Chromium's serialised DOM
+            self.svgs[self.plot] += tag == "svg" and "main-svg" in classes
+
+    def handle_endtag(self, tag):
+        if self.plot is not None and tag == "div":
+            self.depth -= 1
+            self.plot = None if self.depth == 0 else self.plot
+
+
+def render(page: str, out: Path) -> tuple[dict[str, int], list[str], list[str], Path]:
+    """Open ``page`` (HTML text) in headless Chromium at 1280 px wide: the drawn SVGs of each
+    plotly figure, the uncaught errors in Chromium's log, the errors the page recorded, and
+    a screenshot."""
+    path, png = out / "page.html", out / "page.png"
+    path.write_text(page.replace("<head>", "<head>" + RECORDER, 1), encoding="utf-8")
+    command = [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu"]
+    command += ["--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={out / 'profile'}"]
+    command += ["--enable-logging=stderr", "--v=0", "--hide-scrollbars"]
+    # Virtual time runs the page's timers to the end, so plotly has drawn when the DOM is read.
+    command += ["--virtual-time-budget=10000", "--window-size=1280,2400"]
+    command += [f"--screenshot={png}", "--dump-dom", path.as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = [x for x in done.stderr.splitlines() if "CONSOLE" in x and "Uncaught" in x]
+    recorded = re.search(r'<html[^>]* data-js-errors="([^"]*)"', done.stdout)
+    plots = Plots()
+    plots.feed(done.stdout)
+    return plots.svgs, logged, json.loads(unescape(recorded[1])) if recorded else [], png
+
+
+@needs_chromium
+def test_report_renders_in_chromium(experiment, report, tmp_path):
+    from PIL import Image
+
+    svgs, logged, recorded, png = render(report, tmp_path)
+    assert len(svgs) == report.count('class="plotly-graph-div"') == 8
+    assert [plot for plot, n in svgs.items() if n == 0] == []  # every figure drew
+    assert logged == [] and recorded == []
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(png) as image:
+        assert image.size == (1280, 2400)
+        assert image.convert("L").getextrema()[0] < 100  # not blank: there is dark text
+
+
+@needs_chromium
+def test_chromium_check_catches_a_js_error_and_an_undrawn_figure(report, tmp_path):
+    # The last figure's call to plotly goes nowhere, and a script fails after it.
+    last = report.rindex("Plotly.newPlot(")
+    page = report[:last] + "(function () {})(" + report[last + len("Plotly.newPlot(") :]
+    failing = "<script>console.error('deliberate'); null.deliberate();</script></body>"
+    svgs, logged, recorded, _ = render(page.replace("</body>", failing), tmp_path)
+    undrawn = [plot for plot, n in svgs.items() if n == 0]
+    assert undrawn == [re.findall(r'<div id="([^"]+)" class="plotly-graph-div"', report)[-1]]
+    assert len(logged) == 1 and "Uncaught TypeError" in logged[0]
+    assert recorded[0] == "deliberate" and recorded[1].startswith("Uncaught TypeError")

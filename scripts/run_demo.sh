@@ -28,7 +28,7 @@ ray job submit --no-wait --submission-id "$JOB" --working-dir . \
   || { cat "$ROOT/last-submit.log"; exit 1; }
 echo "submitted job $JOB (ray job logs $JOB; ray job stop $JOB)"
 ray job logs --follow "$JOB" | tee "$LOG"
-if ! ray job status "$JOB" 2>/dev/null | grep -q SUCCEEDED; then
+if ! ray job status "$JOB" 2>/dev/null | grep -q "succeeded"; then
   echo "job $JOB did not succeed: $(ray job status "$JOB" 2>&1 | tail -1)" >&2
   exit 1
 fi

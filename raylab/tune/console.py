@@ -48,8 +48,9 @@ def describe(config: dict) -> str:
 class TrialConsole(Callback):
     """One line per trial event on ``out``, and the table of trials at the end."""
 
-    def __init__(self, max_epochs: int, out: TextIO | None = None) -> None:
+    def __init__(self, max_epochs: int, stopper=None, out: TextIO | None = None) -> None:
         self.max_epochs = max_epochs
+        self.stopper = stopper  # a NotLearningStopper, to say why a trial stopped
         self.out = out
         self.best: dict[str, float] = {}
 
@@ -83,7 +84,12 @@ class TrialConsole(Callback):
         epochs = last.get("training_iteration", 0)
         best = self.best.get(trial.trial_id)
         tail = f", best val top-1 {best:.3f}" if best is not None else ""
-        if epochs < self.max_epochs:
+        if self.stopper is not None and trial.trial_id in self.stopper.stopped:
+            self._print(
+                f"trial {trial.trial_id} stopped after epoch {epochs}: not learning "
+                f"(val top-1 at most {self.stopper.floor:.3f}, 1.5x chance)"
+            )
+        elif epochs < self.max_epochs:
             self._print(f"trial {trial.trial_id} stopped early after epoch {epochs}{tail}")
         else:
             self._print(f"trial {trial.trial_id} finished {epochs} epochs{tail}")
@@ -135,6 +141,10 @@ def route_ray_logs(log_file: str | Path) -> Path:
     Call it before ``ray.init(configure_logging=False)``, which then leaves these handlers
     alone. A logger's own file handlers (Ray Data's session file) keep everything.
     """
+    import optuna
+
+    # Optuna adds its own stderr handler on first use; ours replace it.
+    optuna.logging.disable_default_handler()
     path = Path(log_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     to_file = logging.FileHandler(path)

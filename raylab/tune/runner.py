@@ -62,6 +62,7 @@ class TuneOptions:
     early_stopping: str = "asha"  # "asha", or "none": every trial trains max_epochs
     time_budget_s: float | None = None  # stop starting and running trials after this long
     dropout: float | None = None  # before every network's classifier; None: the model's
+    stop_at_chance_after: int | None = None  # epochs; a trial still at chance then stops
     crop_scales: tuple[float, ...] = TSN_SCALES  # training crop sides / short side
 
     def __post_init__(self) -> None:
@@ -243,6 +244,7 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from raylab.tune.console import TrialConsole
+    from raylab.tune.stopping import NotLearningStopper
 
     # Pruned trials report no accuracy, on purpose: Optuna then marks them PRUNED.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -290,6 +292,9 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
         storage=optuna.storages.RDBStorage(f"sqlite:///{options.study_path}"),
         study_name=options.name,
     )
+    stopper = None
+    if options.stop_at_chance_after and options.early_stopping != "none":
+        stopper = NotLearningStopper(limits.num_classes, options.stop_at_chance_after)
     if options.early_stopping == "asha":
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
@@ -320,7 +325,8 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
             # TrialConsole prints the search's story; Tune's reporter would repeat it in
             # tables of every config and result.
             verbose=0,
-            callbacks=[TrialConsole(options.max_epochs)],
+            callbacks=[TrialConsole(options.max_epochs, stopper)],
+            stop=stopper,
         ),
     )
 

@@ -104,8 +104,11 @@ def model_options(args: argparse.Namespace) -> dict:
 
 
 def default_scheme(model: str) -> str:
-    """TSN-style segments for the 2D-backbone families, dense clips for the 3D ones."""
-    return "segments" if model in ("stm", "tsn") else "dense"
+    """The model's own default sampling, from its input contract: TSN-style segments for
+    the 2D-backbone families, dense clips for the 3D ones."""
+    from raylab.models import MODEL_INFO
+
+    return MODEL_INFO[model].contract.scheme if model in MODEL_INFO else "dense"
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from raylab.models import MODEL_INFO, MODEL_NAMES, build_model
+from raylab.models import MODEL_INFO, MODEL_NAMES, build_model, input_contract
 from raylab.models.t3d import densenet3d
 
 # The smallest-cost input each model takes, for tiny-width runs.
@@ -250,3 +250,39 @@ def test_info_published_figures_are_within_5_percent_of_ours():
         with torch.device("meta"):
             n = sum(p.numel() for p in build_model(name, info.classes).parameters())
         assert abs(n / 1e6 / info.params_m - 1) < 0.05, name
+
+
+def _takes(name: str, options: dict, frames: int, size: int) -> bool:
+    """Whether the model runs a frames x size x size clip (on the meta device)."""
+    with torch.device("meta"):
+        model = build_model(name, 8, width=0.125, **options).eval()
+        try:
+            model(torch.empty(1, 3, frames, size, size))
+        except ValueError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [(n, {}) for n in MODEL_NAMES] + [("c3d", {"head": "pooled"})],
+)
+def test_input_contract_is_what_the_model_takes(name, options):
+    # The contract is data the search reads instead of building models to find out: it
+    # must agree with the model itself at every bound.
+    c = input_contract(name, **options)
+    assert c.kind in ("2d", "3d") and c.scheme in ("dense", "segments")
+    assert c.refusal(c.frames, c.size) is None  # the paper's input is taken
+    assert _takes(name, options, c.min_frames, c.min_size)
+    if c.min_frames > 1:
+        assert not _takes(name, options, c.min_frames - 1, c.min_size)
+        assert c.refusal(c.min_frames - 1, c.min_size)
+    if c.min_size > 1:
+        assert not _takes(name, options, c.min_frames, c.min_size - 1)
+    if c.max_frames is not None:
+        assert _takes(name, options, c.max_frames, c.min_size)
+        assert not _takes(name, options, c.max_frames + 1, c.min_size)
+    if c.max_size is not None:
+        assert _takes(name, options, c.min_frames, c.max_size)
+        assert not _takes(name, options, c.min_frames, c.max_size + 1)
+        assert c.refusal(c.min_frames, c.max_size + 1)

@@ -66,9 +66,9 @@ class TrialConsole(Callback):
                 f"trial {trial.trial_id} pruned before it started: {result.get('prune_reason')}"
             )
             return
-        value = _num(result.get(METRIC))
-        if value is None:
-            return
+        value = result.get(METRIC)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return  # no score this round
         self.best[trial.trial_id] = max(value, self.best.get(trial.trial_id, -1.0))
         epoch = result.get("training_iteration")
         self._print(
@@ -168,11 +168,3 @@ def route_ray_logs(log_file: str | Path) -> Path:
             if not any(h.level >= logging.WARNING for h in logger.handlers if h is not to_file):
                 logger.addHandler(to_console)
     return path
-
-
-def _num(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

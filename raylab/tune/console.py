@@ -22,9 +22,9 @@ from typing import TextIO
 
 from ray.tune import Callback
 
+from raylab.tune.runner import METRIC
 from raylab.tune.space import knobs
 
-METRIC = "val_video_top1"
 # Loggers of Ray's (and Optuna's) that print INFO records on a driver's console.
 LIBRARY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "optuna")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ray.tune import Stopper
 
-METRIC = "val_video_top1"
+from raylab.tune.runner import METRIC
 
 
 class NotLearningStopper(Stopper):

@@ -6,6 +6,8 @@
 
 Re-running the same command resumes an interrupted ingest. The last stdout line is a JSON
 object with the counts per split, the rejects and the paths of the manifest and ledger.
+Videos that a failure of the cluster (not their own fault) left unprocessed are listed in
+SHARDS/not_processed.jsonl; the job then exits with status 1 and the next run retries them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import sys
 
 from raylab.data.annotations import FORMATS
-from raylab.data.ingest import EncodeParams, ingest
+from raylab.data.ingest import EncodeParams, IngestIncomplete, ingest
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,16 +45,22 @@ def main(argv: list[str] | None = None) -> dict:
         crf=args.crf,
         flow=args.flow,
     )
-    summary = ingest(
-        args.source,
-        args.format,
-        args.out,
-        annotations=args.annotations,
-        split=args.split,
-        params=params,
-        rows_per_part=args.rows_per_part,
-        progress=not args.no_progress,
-    )
+    try:
+        summary = ingest(
+            args.source,
+            args.format,
+            args.out,
+            annotations=args.annotations,
+            split=args.split,
+            params=params,
+            rows_per_part=args.rows_per_part,
+            progress=not args.no_progress,
+        )
+    except IngestIncomplete as err:
+        print(json.dumps(vars(err.summary) | {"error": str(err)}))
+        raise SystemExit(str(err)) from err
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"ingest: {err}") from err
     result = vars(summary)
     print(
         f"ingested {summary.encoded} videos, rejected {summary.rejected}, skipped "

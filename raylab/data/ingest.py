@@ -10,6 +10,12 @@ Ingest runs one Ray task per video. Shard parts are written atomically (temporar
 then rename) and rejects are appended as they come, so an interrupted ingest re-run with
 the same arguments skips what is recorded and finishes the rest: nothing is encoded twice
 and nothing is duplicated.
+
+Only a video's own fault rejects it. A task that fails for any other reason (its worker or
+node died, the cluster went away, memory ran out, an error in the encoder) is no verdict on
+the video: Ray retries a lost task, and what still fails is listed in
+``SHARDS/not_processed.jsonl``, the manifest stays incomplete and :class:`IngestIncomplete`
+is raised. A failure of the cluster stops the run at once; the next run retries the rest.
 """
 
 from __future__ import annotations
@@ -287,6 +293,30 @@ def shard_schema(short_sides: Iterable[int], flow: bool = False) -> pa.Schema:
     return pa.schema(fields)
 
 
+class IngestIncomplete(RuntimeError):
+    """Some videos were not processed, for reasons that are not theirs; re-run to finish."""
+
+    def __init__(self, summary: IngestSummary, first_error: str) -> None:
+        self.summary = summary
+        super().__init__(
+            f"ingest into {summary.out} stopped: {summary.not_processed} videos not processed "
+            f"(first error: {first_error}); they are listed in {summary.not_processed_path}. "
+            "Nothing was rejected for it: re-run the same command once the cluster is healthy"
+        )
+
+
+# A task failure that is the infrastructure's (worker, node or cluster lost, memory): Ray has
+# already retried the task; the run stops rather than fail every remaining video the same way.
+def _cluster_failed(err: BaseException) -> bool:
+    import ray.exceptions
+
+    return not isinstance(err, ray.exceptions.RayTaskError)
+
+
+# Ledgers written before only a video's own fault rejected it: these reasons are retried.
+_NOT_A_VERDICT = ("undecodable: the decoder process failed",)
+
+
 @dataclass
 class IngestSummary:
     """What an ingest run left on disk; ``encoded``/``rejected`` count this run's work."""
@@ -299,6 +329,8 @@ class IngestSummary:
     encoded: int = 0
     rejected: int = 0
     skipped: int = 0
+    not_processed: int = 0
+    not_processed_path: str = ""
     seconds: float = 0.0
     reject_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -385,8 +417,7 @@ def _encode_task(source: str, entry: VideoEntry, label: int, params: EncodeParam
         encoded = encode_video(Path(source) / entry.path, params)
     except Rejected as err:
         return {"reject": str(err)}
-    except Exception as err:  # a crash must not lose the video: ledger it with the cause
-        return {"reject": f"undecodable: {type(err).__name__}: {err}"}
+    # Any other exception is no verdict on the video: it reaches the driver as a task error.
     return {
         "video_id": video_id_of(entry.path),
         "label": label,
@@ -452,7 +483,9 @@ def ingest(
     _write_manifest(out, manifest)
 
     rejects_path = out / "rejects.jsonl"
-    old_rejects = _read_rejects(rejects_path)
+    old_rejects = [
+        r for r in _read_rejects(rejects_path) if not r["reason"].startswith(_NOT_A_VERDICT)
+    ]
     # Rewrite the ledger clean: drops a half-written last line of an interrupted run.
     rejects_path.write_text("".join(json.dumps(r) + "\n" for r in old_rejects))
     rejected_keys = {(r["split"], r["path"]) for r in old_rejects}
@@ -462,6 +495,8 @@ def ingest(
 
     class_index = {c: i for i, c in enumerate(anns.classes)}
     summary = IngestSummary(str(out), str(old_path), str(rejects_path), {}, 0)
+    summary.not_processed_path = str(out / "not_processed.jsonl")
+    unprocessed: list[dict] = []
     todo: list[tuple[VideoEntry, int]] = []
     seen: set[tuple[str, str]] = set()
     ledger = rejects_path.open("a")
@@ -521,7 +556,9 @@ def ingest(
 
     if todo and not ray.is_initialized():
         ray.init(log_to_driver=False)
-    remote = ray.remote(num_cpus=1, max_retries=1)(_encode_task)
+    # Ray re-runs a task whose worker or node died; an exception raised by the task itself
+    # is not retried (the same bytes give the same error).
+    remote = ray.remote(num_cpus=1, max_retries=3)(_encode_task)
     cpus = ray.available_resources().get("CPU", 1) if todo else 1  # no Ray when all is done
     limit = max_in_flight or max(2, 2 * int(cpus))
     bar = progress_bar(
@@ -531,20 +568,36 @@ def ingest(
         unit="video",
         disable=not progress,
     )
+
+    def not_processed(entry: VideoEntry, err: BaseException | str) -> None:
+        error = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+        error = error.strip().splitlines()[0][:300] if error.strip() else type(err).__name__
+        unprocessed.append({"path": entry.path, "split": entry.split, "error": error})
+
     pending: dict = {}
     queue = list(reversed(todo))
+    stopped = False
     try:
-        while queue or pending:
-            while queue and len(pending) < limit:
+        while pending or (queue and not stopped):
+            while queue and not stopped and len(pending) < limit:
                 entry, label = queue.pop()
                 pending[remote.remote(str(source), entry, label, params)] = entry
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            try:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+            except Exception as err:  # the driver lost the cluster
+                for entry in pending.values():
+                    not_processed(entry, err)
+                pending.clear()
+                stopped = True
+                continue
             for ref in ready:
                 entry = pending.pop(ref)
                 try:
                     result = ray.get(ref)
-                except Exception as err:  # the task's worker died twice: ledger, go on
-                    result = {"reject": f"undecodable: the decoder process failed ({err})"}
+                except Exception as err:
+                    not_processed(entry, err)
+                    stopped = stopped or _cluster_failed(err)
+                    continue
                 if "reject" in result:
                     reject(entry, result["reject"])
                 else:
@@ -553,21 +606,36 @@ def ingest(
                     if len(buffers[entry.split]) >= rows_per_part:
                         flush(entry.split)
                 bar.update(1)
+        for entry, _ in queue:  # never started: the run stopped
+            not_processed(entry, "not started: the run stopped after a cluster failure")
         for split_name in list(buffers):
             flush(split_name)
     finally:
         bar.close()
         ledger.close()
 
+    not_processed_path = Path(summary.not_processed_path)
+    summary.not_processed = len(unprocessed)
+    if unprocessed:
+        not_processed_path.write_text("".join(json.dumps(r) + "\n" for r in unprocessed))
+    elif not_processed_path.exists():
+        not_processed_path.unlink()
+
     all_rejects = _read_rejects(rejects_path)
     summary.splits = _count_rows(out)
     summary.rejected_total = len(all_rejects)
     manifest |= {
-        "complete": True,
+        "complete": not unprocessed,
+        "not_processed": len(unprocessed),
         "splits": summary.splits,
         "rejected": summary.rejected_total,
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     _write_manifest(out, manifest)
     summary.seconds = round(time.time() - start, 2)
+    if unprocessed:
+        first = next(
+            (r for r in unprocessed if not r["error"].startswith("not started")), unprocessed[0]
+        )
+        raise IngestIncomplete(summary, f"{first['path']}: {first['error']}")
     return summary

@@ -215,8 +215,7 @@ def test_other_encoding_parameters_are_refused(ingested, source):
         )
 
 
-def test_killed_ingest_resumes_to_the_complete_set(tmp_path, ray_session):
-    src = tmp_path / "src"
+def _ten_videos_and_a_broken_one(src: Path) -> Path:
     lines = ["path,label,split"]
     for i in range(10):
         write_video(src / f"v{i}.mp4", noise_frames(40, 120, 160, seed=i))
@@ -224,8 +223,11 @@ def test_killed_ingest_resumes_to_the_complete_set(tmp_path, ray_session):
     (src / "bad.mp4").write_text("junk")
     lines.append("bad.mp4,a,train")
     (src / "list.csv").write_text("\n".join(lines) + "\n")
-    out = tmp_path / "shards"
-    cmd = [
+    return src
+
+
+def _ingest_command(src: Path, out: Path) -> list[str]:
+    return [
         sys.executable,
         str(REPO / "jobs/ingest.py"),
         "--source",
@@ -240,11 +242,30 @@ def test_killed_ingest_resumes_to_the_complete_set(tmp_path, ray_session):
         "2",
         "--no-progress",
     ]
-    env = os.environ | {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _assert_complete(out: Path) -> None:
+    """Every valid video stored once; the only reject is the broken file."""
+    assert sorted(r["video_id"] for r in _rows(out)) == sorted(f"v{i}" for i in range(10))
+    assert [r["path"] for r in _rejects(out)] == ["bad.mp4"]
+    assert load_manifest(out)["complete"]
+    assert not (out / "not_processed.jsonl").exists()
+
+
+def _wait_for_a_part(out: Path, proc: subprocess.Popen) -> None:
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("train/part-*.parquet")):
+        assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
+
+
+def test_killed_ingest_resumes_to_the_complete_set(tmp_path, ray_session):
+    src = _ten_videos_and_a_broken_one(tmp_path / "src")
+    out = tmp_path / "shards"
+    cmd = _ingest_command(src, out)
+    env = os.environ | {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_a_part(out, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = _rows(out)
@@ -253,12 +274,98 @@ def test_killed_ingest_resumes_to_the_complete_set(tmp_path, ray_session):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    rows = _rows(out)
-    ids = [r["video_id"] for r in rows]
-    assert sorted(ids) == sorted(f"v{i}" for i in range(10))  # complete, no duplicates
-    assert [r["path"] for r in _rejects(out)] == ["bad.mp4"]
+    _assert_complete(out)
     assert result["encoded"] == 10 - len(partial)
     assert result["splits"] == {"train": 10}
+
+
+def test_a_lost_cluster_rejects_no_valid_video(tmp_path, ray_session):
+    """The cluster dies mid-ingest: the job stops with one line and status 1, the videos it
+    could not process are listed as such (not rejected), and a re-run stores them all."""
+    from ray.cluster_utils import Cluster
+
+    src = _ten_videos_and_a_broken_one(tmp_path / "src")
+    out = tmp_path / "shards"
+    cmd = _ingest_command(src, out)
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False}
+    )
+    try:
+        env = os.environ | {"RAY_ADDRESS": cluster.address}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _wait_for_a_part(out, proc)
+    finally:
+        cluster.shutdown()
+    stdout, stderr = (b.decode() for b in proc.communicate(timeout=240))
+    assert proc.returncode == 1, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("ingest into") and "not processed" in line, line
+    assert "re-run" in line
+    assert all(r["path"] == "bad.mp4" for r in _rejects(out))  # no valid video rejected
+    listed = [json.loads(x) for x in (out / "not_processed.jsonl").read_text().splitlines()]
+    stored = {r["video_id"] for r in _rows(out)}
+    assert listed, "the stop must land mid-ingest"
+    assert {os.path.splitext(r["path"])[0] for r in listed}.isdisjoint(stored)
+    assert json.loads(stdout.strip().splitlines()[-1])["not_processed"] == len(listed)
+    with pytest.raises(ValueError, match="did not finish"):
+        load_manifest(out)
+    # A ledger line of an older ingest that took a lost task for a verdict is retried too.
+    legacy = {"path": listed[0]["path"], "split": "train"}
+    legacy["reason"] = "undecodable: the decoder process failed (The task's local raylet died)"
+    with (out / "rejects.jsonl").open("a") as ledger:
+        ledger.write(json.dumps(legacy) + "\n")
+
+    env = os.environ | {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    _assert_complete(out)
+
+
+def _session_workers_running(func: str) -> list[int]:
+    """Pids of this test session's Ray workers now running ``func`` (children of its raylet)."""
+    import ray
+
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit():
+                continue
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == raylet and (proc / "cmdline").read_bytes().startswith(
+                f"ray::{func}".encode()
+            ):
+                pids.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while being read
+    return pids
+
+
+def test_a_killed_encode_worker_is_retried_not_rejected(tmp_path, ray_session):
+    import threading
+
+    src = _ten_videos_and_a_broken_one(tmp_path / "src")
+    out = tmp_path / "shards"
+    killed: list[int] = []
+    finished = threading.Event()
+
+    def kill_one_encoder() -> None:
+        while not killed and not finished.is_set():
+            for pid in _session_workers_running("_encode_task")[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one_encoder)
+    killer.start()
+    try:
+        summary = ingest(src, "csv", out, annotations=src / "list.csv", progress=False)
+    finally:
+        finished.set()
+        killer.join()
+    assert killed, "no encode task's worker was killed"
+    assert summary.not_processed == 0 and summary.encoded == 10
+    _assert_complete(out)
 
 
 def test_flow_is_quantised_symmetrically_and_clipped():

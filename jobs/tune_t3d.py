@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     from raylab.report import write_report
     from raylab.tune.console import route_ray_logs
     from raylab.tune.runner import (
+        NoTrialScored,
         build_tuner,
         load_options,
         local_dir,
@@ -263,7 +264,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"interrupted; continue with: {resume}", file=sys.stderr)
         print(json.dumps(summary))
         return summary
-    summary = summarise(options, results)
+    try:
+        summary = summarise(options, results)
+    except NoTrialScored as err:
+        raise SystemExit(f"tune_t3d: {err}") from err
     summary["report"] = f"{options.experiment_dir}/report.html"
     summary["logs"] = {"driver": str(ray_log), "ray_session": "/tmp/ray/session_latest/logs"}
     local = local_dir(options)  # the experiment folder, or its local copy for s3:// results

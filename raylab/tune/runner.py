@@ -496,6 +496,32 @@ def reproduce_command(config: dict, shards: str, epochs: int) -> str:
     return " ".join(parts)
 
 
+class NoTrialScored(RuntimeError):
+    """The search ended before any trial was scored."""
+
+
+def release_placement_groups() -> list[str]:
+    """Remove this job's placement groups still holding resources; returns their ids.
+
+    When ``time_budget_s`` ends a search, Tune can leave the placement group of a trial it
+    stopped (or staged for one it never started) reserved after ``fit()`` returns; the
+    final evaluation would then wait forever for the CPU it holds. Call once the search
+    is over: no trial of this job needs one any more.
+    """
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    job = ray.get_runtime_context().get_job_id()
+    removed = []
+    for pg_id, info in ray.util.placement_group_table().items():
+        # A placement group's id ends with the id of the job that created it.
+        if pg_id.endswith(job) and info["state"] in ("CREATED", "PENDING", "RESCHEDULING"):
+            remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+            removed.append(pg_id)
+    return removed
+
+
 def summarise(options: TuneOptions, results) -> dict:
     """Rank the trials, evaluate the best one's best checkpoint multi-view on the validation
     split (confusion matrix in ``best/``), and return the job's result."""
@@ -504,6 +530,7 @@ def summarise(options: TuneOptions, results) -> dict:
     from raylab.data.ingest import load_manifest
     from raylab.train.evaluate import plot_confusion, predict, report_metrics
 
+    release_placement_groups()
     rows = trial_table(results, options.max_epochs)
     exp = local_experiment(options)
     (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
@@ -512,8 +539,13 @@ def summarise(options: TuneOptions, results) -> dict:
         s: sum(r["status"] == s for r in rows) for s in ("done", "stopped", "pruned", "error")
     }
     if not scored:
-        raise RuntimeError(
+        raise NoTrialScored(
             f"no trial of {exp} finished an epoch ({counts}); see {exp / 'trials.json'}"
+            + (
+                f"; a longer --time-budget than {options.time_budget_s:g} s lets one finish"
+                if options.time_budget_s
+                else ""
+            )
         )
     best = max(scored, key=lambda r: (r[METRIC], -(r.get("gmacs") or 0)))
     run = f"{options.experiment_dir}/train_runs/train-{best['trial_id']}"

@@ -156,3 +156,23 @@ def test_search_methods_are_checked_and_travel_with_the_options(tmp_path):
     save_options(opts)
     back = load_options(str(tmp_path), "m")
     assert back == opts and back.crop_scales == (1.0, 0.875)  # a tuple again, not a list
+
+
+def test_placement_groups_left_by_the_search_are_released(ray_session):
+    """A placement group a stopped trial left reserved would starve the final evaluation."""
+    import time
+
+    from ray.util.placement_group import placement_group
+
+    from raylab.tune.runner import release_placement_groups
+
+    cpus = ray_session.cluster_resources()["CPU"]
+    held = placement_group([{"CPU": 1}])
+    ray_session.get(held.ready(), timeout=60)
+    assert ray_session.available_resources().get("CPU", 0) <= cpus - 1
+    assert held.id.hex() in release_placement_groups()
+    deadline = time.time() + 30
+    while ray_session.available_resources().get("CPU", 0) < cpus and time.time() < deadline:
+        time.sleep(0.1)
+    assert ray_session.available_resources().get("CPU", 0) == cpus
+    assert ray_session.util.placement_group_table(held)["state"] == "REMOVED"

@@ -382,6 +382,8 @@ def trial_table(results, max_epochs: int) -> list[dict]:
             row["best_checkpoint"] = _plain(frame.get("checkpoint_path", {}).get(best))
             if row["status"] == "done" and row["epochs"] < max_epochs:
                 row["status"] = "stopped"
+        elif row["status"] == "done":  # ended (by the time budget) before its first epoch
+            row["status"] = "stopped"
         rows.append(row)
     return rows
 

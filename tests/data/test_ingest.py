@@ -434,3 +434,150 @@ def test_shard_rows_mix_classes(demo_shards):
     assert len(labels) == 24 and sorted(set(labels)) == list(range(8))
     changes = sum(a != b for a, b in zip(labels[:-1], labels[1:], strict=True))
     assert changes > 15, labels  # 7 in list order, about 20 when shuffled
+
+
+# Each format's own layout, ingested end to end: expected rows (video_id, class, split) and
+# rejects (path: start of the reason). One real tiny H.264 file is copied to every video.
+def _hmdb51_tree(root: Path, video: Path) -> dict:
+    splits = root / "splits"
+    splits.mkdir(parents=True)
+    # Real lines end with a space after the tag; tag 0: not in this split.
+    (splits / "jump_test_split1.txt").write_text("j1.avi 1 \nj2.avi 2 \nj3.avi 0 \nj1.avi 1 \n")
+    (splits / "wave_test_split1.txt").write_text("w1.avi 1 \nw2.avi 2 \n")
+    for rel in ("jump/j1.avi", "jump/j2.avi", "jump/j3.avi", "wave/w1.avi", "wave/w2.avi"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, root / rel)
+    return {
+        "annotations": splits,
+        "classes": ["jump", "wave"],
+        "rows": {
+            ("jump/j1", "jump", "train"),
+            ("jump/j2", "jump", "val"),
+            ("wave/w1", "wave", "train"),
+            ("wave/w2", "wave", "val"),
+        },
+        "rejects": {"jump/j1.avi": "duplicate"},
+    }
+
+
+def _kinetics_tree(root: Path, video: Path) -> dict:
+    ann = root / "annotations"
+    ann.mkdir(parents=True)
+    (ann / "train.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "abseiling,aaa,0,10,train\n"
+        '"air drumming",bbb,5,15,train\n'
+        "abseiling,aaa,0,10,train\n"  # listed twice
+        "yoga,gone,0,10,train\n"  # never downloaded
+    )
+    (ann / "validate.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\nabseiling,ccc,1,11,validate\n"
+    )
+    # The test set has no labels: not ingested, neither row nor reject.
+    (ann / "test.csv").write_text("youtube_id,time_start,time_end,split\nttt,0,10,test\n")
+    videos = root / "videos"
+    for rel in (
+        "train/abseiling/aaa_000000_000010.mp4",
+        "train/air drumming/bbb_000005_000015.mkv",
+        "val/abseiling/ccc_000001_000011.mp4",
+        "test/ttt_000000_000010.mp4",
+    ):
+        (videos / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, videos / rel)
+    return {
+        "source": videos,
+        "annotations": ann,
+        "classes": ["abseiling", "air drumming", "yoga"],
+        "rows": {
+            ("train/abseiling/aaa_000000_000010", "abseiling", "train"),
+            ("train/air drumming/bbb_000005_000015", "air drumming", "train"),
+            ("val/abseiling/ccc_000001_000011", "abseiling", "val"),
+        },
+        "rejects": {
+            "train/abseiling/aaa_000000_000010.mp4": "duplicate",
+            "gone_000000_000010.mp4": "missing file",
+        },
+    }
+
+
+def _ssv2_tree(root: Path, video: Path) -> dict:
+    push, pull = "Pushing [something]", "Pulling [something]"
+    (root / "labels.json").write_text(
+        json.dumps({"Pushing something": "0", "Pulling something": "1"})
+    )
+    (root / "train.json").write_text(
+        json.dumps(
+            [
+                {"id": "1", "template": push},
+                {"id": "2", "template": pull},
+                {"id": "1", "template": push},
+                {"id": "3", "template": "Spinning [something]"},  # not in labels.json
+            ]
+        )
+    )
+    (root / "validation.json").write_text(json.dumps([{"id": "4", "template": pull}]))
+    (root / "test.json").write_text(json.dumps([{"id": "5"}]))
+    for n in range(1, 6):
+        shutil.copy(video, root / f"{n}.webm")  # FFmpeg reads the content, not the name
+    return {
+        "classes": ["Pushing something", "Pulling something"],  # labels.json's order
+        "rows": {
+            ("1", "Pushing something", "train"),
+            ("2", "Pulling something", "train"),
+            ("4", "Pulling something", "val"),
+        },
+        "rejects": {"1.webm": "duplicate", "3.webm": "unknown class"},
+    }
+
+
+def _folders_tree(root: Path, video: Path) -> dict:
+    for rel in ("train/run/a.mp4", "train/run/a.avi", "train/sit/b.mp4", "val/sit/c.mp4"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, root / rel)
+    (root / "train/sit/notes.txt").write_text("not a video")
+    return {
+        "classes": ["run", "sit"],
+        "rows": {("train/run/a", "run", "train"), ("train/sit/b", "sit", "train")}
+        | {("val/sit/c", "sit", "val")},
+        "rejects": {"train/run/a.mp4": "duplicate", "train/sit/notes.txt": "not a video"},
+    }
+
+
+@pytest.mark.parametrize(
+    "fmt, tree",
+    [
+        ("hmdb51", _hmdb51_tree),
+        ("kinetics", _kinetics_tree),
+        ("ssv2", _ssv2_tree),
+        ("folders", _folders_tree),
+    ],
+)
+def test_each_format_ingests_end_to_end(fmt, tree, tmp_path, ray_session):
+    video = tmp_path / "tiny.mp4"
+    write_video(video, noise_frames(6, 32, 48))
+    root = tmp_path / "src"
+    root.mkdir()
+    expected = tree(root, video)
+    out = tmp_path / "shards"
+    summary = ingest(
+        expected.get("source", root),
+        fmt,
+        out,
+        annotations=expected.get("annotations"),
+        params=EncodeParams(short_sides=(32,)),
+        progress=False,
+    )
+    rows = {(r["video_id"], r["label_name"], r["split"]) for r in _rows(out)}
+    assert rows == expected["rows"]
+    assert len(_rows(out)) == len(rows)  # no row twice
+    rejects = {r["path"]: r["reason"] for r in _rejects(out)}
+    assert rejects.keys() == expected["rejects"].keys()
+    for path, reason in expected["rejects"].items():
+        assert rejects[path].startswith(reason), rejects[path]
+    manifest = load_manifest(out)
+    assert manifest["classes"] == expected["classes"]
+    splits = {s: sum(r[2] == s for r in rows) for s in {r[2] for r in rows}}
+    assert manifest["splits"] == splits and manifest["rejected"] == len(rejects)
+    assert summary.encoded == len(rows)
+    labels = pq.read_table(out / "train", columns=["label", "label_name"]).to_pylist()
+    assert all(manifest["classes"][r["label"]] == r["label_name"] for r in labels)

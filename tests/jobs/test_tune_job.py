@@ -282,3 +282,38 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(
         # A finished trial is not trained again: the same epochs, no resume event.
         assert after[trial] == before[trial], trial
     assert Path(result["report"]).exists()
+
+
+def test_configurations_the_data_cannot_feed_are_pruned_with_their_reason(
+    demo_shards, ray_head, tmp_path
+):
+    """A crop of 128 from shards stored at short side 64 cannot be cut: such draws are
+    PRUNED before they start, with the reason in the study, trials.json and the report,
+    and the search goes on to score the others."""
+    name = "pruning"
+    args = ["--data", str(demo_shards), "--root", str(tmp_path), "--name", name]
+    tiny = [*TINY[: TINY.index("--size")], *TINY[TINY.index("--size") + 2 :]]
+    search = ["--num-samples", "4", "--max-epochs", "1", "--size", "48", "128", *tiny]
+    env = ray_head["env"] | {"RAY_ADDRESS": ray_head["address"]}
+    job = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), *args, *search]
+    done = subprocess.run(job, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = last_json(done.stdout)
+    experiment = tmp_path / "results" / name
+    rows = json.loads((experiment / "trials.json").read_text())
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    assert pruned and len(pruned) < len(rows) == 4, rows
+    reason = "resolution 128 is cropped from frames at short side 128, above the stored"
+    assert all(r["size"] == 128 and r["prune_reason"].startswith(reason) for r in pruned)
+    assert all(r["size"] == 48 for r in rows if r["status"] != "pruned")
+    assert result["trials"]["pruned"] == len(pruned)
+    assert f"trial {pruned[0]['trial_id']} pruned before it started" in done.stderr
+    with sqlite3.connect(f"file:{experiment / 'optuna.db'}?mode=ro", uri=True) as con:
+        states = con.execute(
+            "SELECT t.state, a.value_json FROM trials t JOIN trial_user_attributes a "
+            "ON a.trial_id = t.trial_id AND a.key = 'prune_reason'"
+        ).fetchall()
+    assert len(states) == len(pruned) and {s for s, _ in states} == {"PRUNED"}
+    assert all(json.loads(v).startswith(reason) for _, v in states)
+    report = Path(result["report"]).read_text()
+    assert reason in report

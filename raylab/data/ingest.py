@@ -6,6 +6,10 @@ on. Videos are decoded with PyAV (anything FFmpeg reads) and re-encoded as H.264
 rendition's short side with a short, fixed key-frame interval and no B-frames, so that
 decoding a clip costs little more than the clip itself.
 
+Renditions hold what a player shows: rotation and mirror tags applied, non-square pixels
+stretched to their displayed width, hidden frames (VP9 alt-ref) left out, every shown frame
+kept at the shown frames' average rate (see :func:`encode_video`).
+
 Ingest runs one Ray task per video. Shard parts are written atomically (temporary name,
 then rename) and rejects are appended as they come, so an interrupted ingest re-run with
 the same arguments skips what is recorded and finishes the rest: nothing is encoded twice
@@ -197,12 +201,90 @@ def _new_encoder_sized(h: int, w: int, rate: Fraction, params: EncodeParams, crf
     return buf, out, stream
 
 
-def encode_video(path: Path, params: EncodeParams) -> dict:
-    """Decode ``path`` and re-encode it at every rendition.
+@dataclass(frozen=True)
+class Orientation:
+    """How to turn stored pixels into displayed ones: transpose, then flip rows / columns."""
 
-    Returns ``num_frames``, ``fps``, ``height``, ``width`` (of the source) and one bytes
-    value per rendition column. Raises :class:`Rejected` with the reason when the file is
-    empty, not a video, truncated or undecodable, or has no frames.
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    def __bool__(self) -> bool:
+        return self.transpose or self.flip_rows or self.flip_cols
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (rows, columns, ...) as displayed."""
+        if self.transpose:
+            image = image.swapaxes(0, 1)
+        if self.flip_rows:
+            image = image[::-1]
+        if self.flip_cols:
+            image = image[:, ::-1]
+        return image
+
+
+def orientation_of(matrix: np.ndarray | None) -> Orientation:
+    """The orientation an FFmpeg display matrix (9 int32, row-major) asks for.
+
+    The matrix maps a stored pixel (x, y) to a displayed one (x', y') with x' = a x + c y,
+    y' = b x + d y (y down). Players rotate by any angle; a video frame can only turn by
+    quarter turns, so an angle in between is taken to the nearest quarter turn.
+    """
+    if matrix is None:
+        return Orientation()
+    a, b, c, d = (float(v) for v in np.asarray(matrix, dtype=np.int64)[[0, 1, 3, 4]])
+    if a == b == c == d == 0:  # degenerate: ignore, as players do
+        return Orientation()
+    if abs(a) + abs(d) >= abs(b) + abs(c):
+        return Orientation(flip_cols=a < 0, flip_rows=d < 0)
+    # Transposed: x' comes from y (sign of c), y' from x (sign of b).
+    return Orientation(transpose=True, flip_rows=b < 0, flip_cols=c < 0)
+
+
+def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    for side in frame.side_data:
+        if side.type.name == "DISPLAYMATRIX":
+            return np.frombuffer(bytes(side), dtype=np.int32)
+    return None
+
+
+def _orient_frame(frame: av.VideoFrame, orientation: Orientation) -> av.VideoFrame:
+    """``frame`` (a planar format such as yuv420p) turned plane by plane, without a colour
+    conversion."""
+    planes = [np.ascontiguousarray(orientation.apply(np.from_dlpack(p))) for p in frame.planes]
+    return av.VideoFrame.from_dlpack(planes, format=frame.format.name)
+
+
+def _retime(video: bytes, frame_rate: Fraction) -> bytes:
+    """The MP4 ``video`` with its frames at ``frame_rate``: the same packets, re-stamped."""
+    buf = io.BytesIO()
+    with av.open(io.BytesIO(video)) as src, av.open(buf, mode="w", format="mp4") as out:
+        stream = src.streams.video[0]
+        dst = out.add_stream_from_template(stream)
+        # No B-frames: decode order is display order, so packet i is frame i.
+        for i, packet in enumerate(p for p in src.demux(stream) if p.size):
+            packet.pts = packet.dts = i
+            packet.duration = 1
+            packet.time_base = 1 / frame_rate
+            packet.stream = dst
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def encode_video(path: Path, params: EncodeParams) -> dict:
+    """Decode ``path`` and re-encode it at every rendition, as a player displays it.
+
+    Returns ``num_frames``, ``fps``, ``height``, ``width`` and one bytes value per rendition
+    column. Raises :class:`Rejected` with the reason when the file is empty, not a video,
+    truncated or undecodable, or has no frames.
+
+    What is stored is what a player shows. A rotation or mirror tag (the display matrix
+    phones write beside landscape pixels) is applied to the pixels; non-square pixels
+    (a sample aspect ratio other than 1) are stretched to their displayed width; ``height``
+    and ``width`` are the displayed size. ``num_frames`` counts the frames the decoder
+    outputs: hidden frames (VP9's alt-ref) are no frames, though a container may list them.
+    Frames are stored at one constant rate, all of them, in order; ``fps`` is the source's
+    average rate over its displayed frames (for a variable-rate video, its mean).
     """
     if path.stat().st_size == 0:
         raise Rejected("empty file (0 bytes)")
@@ -226,33 +308,50 @@ def encode_video(path: Path, params: EncodeParams) -> dict:
         expected = stream.frames  # 0 when the container does not say
         encoders: list = []
         flows: list[FlowEncoder] = []
-        n = 0
+        orientation = Orientation()
+        n = packets = 0
         height = width = 0
+        first_time = last_time = None
         try:
-            for frame in container.decode(stream):
-                if not encoders:
-                    height, width = frame.height, frame.width
-                    encoders = [
-                        (s, *_new_encoder(s, height, width, rate, params))
-                        for s in params.short_sides
-                    ]
-                    if params.flow:
-                        flows = [
-                            FlowEncoder(params.flow, s, height, width, rate, params)
+            for packet in container.demux(stream):
+                packets += packet.size > 0
+                for frame in packet.decode():
+                    if not encoders:
+                        orientation = orientation_of(_display_matrix(frame))
+                        height, width = _displayed_size(stream, frame, orientation)
+                        encoders = [
+                            (s, *_new_encoder(s, height, width, rate, params))
                             for s in params.short_sides
                         ]
-                for i, (_, _, muxer, enc) in enumerate(encoders):
-                    small = frame.reformat(
-                        width=enc.width, height=enc.height, format=params.pix_fmt
-                    )
-                    if params.flow:
-                        flows[i].add(small.to_ndarray(format="gray"))
-                    # Renumber frames: constant frame rate, whatever the source's timestamps.
-                    small.pts, small.time_base = n, 1 / rate
-                    # A decoded source key frame would force one here: keep the GOP fixed.
-                    small.pict_type = PictureType.NONE
-                    muxer.mux(enc.encode(small))
-                n += 1
+                        if params.flow:
+                            flows = [
+                                FlowEncoder(params.flow, s, height, width, rate, params)
+                                for s in params.short_sides
+                            ]
+                    if frame.time is not None:
+                        first_time = frame.time if first_time is None else first_time
+                        last_time = frame.time
+                    for i, (_, _, muxer, enc) in enumerate(encoders):
+                        # Scale to the rendition's size before turning it: cheaper.
+                        w, h = (
+                            (enc.height, enc.width)
+                            if orientation.transpose
+                            else (
+                                enc.width,
+                                enc.height,
+                            )
+                        )
+                        small = frame.reformat(width=w, height=h, format=params.pix_fmt)
+                        if orientation:
+                            small = _orient_frame(small, orientation)
+                        if params.flow:
+                            flows[i].add(small.to_ndarray(format="gray"))
+                        # Renumber frames: constant frame rate, whatever the source's timestamps.
+                        small.pts, small.time_base = n, 1 / rate
+                        # A decoded source key frame would force one here: keep the GOP fixed.
+                        small.pict_type = PictureType.NONE
+                        muxer.mux(enc.encode(small))
+                    n += 1
         except (av.FFmpegError, ValueError) as err:
             if n == 0:
                 raise Rejected(f"undecodable: no frame could be decoded ({err})") from err
@@ -262,17 +361,44 @@ def encode_video(path: Path, params: EncodeParams) -> dict:
         if n == 0:
             raise Rejected("zero frames: the video stream holds no decodable frame")
         # A short read of an indexed container (MP4's sample table, AVI's index) means the
-        # data ends early; tolerate the off-by-a-few counts some muxers write.
-        if expected and n < expected - max(2, expected // 20):
-            raise Rejected(f"truncated: the container lists {expected} frames, {n} decode")
-        result: dict = {"num_frames": n, "fps": float(rate), "height": height, "width": width}
+        # data ends early; tolerate the off-by-a-few counts some muxers write. Packets, not
+        # frames: hidden frames are listed and read but never shown.
+        if expected and packets < expected - max(2, expected // 20):
+            raise Rejected(f"truncated: the container lists {expected} frames, {packets} read")
+        shown_rate = _average_rate(n, first_time, last_time)
+        result: dict = {"num_frames": n, "height": height, "width": width}
+        # The container's rate counts hidden frames and guesses for variable-rate video:
+        # when the displayed frames' own rate differs, re-stamp the stored frames with it.
+        retime = shown_rate is not None and abs(shown_rate / rate - 1) > 0.005
+        final_rate = shown_rate if retime else rate
+        result["fps"] = float(final_rate)
         for short_side, buf, out, enc in encoders:
             out.mux(enc.encode())
             out.close()
-            result[rendition_column(short_side)] = buf.getvalue()
+            video = buf.getvalue()
+            result[rendition_column(short_side)] = _retime(video, final_rate) if retime else video
         for short_side, flow in zip(params.short_sides, flows, strict=False):
-            result[flow_column(short_side)] = flow.finish()
+            video = flow.finish()
+            result[flow_column(short_side)] = _retime(video, final_rate) if retime else video
         return result
+
+
+def _displayed_size(stream, frame: av.VideoFrame, orientation: Orientation) -> tuple[int, int]:
+    """(height, width) a player shows: non-square pixels stretched in width, then turned."""
+    height, width = frame.height, frame.width
+    aspect = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    if aspect and aspect > 0 and aspect != 1:
+        width = max(2, round(width * aspect))
+    return (width, height) if orientation.transpose else (height, width)
+
+
+def _average_rate(n: int, first: float | None, last: float | None) -> Fraction | None:
+    """Frames per second over ``n`` displayed frames spanning ``first`` .. ``last`` seconds
+    (the span from the first frame's start to the last's); None when the timestamps say
+    nothing."""
+    if n < 2 or first is None or last is None or last <= first:
+        return None
+    return Fraction((n - 1) / (last - first)).limit_denominator(1001)
 
 
 def shard_schema(short_sides: Iterable[int], flow: bool = False) -> pa.Schema:

@@ -17,7 +17,13 @@ import decord
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from videos import counter_frames, noise_frames, write_video
+from videos import (
+    counter_frames,
+    frame_index,
+    noise_frames,
+    write_video,
+    write_vp9_with_hidden_frames,
+)
 
 from raylab.data.ingest import EncodeParams, ingest, load_manifest
 
@@ -36,6 +42,7 @@ GOOD = {
     "awkward/portrait.mp4": "bunny",
     "awkward/odd_size.avi": "bikes",
     "awkward/three_frames.mp4": "phone",
+    "awkward/phone_rotated.mp4": "bunny",
 }
 BAD = {
     "bad/missing.mp4": ("bikes", "missing file"),
@@ -46,6 +53,23 @@ BAD = {
     "bad/zero_frames.avi": ("bunny", "zero frames"),
     "bad/audio_only.m4a": ("bikes", "not a video: no video stream"),
 }
+
+
+def _marked_frames(n: int, height: int, width: int) -> np.ndarray:
+    """Dark frames with a bright top-left quadrant: which way up they are shows."""
+    frames = np.full((n, height, width, 3), 30, np.uint8)
+    frames[:, : height // 2, : width // 2] = 220
+    return frames
+
+
+def _bright_quadrant(image: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the brightest quadrant of an image, each 0 or 1."""
+    h, w = image.shape[:2]
+    means = [
+        [image[r * h // 2 : (r + 1) * h // 2, c * w // 2 : (c + 1) * w // 2].mean() for c in (0, 1)]
+        for r in (0, 1)
+    ]
+    return divmod(int(np.argmax(means)), 2)
 
 
 def _build_source(root: Path, real_videos: dict[str, Path]) -> Path:
@@ -63,6 +87,8 @@ def _build_source(root: Path, real_videos: dict[str, Path]) -> Path:
     write_video(a / "portrait.mp4", noise_frames(12, 160, 96))
     write_video(a / "odd_size.avi", noise_frames(10, 75, 101), codec="mjpeg", pix_fmt="yuvj420p")
     write_video(a / "three_frames.mp4", counter_frames(3, 64, 64))
+    # A phone's portrait video: landscape pixels tagged "turn 90 degrees clockwise".
+    write_video(a / "phone_rotated.mp4", _marked_frames(4, 48, 64), rotation=-90)
 
     b = root / "bad"
     b.mkdir()
@@ -150,7 +176,7 @@ def test_manifest_and_schema(ingested):
     assert manifest["classes"] == ["bikes", "bunny", "phone"]
     assert manifest["renditions"] == [64, 128]
     assert manifest["encoding"]["keyframe_interval"] == 8
-    assert manifest["splits"] == {"train": 9, "val": 2}
+    assert manifest["splits"] == {"train": 9, "val": 3}
     assert manifest["rejected"] == len(BAD)
     assert manifest["schema_version"] == 1 and manifest["complete"] is True
     part = next(out.glob("train/part-*.parquet"))
@@ -184,6 +210,10 @@ def test_stored_renditions_decode_with_all_frames(ingested, real_videos):
     vr = decord.VideoReader(io.BytesIO(portrait["video_64"]), num_threads=1)
     assert vr[0].shape[:2] == (106, 64)  # portrait kept portrait, short side 64
     assert rows["awkward/three_frames"]["num_frames"] == 3
+    phone = rows["awkward/phone_rotated"]
+    assert (phone["height"], phone["width"], phone["num_frames"]) == (64, 48, 4)
+    vr = decord.VideoReader(io.BytesIO(phone["video_64"]), num_threads=1)
+    assert vr[0].shape[:2] == (86, 64) and _bright_quadrant(vr[0].asnumpy()) == (0, 1)
     assert rows["real/carphone"]["fps"] == pytest.approx(29.97, abs=0.01)
     # Fixed key-frame interval: key frames exactly every 8 frames.
     vr = decord.VideoReader(io.BytesIO(bikes["video_128"]), num_threads=1)
@@ -581,3 +611,71 @@ def test_each_format_ingests_end_to_end(fmt, tree, tmp_path, ray_session):
     assert summary.encoded == len(rows)
     labels = pq.read_table(out / "train", columns=["label", "label_name"]).to_pylist()
     assert all(manifest["classes"][r["label"]] == r["label_name"] for r in labels)
+
+
+@pytest.mark.parametrize(
+    ("rotation", "hflip"), [(90, False), (180, False), (270, False), (0, True), (90, True)]
+)
+def test_rotation_and_mirror_tags_are_applied(tmp_path, rotation, hflip):
+    """A display matrix (degrees counter-clockwise, then a mirror) is stored applied: the
+    stored pixels are the picture a player shows, at its displayed height and width."""
+    from raylab.data.ingest import encode_video
+
+    frames = _marked_frames(3, 48, 64)
+    video = write_video(tmp_path / "tagged.mp4", frames, rotation=rotation, hflip=hflip)
+    shown = np.rot90(frames[0], k=rotation // 90)
+    shown = shown[:, ::-1] if hflip else shown
+    row = encode_video(video, EncodeParams(short_sides=(48,)))
+    assert (row["height"], row["width"]) == shown.shape[:2]
+    stored = decord.VideoReader(io.BytesIO(row["video_48"]), num_threads=1)
+    assert stored[0].shape[:2] == shown.shape[:2]
+    assert _bright_quadrant(stored[0].asnumpy()) == _bright_quadrant(shown)
+    assert len(stored) == row["num_frames"] == 3
+
+
+def test_non_square_pixels_are_stored_at_display_width(tmp_path):
+    """Pixels twice as wide as high (sample aspect ratio 2:1) are stored stretched: 64 x 48
+    stored pixels show as 128 x 48."""
+    from fractions import Fraction
+
+    from raylab.data.ingest import encode_video
+
+    frames = _marked_frames(3, 48, 64)
+    video = write_video(tmp_path / "anamorphic.mp4", frames, sample_aspect=Fraction(2, 1))
+    row = encode_video(video, EncodeParams(short_sides=(48,)))
+    assert (row["height"], row["width"]) == (48, 128)
+    first = decord.VideoReader(io.BytesIO(row["video_48"]), num_threads=1)[0].asnumpy()
+    assert first.shape[:2] == (48, 128) and _bright_quadrant(first) == (0, 0)
+
+
+def test_hidden_vp9_frames_are_not_counted(tmp_path):
+    """VP9 alt-ref frames are decoded but never shown. An MP4 listing them as samples of
+    their own (51 listed, 48 shown) is neither called truncated nor stored with them:
+    ``num_frames`` is what a player shows and what decord reads from the stored rendition,
+    at the shown frames' rate."""
+    from raylab.data.ingest import encode_video
+
+    video = tmp_path / "altref.mp4"
+    hidden = write_vp9_with_hidden_frames(video, noise_frames(48, 48, 64))
+    assert hidden >= 3  # more than the truncation check tolerates
+    assert len(decord.VideoReader(str(video), num_threads=1)) == 48 + hidden
+    row = encode_video(video, EncodeParams(short_sides=(48,)))
+    stored = decord.VideoReader(io.BytesIO(row["video_48"]), num_threads=1)
+    assert row["num_frames"] == len(stored) == 48
+    assert stored.get_batch(list(range(48))).shape[0] == 48
+    assert row["fps"] == 25.0  # not 51 listed frames over 48 frames' time
+
+
+def test_variable_rate_keeps_every_frame(tmp_path):
+    """Irregular timestamps: every frame is stored once, in order, and the rate recorded is
+    the average over the frames' span (7 intervals in 0.56 s: 12.5 per second)."""
+    from raylab.data.ingest import encode_video
+
+    times_ms = [0, 40, 60, 200, 240, 250, 400, 560]
+    video = write_video(tmp_path / "vfr.mp4", counter_frames(8, 48, 64), times_ms=times_ms)
+    row = encode_video(video, EncodeParams(short_sides=(48,)))
+    stored = decord.VideoReader(io.BytesIO(row["video_48"]), num_threads=1)
+    assert row["num_frames"] == len(stored) == 8
+    assert [frame_index(f) for f in stored.get_batch(list(range(8))).asnumpy()] == list(range(8))
+    assert row["fps"] == pytest.approx(12.5)
+    assert stored.get_avg_fps() == pytest.approx(12.5, rel=1e-3)

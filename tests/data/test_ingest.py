@@ -327,3 +327,46 @@ def test_shard_rows_mix_classes(demo_shards):
     assert len(labels) == 24 and sorted(set(labels)) == list(range(8))
     changes = sum(a != b for a, b in zip(labels[:-1], labels[1:], strict=True))
     assert changes > 15, labels  # 7 in list order, about 20 when shuffled
+
+
+def test_ingest_into_s3_stores_the_shards_there_and_resumes_from_them(
+    s3_shards, demo_shards, tmp_path, monkeypatch
+):
+    """An ingest into s3:// (a real S3 endpoint) leaves the shards an ingest into a folder
+    does, and a re-run on a machine without its staging folder resumes from the store: the
+    folder is filled from it and nothing is encoded again."""
+    import pyarrow.fs
+
+    from raylab.data.ingest import staging_dir, storage
+
+    local, remote = load_manifest(demo_shards), load_manifest(s3_shards)
+    for key in ("classes", "splits", "renditions", "encoding", "rejected"):
+        assert remote[key] == local[key], key
+    fs, root = storage(s3_shards)
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    stored = {i.path[len(root) + 1 :] for i in listing if i.type == pyarrow.fs.FileType.File}
+    assert stored == {
+        "manifest.json",
+        "rejects.jsonl",
+        "train/part-00000.parquet",
+        "val/part-00000.parquet",
+    }
+    for split in ("train", "val"):
+        ids = [
+            sorted(pq.read_table(f"{shards}/{split}/part-00000.parquet")["video_id"].to_pylist())
+            for shards in (s3_shards, demo_shards)
+        ]
+        assert ids[0] == ids[1]
+
+    monkeypatch.setenv("RAYLAB_HOME", str(tmp_path))  # another machine: no staging folder
+    again = ingest(
+        demo_shards.parent / "videos",
+        "ucf101",
+        s3_shards,
+        params=EncodeParams(short_sides=(64,)),
+        progress=False,
+    )
+    assert (again.encoded, again.skipped) == (0, sum(local["splits"].values()))
+    assert (again.out, again.manifest) == (s3_shards, f"{s3_shards}/manifest.json")
+    assert (staging_dir(s3_shards) / "val" / "part-00000.parquet").exists()
+    assert load_manifest(s3_shards)["splits"] == local["splits"]

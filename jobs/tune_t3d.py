@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--root",
         default=os.environ.get("RAYLAB_HOME", str(Path.home() / "raylab")),
-        help="home of the demo set and, by default, of results ($RAYLAB_HOME, ~/raylab)",
+        help="home of the demo set, of the studies of results on s3://, and by default of "
+        "results ($RAYLAB_HOME, ~/raylab)",
     )
     p.add_argument("--storage-path", help="results: a folder or s3://... (default ROOT/results)")
     p.add_argument("--name", help="experiment name (default tune_t3d-<time>)")
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_args(argv)
     root = Path(args.root).expanduser().resolve()
+    os.environ["RAYLAB_HOME"] = str(root)  # where a URI experiment's study is kept (runner)
     args.name = args.name or time.strftime("tune_t3d-%Y%m%d-%H%M%S")
     storage = args.storage_path or str(root / "results")
     # Workers' output (each Train worker's epoch lines, Ray Data's plans) stays in the Ray
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     if results.num_terminated + results.num_errors < options.num_samples and not out_of_time:
         # Interrupted (Ctrl-C, SIGUSR1): Tune saved the experiment; say how to go on.
         resume = f"python jobs/tune_t3d.py --resume --name {options.name}"
-        resume += f" --storage-path {options.storage_path}"
+        resume += f" --storage-path {options.storage_path} --root {root}"
         summary = {"interrupted": True, "experiment": options.experiment_dir, "resume": resume}
         print(f"interrupted; continue with: {resume}", file=sys.stderr)
         print(json.dumps(summary))

@@ -30,9 +30,37 @@ def real_videos() -> dict[str, Path]:
     return {n.split(".")[0].split("_")[0]: root / n for n in names}
 
 
+S3_BUCKET = "raylab-test"
+
+
 @pytest.fixture(scope="session")
-def ray_session():
-    """A real local Ray with 2 CPUs, started once and stopped at the end of the session."""
+def s3_store() -> str:
+    """A real S3-compatible HTTP endpoint (moto's server) on 127.0.0.1 with one bucket, and
+    its URI. It is configured as a user points raylab at MinIO: endpoint and credentials in
+    the environment only, set before Ray starts so that every Ray worker sees them too."""
+    import pyarrow.fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ACCESS_KEY_ID="raylab-test",
+        AWS_SECRET_ACCESS_KEY="raylab-test",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    # From a URI, as raylab and Ray build theirs: only that path reads AWS_ENDPOINT_URL.
+    fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://{S3_BUCKET}?allow_bucket_creation=true")
+    fs.create_dir(S3_BUCKET)
+    yield f"s3://{S3_BUCKET}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_store):
+    """A real local Ray with 2 CPUs, started once and stopped at the end of the session
+    (after the S3 endpoint, whose settings its workers inherit)."""
     import ray
 
     if not ray.is_initialized():
@@ -113,3 +141,27 @@ def flow_shards(tmp_path_factory, ray_session) -> Path:
         progress=False,
     )
     return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def s3_shards(demo_shards, s3_store, tmp_path_factory) -> str:
+    """The demo set's videos ingested straight into the S3 bucket: the same shards as
+    ``demo_shards``, staged under a temporary RAYLAB_HOME."""
+    from raylab.data.ingest import EncodeParams, ingest
+
+    home, old = tmp_path_factory.mktemp("staging-home"), os.environ.get("RAYLAB_HOME")
+    os.environ["RAYLAB_HOME"] = str(home)
+    try:
+        summary = ingest(
+            demo_shards.parent / "videos",
+            "ucf101",
+            f"{s3_store}/demo/shards",
+            params=EncodeParams(short_sides=(64,)),
+            progress=False,
+        )
+    finally:
+        if old is None:
+            del os.environ["RAYLAB_HOME"]
+        else:
+            os.environ["RAYLAB_HOME"] = old
+    return summary.out

@@ -537,6 +537,85 @@ def load_manifest(shards: str | Path) -> dict:
     return manifest
 
 
+def staging_dir(location: str) -> Path:
+    """The local folder in which an ingest into a URI writes, and resumes, its shards before
+    they are uploaded: ``$RAYLAB_HOME/staging/<scheme>/<bucket>/<path>`` (``~/raylab``)."""
+    home = Path(os.environ.get("RAYLAB_HOME") or Path.home() / "raylab")
+    return home / "staging" / location.replace("://", "/", 1).rstrip("/")
+
+
+def _files(fs, root: str) -> dict[str, int]:
+    """``{path relative to root: size}`` of the finished files under ``root``."""
+    import pyarrow.fs
+
+    root = root.rstrip("/")
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+    return {
+        i.path[len(root) :].lstrip("/"): i.size
+        for i in infos
+        if i.type == pyarrow.fs.FileType.File and not i.path.endswith(".tmp")
+    }
+
+
+def _copy(src_fs, src: str, dst_fs, dst: str) -> None:
+    import pyarrow.fs
+
+    pyarrow.fs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+def _upload(local: Path, fs, root: str) -> None:
+    """Send a staged shard folder up: parts the store lacks, then the ledger, and the
+    manifest last, so that a reader never finds a complete manifest without its parts."""
+    import pyarrow.fs
+
+    here, there = pyarrow.fs.LocalFileSystem(), _files(fs, root)
+    last = ("rejects.jsonl", "manifest.json")
+    for name, size in sorted(_files(here, str(local)).items()):
+        if name not in last and there.get(name) != size:
+            _copy(here, f"{local}/{name}", fs, f"{root}/{name}")
+    for name in last:
+        if (local / name).exists():
+            _copy(here, f"{local}/{name}", fs, f"{root}/{name}")
+
+
+def _ingests_to_uris(ingest_fn: Callable[..., IngestSummary]) -> Callable[..., IngestSummary]:
+    """Lets ``ingest`` write to a URI (s3://, gs://): the shards are written in a local
+    staging folder (:func:`staging_dir`), each part uploaded as soon as it is written, and
+    the ledger and manifest at the end. The staging folder is what a re-run resumes from; on
+    a machine without one it is first filled from the store, so nothing is encoded twice."""
+    import functools
+
+    @functools.wraps(ingest_fn)
+    def wrapper(source, fmt, out, *args, **kwargs) -> IngestSummary:
+        if "://" not in str(out):
+            return ingest_fn(source, fmt, out, *args, **kwargs)
+        import pyarrow.fs
+
+        location = str(out).rstrip("/")
+        fs, root = storage(location)
+        root = root.rstrip("/")
+        local = staging_dir(location)
+        if not (local / "manifest.json").exists():
+            for name in _files(fs, root):
+                (local / name).parent.mkdir(parents=True, exist_ok=True)
+                _copy(fs, f"{root}/{name}", pyarrow.fs.LocalFileSystem(), str(local / name))
+        also = kwargs.pop("on_part_written", None)
+
+        def upload_part(path: Path) -> None:
+            relative = path.relative_to(local).as_posix()
+            _copy(pyarrow.fs.LocalFileSystem(), str(path), fs, f"{root}/{relative}")
+            if also is not None:
+                also(path)
+
+        summary = ingest_fn(source, fmt, local, *args, on_part_written=upload_part, **kwargs)
+        _upload(local, fs, root)
+        summary.out = location
+        summary.manifest, summary.rejects = f"{location}/manifest.json", f"{location}/rejects.jsonl"
+        return summary
+
+    return wrapper
+
+
 def _encode_task(source: str, entry: VideoEntry, label: int, params: EncodeParams) -> dict:
     """One video's shard row, or ``{"reject": reason}``; runs as a Ray task."""
     try:
@@ -552,6 +631,7 @@ def _encode_task(source: str, entry: VideoEntry, label: int, params: EncodeParam
     }
 
 
+@_ingests_to_uris
 def ingest(
     source: str | Path,
     fmt: str,

@@ -112,7 +112,9 @@ def build_trainer(
     config["num_classes"] = config.get("num_classes") or len(manifest["classes"])
     check_model(config, data.frames, data.size)
     config["steps_per_epoch"] = max(1, math.ceil(n_train / workers / config["batch_size"]))
-    config["run_dir"] = config["run_dir"] or str(Path(storage_path) / name)
+    if not config["run_dir"] and "://" not in str(storage_path):
+        # Files beside the checkpoints; a URI (s3://) is no folder to write them in.
+        config["run_dir"] = str(Path(storage_path) / name)
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     # NCCL when this torch build has it (CUDA builds, even on a CPU-only head); gloo
     # otherwise, e.g. on a simulated cluster whose GPU resources are only advertised.

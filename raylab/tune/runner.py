@@ -84,8 +84,7 @@ class TuneOptions:
 
     @property
     def study_path(self) -> Path:
-        """The SQLite study (and ``options.json`` beside it): in the experiment folder, or
-        under ``~/raylab/studies/NAME`` when results go to a URI such as s3://."""
+        """The SQLite study (and ``options.json`` beside it): see :func:`options_dir`."""
         return options_dir(self.storage_path, self.name) / STUDY_FILE
 
     def to_dict(self) -> dict:
@@ -95,10 +94,11 @@ class TuneOptions:
 
 
 def options_dir(storage_path: str, name: str) -> Path:
-    """The local folder of an experiment's study and options."""
+    """The local folder of an experiment's study and options: the experiment folder, or
+    ``$RAYLAB_HOME/studies/NAME`` (``~/raylab``) when results go to a URI."""
     if "://" not in storage_path:
         return Path(storage_path) / name
-    return Path.home() / "raylab" / "studies" / name
+    return Path(os.environ.get("RAYLAB_HOME") or Path.home() / "raylab") / "studies" / name
 
 
 def trial_concurrency(options: TuneOptions, resources: dict) -> int:

@@ -679,3 +679,46 @@ def test_variable_rate_keeps_every_frame(tmp_path):
     assert [frame_index(f) for f in stored.get_batch(list(range(8))).asnumpy()] == list(range(8))
     assert row["fps"] == pytest.approx(12.5)
     assert stored.get_avg_fps() == pytest.approx(12.5, rel=1e-3)
+
+
+def test_ingest_into_s3_stores_the_shards_there_and_resumes_from_them(
+    s3_shards, demo_shards, tmp_path, monkeypatch
+):
+    """An ingest into s3:// (a real S3 endpoint) leaves the shards an ingest into a folder
+    does, and a re-run on a machine without its staging folder resumes from the store: the
+    folder is filled from it and nothing is encoded again."""
+    import pyarrow.fs
+
+    from raylab.data.ingest import staging_dir, storage
+
+    local, remote = load_manifest(demo_shards), load_manifest(s3_shards)
+    for key in ("classes", "splits", "renditions", "encoding", "rejected"):
+        assert remote[key] == local[key], key
+    fs, root = storage(s3_shards)
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    stored = {i.path[len(root) + 1 :] for i in listing if i.type == pyarrow.fs.FileType.File}
+    assert stored == {
+        "manifest.json",
+        "rejects.jsonl",
+        "train/part-00000.parquet",
+        "val/part-00000.parquet",
+    }
+    for split in ("train", "val"):
+        ids = [
+            sorted(pq.read_table(f"{shards}/{split}/part-00000.parquet")["video_id"].to_pylist())
+            for shards in (s3_shards, demo_shards)
+        ]
+        assert ids[0] == ids[1]
+
+    monkeypatch.setenv("RAYLAB_HOME", str(tmp_path))  # another machine: no staging folder
+    again = ingest(
+        demo_shards.parent / "videos",
+        "ucf101",
+        s3_shards,
+        params=EncodeParams(short_sides=(64,)),
+        progress=False,
+    )
+    assert (again.encoded, again.skipped) == (0, sum(local["splits"].values()))
+    assert (again.out, again.manifest) == (s3_shards, f"{s3_shards}/manifest.json")
+    assert (staging_dir(s3_shards) / "val" / "part-00000.parquet").exists()
+    assert load_manifest(s3_shards)["splits"] == local["splits"]

@@ -161,17 +161,25 @@ def decoder_pids() -> list[int]:
     return pids
 
 
-def test_shards_are_read_through_a_uri(demo_shards, ray_session):
-    """A URI (file:// here, s3:// on a cluster) reads the same manifest and clips."""
+def test_shards_are_read_from_s3(s3_shards, demo_shards, ray_session):
+    """Shards ingested into s3:// (a real S3 endpoint) read as those ingested into a folder;
+    a file:// URI names the local files."""
     from raylab.data.pipeline import shard_files
 
-    uri = f"file://{demo_shards}"
-    assert load_manifest(uri) == load_manifest(demo_shards)
-    assert shard_files(uri, "val") == shard_files(demo_shards, "val")
-    rows = _collect(clip_dataset(uri, "val", frames=4, size=32, train=False))
-    assert len(rows["video_id"]) == load_manifest(demo_shards)["splits"]["val"]
+    local = load_manifest(demo_shards)
+    assert {k: v for k, v in load_manifest(s3_shards).items() if k != "ingested_at"} == {
+        k: v for k, v in local.items() if k != "ingested_at"
+    }
+    assert shard_files(s3_shards, "val") == [f"{s3_shards}/val/part-00000.parquet"]
+    assert shard_files(f"file://{demo_shards}", "val") == shard_files(demo_shards, "val")
+    rows = _collect(clip_dataset(s3_shards, "val", frames=4, size=32, train=False))
+    stored = pq.read_table(shard_files(demo_shards, "val")[0], columns=["video_id", "label"])
+    assert sorted(zip(rows["video_id"], rows["label"], strict=True)) == sorted(
+        zip(stored["video_id"].to_pylist(), stored["label"].to_pylist(), strict=True)
+    )
+    assert rows["clip"].shape == (len(stored), 4, 32, 32, 3)
     with pytest.raises(FileNotFoundError, match="no shards for split 'test'"):
-        shard_files(uri, "test")
+        shard_files(s3_shards, "test")
 
 
 def test_flow_clips_have_two_channels(flow_shards, ray_session):

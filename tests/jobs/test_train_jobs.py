@@ -10,11 +10,13 @@ import torch
 from raylab.models import build_model
 
 
-def test_train_then_evaluate_multi_view_and_fused(demo_shards, run_job, tmp_path):
+def test_train_then_evaluate_multi_view_and_fused(s3_shards, run_job, tmp_path):
+    """Both jobs read their shards from s3:// (a real S3 endpoint, configured by the
+    environment alone); the run's own files stay in its local folder."""
     run = tmp_path / "run"
     trained = run_job(
         "train.py",
-        *("--data", str(demo_shards), "--model", "c3d", "--out", str(run)),
+        *("--data", s3_shards, "--model", "c3d", "--out", str(run)),
         *("--width", "0.125", "--model-option", 'head="pooled"'),
         *("--frames", "16", "--size", "32", "--epochs", "2", "--batch-size", "8"),
         *("--cpus-per-worker", "0.5", "--crop-scales", "1.0", "0.875"),
@@ -33,7 +35,7 @@ def test_train_then_evaluate_multi_view_and_fused(demo_shards, run_job, tmp_path
 
     evaluated = run_job(
         "evaluate.py",
-        *("--data", str(demo_shards), "--checkpoint", trained["best_checkpoint"]),
+        *("--data", s3_shards, "--checkpoint", trained["best_checkpoint"]),
         *("--clips", "2", "--crops", "3", "--out", str(tmp_path / "eval")),
         *("--flow-checkpoint", trained["best_checkpoint"]),  # fusing a stream with itself
     )

@@ -3,6 +3,7 @@ Optuna dashboard and the Ray dashboard read while it runs, and interrupt + resum
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -16,7 +17,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pyarrow.fs
 import pytest
+import torch
+
+from raylab.data.ingest import storage
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -81,9 +86,10 @@ def last_json(text: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def ray_head(s3_store):
     """A real `ray start --head --block` with token auth on free ports, stopped at the end
-    (by its own process group, so the session's other Ray is left alone)."""
+    (by its own process group, so the session's other Ray is left alone). It inherits the
+    S3 endpoint's settings from the environment, as a cluster's nodes would."""
     token = secrets.token_hex(32)
     dashboard, gcs = free_port(), free_port()
     # Without RAY_ADDRESS: the session's ray.init() set it, and jobs would join that Ray.
@@ -126,9 +132,14 @@ def ray_head(tmp_path_factory):
         os.killpg(head.pid, signal.SIGKILL)
 
 
-def test_ray_job_submit_runs_the_search_and_dashboards_show_it(demo_shards, ray_head, tmp_path):
+def test_ray_job_submit_runs_the_search_and_dashboards_show_it(
+    s3_shards, s3_store, ray_head, tmp_path
+):
     """A search submitted with `ray job submit` to a head with token auth: a request without
-    the token is refused (401); with it the job runs, the dashboards show it, it succeeds."""
+    the token is refused (401); with it the job runs, the dashboards show it, it succeeds.
+    Its data and results are on s3:// (a real S3 endpoint, configured by the environment
+    alone): trial folders, checkpoints, best weights and report land in the bucket; the
+    study stays local, under --root."""
     url, token, env = ray_head["url"], ray_head["token"], ray_head["env"]
     with pytest.raises(urllib.error.HTTPError, match="401"):
         get_json(f"{url}/api/jobs/")  # auth is on: no token, no access
@@ -139,7 +150,8 @@ def test_ray_job_submit_runs_the_search_and_dashboards_show_it(demo_shards, ray_
         "--submission-id", job_id,
         "--working-dir", str(REPO),
         "--", "python", "jobs/tune_t3d.py",
-        "--data", str(demo_shards), "--root", str(tmp_path), "--name", name,
+        "--data", s3_shards, "--storage-path", f"{s3_store}/results",
+        "--root", str(tmp_path), "--name", name,
         "--num-samples", "3", "--max-epochs", "2", *TINY,
     ]  # fmt: skip
 
@@ -150,8 +162,7 @@ def test_ray_job_submit_runs_the_search_and_dashboards_show_it(demo_shards, ray_
 
     submitted = wait_for("the job agent to accept the job", submit, 120, every=3)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
-    experiment = tmp_path / "results" / name
-    db = experiment / "optuna.db"
+    db = tmp_path / "studies" / name / "optuna.db"
 
     # Optuna's dashboard on the live study: trials appear while the job runs.
     wait_for("the study's first trial", lambda: study_trials(db), 240)
@@ -219,8 +230,20 @@ def test_ray_job_submit_runs_the_search_and_dashboards_show_it(demo_shards, ray_
     assert 0.0 <= result["metrics"]["val_video_top1"] <= 1.0
     assert result["metrics"]["gmacs"] > 0 and result["metrics"]["params_m"] > 0
     assert result["trials"]["total"] == 3
-    assert Path(result["best_checkpoint"], "state.pt").exists()
-    report = Path(result["report"]).read_text()
+    experiment = f"{s3_store}/results/{name}"
+    assert result["experiment"] == experiment
+    assert result["best_checkpoint"].startswith(f"{experiment}/train_runs/train-")
+    fs, root = storage(experiment)
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    stored = {i.path[len(root) + 1 :] for i in listing if i.type == pyarrow.fs.FileType.File}
+    assert {"summary.json", "trials.json", "report.html", "best/confusion.png"} <= stored
+    assert sum(n.endswith("/result.json") for n in stored) == 3  # Tune's trial folders
+    assert f"{result['best_checkpoint'].removeprefix(experiment + '/')}/state.pt" in stored
+    with fs.open_input_file(f"{root}/best/weights.pt") as f:
+        weights = torch.load(io.BytesIO(f.read()), weights_only=True)
+    assert all(isinstance(w, torch.Tensor) for w in weights.values())
+    with fs.open_input_stream(f"{root}/report.html") as f:
+        report = f.read().decode()
     assert report.count('class="plotly-graph-div"') >= 4
     assert "data:image/png;base64" in report  # the best trial's confusion matrix
     assert "jobs/train.py" in report  # how to reproduce the best trial

@@ -158,3 +158,10 @@ def test_a_damaged_video_fails_only_its_sample(damaged_shards, ray_session, tmp_
     text = "\n".join(p.read_text(errors="replace") for p in logs.glob("worker-*.err"))
     for video_id in damaged.values():
         assert f"skipping video {video_id}: cannot decode its clip" in text
+
+
+def test_a_run_stored_on_s3_writes_no_local_files(demo_shards, s3_store, ray_session):
+    """Checkpoints on s3:// go there through Ray Train; the loop's own files (history,
+    TensorBoard) have no folder, rather than one named after the URI (``s3:/...``)."""
+    trainer = build_trainer(TINY, _data(demo_shards), storage_path=f"{s3_store}/runs", name="x")
+    assert trainer.train_loop_config["run_dir"] is None

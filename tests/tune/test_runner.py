@@ -115,27 +115,32 @@ def test_reproduce_command_parses_as_a_train_job():
     assert sorted(args.model_option) == ['stm_blocks="first"', "stm_stages=[4, 5]"]
 
 
-def test_results_on_a_uri_are_summarised_locally_and_sent_back(tmp_path, monkeypatch):
-    """Results on a URI (file:// standing in for s3://): the trial folders, not the Train
-    checkpoints, are copied beside the study; the outputs written there go back."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    remote = tmp_path / "bucket" / "exp"
-    (remote / "run_trial_1").mkdir(parents=True)
-    (remote / "run_trial_1" / "result.json").write_text('{"epoch": 1}\n')
-    (remote / "train_runs" / "train-1" / "checkpoint_0").mkdir(parents=True)
-    (remote / "train_runs" / "train-1" / "checkpoint_0" / "state.pt").write_bytes(b"x" * 10)
-    opts = TuneOptions(shards="/s", storage_path=f"file://{tmp_path / 'bucket'}", name="exp")
+def test_results_on_s3_are_summarised_locally_and_sent_back(s3_store, tmp_path, monkeypatch):
+    """Results on s3:// (a real S3 endpoint): the trial folders, not the Train checkpoints,
+    are copied beside the study (under $RAYLAB_HOME); the outputs written there go back."""
+    from raylab.data.ingest import storage
+
+    monkeypatch.setenv("RAYLAB_HOME", str(tmp_path / "home"))
+    opts = TuneOptions(shards="/s", storage_path=f"{s3_store}/{tmp_path.name}", name="exp")
     assert not opts.local
+    fs, root = storage(opts.experiment_dir)
+    for name, data in [
+        ("run_trial_1/result.json", b'{"epoch": 1}\n'),
+        ("train_runs/train-1/checkpoint_0/state.pt", b"x" * 10),
+    ]:
+        with fs.open_output_stream(f"{root}/{name}") as f:
+            f.write(data)
     local = local_experiment(opts)
-    assert local == tmp_path / "home" / "raylab" / "studies" / "exp"
+    assert local == tmp_path / "home" / "studies" / "exp"
     assert (local / "run_trial_1" / "result.json").read_text() == '{"epoch": 1}\n'
     assert not (local / "train_runs").exists()
     (local / "best").mkdir()
     (local / "best" / "weights.pt").write_bytes(b"w")
     (local / "report.html").write_text("<html>")
     upload_outputs(opts, local)
-    assert (remote / "best" / "weights.pt").read_bytes() == b"w"
-    assert (remote / "report.html").read_text() == "<html>"
+    for name, data in [("best/weights.pt", b"w"), ("report.html", b"<html>")]:
+        with fs.open_input_stream(f"{root}/{name}") as f:
+            assert f.read() == data
 
 
 def test_search_methods_are_checked_and_travel_with_the_options(tmp_path):

@@ -607,11 +607,25 @@ def _ingests_to_uris(ingest_fn: Callable[..., IngestSummary]) -> Callable[..., I
             if also is not None:
                 also(path)
 
-        summary = ingest_fn(source, fmt, local, *args, on_part_written=upload_part, **kwargs)
-        _upload(local, fs, root)
-        summary.out = location
-        summary.manifest, summary.rejects = f"{location}/manifest.json", f"{location}/rejects.jsonl"
-        return summary
+        def in_store(summary: IngestSummary) -> IngestSummary:
+            _upload(local, fs, root)  # an incomplete manifest too: readers must not trust it
+            listed = f"{root}/not_processed.jsonl"
+            if not (local / "not_processed.jsonl").exists() and "not_processed.jsonl" in _files(
+                fs, root
+            ):
+                fs.delete_file(listed)  # an earlier run's list, all processed now
+            summary.out = location
+            summary.manifest = f"{location}/manifest.json"
+            summary.rejects = f"{location}/rejects.jsonl"
+            summary.not_processed_path = f"{location}/not_processed.jsonl"
+            return summary
+
+        try:
+            summary = ingest_fn(source, fmt, local, *args, on_part_written=upload_part, **kwargs)
+        except IngestIncomplete as err:
+            in_store(err.summary)
+            raise
+        return in_store(summary)
 
     return wrapper
 

@@ -25,8 +25,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from raylab.data.decode import (
     TSN_SCALES,
     ClipSpec,
-    FlowFrames,
     choose_rendition,
+    open_flow,
     open_video,
     sample_views,
     scaled_size,
@@ -84,7 +84,7 @@ class ClipDecoder:
             )
             try:
                 if spec.modality == "flow":  # x | y side by side: twice as wide
-                    reader = FlowFrames(open_video(batch[self.column][i], height=h, width=2 * w))
+                    reader = open_flow(batch[self.column][i], height=h, width=w)
                 else:
                     reader = open_video(batch[self.column][i], height=h, width=w)
                 rng = fresh or sample_rng(self.seed, self.epoch, video_id)

@@ -6,7 +6,9 @@
 
 Running the same command again resumes from the run's latest checkpoint. The last stdout
 line is a JSON object: ``metrics`` (val_video_top1, val_video_top5, val_clip_acc, epochs,
-...) and the paths of the run, the best checkpoint and the plain weights file.
+...) and the paths of the run, the best checkpoint and the plain weights file. When no
+video of an epoch decodes, or more than --max-decode-failures of them fail, the run stops:
+one stderr line gives the count and the first error, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from raylab.data.decode import TSN_SCALES
 from raylab.data.ingest import resolve_location
 from raylab.train.loop import DEFAULTS
-from raylab.train.trainer import DataOptions, build_trainer
+from raylab.train.trainer import DataOptions, build_trainer, decode_failure
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,6 +86,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="custom resource of the decoder nodes (cluster.yaml: decoder); decoding stays there",
     )
     p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts")
+    p.add_argument(
+        "--max-decode-failures",
+        type=float,
+        default=DEFAULTS["max_decode_failures"],
+        metavar="FRACTION",
+        help="stop when more than this share of an epoch's training or validation videos "
+        "cannot be decoded (or none can)",
+    )
     return p.parse_args(argv)
 
 
@@ -138,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed,
         "init_from": args.init_from,
         "run_dir": str(out),
+        "max_decode_failures": args.max_decode_failures,
         # Flow levels to [-1, 1] as I3D feeds them; RGB keeps the loop's defaults.
         **({"mean": (0.5, 0.5), "std": (0.5, 0.5)} if args.modality == "flow" else {}),
         "data": {
@@ -173,7 +184,13 @@ def main(argv: list[str] | None = None) -> dict:
         cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures,
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        failure = decode_failure(err)
+        if failure is None:
+            raise
+        raise SystemExit(f"training failed: {failure}") from None
     if result.error:
         raise SystemExit(f"training failed: {result.error}")
 

@@ -3,7 +3,8 @@
 Decoding reads the in-memory bytes of one rendition with decord, asks it for exactly the
 sampled indices (decord seeks to the key frame before each and decodes forward, which is
 why ingest stores a short key-frame interval) and lets FFmpeg scale the frames to the
-working short side while decoding. Spatial transforms then run on uint8 arrays: clips
+working short side while decoding, at a width decord returns intact (see
+:func:`decodable_width`). Spatial transforms then run on uint8 arrays: clips
 stay four times smaller than float32 until they reach the training device.
 
 Training views: TSN-style multi-scale crop (scale jitter with aspect jitter, at a random
@@ -102,10 +103,67 @@ def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return max(2, round(height * short_side / width / 2) * 2), short_side
 
 
-def open_video(data: bytes, height: int | None = None, width: int | None = None):
-    """A decord VideoReader on in-memory bytes, optionally scaling frames while decoding."""
-    kwargs = {} if height is None else {"height": height, "width": width}
-    return decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, **kwargs)
+# Row alignments (pixels or bytes) FFmpeg pads decoded frames to: 32 in the FFmpeg 4 that
+# decord bundles, 16 or 64 in builds that follow the CPU's vector width.
+_ROW_ALIGNMENTS: tuple[int, ...] = (16, 32, 64)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def decord_keeps_width(width: int) -> bool:
+    """Whether decord returns RGB frames ``width`` pixels wide intact.
+
+    decord takes a frame whose padded row length is a whole multiple of its width for a
+    packed one, with that multiple as its channel count (dmlc/decord#336): at width 72 a
+    row padded to 96 pixels reads as 4 channels and every batch copy fails ("The size must
+    exactly match (21024 vs. 15768)"). Widths where a row padded to any usual alignment is
+    such a multiple are refused: a few below 145 (8, 12, 16, 24, 32, 36, 48, 72, 96, 144).
+    """
+    packed = 3 * width
+    for align in _ROW_ALIGNMENTS:
+        for row in (3 * _round_up(width, align), _round_up(packed, align)):
+            if row != packed and row % width == 0:
+                return False
+    return True
+
+
+def decodable_width(width: int, step: int = 1) -> int:
+    """The smallest width from ``width`` up, in steps of ``step``, that decord returns
+    intact: ``width`` itself but for a few small ones, then a pixel or two more."""
+    while not decord_keeps_width(width):
+        width += step
+    return width
+
+
+def _reader(data: bytes, height: int = -1, width: int = -1):
+    return decord.VideoReader(
+        io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, height=height, width=width
+    )
+
+
+def open_video(data: bytes, height: int | None = None, width: int | None = None, step: int = 1):
+    """A decord VideoReader on in-memory bytes whose frames are ``height`` x ``width`` (scaled
+    while decoding) or the stored size when not given.
+
+    The width is raised to :func:`decodable_width` (``step``: 2 keeps it even), so some
+    small widths come out a pixel or two wider, the aspect that much off: every consumer
+    crops from whatever frame it gets, and a wider frame keeps the short side it asked for.
+    """
+    if height is None or width is None:
+        reader = _reader(data)
+        # The stored size; decord reports it right even at a width whose pixels it mangles.
+        height, width = reader[0].shape[:2]
+        if decodable_width(width, step) == width:
+            return reader
+    return _reader(data, height, decodable_width(width, step))
+
+
+def open_flow(data: bytes, height: int | None = None, width: int | None = None) -> FlowFrames:
+    """A :class:`FlowFrames` reader of a stored flow video, each of x and y ``height`` x
+    ``width`` (the stored size when not given), widened as :func:`open_video` says."""
+    return FlowFrames(open_video(data, height, None if width is None else 2 * width, step=2))
 
 
 class FlowFrames:

@@ -2,8 +2,8 @@
 
 ``read_parquet`` streams shard rows (only the columns a clip needs, and only the one
 rendition it decodes from) into :class:`ClipDecoder` tasks on CPU nodes. Each task turns
-a batch of videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id,
-view}``. In a Train worker, ``ray.train.get_dataset_shard("train").iter_torch_batches(
+a batch of videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id, view,
+error}``. In a Train worker, ``ray.train.get_dataset_shard("train").iter_torch_batches(
 collate_fn=ClipTensors(), device=...)`` delivers them as uint8 tensors; the worker makes
 them float and normalises them on its device (a quarter of float32's traffic through the
 object store).
@@ -25,8 +25,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from raylab.data.decode import (
     TSN_SCALES,
     ClipSpec,
-    FlowFrames,
     choose_rendition,
+    open_flow,
     open_video,
     sample_views,
     scaled_size,
@@ -36,8 +36,34 @@ from raylab.data.sampling import sample_rng
 
 log = logging.getLogger(__name__)
 
-CLIP_COLUMNS = ("clip", "label", "video_id", "view")
+CLIP_COLUMNS = ("clip", "label", "video_id", "view", "error")
 FAILED = -1  # label and view of the placeholder row of a video that could not be decoded
+# The ``error`` column: why a video failed, as UTF-8 bytes zero-padded to a fixed width, so
+# that it travels in the tensor batches training reads (which drop string columns).
+ERROR_BYTES = 256
+
+
+def error_row(message: str) -> np.ndarray:
+    """``message`` as an ``error`` cell: uint8 [ERROR_BYTES], cut short when longer."""
+    data = message.encode("utf-8")[:ERROR_BYTES]
+    row = np.zeros(ERROR_BYTES, np.uint8)
+    row[: len(data)] = np.frombuffer(data, np.uint8)
+    return row
+
+
+def error_text(row) -> str:
+    """The message of an ``error`` cell (a numpy array or a tensor); "" for a decoded row."""
+    data = bytes(np.asarray(row.cpu() if hasattr(row, "cpu") else row, np.uint8))
+    return data.rstrip(b"\0").decode("utf-8", errors="replace")
+
+
+def describe_error(video_id: str, err: Exception) -> str:
+    """One line naming the video and its decode error (decord's first line, without the
+    clock time it starts with)."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    if first.startswith("[") and "] " in first:
+        first = first.split("] ", 1)[1]
+    return f"video {video_id}: {type(err).__name__}: {first}"
 
 
 class ClipTensors(NumpyBatchCollateFn):
@@ -65,8 +91,9 @@ class ClipDecoder:
     imported) are reused from pass to pass, where an actor pool would start new processes
     every epoch. A video that fails to decode (bytes damaged after ingest) costs only itself:
     a warning names its ``video_id`` and it yields one placeholder row (``label`` -1, ``view``
-    -1, a black clip) that consumers drop and count, so the epoch's metrics say how many
-    videos were lost; the rest of the batch goes on.
+    -1, a black clip, its ``error`` saying why) that consumers drop and count, so the epoch's
+    metrics say how many videos were lost; the rest of the batch goes on. Decoded rows have
+    an all-zero ``error``.
     """
 
     def __init__(self, spec: ClipSpec, column: str, seed: int | None, epoch: int = 0) -> None:
@@ -76,7 +103,8 @@ class ClipDecoder:
         spec = self.spec
         # Without a seed every call draws from fresh OS entropy: each pass samples anew.
         fresh = np.random.default_rng() if self.seed is None else None
-        clips, labels, ids, views = [], [], [], []
+        clips, labels, ids, views, errors = [], [], [], [], []
+        no_error = np.zeros(ERROR_BYTES, np.uint8)
         for i, video_id in enumerate(batch["video_id"]):
             video_id = str(video_id)
             h, w = scaled_size(
@@ -84,7 +112,7 @@ class ClipDecoder:
             )
             try:
                 if spec.modality == "flow":  # x | y side by side: twice as wide
-                    reader = FlowFrames(open_video(batch[self.column][i], height=h, width=2 * w))
+                    reader = open_flow(batch[self.column][i], height=h, width=w)
                 else:
                     reader = open_video(batch[self.column][i], height=h, width=w)
                 rng = fresh or sample_rng(self.seed, self.epoch, video_id)
@@ -92,20 +120,22 @@ class ClipDecoder:
             except Exception as err:  # damaged bytes: lose this sample, not the epoch
                 log.warning("skipping video %s: cannot decode its clip (%s)", video_id, err)
                 blank = np.zeros((spec.frames, spec.size, spec.size, spec.channels), np.uint8)
-                out, label = [blank], FAILED
+                out, label, error = [blank], FAILED, error_row(describe_error(video_id, err))
             else:
-                label = int(batch["label"][i])
+                label, error = int(batch["label"][i]), no_error
             for v, clip in enumerate(out):
                 clips.append(clip)
                 labels.append(label)
                 ids.append(video_id)
                 views.append(v if label != FAILED else FAILED)
+                errors.append(error)
         shape = (0, spec.frames, spec.size, spec.size, spec.channels)
         return {
             "clip": np.stack(clips) if clips else np.zeros(shape, np.uint8),
             "label": np.asarray(labels, dtype=np.int64),
             "video_id": np.asarray(ids, dtype=object),
             "view": np.asarray(views, dtype=np.int32),
+            "error": np.stack(errors) if errors else np.zeros((0, ERROR_BYTES), np.uint8),
         }
 
 

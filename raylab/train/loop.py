@@ -3,8 +3,10 @@
 ``train_loop(config)`` runs in every Ray Train worker. It reads uint8 clips from its
 shard of the ``train`` dataset, makes them float and normalised on its own device,
 trains with DDP (gloo on CPU, NCCL on GPU), evaluates multi-view video accuracy on the
-``val`` dataset, and reports metrics and a checkpoint every epoch. A restarted worker
-group resumes from the latest checkpoint. Configuration is a plain dict: see
+``val`` dataset, and reports metrics and a checkpoint every epoch. An epoch in which no
+training or validation video decodes, or more than ``max_decode_failures`` of them fail,
+raises :class:`DecodeFailures` instead, which fails the run. A restarted worker group
+resumes from the latest checkpoint. Configuration is a plain dict: see
 :data:`DEFAULTS`.
 """
 
@@ -22,7 +24,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raylab.data.pipeline import ClipTensors
+from raylab.data.pipeline import ClipTensors, error_text
+
+# The largest share of an epoch's training or validation videos that may fail to decode
+# before the run stops (config ``max_decode_failures``): a few damaged files cost only
+# themselves, a dataset the decoder cannot read fails loudly instead of training on nothing.
+MAX_DECODE_FAILURES = 0.05
+
+
+class DecodeFailures(RuntimeError):
+    """Too many videos of an epoch failed to decode; the message is one line with the count
+    and the first error."""
+
+
+def check_decode_failures(
+    epoch: int, split: str, failed: int, videos: int, first_error: str, max_fraction: float
+) -> None:
+    """Raise :class:`DecodeFailures` when no video of ``split`` decoded this epoch or more
+    than ``max_fraction`` of its ``videos`` (decoded and failed) did not."""
+    if videos - failed > 0 and failed <= max_fraction * videos:
+        return
+    first = f"; the first: {first_error}" if first_error else ""
+    raise DecodeFailures(
+        f"epoch {epoch}: {failed} of {videos} {split} videos could not be decoded "
+        f"(at most {max_fraction:.0%} may fail){first}"
+    )
+
 
 DEFAULTS: dict = {
     "model": "c3d",
@@ -51,6 +78,7 @@ DEFAULTS: dict = {
     "init_from": None,  # a plain state dict to start from (e.g. transferred weights)
     "run_dir": None,  # TensorBoard events and progress files go here (rank 0)
     "extra_metrics": {},  # constants reported with every epoch (a search trial's cost)
+    "max_decode_failures": MAX_DECODE_FAILURES,  # share of an epoch's videos; see above
 }
 
 
@@ -127,13 +155,17 @@ def _gather(obj):
 
 @torch.no_grad()
 def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
-    """Clip and video accuracy over multi-view numpy batches, gathered from every worker."""
+    """Clip and video accuracy over multi-view numpy batches, gathered from every worker,
+    and ``val_first_error``: why the first video that failed to decode failed ("" if none)."""
     model.eval()
     ids, labels, logits = [], [], []
     failed = 0
+    first_error = ""
     for batch in batches:
         ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
         failed += int((~ok).sum())
+        if not first_error and not ok.all():
+            first_error = error_text(batch["error"][~ok][0])
         if not ok.any():
             continue
         clip = torch.from_numpy(batch["clip"][ok]).to(device, non_blocking=True)
@@ -143,8 +175,9 @@ def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
         labels.extend(batch["label"][ok].tolist())
         ids.extend(batch["video_id"][ok])
     logits_np = np.concatenate(logits) if logits else np.zeros((0, 1))
-    parts = _gather((ids, labels, logits_np, failed))
+    parts = _gather((ids, labels, logits_np, failed, first_error))
     failed = sum(p[3] for p in parts)
+    first_error = next((p[4] for p in parts if p[4]), "")
     ids = [v for p in parts for v in p[0]]
     labels = [v for p in parts for v in p[1]]
     logits_np = np.concatenate([p[2] for p in parts if len(p[2])]) if ids else logits_np
@@ -155,6 +188,7 @@ def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
             "val_video_top5": float("nan"),
             "val_videos": 0,
             "val_decode_failures": failed,
+            "val_first_error": first_error,
         }
     clip_acc = float((logits_np.argmax(1) == np.asarray(labels)).mean())
     scores, video_labels, _ = video_scores(ids, labels, logits_np)
@@ -164,6 +198,7 @@ def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
         "val_video_top5": topk_accuracy(scores, video_labels, 5),
         "val_videos": len(video_labels),
         "val_decode_failures": failed,
+        "val_first_error": first_error,
     }
 
 
@@ -220,6 +255,7 @@ def train_loop(config: dict) -> None:
         model.train()
         _progress(config, rank, epoch, pid=os.getpid())
         loss_sum = correct = seen = step = failed = 0
+        first_error = ""
         wait = 0.0
         optimizer.zero_grad(set_to_none=True)
         batches = train_shard.iter_torch_batches(
@@ -237,6 +273,8 @@ def train_loop(config: dict) -> None:
             # counted; a batch of nothing else still steps, at zero loss, so DDP stays in step.
             ok = y >= 0
             failed += int((~ok).sum())
+            if not first_error and not ok.all():
+                first_error = error_text(batch["error"][~ok][0])
             usable = bool(ok.any())
             if usable and not ok.all():
                 clip, y = clip[ok], y[ok]
@@ -268,8 +306,18 @@ def train_loop(config: dict) -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         train_time = time.perf_counter() - epoch_start
-        totals = _gather((loss_sum, correct, seen, wait, train_time, failed))
+        totals = _gather((loss_sum, correct, seen, wait, train_time, failed, first_error))
         all_seen = sum(t[2] for t in totals)
+        all_failed = sum(t[5] for t in totals)
+        # Every worker holds the same totals, so all raise together (none waits in a collective).
+        check_decode_failures(
+            epoch + 1,
+            "training",
+            all_failed,
+            all_seen + all_failed,  # one view per training video
+            next((t[6] for t in totals if t[6]), ""),
+            config["max_decode_failures"],
+        )
         metrics = {
             "epoch": epoch + 1,
             "train_loss": sum(t[0] for t in totals) / max(1, all_seen),
@@ -278,12 +326,22 @@ def train_loop(config: dict) -> None:
             "clips_per_s": all_seen / max(1e-9, max(t[4] for t in totals)),
             "data_wait_frac": sum(t[3] for t in totals) / max(1e-9, sum(t[4] for t in totals)),
             "lr": optimizer.param_groups[0]["lr"],
-            "decode_failures": sum(t[5] for t in totals),  # training videos lost this epoch
+            "decode_failures": all_failed,  # training videos lost this epoch
         }
         # Numpy batches: evaluation needs the string video ids, which tensors cannot hold.
         val_batches = val_shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy")
         # The bare module: DDP's forward would sync buffers across workers.
-        metrics |= evaluate_views(unwrap(model), val_batches, device, mean, std, amp_ctx)
+        val = evaluate_views(unwrap(model), val_batches, device, mean, std, amp_ctx)
+        failed_val = val["val_decode_failures"]
+        check_decode_failures(
+            epoch + 1,
+            "validation",
+            failed_val,
+            val["val_videos"] + failed_val,
+            val.pop("val_first_error"),
+            config["max_decode_failures"],
+        )
+        metrics |= val
         metrics |= config["extra_metrics"]
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from raylab.data.decode import TSN_SCALES
 from raylab.data.ingest import load_manifest
-from raylab.train.loop import DEFAULTS, train_loop
+from raylab.train.loop import DEFAULTS, DecodeFailures, train_loop
 
 
 @dataclass
@@ -79,6 +79,23 @@ def check_model(config: dict, frames: int, size: int) -> None:
     with torch.device("meta"):
         model = build_model(config["model"], config["num_classes"], **options).eval()
         model(torch.empty(1, options.get("in_channels", 3), frames, size, size))
+
+
+def decode_failure(error: BaseException) -> DecodeFailures | None:
+    """The :class:`DecodeFailures` that stopped a run, found in the error ``fit()`` raised
+    (Ray Train wraps each worker's exception), or None when the run failed otherwise."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, DecodeFailures):
+            return err
+        todo.extend(getattr(err, "worker_failures", {}).values())
+        todo.extend([getattr(err, "cause", None), err.__cause__, err.__context__])
+    return None
 
 
 def build_trainer(

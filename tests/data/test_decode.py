@@ -1,19 +1,26 @@
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from videos import counter_frames, frame_index, write_video
 
 from raylab.data.decode import (
     ClipSpec,
     choose_rendition,
+    decodable_width,
     decode_frames,
+    decord_keeps_width,
     multiscale_crop,
+    open_flow,
     open_video,
     resize,
     sample_views,
     scaled_size,
     three_crop,
 )
-from raylab.data.ingest import EncodeParams, encode_video
+from raylab.data.ingest import EncodeParams, encode_video, flow_column, rendition_column
+from raylab.data.pipeline import FAILED, ClipDecoder
+from raylab.data.sampling import clip_indices, sample_rng
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +135,134 @@ def test_spec_validation():
             ClipSpec(scales=scales)
     assert ClipSpec(size=112).working_short_side == 128
     assert ClipSpec(size=224).working_short_side == 256
+
+
+# Stored geometries: every video the pipeline decodes was written by ingest's encoder at
+# (height, width) = scaled_size(source, rendition), then scaled again by decord to the working
+# short side. FRAMES is tiny: geometry, not length, is what these tests vary.
+FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """``stored(height, width, rendition, flow) -> encode_video's row`` for a FRAMES-frame
+    counter clip of that source size; each geometry is written and ingested once."""
+    root = tmp_path_factory.mktemp("geometries")
+    rows: dict[tuple, dict] = {}
+
+    def get(height: int, width: int, rendition: int, flow: bool) -> dict:
+        key = (height, width, rendition, flow)
+        if key not in rows:
+            src = write_video(root / f"{height}x{width}.mp4", counter_frames(FRAMES, height, width))
+            params = EncodeParams(short_sides=(rendition,), flow="farneback" if flow else None)
+            rows[key] = encode_video(src, params)
+        return rows[key]
+
+    return get
+
+
+def _decode_rows(row: dict, spec: ClipSpec, column: str, seed: int = 0) -> dict:
+    """The pipeline's per-row decode (ClipDecoder, no Ray) of one stored video."""
+    batch = {
+        "video_id": np.array(["v"], dtype=object),
+        "label": np.array([3]),
+        "height": np.array([row["height"]]),
+        "width": np.array([row["width"]]),
+        column: np.array([row[column]], dtype=object),
+    }
+    return ClipDecoder(spec, column, seed=seed, epoch=1)(batch)
+
+
+@st.composite
+def geometries(draw):
+    """(source height, width, rendition, ClipSpec): even source sides 16-160 (square, portrait,
+    landscape, up to 10:1), an even rendition 16-128 and a crop that fits it, either scheme,
+    train or multi-view test, RGB or flow."""
+    height, width = (2 * draw(st.integers(8, 80)) for _ in range(2))
+    rendition = 2 * draw(st.integers(8, 64))
+    size = draw(st.integers(8, max(8, rendition * 7 // 8)))
+    short_side = draw(st.none() | st.integers(size, rendition))  # None: size * 8 / 7
+    train = draw(st.booleans())
+    spec = ClipSpec(
+        frames=draw(st.integers(1, 8)),
+        stride=draw(st.integers(1, 3)),
+        size=size,
+        scheme=draw(st.sampled_from(["dense", "segments"])),
+        train=train,
+        clips=1 if train else draw(st.integers(1, 2)),
+        crops=1 if train else draw(st.sampled_from([1, 3])),
+        short_side=short_side,
+        modality=draw(st.sampled_from(["rgb", "flow"])),
+    )
+    return height, width, rendition, spec
+
+
+@settings(derandomize=True, max_examples=30, deadline=None)
+@given(geometries())
+# The run that skipped every video: 80 x 80 sources, crop 64 (decoded 73 x 72).
+@example((80, 80, 128, ClipSpec(frames=4, size=64)))
+# Renditions whose own width decord mangles (72, 48), decoded at it and scaled from it.
+@example((80, 80, 72, ClipSpec(frames=4, size=63, train=False, crops=3)))
+@example((96, 48, 48, ClipSpec(frames=4, size=42, scheme="segments", modality="flow")))
+def test_every_stored_geometry_decodes_to_its_views(stored, geometry):
+    height, width, rendition, spec = geometry
+    row = stored(height, width, rendition, spec.modality == "flow")
+    assert choose_rendition([rendition], spec.working_short_side) == rendition
+    column = (flow_column if spec.modality == "flow" else rendition_column)(rendition)
+
+    # Frames come out at the size asked, widened by at most two pixels (decodable_width).
+    h, w = scaled_size(row["height"], row["width"], spec.working_short_side)
+    if spec.modality == "flow":
+        frames = decode_frames(open_flow(row[column], h, w), np.array([0]))
+    else:
+        frames = decode_frames(open_video(row[column], h, w), np.array([0]))
+    assert frames.shape[:2] == (1, h) and frames.shape[3] == spec.channels
+    assert w <= frames.shape[2] <= w + 2
+
+    out = _decode_rows(row, spec, column)
+    assert FAILED not in out["label"]  # the log says why
+    assert out["clip"].shape == (spec.views, spec.frames, spec.size, spec.size, spec.channels)
+    assert list(out["view"]) == list(range(spec.views))
+    if spec.modality == "rgb":  # and they hold the sampled frames, in order
+        idx = clip_indices(
+            FRAMES,
+            spec.frames,
+            spec.stride,
+            scheme=spec.scheme,
+            train=spec.train,
+            num_clips=1 if spec.train else spec.clips,
+            rng=sample_rng(0, 1, "v"),
+        )
+        got = [[frame_index(f) for f in view] for view in out["clip"]]
+        assert got == [idx[v // spec.crops].tolist() for v in range(spec.views)]
+
+
+def test_a_square_80_pixel_video_decodes_at_crop_64(tmp_path):
+    """The set that trained on nothing: square 80 x 80 H.264, 24 frames, ingested at the
+    default rendition, c3d's 16 frames at crop 64 (decoded at 73 x 72, a width decord
+    mangled): every training and test view decodes, with the frames it sampled."""
+    src = write_video(tmp_path / "square.mp4", counter_frames(24, 80, 80))
+    row = encode_video(src, EncodeParams())
+    column = rendition_column(EncodeParams().short_sides[0])
+    train = _decode_rows(row, ClipSpec(frames=16, size=64), column)
+    assert train["clip"].shape == (1, 16, 64, 64, 3) and list(train["label"]) == [3]
+    test = _decode_rows(row, ClipSpec(frames=16, size=64, train=False, crops=3), column)
+    assert test["clip"].shape == (3, 16, 64, 64, 3) and list(test["label"]) == [3] * 3
+    assert [frame_index(f) for f in test["clip"][0]] == list(range(4, 20))  # the centre clip
+
+
+def test_a_rendition_of_a_mangled_width_decodes_at_its_own_size(tmp_path):
+    """A 72 x 72 rendition opened without a size comes out 73 wide, three channels."""
+    src = write_video(tmp_path / "square.mp4", counter_frames(4, 80, 80))
+    data = encode_video(src, EncodeParams(short_sides=(72,)))["video_72"]
+    frames = decode_frames(open_video(data), np.array([0, 3]))
+    assert frames.shape == (2, 72, 73, 3)
+    assert [frame_index(f) for f in frames] == [0, 3]
+
+
+def test_decodable_widths_are_those_decord_keeps():
+    assert [w for w in range(1, 200) if not decord_keeps_width(w)] == [
+        *(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 36, 48, 72, 96, 144)
+    ]
+    assert decodable_width(72) == 73 and decodable_width(72, step=2) == 74
+    assert decodable_width(73) == 73 and decodable_width(1280) == 1280

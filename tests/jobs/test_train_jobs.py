@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from raylab.models import build_model
@@ -82,3 +86,42 @@ def test_two_stream_i3d_on_ingested_flow(demo_shards, run_job, tmp_path):
     report = json.loads(Path(evaluated["metrics_file"]).read_text())
     assert set(report) == {"rgb", "flow", "fused"}
     assert report["rgb"]["videos"] == report["flow"]["videos"] == report["fused"]["videos"] == 8
+
+
+def test_a_run_whose_videos_cannot_be_decoded_stops_with_one_line(
+    demo_shards, job_process, tmp_path
+):
+    """Every training video's stored bytes cut to a third (as an interrupted copy leaves
+    them): the job stops in epoch 1 with exit status 1 and one last stderr line that counts
+    the lost videos and names the first error; no JSON result, no metrics."""
+    shards = tmp_path / "shards"
+    shutil.copytree(demo_shards, shards)
+    ids = []
+    for part in sorted((shards / "train").glob("part-*.parquet")):
+        table = pq.read_table(part)
+        ids += table["video_id"].to_pylist()
+        for i, name in enumerate(table.column_names):
+            if name.removeprefix("video_").isdigit():  # every rendition (video_<side>)
+                cut = [cell[: len(cell) // 3] for cell in table[name].to_pylist()]
+                table = table.set_column(i, table.field(i), pa.array(cut, table[name].type))
+        pq.write_table(table, part)
+    run = tmp_path / "run"
+    done = job_process(
+        "train.py",
+        *("--data", str(shards), "--model", "c3d", "--out", str(run)),
+        *("--width", "0.125", "--model-option", 'head="pooled"'),
+        *("--frames", "16", "--size", "32", "--epochs", "1", "--batch-size", "8"),
+        *("--cpus-per-worker", "0.5", "--max-failures", "0"),
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    n = len(ids)
+    found = re.fullmatch(
+        rf"training failed: epoch 1: {n} of {n} training videos could not be decoded "
+        r"\(at most 5% may fail\); the first: video (\S+): \w+: .+",
+        last,
+    )
+    assert found, last
+    assert found[1] in ids, last
+    assert not done.stdout.strip()  # no JSON result line
+    assert not (run / "history.jsonl").exists()  # no epoch was reported

@@ -6,6 +6,9 @@ import torch
 
 from raylab.train.loop import (
     DEFAULTS,
+    MAX_DECODE_FAILURES,
+    DecodeFailures,
+    check_decode_failures,
     lr_factor,
     make_optimizer,
     normalise,
@@ -63,3 +66,21 @@ def test_video_scores_average_views_per_video():
     # Clip-level, "a" is right once in two; video-level it is wrong (0.5 > 0.4).
     assert topk_accuracy(scores, vlabels, 1) == pytest.approx(2 / 3)
     assert topk_accuracy(scores, vlabels, 2) == 1.0
+
+
+def test_an_epoch_stops_when_no_video_or_too_many_fail_to_decode():
+    assert MAX_DECODE_FAILURES == 0.05
+    first = "video a/b: RuntimeError: Error reading 1673 bytes..."
+    check_decode_failures(1, "training", 0, 24, "", 0.05)
+    check_decode_failures(1, "training", 1, 20, first, 0.05)  # exactly 5%: kept
+    with pytest.raises(DecodeFailures) as caught:
+        check_decode_failures(3, "validation", 2, 20, first, 0.05)  # 10%
+    assert str(caught.value) == (
+        "epoch 3: 2 of 20 validation videos could not be decoded (at most 5% may fail); "
+        f"the first: {first}"
+    )
+    # Nothing decoded stops the run whatever the tolerated share, an empty split too.
+    with pytest.raises(DecodeFailures, match=r"^epoch 1: 128 of 128 training videos"):
+        check_decode_failures(1, "training", 128, 128, first, 1.0)
+    with pytest.raises(DecodeFailures, match=r"^epoch 1: 0 of 0 validation videos"):
+        check_decode_failures(1, "validation", 0, 0, "", 0.05)

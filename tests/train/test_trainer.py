@@ -137,7 +137,8 @@ def test_rerunning_the_same_run_resumes_and_keeps_the_best(demo_shards, ray_sess
 
 def test_a_damaged_video_fails_only_its_sample(damaged_shards, ray_session, tmp_path):
     """Damaged: one training and one validation video's bytes in the shards (after ingest).
-    Checked after 2 epochs with 2 workers: the run finishes; every epoch counts exactly one
+    Checked after 2 epochs with 2 workers, tolerating up to 20% lost (one of the 8 validation
+    videos is 12.5%, over the default 5%): the run finishes; every epoch counts exactly one
     lost training and one lost validation video in its metrics and trains / evaluates on all
     the others; a decoder's log names the damaged videos."""
     import ray
@@ -146,7 +147,9 @@ def test_a_damaged_video_fails_only_its_sample(damaged_shards, ray_session, tmp_
 
     shards, damaged = damaged_shards
     splits = load_manifest(shards)["splits"]
-    result = _fit(shards, tmp_path, "damaged", workers=2, epochs=2, batch_size=4)
+    result = _fit(
+        shards, tmp_path, "damaged", workers=2, epochs=2, batch_size=4, max_decode_failures=0.2
+    )
     assert result.error is None and result.metrics["epoch"] == 2
     epochs = [r for r in _history(tmp_path / "damaged") if r["event"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]

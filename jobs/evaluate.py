@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
             "video_top5": headline["video_top5"],
             "mean_class_acc": headline["mean_class_acc"],
             "videos": headline["videos"],
-            "views_per_video": args.clips * args.crops,
+            # Counted from the predictions, not the flags: what each video was scored over.
+            "views_per_video": rgb["views"] / len(rgb["ids"]),
         }
         | {f"{s}_video_top1": m["video_top1"] for s, m in metrics.items()},
         "metrics_file": str(out / "metrics.json"),

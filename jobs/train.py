@@ -121,11 +121,28 @@ def default_scheme(model: str) -> str:
     return MODEL_INFO[model].contract.scheme if model in MODEL_INFO else "dense"
 
 
+def data_options(args: argparse.Namespace) -> DataOptions:
+    """The clips the run trains and validates on, from the flags."""
+    return DataOptions(
+        shards=resolve_location(args.data),  # a folder or s3://...
+        frames=args.frames,
+        stride=args.stride,
+        size=args.size,
+        scheme=args.scheme or default_scheme(args.model),
+        flip=args.flip,
+        crop_scales=tuple(args.crop_scales),
+        val_clips=args.val_clips,
+        val_crops=args.val_crops,
+        decoders=args.decoders,
+        decoder_resource=args.decoder_resource,
+        modality=args.modality,
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     import ray
-    import torch
 
-    from raylab.train.evaluate import best_checkpoint
+    from raylab.train.evaluate import save_best_weights
 
     args = parse_args(argv)
     out = Path(args.out).resolve()
@@ -160,20 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
             "crop_scales": args.crop_scales,
         },
     }
-    data = DataOptions(
-        shards=resolve_location(args.data),  # a folder or s3://...
-        frames=args.frames,
-        stride=args.stride,
-        size=args.size,
-        scheme=config["data"]["scheme"],
-        flip=args.flip,
-        crop_scales=tuple(args.crop_scales),
-        val_clips=args.val_clips,
-        val_crops=args.val_crops,
-        decoders=args.decoders,
-        decoder_resource=args.decoder_resource,
-        modality=args.modality,
-    )
+    data = data_options(args)
     trainer = build_trainer(
         config,
         data,
@@ -194,11 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     if result.error:
         raise SystemExit(f"training failed: {result.error}")
 
-    best = best_checkpoint(result)
-    with best.as_directory() as d:
-        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
     weights = out / "weights.pt"
-    torch.save(state["model"], weights)  # the best epoch's weights, a plain state dict
+    best, state = save_best_weights(result, weights)  # the best epoch's, a plain state dict
     summary = {
         "metrics": result.metrics
         | {"epochs": result.metrics["epoch"], "best_epoch": state["epoch"] + 1},

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-# A user's ~/.ray/auth_token turns token auth on for clusters started here; tests that
-# need it set it themselves (see RAY.md section 0).
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The clusters started here run without token auth whatever the user's shell or
+# ~/.ray/auth_token say; tests that need auth set it for their own head (RAY.md section 0).
+os.environ["RAY_AUTH_MODE"] = "disabled"
+for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    os.environ.pop(name, None)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 

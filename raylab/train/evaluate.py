@@ -30,6 +30,16 @@ def best_checkpoint(result, metric: str = "val_video_top1"):
     return ranked[-1][2]
 
 
+def save_best_weights(result, path: str | Path, metric: str = "val_video_top1"):
+    """Save the model weights of ``result``'s best checkpoint (:func:`best_checkpoint`) to
+    ``path`` as a plain state dict; returns ``(that checkpoint, its whole state)``."""
+    best = best_checkpoint(result, metric)
+    with best.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    torch.save(state["model"], path)
+    return best, state
+
+
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     """The model and config of a checkpoint folder written by the training loop."""
     from raylab.models import build_model

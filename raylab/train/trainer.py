@@ -98,6 +98,31 @@ def decode_failure(error: BaseException) -> DecodeFailures | None:
     return None
 
 
+def run_config(
+    *,
+    storage_path: str | Path,
+    name: str,
+    max_failures: int = 1,
+    keep_checkpoints: int = 2,
+    callbacks: list | None = None,
+):
+    """Where a run's checkpoints go and which are kept: the best ``keep_checkpoints`` by
+    validation video top-1 (Ray Train keeps the latest too, for resuming)."""
+    import ray.train
+
+    return ray.train.RunConfig(
+        name=name,
+        storage_path=str(storage_path),
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=keep_checkpoints,
+            checkpoint_score_attribute="val_video_top1",
+            checkpoint_score_order="max",
+        ),
+        callbacks=callbacks,
+    )
+
+
 def build_trainer(
     config: dict,
     data: DataOptions,
@@ -143,15 +168,11 @@ def build_trainer(
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
-        run_config=ray.train.RunConfig(
+        run_config=run_config(
+            storage_path=storage_path,
             name=name,
-            storage_path=str(storage_path),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=keep_checkpoints,
-                checkpoint_score_attribute="val_video_top1",
-                checkpoint_score_order="max",
-            ),
+            max_failures=max_failures,
+            keep_checkpoints=keep_checkpoints,
             callbacks=callbacks,
         ),
         datasets=clip_datasets(data),

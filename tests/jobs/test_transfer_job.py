@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -40,13 +39,26 @@ def test_transfer_then_fine_tune(demo_shards, run_job, tmp_path):
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert set(missing) == {"classifier.weight", "classifier.bias"} and not unexpected
 
+    # One epoch at learning rate 0: every weight the run saves is the one it started from.
     tuned = run_job(
         "train.py",
         *("--data", str(demo_shards), "--model", "t3d121", "--out", str(tmp_path / "tune")),
         *("--init-from", out["student_weights"], "--epochs", "1", "--batch-size", "8"),
-        *tiny,
+        *("--lr", "0", *tiny),
     )
     assert tuned["metrics"]["epochs"] == 1
     fine = torch.load(tuned["weights"], map_location="cpu", weights_only=True)
     assert set(fine) == set(state) | {"classifier.weight", "classifier.bias"}
-    assert Path(tuned["weights"]).exists()
+    # Without --init-from the run starts from the seed's initialisation (seed 0, as the
+    # loop builds it), which differs from the student's in every learned layer.
+    torch.manual_seed(0)
+    initial = build_model("t3d121", 8, width=0.0625)
+    learned = [k for k, _ in initial.named_parameters() if k in state]
+    assert len(learned) > 100  # every convolution and norm of the DenseNet trunk
+    for key in learned:
+        assert torch.equal(fine[key], state[key]), key  # the student's weight arrived
+    differ = [k for k in learned if not torch.equal(state[k], initial.state_dict()[k])]
+    assert len(differ) > len(learned) // 2, "the student is mostly the fresh initialisation"
+    # The classifier, absent from the student, keeps the seed's initialisation.
+    for key in ("classifier.weight", "classifier.bias"):
+        assert torch.equal(fine[key], initial.state_dict()[key]), key

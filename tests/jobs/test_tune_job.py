@@ -41,9 +41,48 @@ pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:
+    """A port free now; another process may take it before the caller binds it, so servers
+    started on such ports are started through :func:`start_on_free_ports`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Exited(Exception):
+    """A server process ended while it was awaited."""
+
+
+def start_on_free_ports(start, ready, what: str, timeout: float, attempts: int = 3):
+    """``start()`` a server on freshly picked ports (it picks them) until ``ready(proc)``
+    answers: a server that exits or never answers, as when one of its ports was taken
+    between the pick and its bind, is stopped and started again on new ports."""
+    for attempt in range(1, attempts + 1):
+        proc = start()
+
+        def probe(proc=proc):
+            if proc.poll() is not None:
+                raise Exited(f"{what} exited with {proc.returncode}")
+            return ready(proc)
+
+        try:
+            return proc, wait_for(what, probe, timeout)
+        except (Exited, AssertionError):
+            stop_group(proc)
+            if attempt == attempts:
+                raise
+
+
+def stop_group(proc: subprocess.Popen, wait: float = 60) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and its children, then
+    SIGKILL them if they outlive ``wait``."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(wait)
 
 
 def get_json(url: str, token: str | None = None, timeout: float = 10) -> dict | list:
@@ -91,45 +130,51 @@ def ray_head(s3_store):
     (by its own process group, so the session's other Ray is left alone). It inherits the
     S3 endpoint's settings from the environment, as a cluster's nodes would."""
     token = secrets.token_hex(32)
-    dashboard, gcs = free_port(), free_port()
     # Without RAY_ADDRESS: the session's ray.init() set it, and jobs would join that Ray.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # `python` in a job is this venv's
     }
-    head = subprocess.Popen(
-        [
-            str(BIN / "ray"), "start", "--head", "--block",
-            f"--port={gcs}",
-            "--num-cpus=2",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            "--include-dashboard=true",
-            # Its own agent ports: the defaults are taken by the session's local Ray.
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{dashboard}"
-    wait_for("the Ray dashboard", lambda: get_json(f"{url}/api/version", token), 90)
+
+    def start() -> subprocess.Popen:
+        dashboard, gcs = free_port(), free_port()
+        head = subprocess.Popen(
+            [
+                str(BIN / "ray"), "start", "--head", "--block",
+                f"--port={gcs}",
+                "--num-cpus=2",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                "--include-dashboard=true",
+                # Its own agent ports: the defaults are taken by the session's local Ray.
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        head.ports = {"dashboard": dashboard, "gcs": gcs}
+        return head
+
+    head, _ = start_on_free_ports(
+        start,
+        lambda head: get_json(f"http://127.0.0.1:{head.ports['dashboard']}/api/version", token),
+        "the Ray dashboard",
+        90,
+    )
+    url = f"http://127.0.0.1:{head.ports['dashboard']}"
     yield {
         "url": url,
         "token": token,
         "env": env | {"RAY_API_SERVER_ADDRESS": url},
-        "address": f"127.0.0.1:{gcs}",
+        "address": f"127.0.0.1:{head.ports['gcs']}",
     }
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+    stop_group(head)
 
 
 def test_ray_job_submit_runs_the_search_and_dashboards_show_it(
@@ -166,23 +211,33 @@ def test_ray_job_submit_runs_the_search_and_dashboards_show_it(
 
     # Optuna's dashboard on the live study: trials appear while the job runs.
     wait_for("the study's first trial", lambda: study_trials(db), 240)
-    port = free_port()
-    dash = subprocess.Popen(
-        [str(BIN / "optuna-dashboard"), f"sqlite:///{db}", "--port", str(port), "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+
+    def start_dashboard() -> subprocess.Popen:
+        port = free_port()
+        dash = subprocess.Popen(
+            [str(BIN / "optuna-dashboard"), f"sqlite:///{db}", "--port", str(port), "--quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        dash.port = port
+        return dash
+
+    dash, answer = start_on_free_ports(
+        start_dashboard,
+        lambda dash: get_json(f"http://127.0.0.1:{dash.port}/api/studies"),
+        "optuna-dashboard",
+        60,
     )
+    port = dash.port
     try:
-        studies = wait_for(
-            "optuna-dashboard", lambda: get_json(f"http://127.0.0.1:{port}/api/studies"), 60
-        )["study_summaries"]
+        studies = answer["study_summaries"]
         assert [s["study_name"] for s in studies] == [name]
         detail = get_json(f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}")
         assert detail["trials"], detail
         assert all("frames" in {p["name"] for p in t["params"]} for t in detail["trials"])
     finally:
-        dash.terminate()
-        dash.wait(30)
+        stop_group(dash, 30)
 
     # The Ray dashboard: the job, its logs, and each trial's Train run (state tracking on).
     jobs = get_json(f"{url}/api/jobs/", token)

@@ -117,6 +117,47 @@ def test_killed_worker_resumes_from_the_last_checkpoint(demo_shards, ray_session
     assert all(resumed[0] < e < interrupted for e in repeated), (epochs, killed, resumed)
 
 
+def test_the_best_checkpoint_is_kept_and_its_weights_saved(ray_session, tmp_path):
+    """Scores 0.5, 0.75, 0.25, 0.4: the best (epoch 2) is neither the latest nor one of
+    the latest two, so a run that kept only recent checkpoints, or picked the latest,
+    would lose it. The run config of every training run is used as it is."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from raylab.train.evaluate import save_best_weights
+    from raylab.train.trainer import run_config
+
+    def report_scores(config: dict) -> None:
+        # Defined here so that it travels to the worker by value. Epoch i reports
+        # config["scores"][i] and a checkpoint whose weights are a tensor of i + 1.
+        import tempfile
+
+        for epoch, score in enumerate(config["scores"]):
+            metrics = {"epoch": epoch + 1, "val_video_top1": score}
+            with tempfile.TemporaryDirectory() as d:
+                state = {"model": {"w": torch.full((3,), epoch + 1.0)}, "epoch": epoch}
+                torch.save(state | {"metrics": metrics}, Path(d) / "state.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    trainer = TorchTrainer(
+        report_scores,
+        train_loop_config={"scores": [0.5, 0.75, 0.25, 0.4]},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+        run_config=run_config(storage_path=tmp_path, name="scores", keep_checkpoints=2),
+    )
+    result = trainer.fit()
+    assert result.error is None
+    kept = sorted(
+        torch.load(p, weights_only=True)["epoch"] + 1
+        for p in (tmp_path / "scores").glob("checkpoint_*/state.pt")
+    )
+    assert kept == [1, 2, 4]  # the best two by score (0.75, 0.5) and the latest; not 3
+    best, state = save_best_weights(result, tmp_path / "weights.pt")
+    assert state["epoch"] + 1 == 2 and state["metrics"]["val_video_top1"] == 0.75
+    saved = torch.load(tmp_path / "weights.pt", weights_only=True)
+    assert set(saved) == {"w"} and torch.equal(saved["w"], torch.full((3,), 2.0))
+
+
 def test_rerunning_the_same_run_resumes_and_keeps_the_best(demo_shards, ray_session, tmp_path):
     first = _fit(demo_shards, tmp_path, "again", epochs=1, batch_size=8)
     assert first.error is None and first.metrics["epoch"] == 1
@@ -147,6 +188,10 @@ def test_a_damaged_video_fails_only_its_sample(damaged_shards, ray_session, tmp_
 
     shards, damaged = damaged_shards
     splits = load_manifest(shards)["splits"]
+    # The session's worker logs already hold earlier tests' lines (the same damaged videos
+    # are decoded elsewhere): only what is written from here on counts.
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    start = {p: p.stat().st_size for p in logs.glob("worker-*.err")}
     result = _fit(
         shards, tmp_path, "damaged", workers=2, epochs=2, batch_size=4, max_decode_failures=0.2
     )
@@ -157,8 +202,7 @@ def test_a_damaged_video_fails_only_its_sample(damaged_shards, ray_session, tmp_
         assert r["decode_failures"] == 1 and r["val_decode_failures"] == 1
         assert r["train_clips"] == splits["train"] - 1
         assert r["val_videos"] == splits["val"] - 1
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
-    text = "\n".join(p.read_text(errors="replace") for p in logs.glob("worker-*.err"))
+    text = "\n".join(new_text(p, start.get(p, 0)) for p in logs.glob("worker-*.err"))
     for video_id in damaged.values():
         assert f"skipping video {video_id}: cannot decode its clip" in text
 
@@ -168,3 +212,10 @@ def test_a_run_stored_on_s3_writes_no_local_files(demo_shards, s3_store, ray_ses
     TensorBoard) have no folder, rather than one named after the URI (``s3:/...``)."""
     trainer = build_trainer(TINY, _data(demo_shards), storage_path=f"{s3_store}/runs", name="x")
     assert trainer.train_loop_config["run_dir"] is None
+
+
+def new_text(path: Path, offset: int) -> str:
+    """What was written to ``path`` after its first ``offset`` bytes."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")

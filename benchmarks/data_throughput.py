@@ -276,7 +276,7 @@ def main() -> None:
     spec = ClipSpec(frames=args.frames, size=args.size, train=True)
 
     a = raw_bound(shards, spec, args.workers, args.passes)
-    # One logical CPU more than cores: Ray Data's read tasks ask for a whole CPU (RAY.md),
+    # One logical CPU more than cores: Ray Data's read tasks ask for a whole CPU,
     # and a decode task holds its CPU until its output is collected (see ray_pipeline).
     ray.init(num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -7,7 +7,7 @@ count of the published figure):
   params   counted on the meta device (no memory, no init);
   GMACs    ``torch.utils.flop_counter.FlopCounterMode`` on the meta device, halved (it counts a
            multiply-add as 2 FLOPs; the papers' "GFLOPs" for these models are MACs);
-  both beside the published (or MODELS.md-computed) figure and the ratio ours / theirs;
+  both beside the published (or computed from the paper's table) figure and the ratio ours / theirs;
   latency  CPU seconds per clip, batch 1, eval mode, no grad, at the paper input;
   train    CPU forward+backward clips/s at a small input (batch 2, train mode), see SMALL.
 Timings are the best of ``--iters`` runs after one warm-up: on a machine shared with other

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # The clusters started here run without token auth whatever the user's shell or
-# ~/.ray/auth_token say; tests that need auth set it for their own head (RAY.md section 0).
+# ~/.ray/auth_token say; tests that need auth set it for their own head.
 os.environ["RAY_AUTH_MODE"] = "disabled"
 for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
     os.environ.pop(name, None)

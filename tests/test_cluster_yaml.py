@@ -1,7 +1,7 @@
 """cluster.yaml: validated offline exactly as `ray up` does, plus what the schema lets pass.
 
 No network, no cloud, no Ray cluster: `prepare_config` + `validate_config` are the checks
-`ray up` runs before it talks to AWS (RAY.md section 5).
+`ray up` runs before it talks to AWS.
 """
 
 from __future__ import annotations

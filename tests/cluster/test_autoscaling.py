@@ -42,7 +42,7 @@ NODE_TYPES = {
 
 class LocalAutoscalingCluster(AutoscalingCluster):
     """``AutoscalingCluster`` with its config inline: the 2.60 wheel does not ship the
-    ``fake_multi_node/example.yaml`` it reads (RAY.md section 6)."""
+    ``fake_multi_node/example.yaml`` it reads."""
 
     def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **kw):
         types = dict(worker_node_types)

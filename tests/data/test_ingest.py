@@ -17,6 +17,7 @@ import decord
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from processes import session_workers_running
 from videos import (
     counter_frames,
     frame_index,
@@ -351,26 +352,6 @@ def test_a_lost_cluster_rejects_no_valid_video(tmp_path, ray_session):
     _assert_complete(out)
 
 
-def _session_workers_running(func: str) -> list[int]:
-    """Pids of this test session's Ray workers now running ``func`` (children of its raylet)."""
-    import ray
-
-    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit():
-                continue
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == raylet and (proc / "cmdline").read_bytes().startswith(
-                f"ray::{func}".encode()
-            ):
-                pids.append(int(proc.name))
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended while being read
-    return pids
-
-
 def test_a_killed_encode_worker_is_retried_not_rejected(tmp_path, ray_session):
     import threading
 
@@ -381,7 +362,7 @@ def test_a_killed_encode_worker_is_retried_not_rejected(tmp_path, ray_session):
 
     def kill_one_encoder() -> None:
         while not killed and not finished.is_set():
-            for pid in _session_workers_running("_encode_task")[:1]:
+            for pid in session_workers_running("_encode_task")[:1]:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             time.sleep(0.02)

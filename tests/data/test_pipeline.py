@@ -6,11 +6,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from processes import session_workers_running
 
 from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
 from raylab.data.ingest import load_manifest, rendition_column
@@ -124,13 +124,12 @@ def test_a_killed_decode_worker_is_retried_and_the_pass_sees_every_view(demo_sha
     0.3 s after it starts decoding, mid-pass. Checked afterwards: the pass completes (Ray
     Data retries the task) and yields every view of every video exactly once."""
     n = load_manifest(demo_shards)["splits"]["train"]
-    raylet = session_raylet_pid(ray_session)
     killed: list[int] = []
 
     def kill_first_decoder() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            for pid in decoder_pids(raylet):
+            for pid in session_workers_running("MapBatches(ClipDecoder)"):
                 time.sleep(0.3)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -147,32 +146,6 @@ def test_a_killed_decode_worker_is_retried_and_the_pass_sees_every_view(demo_sha
     pairs = list(zip(rows["video_id"], rows["view"], strict=True))
     assert len(pairs) == len(set(pairs)) == n * 12
     assert (rows["label"] >= 0).all()
-
-
-def session_raylet_pid(ray) -> int:
-    """The raylet of the test session's own Ray, the parent of its worker processes."""
-    from ray._private import ray_constants
-
-    node = ray._private.worker._global_node
-    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-
-
-def decoder_pids(raylet: int) -> list[int]:
-    """Workers of ``raylet`` running a decode task now (Ray names a busy worker after its
-    task). Other Ray sessions on the machine run decoders of their own; they are left alone."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if not (proc / "cmdline").read_bytes().startswith(b"ray::MapBatches(ClipDecoder)"):
-                    continue
-                # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == raylet:
-                pids.append(int(proc.name))
-    return pids
 
 
 def test_shards_are_read_from_s3(s3_shards, demo_shards, ray_session):

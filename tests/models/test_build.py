@@ -1,5 +1,5 @@
 """The registry and the options every model shares; full-width parameter counts against counts
-derived here from the layer tables in MODELS.md (not from our modules) and its published figures."""
+derived here from the papers' layer tables (not from our modules), and the published figures."""
 
 from __future__ import annotations
 
@@ -200,10 +200,10 @@ R50, R101 = (3, 4, 6, 3), (3, 4, 23, 3)
 D121, D169, D201 = (6, 12, 24, 16), (6, 12, 32, 32), (6, 12, 48, 32)
 TTL = [(1, 3, 3), (3, 3, 3), (4, 3, 3)]
 
-# name, options, classes, count from the table, figure in MODELS.md (millions, 2 decimals)
+# name, options, classes, count from the table, the published figure (millions, 2 decimals)
 COUNTS = [
     ("c3d", {}, 487, c3d_params(487), 79.99),
-    ("c3d", {}, 101, c3d_params(101), 78.41),  # MODELS.md: "~78.4M with 101"
+    ("c3d", {}, 101, c3d_params(101), 78.41),  # C3D with a 101-way classifier: ~78.4M
     ("i3d", {}, 400, i3d_params(400), 12.70),
     ("i3d", {"in_channels": 2}, 400, i3d_params(400, 2), 12.68),
     ("densenet3d121", {}, 400, densenet3d_params(D121, 400), 11.66),
@@ -233,8 +233,8 @@ def test_full_width_parameter_counts(name, options, classes, expected, figure):
 
 
 def test_authors_t3d_count_differs_from_ours_by_the_depth1_branch_kernel():
-    # MODELS.md's ~29.7M for T3D-121 is the authors' code: 384 channels after every TTL and a
-    # 1x1x1 depth-1 branch. Ours with ttl_out=384 has a 1x3x3 one (as MODELS.md asks: 3x3
+    # The ~29.7M quoted for T3D-121 is the authors' code: 384 channels after every TTL and a
+    # 1x1x1 depth-1 branch. Ours with ttl_out=384 has a 1x3x3 one (the paper's TTL: 3x3
     # spatial for every depth), which adds ch * 128 * 8 weights per TTL.
     authors = densenet3d_params(D121, 400, [(1, 1, 1), (3, 3, 3), (4, 3, 3)], 384)
     assert round(authors / 1e6, 1) == 29.7

@@ -84,7 +84,7 @@ class ModelInfo:
 
     ``params_m`` (millions, with
     ``classes`` outputs) and ``gmacs`` (multiply-adds per clip at that input; papers' "GFLOPs"
-    for these models are MACs) are the published figures, or the ones MODELS.md computed from
+    for these models are MACs) are the published figures, or ones computed from
     the layer table where no paper gives one (``source`` says which); None: neither exists.
     """
 
@@ -131,10 +131,22 @@ MODEL_INFO: dict[str, ModelInfo] = {
         "values in [-1, 1]; flow: TV-L1 clipped to [-20, 20] and scaled to [-1, 1]",
     ),
     "densenet3d121": ModelInfo(
-        partial(densenet3d, depth=121), _DENSE3D, 400, 11.66, 34.1, "MODELS.md [calc]", _IMAGENET
+        partial(densenet3d, depth=121),
+        _DENSE3D,
+        400,
+        11.66,
+        34.1,
+        "computed from the layer table",
+        _IMAGENET,
     ),
     "densenet3d169": ModelInfo(
-        partial(densenet3d, depth=169), _DENSE3D, 400, 19.21, 35.3, "MODELS.md [calc]", _IMAGENET
+        partial(densenet3d, depth=169),
+        _DENSE3D,
+        400,
+        19.21,
+        35.3,
+        "computed from the layer table",
+        _IMAGENET,
     ),
     "t3d121": ModelInfo(
         partial(t3d, depth=121), _DENSE3D, 400, None, None, "none published", _IMAGENET
@@ -146,7 +158,9 @@ MODEL_INFO: dict[str, ModelInfo] = {
         partial(t3d, depth=201), _DENSE3D, 400, None, None, "none published", _IMAGENET
     ),
     "stm": ModelInfo(stm, _FRAMES_2D, 174, 24.0, 33.3, "STM paper (24.0M, 33.3G)", _IMAGENET),
-    "tsn": ModelInfo(tsn, _FRAMES_2D, 174, 23.86, 32.7, "MODELS.md [calc] (TSN-R50)", _IMAGENET),
+    "tsn": ModelInfo(
+        tsn, _FRAMES_2D, 174, 23.86, 32.7, "computed from the layer table (TSN-R50)", _IMAGENET
+    ),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_INFO)

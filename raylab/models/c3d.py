@@ -24,7 +24,7 @@ inputs are post-ReLU, so the padded row never wins).
 
 Convolutions have biases and there is no batch norm in the published network. ``batch_norm=True``
 adds BN after every conv and after fc6/fc7, as the I3D paper's C3D baseline does; without it, a
-C3D trained from scratch on un-normalised input can stay at chance (see MODELS.md), so use it
+C3D trained from scratch on un-normalised input can stay at chance, so use it
 (and normalised input) when not starting from the Sports-1M weights.
 
 ``head="fc"`` is the original head; it needs the pool5 output to be 1x4x4, i.e. the published

@@ -2,7 +2,7 @@
 
 The driver builds the two clip datasets (random training views, multi-view validation),
 sizes the schedule from the manifest, and names the run so that calling ``fit()`` again
-with the same ``storage_path``/``name`` resumes from its latest checkpoint (RAY.md §1).
+with the same ``storage_path``/``name`` resumes from its latest checkpoint.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """T3D's supervision transfer (2D -> 3D): a frozen 2D DenseNet teaches a 3D student.
 
-As in Diba et al. ("Temporal 3D ConvNets", section 3.2; MODELS.md, T3D): a frozen 2D DenseNet
+As in Diba et al. ("Temporal 3D ConvNets", section 3.2): a frozen 2D DenseNet
 (ImageNet weights when given) sees X frames of a clip, and its pooled features are averaged
 over them; the 3D student (``t3d121`` or ``densenet3d121``) sees the clip; a head reads both
 and says whether they come from the same video at the same time stamp (positive) or the

@@ -2,7 +2,7 @@
 
 Each trial is a driver function (:func:`run_trial`) that plans the sampled configuration
 (``space.plan_trial``) and either reports why it was pruned or builds and fits a Ray Train
-``TorchTrainer`` whose epochs reach Tune through ``TuneReportCallback`` (RAY.md section 1).
+``TorchTrainer`` whose epochs reach Tune through ``TuneReportCallback``.
 Layout of an experiment (``storage_path/name``)::
 
     <Tune's trial folders>     params.json, result.json, progress.csv, TensorBoard events
@@ -104,7 +104,7 @@ def options_dir(storage_path: str, name: str) -> Path:
 def trial_concurrency(options: TuneOptions, resources: dict) -> int:
     """Trials that fit at once: each needs its workers' CPUs (and GPUs) plus one decoder.
 
-    More would leave Train workers waiting for CPUs that never free up (RAY.md section 1).
+    More would leave Train workers waiting for CPUs that never free up.
     """
     if options.concurrency:
         return options.concurrency

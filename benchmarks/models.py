@@ -38,7 +38,7 @@ SMALL = {name: (16, 112, 112) for name in MODEL_NAMES} | {
 # Rows: (label, model name, options). I3D's flow variant has its own published count.
 ROWS = [(name, name, {}) for name in MODEL_NAMES]
 ROWS.insert(2, ("i3d-flow", "i3d", {"in_channels": 2}))
-FLOW_PARAMS_M = 12.68  # computed from the layer table
+FLOW_PARAMS_M = 12.68  # layer table [calc]
 
 
 def count(name: str, options: dict, classes: int, thw: tuple[int, int, int]) -> tuple[int, float]:

@@ -136,7 +136,7 @@ MODEL_INFO: dict[str, ModelInfo] = {
         400,
         11.66,
         34.1,
-        "computed from the layer table",
+        "layer table [calc]",
         _IMAGENET,
     ),
     "densenet3d169": ModelInfo(
@@ -145,7 +145,7 @@ MODEL_INFO: dict[str, ModelInfo] = {
         400,
         19.21,
         35.3,
-        "computed from the layer table",
+        "layer table [calc]",
         _IMAGENET,
     ),
     "t3d121": ModelInfo(
@@ -158,9 +158,7 @@ MODEL_INFO: dict[str, ModelInfo] = {
         partial(t3d, depth=201), _DENSE3D, 400, None, None, "none published", _IMAGENET
     ),
     "stm": ModelInfo(stm, _FRAMES_2D, 174, 24.0, 33.3, "STM paper (24.0M, 33.3G)", _IMAGENET),
-    "tsn": ModelInfo(
-        tsn, _FRAMES_2D, 174, 23.86, 32.7, "computed from the layer table (TSN-R50)", _IMAGENET
-    ),
+    "tsn": ModelInfo(tsn, _FRAMES_2D, 174, 23.86, 32.7, "layer table [calc] (TSN-R50)", _IMAGENET),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_INFO)

@@ -176,6 +176,21 @@ def wait_for(condition, timeout: float, step: float = 0.5) -> None:
         time.sleep(step)
 
 
+def placement(kinds: dict[str, str]) -> dict[str, list[str]]:
+    """The kind of node (by ``kinds``: node id -> kind) each decode task and each Train
+    worker of this Ray session ran on, from the state API's task and actor records."""
+    from ray.util.state import list_actors, list_tasks
+
+    tasks = list_tasks(detail=True, limit=10_000, raise_on_missing_output=False)
+    actors = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+    return {
+        "decode": [kinds.get(t.node_id, t.node_id) for t in tasks if "ClipDecoder" in t.name],
+        "train": [
+            kinds.get(a.node_id, a.node_id) for a in actors if a.class_name == "RayTrainWorker"
+        ],
+    }
+
+
 def tune_options(root: Path, name: str, **kw):
     from raylab.tune.runner import TuneOptions
     from raylab.tune.space import SearchSpace
@@ -228,6 +243,11 @@ def test_nodes_come_as_trials_queue_and_go_when_idle(cluster):
     assert all(r["epochs"] == 2 for r in rows)
     assert timeline.peak("gpu_trainer") == 2
     assert timeline.peak("cpu_decoder") == 1
+    # Where the work ran, from Ray's state API: every decode task on a decoder node, and
+    # every Train worker on a GPU node.
+    where = placement(timeline.seen)
+    assert where["decode"] and set(where["decode"]) == {"cpu_decoder"}, where
+    assert where["train"] and set(where["train"]) == {"gpu_trainer"}, where
     timings = {
         "first_gpu_node_s": timeline.first("gpu_trainer"),
         "second_gpu_node_s": timeline.first("gpu_trainer", 2),

@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
         failure = decode_failure(err)
         if failure is None:
             raise
+        # Ray's workers log as they shut down: let them finish, so this line is the last.
+        ray.shutdown()
         raise SystemExit(f"training failed: {failure}") from None
     if result.error:
         raise SystemExit(f"training failed: {result.error}")

@@ -36,7 +36,11 @@ AWS_PROVIDER_KEYS = {
 # Built from pieces so that this file does not match its own patterns.
 SECRET_PATTERNS = {
     "AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
-    "AWS secret key": re.compile("aws_secret" + r"_access_key\s*[=:]\s*\S", re.IGNORECASE),
+    # A real secret access key is 40 characters of base64; "..." or a test server's
+    # dummy value is none.
+    "AWS secret key": re.compile(
+        "aws_secret" + r"_access_key\s*[=:]\s*[\"']?[A-Za-z0-9/+=]{40}\b", re.IGNORECASE
+    ),
     "private key": re.compile("-" * 5 + r"BEGIN ([A-Z0-9]+ )*PRIVATE KEY" + "-" * 5),
     "Ray auth token": re.compile(
         r"(RAY_AUTH_TOKEN|auth_token|Bearer)[\s\"'=:]{1,5}[0-9a-fA-F]{64}\b"
@@ -309,7 +313,8 @@ def test_no_credentials_in_any_repository_file():
     "leak",
     [
         "AKIA" + "ABCDEFGHIJKLMNOP",
-        "aws_secret" + "_access_key = abc/def",
+        "aws_secret" + "_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfi" + "CYEXAMPLEKEY",
+        "AWS_SECRET" + '_ACCESS_KEY="wJalrXUtnFEMI/K7MDENG/bPxRfi' + 'CYEXAMPLEKEY"',
         "-" * 5 + "BEGIN OPENSSH PRIVATE KEY" + "-" * 5,
         "RAY_AUTH_TOKEN=" + "ab" * 32,
     ],

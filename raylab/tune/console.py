@@ -167,4 +167,9 @@ def route_ray_logs(log_file: str | Path) -> Path:
             logger.addHandler(to_file)
             if not any(h.level >= logging.WARNING for h in logger.handlers if h is not to_file):
                 logger.addHandler(to_console)
+    # The notice that progress bars are off is about our own setting (a search's console
+    # has no room for a bar per dataset): it belongs in the file.
+    notice = logging.getLogger("ray.data._internal.progress")
+    notice.propagate = False
+    notice.addHandler(to_file)
     return path

@@ -63,3 +63,29 @@ def test_one_line_per_event_and_a_table_at_the_end():
     # Best first; every trial once, with its status.
     assert [row.split()[0] for row in table[2:]] == ["aaaa0001", "aaaa0003", "aaaa0002", "aaaa0004"]
     assert [row.split()[1] for row in table[2:]] == ["done", "stopped", "stopped", "pruned"]
+
+
+def test_ray_notices_go_to_the_log_file_not_the_console(tmp_path):
+    """A driver that routes Ray's logs and runs a dataset with progress bars off (as the
+    search does): Ray's INFO lines and the progress-bar notice are in the file only."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "driver.log"
+    script = f"""
+import ray
+from raylab.tune.console import route_ray_logs
+route_ray_logs({str(log)!r})
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+         configure_logging=False)
+ray.data.DataContext.get_current().enable_progress_bars = False
+print(ray.data.range(10).map_batches(lambda b: b).count())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "10"
+    text = log.read_text()
+    for line in ("Starting execution of Dataset", "Progress bars disabled"):
+        assert line in text and line not in done.stderr, (line, done.stderr[-2000:])

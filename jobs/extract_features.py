@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 from raylab.data.ingest import load_manifest, resolve_location
-from raylab.train.features import ModelSource, analyse, extract_features, write_features
+from raylab.infer.features import ModelSource, analyse, extract_features, write_features
+from raylab.models import parse_option
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model-option",
         action="append",
         default=[],
-        metavar="KEY=JSON",
-        help="with --model: extra build_model option, e.g. head='\"pooled\"'",
+        metavar="KEY=VALUE",
+        help="with --model: extra build_model option, e.g. head=pooled",
     )
     p.add_argument(
         "--layer",
@@ -74,11 +75,11 @@ def model_options(args: argparse.Namespace, frames: int, size: int) -> dict:
     112 clip; at other sizes C3D gets its pooled head unless --model-option says otherwise."""
     opts = {"width": 1.0 if args.width is None else args.width}
     for item in args.model_option:
-        key, _, value = item.partition("=")
         try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"--model-option {item!r}: the value must be JSON ({err})") from err
+            key, value = parse_option(item)
+        except ValueError as err:
+            raise SystemExit(f"--model-option: {err}") from err
+        opts[key] = value
     if args.model == "c3d" and "head" not in opts and (frames, size) != (16, 112):
         opts["head"] = "pooled"
         print(f"c3d at {frames}x{size}x{size}: using its pooled head (no fc6)", file=sys.stderr)
@@ -88,7 +89,7 @@ def model_options(args: argparse.Namespace, frames: int, size: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     import ray
 
-    from raylab.train.evaluate import load_checkpoint
+    from raylab.infer.evaluate import load_checkpoint
 
     args = parse_args(argv)
     ray.init(ignore_reinit_error=True, log_to_driver=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from raylab.data.decode import TSN_SCALES
 from raylab.data.ingest import resolve_location
+from raylab.models import parse_option
 from raylab.train.loop import DEFAULTS
 from raylab.train.trainer import DataOptions, build_trainer, decode_failure
 
@@ -45,8 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model-option",
         action="append",
         default=[],
-        metavar="KEY=JSON",
-        help="extra build_model option, e.g. head='\"pool\"' or batch_norm=true",
+        metavar="KEY=VALUE",
+        help="extra build_model option, e.g. head=pooled or batch_norm=true",
     )
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="per worker")
@@ -105,11 +106,11 @@ def model_options(args: argparse.Namespace) -> dict:
     if args.dropout is not None:
         opts["dropout"] = args.dropout
     for item in args.model_option:
-        key, _, value = item.partition("=")
         try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"--model-option {item!r}: the value must be JSON ({err})") from err
+            key, value = parse_option(item)
+        except ValueError as err:
+            raise SystemExit(f"--model-option: {err}") from err
+        opts[key] = value
     return opts
 
 
@@ -142,7 +143,7 @@ def data_options(args: argparse.Namespace) -> DataOptions:
 def main(argv: list[str] | None = None) -> dict:
     import ray
 
-    from raylab.train.evaluate import save_best_weights
+    from raylab.infer.evaluate import save_best_weights
 
     args = parse_args(argv)
     out = Path(args.out).resolve()
@@ -168,14 +169,6 @@ def main(argv: list[str] | None = None) -> dict:
         "max_decode_failures": args.max_decode_failures,
         # Flow levels to [-1, 1] as I3D feeds them; RGB keeps the loop's defaults.
         **({"mean": (0.5, 0.5), "std": (0.5, 0.5)} if args.modality == "flow" else {}),
-        "data": {
-            "frames": args.frames,
-            "stride": args.stride,
-            "size": args.size,
-            "scheme": args.scheme or default_scheme(args.model),
-            "modality": args.modality,
-            "crop_scales": args.crop_scales,
-        },
     }
     data = data_options(args)
     trainer = build_trainer(
@@ -211,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         "weights": str(weights),
         "model": args.model,
         "model_options": config["model_options"],
-        "data": config["data"],
+        "data": data.record(),
     }
     print(f"best epoch {state['epoch'] + 1}: {state['metrics']}", file=sys.stderr)
     print(json.dumps(summary, default=str))

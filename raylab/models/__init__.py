@@ -14,6 +14,7 @@ the tests compare against.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -194,6 +195,19 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
         raise ValueError(f"{name}: {err}") from err
 
 
+def parse_option(item: str) -> tuple[str, object]:
+    """A ``KEY=VALUE`` build option from the command line: a VALUE that reads as JSON is
+    that value (``dropout=0.2``, ``batch_norm=true``, ``ttl_depths=[1,3,6]``), any other is
+    plain text (``head=pooled``)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"model option {item!r}: expected KEY=VALUE, e.g. head=pooled")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
 __all__ = [
     "C3D",
     "I3D",
@@ -205,4 +219,5 @@ __all__ = [
     "ModelInfo",
     "build_model",
     "input_contract",
+    "parse_option",
 ]

@@ -154,7 +154,8 @@ class C3D(nn.Module):
             raise ValueError(
                 f"c3d: head='fc' needs a pool5 output of 1x4x4 (the published 16x112x112 input), "
                 f"got input (B, C, T, H, W) = {tuple(x.shape)} whose pool5 output is "
-                "{}x{}x{}; use head='pooled' for other sizes".format(*pool5_size(*x.shape[2:]))
+                "{}x{}x{}; for other sizes build it with head='pooled' (jobs: --model-option "
+                "head=pooled)".format(*pool5_size(*x.shape[2:]))
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

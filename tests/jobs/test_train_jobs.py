@@ -47,7 +47,7 @@ def test_train_then_evaluate_multi_view_and_fused(s3_shards, run_job, tmp_path):
     trained = run_job(
         "train.py",
         *("--data", s3_shards, "--model", "c3d", "--out", str(run)),
-        *("--width", "0.125", "--model-option", 'head="pooled"'),
+        *("--width", "0.125", "--model-option", "head=pooled"),
         *("--frames", "16", "--size", "32", "--epochs", "2", "--batch-size", "8"),
         *("--cpus-per-worker", "0.5", "--crop-scales", "1.0", "0.875"),
     )
@@ -135,7 +135,7 @@ def test_a_run_whose_videos_cannot_be_decoded_stops_with_one_line(
     done = job_process(
         "train.py",
         *("--data", str(shards), "--model", "c3d", "--out", str(run)),
-        *("--width", "0.125", "--model-option", 'head="pooled"'),
+        *("--width", "0.125", "--model-option", "head=pooled"),
         *("--frames", "16", "--size", "32", "--epochs", "1", "--batch-size", "8"),
         *("--cpus-per-worker", "0.5", "--max-failures", "0"),
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from raylab.models import MODEL_INFO, MODEL_NAMES, build_model, input_contract
+from raylab.models import MODEL_INFO, MODEL_NAMES, build_model, input_contract, parse_option
 from raylab.models.t3d import densenet3d
 
 # The smallest-cost input each model takes, for tiny-width runs.
@@ -286,3 +286,14 @@ def test_input_contract_is_what_the_model_takes(name, options):
         assert _takes(name, options, c.min_frames, c.max_size)
         assert not _takes(name, options, c.min_frames, c.max_size + 1)
         assert c.refusal(c.min_frames, c.max_size + 1)
+
+
+def test_a_model_option_from_the_command_line_is_json_or_plain_text():
+    assert parse_option("head=pooled") == ("head", "pooled")
+    assert parse_option('head="pooled"') == ("head", "pooled")
+    assert parse_option("batch_norm=true") == ("batch_norm", True)
+    assert parse_option("dropout=0.2") == ("dropout", 0.2)
+    assert parse_option("ttl_depths=[1, 3, 6]") == ("ttl_depths", [1, 3, 6])
+    for bad in ("head", "=pooled"):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            parse_option(bad)

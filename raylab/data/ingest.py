@@ -45,7 +45,6 @@ from raylab.data.decode import scaled_size
 from raylab.progress import progress_bar
 
 SCHEMA_VERSION = 1
-SPLITS = ("train", "val", "test")
 
 # File signatures of video containers, to tell a damaged video from something else.
 _CONTAINER_MAGIC: tuple[tuple[int, bytes, str], ...] = (

@@ -36,7 +36,6 @@ from raylab.data.sampling import sample_rng
 
 log = logging.getLogger(__name__)
 
-CLIP_COLUMNS = ("clip", "label", "video_id", "view", "error")
 FAILED = -1  # label and view of the placeholder row of a video that could not be decoded
 # The ``error`` column: why a video failed, as UTF-8 bytes zero-padded to a fixed width, so
 # that it travels in the tensor batches training reads (which drop string columns).
@@ -243,8 +242,8 @@ def clip_dataset(
         )
     finally:
         ctx.use_datasource_v2 = v2
-    # A part file is one block; cut it into decoder-batch-sized blocks so every decoder
-    # actor gets work and clips flow out batch by batch, not part by part.
+    # A part file is one block; cut it into decoder-batch-sized blocks so every decode
+    # task gets work and clips flow out batch by batch, not part by part.
     ds = ds.repartition(target_num_rows_per_block=videos_per_batch)
     if train:
         ds = ds.randomize_block_order(seed=seed)

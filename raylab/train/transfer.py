@@ -73,7 +73,6 @@ from raylab.train.loop import (
 )
 
 STUDENTS = ("t3d121", "densenet3d121")
-PAIR_COLUMNS = ("clip", "teacher_clip", "same", "kind", "video_id", "teacher_video_id")
 POSITIVE, OTHER_SCENE, SAME_SCENE = 0, 1, 2  # the ``kind`` of a pair row
 _GROUP = re.compile(r"_g(\d+)_c\d+$")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from raylab.data.ingest import load_manifest
-from raylab.train.evaluate import fuse, plot_confusion, predict, report_metrics
+from raylab.infer.evaluate import fuse, plot_confusion, predict, report_metrics
 
 
 def main(argv: list[str] | None = None) -> dict:

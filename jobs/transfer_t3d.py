@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
-    from raylab.train.evaluate import best_checkpoint
+    from raylab.infer.evaluate import best_checkpoint
     from raylab.train.transfer import build_transfer_trainer
 
     args = parse_args(argv)
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
             "frames": args.frames,
             "stride": args.stride,
             "size": args.size,
+            "scheme": "dense",
+            "modality": "rgb",
             "teacher_frames": args.teacher_frames,
             "hard_negatives": args.hard_negatives,
         },

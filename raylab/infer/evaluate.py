@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raylab.data.decode import ClipSpec
 from raylab.train.loop import normalise, topk_accuracy, video_scores
 
 
@@ -54,6 +55,28 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), config
 
 
+def evaluation_clip(config: dict, clips: int = 1, crops: int = 1) -> ClipSpec:
+    """The test views of a checkpoint's training config: its clips (``config["data"]``, as
+    the trainer recorded them), ``clips`` x ``crops`` per video."""
+    data = config.get("data") or {}
+    missing = [k for k in ("frames", "stride", "size", "scheme", "modality") if k not in data]
+    if missing:
+        raise ValueError(
+            f"the checkpoint's config does not say its clips' {', '.join(missing)}: it was "
+            "written by an older raylab; train it again"
+        )
+    return ClipSpec(
+        frames=data["frames"],
+        stride=data["stride"],
+        size=data["size"],
+        scheme=data["scheme"],
+        modality=data["modality"],
+        train=False,
+        clips=clips,
+        crops=crops,
+    )
+
+
 class Predictor:
     """``map_batches`` callable: clip rows -> rows of per-view logits."""
 
@@ -74,12 +97,15 @@ class Predictor:
         )
         with ctx:
             logits = self.model(normalise(clip, self.mean, self.std)).float().cpu().numpy()
-        return {
+        out = {
             "video_id": batch["video_id"],
             "label": batch["label"],
             "view": batch["view"],
             "logits": logits,
         }
+        if "error" in batch:  # why a placeholder row's video failed
+            out["error"] = batch["error"]
+        return out
 
 
 def predict(
@@ -106,15 +132,15 @@ def predict(
     from raylab.data.pipeline import clip_dataset
 
     _, config = load_checkpoint(checkpoint)
-    data = config.get("data") or {}
+    spec = evaluation_clip(config, clips, crops)
     ds = clip_dataset(
         shards,
         split,
-        frames=data.get("frames", 16),
-        stride=data.get("stride", 1),
-        size=data.get("size", 112),
-        scheme=data.get("scheme", "dense"),
-        modality=data.get("modality", "rgb"),
+        frames=spec.frames,
+        stride=spec.stride,
+        size=spec.size,
+        scheme=spec.scheme,
+        modality=spec.modality,
         train=False,
         clips=clips,
         crops=crops,

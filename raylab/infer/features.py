@@ -6,7 +6,7 @@ and a linear SVM trained on them; the compactness of the descriptor is the SVM's
 after PCA to a few dimensions, and a t-SNE plot shows how the classes cluster.
 
 :func:`extract_features` is Ray Data batch inference, like
-:func:`raylab.train.evaluate.predict`: the multi-view clip dataset of every split flows
+:func:`raylab.infer.evaluate.predict`: the multi-view clip dataset of every split flows
 through a pool of :class:`FeatureExtractor` actors (GPU or CPU), each running the model with
 a hook on the chosen layer. The analysis functions (:func:`linear_svm`,
 :func:`compactness_curve`, :func:`tsne_embedding` and the plots) need no Ray.
@@ -40,7 +40,6 @@ from torch import nn
 
 from raylab.train.loop import DEFAULTS, normalise
 
-FEATURE_COLUMNS = ("video_id", "label", "split", "feature")
 SVM_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 _CAPTURES = ("input", "pool")
 
@@ -101,7 +100,7 @@ def load_model(source: ModelSource) -> tuple[nn.Module, dict]:
     from raylab.models import build_model
 
     if source.checkpoint is not None:
-        from raylab.train.evaluate import load_checkpoint
+        from raylab.infer.evaluate import load_checkpoint
 
         model, config = load_checkpoint(source.checkpoint)
         return model.eval(), {

@@ -35,6 +35,19 @@ class DataOptions:
     decoder_resource: str | None = None  # custom resource of decoder nodes, e.g. "decoder"
     modality: str = "rgb"  # "flow": 2-channel optical flow clips (ingest --flow)
 
+    def record(self) -> dict:
+        """The clip settings a checkpoint keeps (its config's ``data``): what evaluation,
+        prediction and the report read to cut the run's own test views again."""
+        return {
+            "frames": self.frames,
+            "stride": self.stride,
+            "size": self.size,
+            "scheme": self.scheme,
+            "modality": self.modality,
+            "flip": self.flip,
+            "crop_scales": list(self.crop_scales),
+        }
+
 
 def clip_datasets(data: DataOptions) -> dict:
     """``{"train": ..., "val": ...}`` Ray datasets for a run."""
@@ -151,7 +164,11 @@ def build_trainer(
     if n_train == 0:
         raise ValueError(f"{data.shards} holds no training videos")
     config = DEFAULTS | config
+    # The clips are what ``data`` trains on, written here and nowhere else.
+    config["data"] = data.record()
     config["num_classes"] = config.get("num_classes") or len(manifest["classes"])
+    # Saved in every checkpoint, so predictions on new videos name their classes.
+    config["classes"] = config.get("classes") or list(manifest["classes"])
     check_model(config, data.frames, data.size)
     config["steps_per_epoch"] = max(1, math.ceil(n_train / workers / config["batch_size"]))
     if not config["run_dir"] and "://" not in str(storage_path):

@@ -150,7 +150,8 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
     # Tune's trial table is the progress display; per-trial data bars would garble it.
     ray.data.DataContext.get_current().enable_progress_bars = False
     # Lists this trial's Train run in the dashboard (/api/train/v2/runs/v1). The trainer reads
-    # it where it is built, in this trial's process, whatever the job's environment says.
+    # it where it is built: this function is where the trial's own process starts, and the
+    # job's environment does not reach it.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     trial_id = tune.get_context().get_trial_id()
     plan = plan_trial(config, limits, budget)
@@ -172,7 +173,6 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
         "weight_decay": plan.weight_decay,
         "seed": options.seed,
         "run_dir": f"{runs}/train-{trial_id}" if options.local else None,
-        "data": {"frames": plan.frames, "stride": plan.stride, "size": plan.size},
         "extra_metrics": plan.cost | {"batch_size": plan.batch_size, "pruned": False},
     }
     data = DataOptions(
@@ -237,7 +237,11 @@ def _searcher_class():
 
 
 def build_tuner(options: TuneOptions, *, resume: bool = False):
-    """The ``Tuner`` of an experiment, new or restored from ``options.experiment_dir``."""
+    """The ``Tuner`` of an experiment, new or restored from ``options.experiment_dir``.
+
+    Trials pruned before they start report no accuracy, on purpose (Optuna then marks them
+    PRUNED), so the process that fits it sets ``TUNE_DISABLE_STRICT_METRIC_CHECKING=1``
+    before Tune starts (``jobs/tune_t3d.py`` does)."""
     import optuna
     import ray
     from ray import tune
@@ -246,8 +250,6 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
     from raylab.tune.console import TrialConsole
     from raylab.tune.stopping import NotLearningStopper
 
-    # Pruned trials report no accuracy, on purpose: Optuna then marks them PRUNED.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     resources = ray.cluster_resources()
     concurrency = trial_concurrency(options, resources)
     budget = Budget(
@@ -487,13 +489,18 @@ def reproduce_command(config: dict, shards: str, epochs: int) -> str:
         f"--data {shards}",
         f"--model {config['model']}",
         f"--frames {data['frames']} --stride {data['stride']} --size {data['size']}",
-        "--scheme dense",
+        f"--scheme {data['scheme']}",
+        "--crop-scales " + " ".join(f"{s:g}" for s in data["crop_scales"]),
+        *(["--flip"] if data["flip"] else []),
         f"--width {width}",
         f"--epochs {epochs} --batch-size {config['batch_size']}",
         f"--optimizer {config['optimizer']} --lr {config['lr']:.3g}",
         f"--weight-decay {config['weight_decay']:.3g}",
     ]
-    parts += [f"--model-option {k}='{json.dumps(v)}'" for k, v in options.items()]
+    parts += [
+        f"--model-option {k}={v}" if isinstance(v, str) else f"--model-option {k}='{json.dumps(v)}'"
+        for k, v in options.items()
+    ]
     parts.append(f"--out runs/{config['model']}-best")
     return " ".join(parts)
 
@@ -530,7 +537,7 @@ def summarise(options: TuneOptions, results) -> dict:
     import torch
 
     from raylab.data.ingest import load_manifest
-    from raylab.train.evaluate import plot_confusion, predict, report_metrics
+    from raylab.infer.evaluate import plot_confusion, predict, report_metrics
 
     release_placement_groups()
     rows = trial_table(results, options.max_epochs)

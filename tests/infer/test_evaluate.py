@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raylab.train.evaluate import fuse, report_metrics
+from raylab.infer.evaluate import fuse, report_metrics
 
 CLASSES = ["a", "b", "c"]
 

@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raylab.models import build_model
-from raylab.train.features import (
+from raylab.infer.features import (
     ClipAverager,
     FeatureExtractor,
     ModelSource,
@@ -28,6 +27,7 @@ from raylab.train.features import (
     resolve_layer,
     write_features,
 )
+from raylab.models import build_model
 from raylab.train.loop import DEFAULTS, normalise
 
 

@@ -124,7 +124,7 @@ def test_the_best_checkpoint_is_kept_and_its_weights_saved(ray_session, tmp_path
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raylab.train.evaluate import save_best_weights
+    from raylab.infer.evaluate import save_best_weights
     from raylab.train.trainer import run_config
 
     def report_scores(config: dict) -> None:
@@ -166,7 +166,7 @@ def test_rerunning_the_same_run_resumes_and_keeps_the_best(demo_shards, ray_sess
     history = _history(tmp_path / "again")
     assert [r["epoch"] for r in history if r["event"] == "epoch"] == [1, 2]
     assert {"event": "resumed", "from_epoch": 1} in history
-    from raylab.train.evaluate import best_checkpoint
+    from raylab.infer.evaluate import best_checkpoint
 
     best = best_checkpoint(second)
     with best.as_directory() as d:

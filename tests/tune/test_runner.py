@@ -25,12 +25,17 @@ from raylab.tune.space import SearchSpace
 REPO = Path(__file__).resolve().parents[2]
 
 
-def train_args(argv: list[str]):
-    """jobs/train.py's own argument parser."""
+def train_job():
+    """jobs/train.py as a module."""
     spec = importlib.util.spec_from_file_location("train_job", REPO / "jobs" / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.parse_args(argv)
+    return module
+
+
+def train_args(argv: list[str]):
+    """jobs/train.py's own argument parser."""
+    return train_job().parse_args(argv)
 
 
 def options(**kw) -> TuneOptions:
@@ -92,10 +97,23 @@ def test_best_checkpoint_is_read_from_the_checkpoints(tmp_path):
 
 
 def test_reproduce_command_parses_as_a_train_job():
+    """The command trains the checkpoint's own clips: the job's clip settings from the
+    command's flags are the ones the checkpoint recorded."""
+    from raylab.train.trainer import DataOptions
+
+    clips = DataOptions(
+        shards="/data/shards",
+        frames=8,
+        stride=2,
+        size=112,
+        scheme="segments",
+        crop_scales=(1.0, 0.875),
+        flip=True,
+    )
     config = {
         "model": "stm",
         "model_options": {"width": 0.125, "stm_stages": [4, 5], "stm_blocks": "first"},
-        "data": {"frames": 8, "stride": 2, "size": 112},
+        "data": clips.record(),
         "batch_size": 8,
         "optimizer": "adamw",
         "lr": 0.00123,
@@ -104,15 +122,10 @@ def test_reproduce_command_parses_as_a_train_job():
     words = shlex.split(reproduce_command(config, "/data/shards", 10))
     assert words[:2] == ["python", "jobs/train.py"]
     args = train_args(words[2:])
-    assert (args.model, args.frames, args.stride, args.size, args.width) == (
-        "stm",
-        8,
-        2,
-        112,
-        0.125,
-    )
+    assert (args.model, args.width) == ("stm", 0.125)
+    assert train_job().data_options(args).record() == clips.record()
     assert (args.epochs, args.batch_size, args.lr) == (10, 8, 0.00123)
-    assert sorted(args.model_option) == ['stm_blocks="first"', "stm_stages=[4, 5]"]
+    assert train_job().model_options(args) == config["model_options"]
 
 
 def test_results_on_s3_are_summarised_locally_and_sent_back(s3_store, tmp_path, monkeypatch):

@@ -1,0 +1,104 @@
+"""Classify videos with a trained checkpoint: per video, the top classes and their scores.
+
+    python jobs/predict.py --checkpoint CKPT --videos DIR_OR_GLOB_OR_CSV --out preds.jsonl \
+        [--clips 10 --crops 3] [--top 5] [--gpu]
+
+Reads the source videos themselves (any container FFmpeg reads; no ingest), cuts each into
+the checkpoint's own test clips (its frames, stride and crop size; ``--clips`` x ``--crops``
+views, scores averaged per video) and runs them through the model as Ray Data batch
+inference. Writes one JSON line per video to ``--out``: ``{"video", "views", "top":
+[{"class", "score"}, ...]}``, or ``{"video", "error"}`` for a file that cannot be decoded;
+the job goes on past such files. A CSV lists videos in its ``path`` column (else its first),
+relative to the CSV's folder. The last stdout line is a JSON object with the counts and
+the output path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder of a training run")
+    p.add_argument("--videos", required=True, help="a folder, a glob or a CSV of video paths")
+    p.add_argument("--out", required=True, help="the JSON-lines file to write")
+    p.add_argument("--clips", type=int, default=10, help="clips per video")
+    p.add_argument("--crops", type=int, choices=[1, 3], default=3, help="crops per clip")
+    p.add_argument("--top", type=int, default=5, help="classes listed per video")
+    p.add_argument(
+        "--short-side",
+        type=int,
+        help="short side videos are re-encoded at before cutting clips (default: the "
+        "checkpoint's working short side); the rendition training read, for identical clips",
+    )
+    p.add_argument("--gpu", action="store_true", help="one GPU per predictor")
+    p.add_argument("--predictors", type=int, default=1, help="inference actors")
+    p.add_argument("--decoder-cpus", type=float, default=0.5)
+    p.add_argument("--predictor-cpus", type=float, default=0.5)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from raylab.infer.evaluate import evaluation_clip, load_checkpoint
+    from raylab.infer.predict import find_videos, predict_videos, rgb_clip
+    from raylab.progress import progress_bar
+
+    args = parse_args(argv)
+    # Every input is checked before Ray starts: a wrong path costs a second, not a cluster.
+    try:
+        _, config = load_checkpoint(args.checkpoint)
+        spec = rgb_clip(evaluation_clip(config, args.clips, args.crops))
+        videos = find_videos(args.videos)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"predict: {err}") from None
+    out = Path(args.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    import ray
+
+    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    print(
+        f"{len(videos)} videos, {spec.views} views each ({spec.frames} frames x stride "
+        f"{spec.stride} at {spec.size} px), model {config['model']}",
+        file=sys.stderr,
+    )
+    bar = progress_bar(total=len(videos) * spec.views, desc="predict", unit="view")
+    results = predict_videos(
+        videos,
+        args.checkpoint,
+        clips=args.clips,
+        crops=args.crops,
+        top=args.top,
+        short_side=args.short_side,
+        use_gpu=args.gpu,
+        predictors=args.predictors,
+        decoder_cpus=args.decoder_cpus,
+        predictor_cpus=args.predictor_cpus,
+        progress=bar,
+    )
+    bar.close()
+    with out.open("w") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"could not classify {r['error']}", file=sys.stderr)
+    summary = {
+        "predictions": str(out),
+        "videos": len(results),
+        "classified": len(results) - len(failed),
+        "failed": len(failed),
+        "checkpoint": str(args.checkpoint),
+        "views_per_video": spec.views,
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""jobs/predict.py as a user runs it: recorded videos, a broken file, wrong input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from raylab.data.synthetic import DEMO_CLASSES
+from raylab.models import build_model
+from raylab.train.loop import DEFAULTS
+from raylab.train.trainer import DataOptions
+
+CLIPS = DataOptions(shards="unused", frames=16, stride=2, size=56, scheme="dense")
+
+
+def write_checkpoint(folder: Path) -> Path:
+    """A checkpoint as the training loop writes one: weights and the whole config (random
+    weights: these tests are about the clips and the plumbing, not accuracy)."""
+    options = {"width": 0.125, "head": "pooled", "batch_norm": True}
+    torch.manual_seed(0)
+    model = build_model("c3d", len(DEMO_CLASSES), **options)
+    config = DEFAULTS | {
+        "model": "c3d",
+        "model_options": options,
+        "num_classes": len(DEMO_CLASSES),
+        "classes": list(DEMO_CLASSES),
+        "data": CLIPS.record(),
+    }
+    folder.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "config": config}, folder / "state.pt")
+    return folder
+
+
+def test_predict_job_on_recorded_videos_and_a_broken_file(real_videos, run_job, tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "run" / "checkpoint_000001")
+    folder = tmp_path / "videos"
+    (folder / "street").mkdir(parents=True)
+    shutil.copy(real_videos["bikes"], folder / "street" / "bikes.mp4")
+    shutil.copy(real_videos["carphone"], folder / "carphone.mp4")
+    (folder / "broken.mp4").write_bytes(real_videos["carphone"].read_bytes()[:3000])
+    out = tmp_path / "preds.jsonl"
+    summary = run_job(
+        "predict.py",
+        *("--checkpoint", str(checkpoint), "--videos", str(folder), "--out", str(out)),
+        *("--clips", "2", "--crops", "3", "--top", "3"),
+    )
+    assert (summary["videos"], summary["classified"], summary["failed"]) == (3, 2, 1)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    by_name = {Path(r["video"]).name: r for r in lines}
+    assert sorted(by_name) == ["bikes.mp4", "broken.mp4", "carphone.mp4"]
+    assert "broken.mp4" in by_name["broken.mp4"]["error"]
+    for name in ("bikes.mp4", "carphone.mp4"):
+        top = by_name[name]["top"]
+        assert by_name[name]["views"] == 6
+        assert len(top) == 3 and {t["class"] for t in top} <= set(DEMO_CLASSES)
+        scores = [t["score"] for t in top]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+
+
+def test_predict_job_names_a_missing_input(job_process, tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "ckpt")
+    done = job_process(
+        "predict.py",
+        *("--checkpoint", str(checkpoint), "--videos", str(tmp_path / "none"), "--out", "p.jsonl"),
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith(f"predict: {tmp_path / 'none'}: no videos")
+    )
+    done = job_process(
+        "predict.py",
+        *("--checkpoint", str(tmp_path / "nockpt"), "--videos", str(tmp_path), "--out", "p.jsonl"),
+    )
+    assert done.returncode == 1 and "nockpt" in done.stderr.strip().splitlines()[-1]

@@ -11,22 +11,33 @@ from pathlib import Path
 def session_raylet_pid() -> int:
     """The raylet of this process's Ray session: the parent of its worker processes."""
     import ray
-    from ray._private import ray_constants
 
-    node = ray._private.worker._global_node
-    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    return raylet_pid(ray._private.worker._global_node)
 
 
 def session_workers_running(task: str) -> list[int]:
     """Pids of this session's workers running ``task`` now (Ray names a busy worker
     ``ray::<task>``), e.g. ``_encode_task`` or ``MapBatches(ClipDecoder)``."""
-    raylet, prefix = session_raylet_pid(), f"ray::{task}".encode()
+    return workers_running(session_raylet_pid(), f"ray::{task}")
+
+
+def raylet_pid(node) -> int:
+    """The raylet of a ``ray.cluster_utils.Cluster`` node: the parent of its workers."""
+    from ray._private import ray_constants
+
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+def workers_running(raylet: int, prefix: str, contains: str = "") -> list[int]:
+    """Pids of the workers of ``raylet`` whose command line starts with ``prefix`` (and
+    holds ``contains``): a busy worker is named ``ray::<task>``."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if not (proc / "cmdline").read_bytes().startswith(prefix):
+            cmdline = (proc / "cmdline").read_bytes()
+            if not cmdline.startswith(prefix.encode()) or contains.encode() not in cmdline:
                 continue
             # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])

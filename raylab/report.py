@@ -24,12 +24,13 @@ import re
 import warnings
 from pathlib import Path
 
-METRIC = "val_video_top1"
+from raylab.metrics import METRIC, TRIAL_STATUSES
+
 ARCH = ("family", "depth", "stm_stages", "stm_blocks")
 KNOBS = (*ARCH, "frames", "size", "stride", "lr", "weight_decay")
 COSTS = ("gmacs", "params_m", "clips_per_s", "batch_size")
 RESULTS = (METRIC, "val_video_top5", *COSTS, "epochs", "best_epoch")
-STATUSES = ("done", "stopped", "pruned", "error")
+STATUSES = TRIAL_STATUSES
 # Taken at a trial's best epoch, as runner.trial_table does.
 AT_BEST = (METRIC, "val_video_top5", "val_clip_acc", "gmacs", "params_m", "batch_size")
 AT_BEST += ("memory_gib",)

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from raylab.data.decode import ClipSpec
+from raylab.metrics import METRIC
 from raylab.train.loop import normalise, topk_accuracy, video_scores
 
 
-def best_checkpoint(result, metric: str = "val_video_top1"):
+def best_checkpoint(result, metric: str = METRIC):
     """The checkpoint with the highest ``metric`` of a Train result (latest on ties)."""
     ranked = [
         (m.get(metric, float("-inf")), m.get("epoch", 0), c)
@@ -31,7 +32,7 @@ def best_checkpoint(result, metric: str = "val_video_top1"):
     return ranked[-1][2]
 
 
-def save_best_weights(result, path: str | Path, metric: str = "val_video_top1"):
+def save_best_weights(result, path: str | Path, metric: str = METRIC):
     """Save the model weights of ``result``'s best checkpoint (:func:`best_checkpoint`) to
     ``path`` as a plain state dict; returns ``(that checkpoint, its whole state)``."""
     best = best_checkpoint(result, metric)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from raylab.data.decode import TSN_SCALES
 from raylab.data.ingest import load_manifest
+from raylab.metrics import METRIC
 from raylab.train.loop import DEFAULTS, DecodeFailures, train_loop
 
 
@@ -129,7 +130,7 @@ def run_config(
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=keep_checkpoints,
-            checkpoint_score_attribute="val_video_top1",
+            checkpoint_score_attribute=METRIC,
             checkpoint_score_order="max",
         ),
         callbacks=callbacks,

@@ -22,7 +22,7 @@ from typing import TextIO
 
 from ray.tune import Callback
 
-from raylab.tune.runner import METRIC
+from raylab.metrics import METRIC
 from raylab.tune.space import knobs
 
 # Loggers of Ray's (and Optuna's) that print INFO records on a driver's console.

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from raylab.data.decode import TSN_SCALES
+from raylab.metrics import METRIC, TRIAL_STATUSES
 from raylab.tune.space import Budget, DataLimits, Pruned, SearchSpace, plan_trial
 
-METRIC = "val_video_top1"
 STUDY_FILE = "optuna.db"
 SEARCHERS = ("tpe", "random")
 EARLY_STOPPING = ("asha", "none")
@@ -544,9 +544,7 @@ def summarise(options: TuneOptions, results) -> dict:
     exp = local_experiment(options)
     (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     scored = [r for r in rows if r.get(METRIC) is not None]
-    counts = {
-        s: sum(r["status"] == s for r in rows) for s in ("done", "stopped", "pruned", "error")
-    }
+    counts = {s: sum(r["status"] == s for r in rows) for s in TRIAL_STATUSES}
     if not scored:
         raise NoTrialScored(
             f"no trial of {exp} finished an epoch ({counts}); see {exp / 'trials.json'}"

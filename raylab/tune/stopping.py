@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ray.tune import Stopper
 
-from raylab.tune.runner import METRIC
+from raylab.metrics import METRIC
 
 
 class NotLearningStopper(Stopper):

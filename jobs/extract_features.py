@@ -22,7 +22,7 @@ from pathlib import Path
 
 from raylab.data.ingest import load_manifest, resolve_location
 from raylab.infer.features import ModelSource, analyse, extract_features, write_features
-from raylab.models import parse_option
+from raylab.models import MODEL_INFO, MODEL_NAMES, input_contract, parse_option
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,9 +47,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "optionally NAME:input and/or :pool; default: fc6 for C3D, else the pooled input "
         "of the final classifier",
     )
-    p.add_argument("--frames", type=int, help="clip length (default: the checkpoint's, or 16)")
+    p.add_argument(
+        "--frames",
+        type=int,
+        help="clip length (default: the checkpoint's, or the model's paper input)",
+    )
     p.add_argument("--stride", type=int, help="temporal stride (default: checkpoint's, or 1)")
-    p.add_argument("--size", type=int, help="crop size (default: the checkpoint's, or 112)")
+    p.add_argument(
+        "--size", type=int, help="crop size (default: the checkpoint's, or the model's paper input)"
+    )
     p.add_argument("--scheme", choices=["dense", "segments"], help="default: by model family")
     p.add_argument("--clips", type=int, default=10, help="clips per video, averaged")
     p.add_argument("--crops", type=int, choices=[1, 3], default=1, help="crops per clip")
@@ -71,8 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def model_options(args: argparse.Namespace, frames: int, size: int) -> dict:
-    """build_model options from the flags. C3D's fc head takes only its published 16 x 112 x
-    112 clip; at other sizes C3D gets its pooled head unless --model-option says otherwise."""
+    """build_model options from the flags. C3D's fc head takes only clips near its published
+    16 x 112 x 112 (its input contract); at others C3D gets its pooled head unless
+    --model-option says otherwise."""
     opts = {"width": 1.0 if args.width is None else args.width}
     for item in args.model_option:
         try:
@@ -80,7 +87,7 @@ def model_options(args: argparse.Namespace, frames: int, size: int) -> dict:
         except ValueError as err:
             raise SystemExit(f"--model-option: {err}") from err
         opts[key] = value
-    if args.model == "c3d" and "head" not in opts and (frames, size) != (16, 112):
+    if args.model == "c3d" and "head" not in opts and input_contract("c3d").refusal(frames, size):
         opts["head"] = "pooled"
         print(f"c3d at {frames}x{size}x{size}: using its pooled head (no fc6)", file=sys.stderr)
     return opts
@@ -105,12 +112,14 @@ def main(argv: list[str] | None = None) -> dict:
         name = config["model"]
     else:
         data, name = {}, args.model
-    frames = args.frames or data.get("frames", 16)
-    size = args.size or data.get("size", 112)
-    stride = args.stride or data.get("stride", 1)
-    scheme = (
-        args.scheme or data.get("scheme") or ("segments" if name in ("stm", "tsn") else "dense")
-    )
+    # Unset flags take the checkpoint's clips, else the model's own input (its paper's).
+    contract = MODEL_INFO[name].contract if name in MODEL_INFO else None
+    if contract is None:
+        raise SystemExit(f"extract_features: unknown model {name!r}; valid: {MODEL_NAMES}")
+    frames = args.frames or data.get("frames") or contract.frames
+    size = args.size or data.get("size") or contract.size
+    stride = args.stride or data.get("stride") or 1
+    scheme = args.scheme or data.get("scheme") or contract.scheme
     if not args.checkpoint:
         source = ModelSource(
             model=args.model,

@@ -1,0 +1,150 @@
+"""How fast does each searched network learn the demo set, apart from Ray's overheads?
+
+    python benchmarks/demo_learnability.py [--runs t3d121-48 stm-8x48 ...] [--epochs 10] \
+        [--seeds 0] [--threads 2]
+
+Renders the embedded search's demo set (48 videos a class, each in a scene of its own: 288
+training and 96 validation videos in unseen scenes, at short side 64 as the search stores
+them) straight into memory, with no encoding, ingest or Ray, and trains each run in a plain
+PyTorch loop: AdamW, cosine schedule with one warm-up epoch, batch 8, training crops from 1
+or 7/8 of the short side at a random place and time, validation on the centre crop and
+centre clip. Prints val video top-1 per epoch and seconds per epoch, side by side, then one
+JSON line. The search's trials add their start-up and the clip pipeline to these times; the
+epochs to a given accuracy are what the search's ASHA rungs and budget must allow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raylab.data import synthetic
+from raylab.models import build_model
+
+VIDEOS_PER_CLASS = 48
+FRAMES, HEIGHT, WIDTH = 32, 128, 160  # the demo videos as make_demo_dataset renders them
+SHORT_SIDE = 64  # the embedded search's one rendition
+# name: (model, build options, frames, stride, crop size, learning rate)
+RUNS = {
+    "t3d121-48": ("t3d121", {"dropout": 0.0}, 32, 1, 48, 2e-3),
+    "t3d121-48-dropout": ("t3d121", {}, 32, 1, 48, 1e-3),
+    "t3d121-32": ("t3d121", {"dropout": 0.0}, 32, 1, 32, 3e-3),
+    "t3d169-48": ("t3d169", {"dropout": 0.0}, 32, 1, 48, 2e-3),
+    "stm-8x48": ("stm", {"dropout": 0.0}, 8, 4, 48, 3e-3),
+    "stm-16x48": ("stm", {"dropout": 0.0}, 16, 2, 48, 2e-3),
+    "c3d-16x32": ("c3d", {"head": "pooled", "batch_norm": True}, 16, 2, 32, 3e-3),
+}
+
+
+def demo_set() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """uint8 videos (N, T, 3, H, W) at short side 64, labels (N,), and which are validation."""
+    videos, labels, is_val = [], [], []
+    groups = VIDEOS_PER_CLASS  # one video of each class per scene, as the search's demo set
+    val_groups = max(1, round(groups * synthetic.TEST_GROUP_FRACTION))
+    size = (SHORT_SIDE, round(WIDTH * SHORT_SIDE / HEIGHT))
+    for ci, label in enumerate(synthetic.DEMO_CLASSES):
+        for group in range(1, groups + 1):
+            scene = synthetic.make_scene(np.random.default_rng([0, group]), HEIGHT, WIDTH)
+            rng = np.random.default_rng([0, ci, group, 1])
+            path = synthetic.sample_trajectory(label, rng, FRAMES, HEIGHT, WIDTH)
+            frames = torch.from_numpy(synthetic.render_video(scene, path)).permute(0, 3, 1, 2)
+            frames = F.interpolate(frames.float(), size=size, mode="area").round().byte()
+            videos.append(frames)
+            labels.append(ci)
+            is_val.append(group <= val_groups)
+    return torch.stack(videos), torch.tensor(labels), np.array(is_val)
+
+
+def train_run(name: str, videos, labels, is_val, epochs: int, seed: int) -> list[dict]:
+    model_name, options, frames, stride, size, lr = RUNS[name]
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_model(model_name, len(synthetic.DEMO_CLASSES), width=0.125, **options)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    train_idx, val_idx = np.where(~is_val)[0], np.where(is_val)[0]
+    steps = math.ceil(len(train_idx) / 8)
+
+    def factor(step: int) -> float:  # linear warm-up for an epoch, then cosine
+        e = step / steps
+        return e + 1e-3 if e < 1 else 0.5 * (1 + math.cos(math.pi * (e - 1) / max(1, epochs - 1)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    span = (frames - 1) * stride + 1
+    h, w = videos.shape[-2:]
+
+    def clip(i: int, train: bool) -> torch.Tensor:
+        t0 = rng.integers(0, FRAMES - span + 1) if train else (FRAMES - span) // 2
+        side = int(min(h, w) * (rng.choice([1.0, 0.875]) if train else 1.0))
+        y0 = rng.integers(0, h - side + 1) if train else (h - side) // 2
+        x0 = rng.integers(0, w - side + 1) if train else (w - side) // 2
+        v = videos[i, t0 : t0 + span : stride, :, y0 : y0 + side, x0 : x0 + side].float() / 255
+        v = F.interpolate(v, size=(size, size), mode="bilinear", antialias=True)
+        return ((v - 0.45) / 0.225).permute(1, 0, 2, 3)
+
+    history = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = rng.permutation(train_idx)
+        for b in range(0, len(order), 8):
+            batch = order[b : b + 8]
+            x = torch.stack([clip(i, True) for i in batch])
+            loss = F.cross_entropy(model(x), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum(
+                int(
+                    (
+                        model(torch.stack([clip(i, False) for i in chunk])).argmax(1)
+                        == labels[chunk]
+                    ).sum()
+                )
+                for chunk in np.array_split(val_idx, math.ceil(len(val_idx) / 32))
+            )
+        history.append(
+            {"epoch": epoch, "val_top1": correct / len(val_idx), "s": time.perf_counter() - start}
+        )
+        print(
+            f"{name} seed {seed} epoch {epoch}: val top-1 {history[-1]['val_top1']:.3f}", flush=True
+        )
+    return history
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    videos, labels, is_val = demo_set()
+    results = {}
+    for name in args.runs:
+        for seed in args.seeds:
+            results[f"{name}/{seed}"] = train_run(name, videos, labels, is_val, args.epochs, seed)
+    print(
+        "\n| run | seed | "
+        + " | ".join(f"ep {e}" for e in range(1, args.epochs + 1))
+        + " | s/epoch |"
+    )
+    print("|---|---|" + "---|" * (args.epochs + 1))
+    for key, history in results.items():
+        name, seed = key.split("/")
+        cells = " | ".join(f"{h['val_top1']:.3f}" for h in history)
+        print(f"| {name} | {seed} | {cells} | {np.median([h['s'] for h in history]):.1f} |")
+    print(json.dumps({k: [round(h["val_top1"], 4) for h in v] for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

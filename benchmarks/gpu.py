@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -206,7 +207,8 @@ def decode_table(args) -> dict:
         column = rendition_column(short_side)
         renditions = [(e[column], e["height"], e["width"]) for e in encoded]
         work = [(renditions, short_side, size, args.decode_repeat)] * procs
-        with ProcessPoolExecutor(procs) as pool:
+        # Spawned, not forked: a fork of a process whose torch threads ran can deadlock.
+        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_decode_worker, [(renditions[:1], short_side, size, 1)] * procs))
             start = time.perf_counter()
             clips = sum(pool.map(_decode_worker, work))

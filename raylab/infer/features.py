@@ -127,7 +127,7 @@ def load_model(source: ModelSource) -> tuple[nn.Module, dict]:
                 f"{source.weights} does not fit model {source.model!r} with options "
                 f"{source.options}: {' '.join(s.strip() for s in detail)}; give the width and "
                 "options the weights were trained with (e.g. --width, --model-option "
-                "head='\"pooled\"')"
+                "head=pooled)"
             ) from err
     channels = getattr(model, "in_channels", 3)
     mean = DEFAULTS["mean"] if channels == 3 else (0.5,) * channels

@@ -67,7 +67,7 @@ def test_train_then_evaluate_multi_view_and_fused(s3_shards, run_job, tmp_path):
         *("--data", s3_shards, "--checkpoint", trained["best_checkpoint"]),
         *("--clips", "2", "--crops", "3", "--out", str(tmp_path / "eval")),
         # A stream fused with itself: the job's plumbing only; fusion itself is tested on
-        # two different streams in tests/train/test_evaluate.py.
+        # two different streams in tests/infer/test_evaluate.py.
         *("--flow-checkpoint", trained["best_checkpoint"]),
     )
     m = evaluated["metrics"]

@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
 
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    from raylab.tune.console import route_ray_logs
+
+    # The console follows the videos; Ray's own INFO records go to a file beside the output.
+    ray_log = route_ray_logs(out.with_name(out.name + ".ray.log"))
+    ray.init(ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     print(
         f"{len(videos)} videos, {spec.views} views each ({spec.frames} frames x stride "
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         "failed": len(failed),
         "checkpoint": str(args.checkpoint),
         "views_per_video": spec.views,
+        "ray_log": str(ray_log),
     }
     print(json.dumps(summary))
     return summary

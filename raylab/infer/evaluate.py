@@ -49,8 +49,14 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     file = Path(path) / "state.pt" if Path(path).is_dir() else Path(path)
     if not file.exists():
         raise FileNotFoundError(f"{file} not found: pass a checkpoint folder of a training run")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    config = state["config"]
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        config = state["config"]
+    except Exception as err:  # a JSON file, a plain state dict, a truncated save...
+        raise ValueError(
+            f"{path} is not a checkpoint of a training run (state.pt with its config): pass a "
+            f"checkpoint folder such as RUN/checkpoint_... ({type(err).__name__})"
+        ) from err
     model = build_model(config["model"], config["num_classes"], **config["model_options"])
     model.load_state_dict(state["model"])
     return model.eval(), config

@@ -75,3 +75,11 @@ def test_predict_job_names_a_missing_input(job_process, tmp_path):
         *("--checkpoint", str(tmp_path / "nockpt"), "--videos", str(tmp_path), "--out", "p.jsonl"),
     )
     assert done.returncode == 1 and "nockpt" in done.stderr.strip().splitlines()[-1]
+    # A file of a run that is not a checkpoint (Ray Train's snapshot beside them).
+    snapshot = tmp_path / "checkpoint_manager_snapshot.json"
+    snapshot.write_text("{}")
+    done = job_process(
+        "predict.py", "--checkpoint", str(snapshot), "--videos", str(tmp_path), "--out", "p.jsonl"
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and last.startswith(f"predict: {snapshot} is not a checkpoint")

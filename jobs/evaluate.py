@@ -16,7 +16,14 @@ import sys
 from pathlib import Path
 
 from raylab.data.ingest import load_manifest
-from raylab.infer.evaluate import fuse, plot_confusion, predict, report_metrics
+from raylab.infer.evaluate import (
+    evaluation_clip,
+    fuse,
+    load_checkpoint,
+    plot_confusion,
+    predict,
+    report_metrics,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -40,6 +47,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--out", help="where metrics.json and confusion.png go")
     args = p.parse_args(argv)
+    # The checkpoints are checked before Ray starts: a wrong path costs a second.
+    for checkpoint in filter(None, (args.checkpoint, args.flow_checkpoint)):
+        try:
+            evaluation_clip(load_checkpoint(checkpoint)[1])
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"evaluate: {err}") from None
 
     ray.init(ignore_reinit_error=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -83,3 +83,19 @@ def test_predict_job_names_a_missing_input(job_process, tmp_path):
     )
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 1 and last.startswith(f"predict: {snapshot} is not a checkpoint")
+
+
+def test_evaluate_job_names_a_checkpoint_it_cannot_read(job_process, tmp_path):
+    """jobs/evaluate.py checks its checkpoints as predict does: one line, before Ray starts."""
+    done = job_process(
+        "evaluate.py", "--data", str(tmp_path), "--checkpoint", str(tmp_path / "nockpt")
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and last.startswith("evaluate: ") and "nockpt" in last
+    old = write_checkpoint(tmp_path / "old")  # a config without the clips' scheme and modality
+    state = torch.load(old / "state.pt", weights_only=True)
+    del state["config"]["data"]["scheme"], state["config"]["data"]["modality"]
+    torch.save(state, old / "state.pt")
+    done = job_process("evaluate.py", "--data", str(tmp_path), "--checkpoint", str(old))
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "scheme, modality" in last and "train it again" in last

@@ -115,6 +115,31 @@ class Predictor:
         return out
 
 
+def with_logits(
+    ds,
+    checkpoint: str | Path,
+    *,
+    predictors: int = 1,
+    use_gpu: bool = False,
+    batch_size: int = 16,
+    predictor_cpus: float = 1.0,
+):
+    """``ds``'s clip rows run through the checkpoint's model in a pool of ``predictors``
+    :class:`Predictor` actors: rows of ``video_id``, ``label``, ``view``, ``logits`` (and
+    ``error``, for the placeholder rows of videos that failed to decode)."""
+    import ray
+
+    return ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"checkpoint": str(checkpoint)},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=predictors),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=predictor_cpus,
+    )
+
+
 def predict(
     shards: str | Path,
     checkpoint: str | Path,
@@ -155,17 +180,10 @@ def predict(
         decoder_cpus=decoder_cpus,
         decoder_resource=decoder_resource,
     )
-    import ray
-
-    out = ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"checkpoint": str(checkpoint)},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=predictors),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=predictor_cpus,
-    )
+    out = with_logits(
+        ds, checkpoint, predictors=predictors, use_gpu=use_gpu, batch_size=batch_size,
+        predictor_cpus=predictor_cpus,
+    )  # fmt: skip
     ids, labels, logits, views, failed = [], [], [], 0, []
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
         ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode

@@ -169,23 +169,16 @@ def predict_videos(
 ) -> list[dict]:
     """One result per video, in ``videos``' order: ``{"video", "top": [{"class", "score"},
     ...]}`` (the ``top`` classes by averaged score) or ``{"video", "error"}``."""
-    import ray
-
-    from raylab.infer.evaluate import Predictor, evaluation_clip, load_checkpoint
+    from raylab.infer.evaluate import evaluation_clip, load_checkpoint, with_logits
 
     _, config = load_checkpoint(checkpoint)
     spec = rgb_clip(evaluation_clip(config, clips, crops))
     classes = config.get("classes") or [f"class {i}" for i in range(config["num_classes"])]
     ds = source_clip_dataset(videos, spec, short_side=short_side, decoder_cpus=decoder_cpus)
-    out = ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"checkpoint": str(checkpoint)},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=predictors),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=predictor_cpus,
-    )
+    out = with_logits(
+        ds, checkpoint, predictors=predictors, use_gpu=use_gpu, batch_size=batch_size,
+        predictor_cpus=predictor_cpus,
+    )  # fmt: skip
     ids, logits, errors = [], [], {}
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
         ok = batch["label"] >= 0

@@ -5,7 +5,7 @@
 Measured side by side in one run, on the same videos and the same number of processes:
   (a) raw bound: decord decoding exactly the sampled frames from the shard bytes, in a
       tight loop in ``workers`` processes (no crops, no Ray, no transfer);
-  (b) the Ray Data pipeline: read_parquet -> ClipDecoder tasks -> iter_torch_batches;
+  (b) the Ray Data pipeline: row-group decode tasks -> iter_torch_batches;
   (c) per-file baseline: a torch DataLoader whose ``workers`` open each source video,
       decode the clip's frames at source resolution and resize + crop them per sample,
       as MMAction2- and PyTorchVideo-style loaders do.

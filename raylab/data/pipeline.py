@@ -1,15 +1,15 @@
 """The Ray Data clip pipeline: Parquet shards -> decode tasks -> uint8 clip rows.
 
-``read_parquet`` streams shard rows (only the columns a clip needs, and only the one
-rendition it decodes from) into :class:`ClipDecoder` tasks on CPU nodes. Each task turns
-a batch of videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id, view,
+Decode tasks on CPU nodes each read a Parquet row group of shard rows (only the columns a
+clip needs, and only the one rendition it decodes from) and turn its videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id, view,
 error}``. In a Train worker, ``ray.train.get_dataset_shard("train").iter_torch_batches(
 collate_fn=ClipTensors(), device=...)`` delivers them as uint8 tensors; the worker makes
 them float and normalises them on its device (a quarter of float32's traffic through the
 object store).
 
 Every pass over the dataset re-runs read + decode, so training clips are re-sampled each
-epoch. Give ``seed`` to replay one exact pass instead (evaluation views are always the
+epoch, and training visits the row groups in a new random order (ingest shuffled the videos
+into them; the Train loop's local shuffle buffer mixes further). Give ``seed`` to replay one exact pass instead (evaluation views are always the
 same: they are not random).
 """
 
@@ -170,6 +170,54 @@ def _filesystem(path: str):
     return pyarrow.fs.LocalFileSystem()
 
 
+def _in_filesystem(path: str) -> str:
+    """``path`` as its filesystem names it: a URI without its scheme."""
+    return path.split("://", 1)[1] if "://" in path else path
+
+
+def row_groups(shards: str | Path, split: str) -> list[dict]:
+    """``{"file", "row_group", "rows"}`` for every Parquet row group of a split: the unit a
+    decode task reads (ingest writes 16 videos a group). Reads only the parts' footers."""
+    import pyarrow.parquet as pq
+
+    files = shard_files(shards, split)
+    fs = _filesystem(files[0])  # one for all parts: inferring it costs a lookup
+    groups = []
+    for file in files:
+        with fs.open_input_file(_in_filesystem(file)) as f:
+            meta = pq.ParquetFile(f).metadata
+        groups.extend(
+            {"file": file, "row_group": g, "rows": meta.row_group(g).num_rows}
+            for g in range(meta.num_row_groups)
+        )
+    return groups
+
+
+class RowGroupDecoder:
+    """Callable for ``map_batches``: row-group references -> clip rows of their videos.
+
+    Reading inside the decode task keeps video bytes out of the object store and leaves no
+    separate read tasks to compete with decoding for CPUs; an epoch's first clips wait only
+    for one group's read and decode, however large the split.
+    """
+
+    def __init__(self, decoder: ClipDecoder, columns: list[str]) -> None:
+        self.decoder, self.columns = decoder, columns
+        self._fs = None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = []
+        for file, group in zip(batch["file"], batch["row_group"], strict=True):
+            self._fs = self._fs or _filesystem(str(file))
+            with self._fs.open_input_file(_in_filesystem(str(file))) as f:
+                tables.append(pq.ParquetFile(f).read_row_group(int(group), columns=self.columns))
+        rows = pa.concat_tables(tables)
+        return self.decoder({name: rows.column(name).to_numpy() for name in self.columns})
+
+
 def clip_dataset(
     shards: str | Path,
     split: str,
@@ -194,8 +242,8 @@ def clip_dataset(
 ):
     """A ``ray.data.Dataset`` of clip rows from one split of an ingested shard folder.
 
-    ``train=True``: one randomly sampled, scale-jittered view per video, blocks in random
-    order (combine with ``local_shuffle_buffer_size`` when iterating). ``train=False``:
+    ``train=True``: one randomly sampled, scale-jittered view per video, row groups in
+    random order (combine with ``local_shuffle_buffer_size`` when iterating). ``train=False``:
     ``clips`` x ``crops`` deterministic views per video (``view`` numbers them) for
     multi-view testing. ``scales``: crop sides of the training views relative to the short
     side (TSN's multi-scale crop; ``(1.0,)`` keeps whole-height crops, for data whose
@@ -206,6 +254,7 @@ def clip_dataset(
     (cluster.yaml's decoder nodes). Ray Data counts a finished task against the cap until
     it has collected the task's output: a cap of one task per core kept ~1.2 running on two
     cores (``benchmarks/data_throughput.py``), so cap above the number meant to run.
+    ``videos_per_batch``: videos a decode task takes, as whole row groups (at least one).
     """
     import ray
 
@@ -229,27 +278,17 @@ def clip_dataset(
         if not manifest.get("flow"):
             raise ValueError(f"{shards} holds no optical flow: ingest it with --flow tvl1")
         column = flow_column(rendition)
-    files = shard_files(shards, split)
-    # The V1 Parquet reader: V2's ListFiles task re-lists the files on every pass, which
-    # cost 1-5 s per epoch here, longer than decoding a small dataset.
-    ctx = ray.data.DataContext.get_current()
-    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
-    try:
-        ds = ray.data.read_parquet(
-            files,
-            columns=["video_id", "label", "height", "width", column],
-            filesystem=_filesystem(files[0]),  # named: inferring it costs a lookup per pass
-        )
-    finally:
-        ctx.use_datasource_v2 = v2
-    # A part file is one block; cut it into decoder-batch-sized blocks so every decode
-    # task gets work and clips flow out batch by batch, not part by part.
-    ds = ds.repartition(target_num_rows_per_block=videos_per_batch)
+    # The split as references to its row groups, in a random order each pass when
+    # training: shuffling these few bytes a group is cheap at any size, where shuffling
+    # the videos' blocks read every byte of the split before the first clip.
+    groups = row_groups(shards, split)
+    ds = ray.data.from_items(groups, override_num_blocks=len(groups))
     if train:
         ds = ds.randomize_block_order(seed=seed)
+    columns = ["video_id", "label", "height", "width", column]
     return ds.map_batches(
-        ClipDecoder(spec, column, seed, epoch),
-        batch_size=videos_per_batch,
+        RowGroupDecoder(ClipDecoder(spec, column, seed, epoch), columns),
+        batch_size=max(1, videos_per_batch // max(1, groups[0]["rows"])),  # groups per task
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=decoders),
         num_cpus=decoder_cpus,

@@ -14,7 +14,7 @@ from processes import session_workers_running
 
 from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
 from raylab.data.ingest import load_manifest, rendition_column
-from raylab.data.pipeline import ClipTensors, clip_dataset
+from raylab.data.pipeline import ClipTensors, clip_dataset, row_groups
 from raylab.data.sampling import sample_rng
 
 
@@ -46,6 +46,24 @@ def test_each_pass_resamples_training_clips(demo_shards, ray_session):
     assert a.keys() == b.keys()
     differ = sum(not np.array_equal(a[k], b[k]) for k in a)
     assert differ >= len(a) // 2
+
+
+def test_training_passes_visit_row_groups_in_a_new_order(demo_shards, tmp_path, ray_session):
+    """The train split rewritten 2 videos a row group: every group is read (each video once
+    a pass) and each unseeded pass starts from a different group."""
+    import shutil
+
+    shutil.copy(demo_shards / "manifest.json", tmp_path / "manifest.json")
+    (tmp_path / "train").mkdir()
+    table = pq.read_table(sorted((demo_shards / "train").glob("*.parquet")))
+    pq.write_table(table, tmp_path / "train" / "part-00000.parquet", row_group_size=2)
+    groups = row_groups(tmp_path, "train")
+    assert [g["row_group"] for g in groups] == list(range(-(-table.num_rows // 2)))
+    assert sum(g["rows"] for g in groups) == table.num_rows
+    ds = clip_dataset(tmp_path, "train", frames=4, size=32, train=True, videos_per_batch=2)
+    orders = [tuple(_collect(ds)["video_id"]) for _ in range(3)]
+    assert all(sorted(o) == sorted(table["video_id"].to_pylist()) for o in orders)
+    assert len({o[:2] for o in orders}) > 1
 
 
 def test_seeded_pass_replays_exactly(demo_shards, ray_session):
@@ -122,7 +140,7 @@ def test_a_damaged_video_costs_only_itself(damaged_shards, ray_session):
 
 
 def test_a_killed_decode_worker_is_retried_and_the_pass_sees_every_view(demo_shards, ray_session):
-    """Killed: the worker process of the first decode task (``MapBatches(ClipDecoder)``),
+    """Killed: the worker process of the first decode task (``MapBatches(RowGroupDecoder)``),
     0.3 s after it starts decoding, mid-pass. Checked afterwards: the pass completes (Ray
     Data retries the task) and yields every view of every video exactly once."""
     n = load_manifest(demo_shards)["splits"]["train"]
@@ -131,7 +149,7 @@ def test_a_killed_decode_worker_is_retried_and_the_pass_sees_every_view(demo_sha
     def kill_first_decoder() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            for pid in session_workers_running("MapBatches(ClipDecoder)"):
+            for pid in session_workers_running("MapBatches(RowGroupDecoder)"):
                 time.sleep(0.3)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raylab.config import ClipConfig
 from raylab.data.decode import ClipSpec, choose_rendition, open_video, scaled_size
 from raylab.data.ingest import EncodeParams, ingest, rendition_column
 from raylab.data.sampling import dense_clip_indices
@@ -126,9 +127,7 @@ def ray_pipeline(shards: Path, spec: ClipSpec, passes: int) -> tuple[float, dict
     ds = clip_dataset(
         shards,
         "train",
-        frames=spec.frames,
-        stride=spec.stride,
-        size=spec.size,
+        ClipConfig(frames=spec.frames, stride=spec.stride, size=spec.size),
         train=True,
         videos_per_batch=16,
     )

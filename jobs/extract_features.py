@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from raylab.config import ClipConfig
 from raylab.data.ingest import load_manifest, resolve_location
 from raylab.infer.features import ModelSource, analyse, extract_features, write_features
 from raylab.models import MODEL_INFO, MODEL_NAMES, input_contract, parse_option
@@ -107,23 +109,34 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.checkpoint:
         config = load_checkpoint(args.checkpoint)[1]
-        data = config.get("data") or {}
+        try:
+            recorded = ClipConfig.from_record(config.get("data") or {})
+        except ValueError as err:
+            raise SystemExit(f"extract_features: {args.checkpoint}: {err}") from None
         source = ModelSource(checkpoint=str(Path(args.checkpoint).resolve()))
         name = config["model"]
     else:
-        data, name = {}, args.model
-    # Unset flags take the checkpoint's clips, else the model's own input (its paper's).
+        recorded, name = None, args.model
     contract = MODEL_INFO[name].contract if name in MODEL_INFO else None
     if contract is None:
         raise SystemExit(f"extract_features: unknown model {name!r}; valid: {MODEL_NAMES}")
-    frames = args.frames or data.get("frames") or contract.frames
-    size = args.size or data.get("size") or contract.size
-    stride = args.stride or data.get("stride") or 1
-    scheme = args.scheme or data.get("scheme") or contract.scheme
+    # Unset flags take the checkpoint's clips, else the model's own input (its paper's).
+    base = recorded or ClipConfig(
+        frames=contract.frames, size=contract.size, scheme=contract.scheme
+    )
+    clip = replace(
+        base,
+        frames=args.frames or base.frames,
+        stride=args.stride or base.stride,
+        size=args.size or base.size,
+        scheme=args.scheme or base.scheme,
+        test_clips=args.clips,
+        test_crops=args.crops,
+    )
     if not args.checkpoint:
         source = ModelSource(
             model=args.model,
-            options=model_options(args, frames, size),
+            options=model_options(args, clip.frames, clip.size),
             num_classes=len(classes),
             weights=str(Path(args.weights).resolve()) if args.weights else None,
         )
@@ -131,15 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
     features = extract_features(
         shards,
         source,
+        clip,
         layer=args.layer,
         splits=args.splits,
-        frames=frames,
-        stride=stride,
-        size=size,
-        scheme=scheme,
-        modality=data.get("modality", "rgb"),
-        clips=args.clips,
-        crops=args.crops,
         predictors=args.predictors,
         use_gpu=args.gpu,
         batch_size=args.batch_size,
@@ -156,12 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     meta = source.describe() | {
         "model": name,
         "shards": shards,
-        "clips": args.clips,
-        "crops": args.crops,
-        "frames": frames,
-        "stride": stride,
-        "size": size,
-        "scheme": scheme,
+        "clip": clip.record(),
     }
     parquet = write_features(features, out, meta)
     analysis = analyse(features, classes, out, seed=args.seed)

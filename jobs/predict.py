@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Every input is checked before Ray starts: a wrong path costs a second, not a cluster.
     try:
         _, config = load_checkpoint(args.checkpoint)
-        spec = rgb_clip(evaluation_clip(config, args.clips, args.crops))
+        clip = rgb_clip(evaluation_clip(config, args.clips, args.crops))
         videos = find_videos(args.videos)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"predict: {err}") from None
@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init(ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     print(
-        f"{len(videos)} videos, {spec.views} views each ({spec.frames} frames x stride "
-        f"{spec.stride} at {spec.size} px), model {config['model']}",
+        f"{len(videos)} videos, {clip.test_views} views each ({clip.frames} frames x stride "
+        f"{clip.stride} at {clip.size} px), model {config['model']}",
         file=sys.stderr,
     )
-    bar = progress_bar(total=len(videos) * spec.views, desc="predict", unit="view")
+    bar = progress_bar(total=len(videos) * clip.test_views, desc="predict", unit="view")
     results = predict_videos(
         videos,
         args.checkpoint,
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         "classified": len(results) - len(failed),
         "failed": len(failed),
         "checkpoint": str(args.checkpoint),
-        "views_per_video": spec.views,
+        "views_per_video": clip.test_views,
         "ray_log": str(ray_log),
     }
     print(json.dumps(summary))

@@ -15,6 +15,7 @@ import time
 import ray
 from tqdm import tqdm
 
+from raylab.config import ClipConfig
 from raylab.data.ingest import load_manifest
 from raylab.data.pipeline import ClipTensors, clip_dataset
 
@@ -23,10 +24,10 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
     p.add_argument("--split", default="train")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--size", type=int, default=112)
-    p.add_argument("--scheme", choices=["dense", "segments"], default="dense")
+    p.add_argument("--frames", type=int, default=ClipConfig.frames)
+    p.add_argument("--stride", type=int, default=ClipConfig.stride)
+    p.add_argument("--size", type=int, default=ClipConfig.size)
+    p.add_argument("--scheme", choices=["dense", "segments"], default=ClipConfig.scheme)
     p.add_argument(
         "--decoders",
         type=int,
@@ -39,13 +40,11 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init(log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     total = load_manifest(args.data)["splits"].get(args.split, 0)
+    clip = ClipConfig(frames=args.frames, stride=args.stride, size=args.size, scheme=args.scheme)
     ds = clip_dataset(
         args.data,
         args.split,
-        frames=args.frames,
-        stride=args.stride,
-        size=args.size,
-        scheme=args.scheme,
+        clip,
         train=args.split == "train",
         decoders=args.decoders,
     )

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from raylab.data.decode import TSN_SCALES
+from raylab.config import ClipConfig
 from raylab.data.ingest import resolve_location
 from raylab.models import parse_option
 from raylab.train.loop import DEFAULTS
@@ -30,14 +30,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
     p.add_argument("--model", required=True, help="a name from raylab.models.MODEL_NAMES")
     p.add_argument("--out", required=True, help="run folder (checkpoints, weights, events)")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--stride", type=int, default=1, help="temporal stride of dense clips")
-    p.add_argument("--size", type=int, default=112, help="crop size (square)")
+    p.add_argument("--frames", type=int, default=ClipConfig.frames)
+    p.add_argument("--stride", type=int, default=ClipConfig.stride, help="dense clips' stride")
+    p.add_argument("--size", type=int, default=ClipConfig.size, help="crop size (square)")
     p.add_argument("--scheme", choices=["dense", "segments"], help="default: by model family")
     p.add_argument(
         "--modality",
         choices=["rgb", "flow"],
-        default="rgb",
+        default=ClipConfig.modality,
         help="flow: the 2-channel optical flow stored by ingest --flow (e.g. I3D's flow stream)",
     )
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
@@ -62,14 +62,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--init-from", help="plain state dict to start from (e.g. transferred T3D)")
-    p.add_argument("--val-clips", type=int, default=1, help="clips per video at validation")
-    p.add_argument("--val-crops", type=int, choices=[1, 3], default=1)
+    p.add_argument(
+        "--val-clips", type=int, default=ClipConfig.test_clips, help="clips per video at validation"
+    )
+    p.add_argument("--val-crops", type=int, choices=[1, 3], default=ClipConfig.test_crops)
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument(
         "--crop-scales",
         type=float,
         nargs="+",
-        default=list(TSN_SCALES),
+        default=list(ClipConfig.crop_scales),
         metavar="S",
         help="training crop sides relative to the short side (TSN multi-scale crop)",
     )
@@ -124,19 +126,22 @@ def default_scheme(model: str) -> str:
 
 def data_options(args: argparse.Namespace) -> DataOptions:
     """The clips the run trains and validates on, from the flags."""
-    return DataOptions(
-        shards=resolve_location(args.data),  # a folder or s3://...
+    clip = ClipConfig(
         frames=args.frames,
         stride=args.stride,
         size=args.size,
         scheme=args.scheme or default_scheme(args.model),
-        flip=args.flip,
+        modality=args.modality,
         crop_scales=tuple(args.crop_scales),
-        val_clips=args.val_clips,
-        val_crops=args.val_crops,
+        flip=args.flip,
+        test_clips=args.val_clips,
+        test_crops=args.val_crops,
+    )
+    return DataOptions(
+        shards=resolve_location(args.data),  # a folder or s3://...
+        clip=clip,
         decoders=args.decoders,
         decoder_resource=args.decoder_resource,
-        modality=args.modality,
     )
 
 
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         "weights": str(weights),
         "model": args.model,
         "model_options": config["model_options"],
-        "data": data.record(),
+        "data": data.clip.record(),
     }
     print(f"best epoch {state['epoch'] + 1}: {state['metrics']}", file=sys.stderr)
     print(json.dumps(summary, default=str))

@@ -67,7 +67,7 @@ class ClipSpec:
     @property
     def working_short_side(self) -> int:
         """The short side frames are decoded at before cropping."""
-        return self.short_side or round(self.size * 8 / 7)
+        return self.short_side or default_short_side(self.size)
 
     @property
     def channels(self) -> int:
@@ -78,6 +78,12 @@ class ClipSpec:
     def views(self) -> int:
         """Views per video: 1 in training, clips x crops at test."""
         return 1 if self.train else self.clips * self.crops
+
+
+def default_short_side(size: int) -> int:
+    """The short side crops of ``size`` are cut from when none is given: ``size * 8 / 7``
+    (128 for 112, 256 for 224), the ratio C3D and I3D use."""
+    return round(size * 8 / 7)
 
 
 def choose_rendition(renditions: list[int] | tuple[int, ...], short_side: int) -> int:

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raylab.data.decode import (
-    TSN_SCALES,
     ClipSpec,
-    choose_rendition,
     open_flow,
     open_video,
     sample_views,
@@ -33,6 +32,9 @@ from raylab.data.decode import (
 )
 from raylab.data.ingest import flow_column, load_manifest, rendition_column, storage
 from raylab.data.sampling import sample_rng
+
+if TYPE_CHECKING:
+    from raylab.config import ClipConfig
 
 log = logging.getLogger(__name__)
 
@@ -221,60 +223,37 @@ class RowGroupDecoder:
 def clip_dataset(
     shards: str | Path,
     split: str,
+    clip: ClipConfig,
     *,
-    frames: int = 16,
-    stride: int = 1,
-    size: int = 112,
     train: bool = True,
-    scheme: str = "dense",
-    clips: int = 1,
-    crops: int = 1,
-    flip: bool = False,
-    short_side: int | None = None,
-    scales: tuple[float, ...] = TSN_SCALES,
     seed: int | None = None,
     epoch: int = 0,
     decoders: int | None = None,
     decoder_cpus: float = 1.0,
     decoder_resource: str | None = None,
-    modality: str = "rgb",
     videos_per_batch: int = 16,
 ):
-    """A ``ray.data.Dataset`` of clip rows from one split of an ingested shard folder.
+    """A ``ray.data.Dataset`` of ``clip``'s rows from one split of an ingested shard folder.
 
     ``train=True``: one randomly sampled, scale-jittered view per video, row groups in
     random order (combine with ``local_shuffle_buffer_size`` when iterating). ``train=False``:
-    ``clips`` x ``crops`` deterministic views per video (``view`` numbers them) for
-    multi-view testing. ``scales``: crop sides of the training views relative to the short
-    side (TSN's multi-scale crop; ``(1.0,)`` keeps whole-height crops, for data whose
-    subject may sit anywhere in the frame). ``decoders`` caps the decode tasks running at
-    once (None: as many as free CPUs allow, which on a cluster means every CPU node
-    decodes); each reserves ``decoder_cpus``, and one unit of the custom resource
-    ``decoder_resource`` when given, which keeps decoding on the nodes that advertise it
-    (cluster.yaml's decoder nodes). Ray Data counts a finished task against the cap until
-    it has collected the task's output: a cap of one task per core kept ~1.2 running on two
-    cores (``benchmarks/data_throughput.py``), so cap above the number meant to run.
+    ``clip.test_clips`` x ``clip.test_crops`` deterministic views per video (``view`` numbers
+    them) for multi-view testing. ``decoders`` caps the decode tasks running at once (None:
+    as many as free CPUs allow, which on a cluster means every CPU node decodes); each
+    reserves ``decoder_cpus``, and one unit of the custom resource ``decoder_resource`` when
+    given, which keeps decoding on the nodes that advertise it (cluster.yaml's decoder
+    nodes). Ray Data counts a finished task against the cap until it has collected the
+    task's output: a cap of one task per core kept ~1.2 running on two cores
+    (``benchmarks/data_throughput.py``), so cap above the number meant to run.
     ``videos_per_batch``: videos a decode task takes, as whole row groups (at least one).
     """
     import ray
 
     manifest = load_manifest(shards)
-    spec = ClipSpec(
-        frames=frames,
-        stride=stride,
-        size=size,
-        scheme=scheme,
-        train=train,
-        clips=clips,
-        crops=crops,
-        flip=flip,
-        short_side=short_side,
-        scales=tuple(scales),
-        modality=modality,
-    )
-    rendition = choose_rendition(manifest["renditions"], spec.working_short_side)
+    spec = clip.spec(train=train)
+    rendition = clip.rendition(manifest["renditions"])
     column = rendition_column(rendition)
-    if modality == "flow":
+    if clip.modality == "flow":
         if not manifest.get("flow"):
             raise ValueError(f"{shards} holds no optical flow: ingest it with --flow tvl1")
         column = flow_column(rendition)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raylab.data.decode import ClipSpec
+from raylab.config import ClipConfig
 from raylab.metrics import METRIC
 from raylab.train.loop import normalise, topk_accuracy, video_scores
 
@@ -62,26 +62,10 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), config
 
 
-def evaluation_clip(config: dict, clips: int = 1, crops: int = 1) -> ClipSpec:
-    """The test views of a checkpoint's training config: its clips (``config["data"]``, as
-    the trainer recorded them), ``clips`` x ``crops`` per video."""
-    data = config.get("data") or {}
-    missing = [k for k in ("frames", "stride", "size", "scheme", "modality") if k not in data]
-    if missing:
-        raise ValueError(
-            f"the checkpoint's config does not say its clips' {', '.join(missing)}: it was "
-            "written by an older raylab; train it again"
-        )
-    return ClipSpec(
-        frames=data["frames"],
-        stride=data["stride"],
-        size=data["size"],
-        scheme=data["scheme"],
-        modality=data["modality"],
-        train=False,
-        clips=clips,
-        crops=crops,
-    )
+def evaluation_clip(config: dict, clips: int = 1, crops: int = 1) -> ClipConfig:
+    """The clips a checkpoint's run trained on (``config["data"]``, as the trainer recorded
+    them), tested on ``clips`` x ``crops`` views per video."""
+    return ClipConfig.from_record(config.get("data") or {}).with_test_views(clips, crops)
 
 
 class Predictor:
@@ -164,18 +148,11 @@ def predict(
     from raylab.data.pipeline import clip_dataset
 
     _, config = load_checkpoint(checkpoint)
-    spec = evaluation_clip(config, clips, crops)
     ds = clip_dataset(
         shards,
         split,
-        frames=spec.frames,
-        stride=spec.stride,
-        size=spec.size,
-        scheme=spec.scheme,
-        modality=spec.modality,
+        evaluation_clip(config, clips, crops),
         train=False,
-        clips=clips,
-        crops=crops,
         decoders=decoders,
         decoder_cpus=decoder_cpus,
         decoder_resource=decoder_resource,

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from raylab.config import ClipConfig
 from raylab.train.loop import DEFAULTS, normalise
 
 SVM_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -456,16 +457,10 @@ def _tag_split(batch: dict[str, np.ndarray], split: str) -> dict[str, np.ndarray
 def extract_features(
     shards: str | Path,
     source: ModelSource,
+    clip: ClipConfig,
     *,
     layer: str | None = None,
     splits: Sequence[str] | None = None,
-    frames: int = 16,
-    stride: int = 1,
-    size: int = 112,
-    scheme: str = "dense",
-    modality: str = "rgb",
-    clips: int = 1,
-    crops: int = 1,
     predictors: int = 1,
     use_gpu: bool = False,
     batch_size: int = 16,
@@ -476,9 +471,9 @@ def extract_features(
 ) -> VideoFeatures:
     """Per-video features of every video of ``splits`` (default: every split in the manifest).
 
-    Each video gives ``clips`` x ``crops`` deterministic test views (``clip_dataset(...,
-    train=False)``); a pool of ``predictors`` :class:`FeatureExtractor` actors (one GPU each
-    with ``use_gpu``) computes the layer's features per view, and the driver averages them
+    Each video gives ``clip.test_clips`` x ``clip.test_crops`` deterministic test views
+    (``clip_dataset(..., train=False)``); a pool of ``predictors`` :class:`FeatureExtractor`
+    actors (one GPU each with ``use_gpu``) computes the layer's features per view, and the driver averages them
     per video and L2-normalises the mean. Videos whose clips cannot be decoded are left out
     and listed in ``decode_failures``. The layer and the clip geometry are checked on the
     driver (one forward of a blank clip) before any Ray work starts.
@@ -499,7 +494,7 @@ def extract_features(
     choice = resolve_layer(model, layer)
     channels = getattr(model, "in_channels", 3)
     with torch.no_grad(), LayerTap(model, choice) as tap:
-        model(torch.zeros(1, channels, frames, size, size))  # a wrong geometry fails here
+        model(torch.zeros(1, channels, clip.frames, clip.size, clip.size))  # wrong geometry fails
         tap.take(1)
     del model
 
@@ -508,14 +503,8 @@ def extract_features(
         ds = clip_dataset(
             shards,
             split,
-            frames=frames,
-            stride=stride,
-            size=size,
-            scheme=scheme,
-            modality=modality,
+            clip,
             train=False,
-            clips=clips,
-            crops=crops,
             decoders=decoders,
             decoder_cpus=decoder_cpus,
             decoder_resource=decoder_resource,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raylab.config import ClipConfig
 from raylab.data.annotations import VIDEO_EXTENSIONS
 from raylab.data.decode import ClipSpec
 from raylab.data.ingest import EncodeParams, Rejected, encode_video, rendition_column
@@ -119,33 +120,33 @@ class SourceClips:
         }
 
 
-def rgb_clip(spec: ClipSpec) -> ClipSpec:
-    """``spec`` when it reads RGB frames, which source videos hold; else a clear error."""
-    if spec.modality != "rgb":
+def rgb_clip(clip: ClipConfig) -> ClipConfig:
+    """``clip`` when it reads RGB frames, which source videos hold; else a clear error."""
+    if clip.modality != "rgb":
         raise ValueError(
-            f"the checkpoint reads {spec.modality}, which source videos do not hold: ingest "
+            f"the checkpoint reads {clip.modality}, which source videos do not hold: ingest "
             "them with jobs/ingest.py --flow and use jobs/evaluate.py"
         )
-    return spec
+    return clip
 
 
 def source_clip_dataset(
     videos: list[str],
-    spec: ClipSpec,
+    clip: ClipConfig,
     *,
     short_side: int | None = None,
     decoder_cpus: float = 1.0,
     videos_per_batch: int = 4,
 ):
-    """A ``ray.data.Dataset`` of test clip rows cut from source video files."""
+    """A ``ray.data.Dataset`` of ``clip``'s test views cut from source video files."""
     import ray
 
-    side = short_side or spec.working_short_side
+    side = short_side or clip.working_short_side
     side += side % 2  # renditions have even sides
     params = EncodeParams(short_sides=(side,))
     ds = ray.data.from_items([{"path": v} for v in videos])
     return ds.map_batches(
-        SourceClips(spec, params),
+        SourceClips(clip.spec(train=False), params),
         batch_size=videos_per_batch,
         batch_format="numpy",
         num_cpus=decoder_cpus,
@@ -172,9 +173,10 @@ def predict_videos(
     from raylab.infer.evaluate import evaluation_clip, load_checkpoint, with_logits
 
     _, config = load_checkpoint(checkpoint)
-    spec = rgb_clip(evaluation_clip(config, clips, crops))
+    clip = rgb_clip(evaluation_clip(config, clips, crops))
+    views = clip.test_views
     classes = config.get("classes") or [f"class {i}" for i in range(config["num_classes"])]
-    ds = source_clip_dataset(videos, spec, short_side=short_side, decoder_cpus=decoder_cpus)
+    ds = source_clip_dataset(videos, clip, short_side=short_side, decoder_cpus=decoder_cpus)
     out = with_logits(
         ds, checkpoint, predictors=predictors, use_gpu=use_gpu, batch_size=batch_size,
         predictor_cpus=predictor_cpus,
@@ -187,7 +189,7 @@ def predict_videos(
         ids.extend(str(v) for v in batch["video_id"][ok])
         logits.append(batch["logits"][ok])
         if progress is not None:  # counts views: a failed video's one row stands for all
-            progress.update(int(ok.sum()) + spec.views * int((~ok).sum()))
+            progress.update(int(ok.sum()) + views * int((~ok).sum()))
     results: dict[str, dict] = {v: {"video": v, "error": e} for v, e in errors.items()}
     if ids:
         scores, _, video_ids = video_scores(ids, [0] * len(ids), np.concatenate(logits))
@@ -196,7 +198,7 @@ def predict_videos(
             best = np.argsort(-s)[:k]
             results[vid] = {
                 "video": vid,
-                "views": spec.views,
+                "views": views,
                 "top": [{"class": classes[i], "score": round(float(s[i]), 4)} for i in best],
             }
     return [results.get(v, {"video": v, "error": "no clip came back"}) for v in videos]

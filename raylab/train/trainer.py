@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from raylab.data.decode import TSN_SCALES
+from raylab.config import ClipConfig
 from raylab.data.ingest import load_manifest
 from raylab.metrics import METRIC
 from raylab.train.loop import DEFAULTS, DecodeFailures, train_loop
@@ -19,35 +19,14 @@ from raylab.train.loop import DEFAULTS, DecodeFailures, train_loop
 
 @dataclass
 class DataOptions:
-    """Which clips the run trains and validates on."""
+    """Where a run's clips come from and how they are decoded; what they are is ``clip``."""
 
     shards: str
-    frames: int = 16
-    stride: int = 1
-    size: int = 112
-    scheme: str = "dense"  # "segments" for TSN / STM
-    flip: bool = False  # off for direction-sensitive data (the demo set, Something-Something)
-    crop_scales: tuple[float, ...] = TSN_SCALES  # training crop sides / short side
+    clip: ClipConfig
     val_split: str = "val"
-    val_clips: int = 1
-    val_crops: int = 1
     decoders: int | None = None  # concurrent decode tasks; None = as CPUs allow
     decoder_cpus: float = 1.0
     decoder_resource: str | None = None  # custom resource of decoder nodes, e.g. "decoder"
-    modality: str = "rgb"  # "flow": 2-channel optical flow clips (ingest --flow)
-
-    def record(self) -> dict:
-        """The clip settings a checkpoint keeps (its config's ``data``): what evaluation,
-        prediction and the report read to cut the run's own test views again."""
-        return {
-            "frames": self.frames,
-            "stride": self.stride,
-            "size": self.size,
-            "scheme": self.scheme,
-            "modality": self.modality,
-            "flip": self.flip,
-            "crop_scales": list(self.crop_scales),
-        }
 
 
 def clip_datasets(data: DataOptions) -> dict:
@@ -55,27 +34,13 @@ def clip_datasets(data: DataOptions) -> dict:
     from raylab.data.pipeline import clip_dataset
 
     common = {
-        "frames": data.frames,
-        "stride": data.stride,
-        "size": data.size,
-        "scheme": data.scheme,
         "decoders": data.decoders,
         "decoder_cpus": data.decoder_cpus,
         "decoder_resource": data.decoder_resource,
-        "modality": data.modality,
     }
     return {
-        "train": clip_dataset(
-            data.shards, "train", train=True, flip=data.flip, scales=data.crop_scales, **common
-        ),
-        "val": clip_dataset(
-            data.shards,
-            data.val_split,
-            train=False,
-            clips=data.val_clips,
-            crops=data.val_crops,
-            **common,
-        ),
+        "train": clip_dataset(data.shards, "train", data.clip, train=True, **common),
+        "val": clip_dataset(data.shards, data.val_split, data.clip, train=False, **common),
     }
 
 
@@ -166,11 +131,11 @@ def build_trainer(
         raise ValueError(f"{data.shards} holds no training videos")
     config = DEFAULTS | config
     # The clips are what ``data`` trains on, written here and nowhere else.
-    config["data"] = data.record()
+    config["data"] = data.clip.record()
     config["num_classes"] = config.get("num_classes") or len(manifest["classes"])
     # Saved in every checkpoint, so predictions on new videos name their classes.
     config["classes"] = config.get("classes") or list(manifest["classes"])
-    check_model(config, data.frames, data.size)
+    check_model(config, data.clip.frames, data.clip.size)
     config["steps_per_epoch"] = max(1, math.ceil(n_train / workers / config["batch_size"]))
     if not config["run_dir"] and "://" not in str(storage_path):
         # Files beside the checkpoints; a URI (s3://) is no folder to write them in.

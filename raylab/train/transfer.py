@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raylab.config import ClipConfig
 from raylab.data.pipeline import FAILED, ClipTensors
 from raylab.train.loop import (
     _gather,
@@ -224,9 +225,7 @@ def pair_dataset(
     clips = clip_dataset(
         shards,
         split,
-        frames=frames,
-        stride=stride,
-        size=size,
+        ClipConfig(frames=frames, stride=stride, size=size),
         train=train,
         seed=seed if train else None,
         decoders=decoders,
@@ -392,9 +391,8 @@ def calibrated_teacher_file(
     path = Path(config["run_dir"]) / "teacher.pt"
     if path.exists():
         return path
-    rows = clip_dataset(
-        shards, "train", frames=frames, stride=stride, size=size, train=True, seed=config["seed"]
-    ).take(16)
+    clip = ClipConfig(frames=frames, stride=stride, size=size)
+    rows = clip_dataset(shards, "train", clip, train=True, seed=config["seed"]).take(16)
     idx = teacher_indices(frames, teacher_frames)
     sample = np.concatenate([r["clip"][idx] for r in rows if r["view"] != FAILED])
     torch.manual_seed(config["seed"])

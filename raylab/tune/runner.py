@@ -23,6 +23,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from raylab.config import ClipConfig
 from raylab.data.decode import TSN_SCALES
 from raylab.metrics import METRIC, TRIAL_STATUSES
 from raylab.tune.space import Budget, DataLimits, Pruned, SearchSpace, plan_trial
@@ -154,7 +155,9 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
     # job's environment does not reach it.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     trial_id = tune.get_context().get_trial_id()
-    plan = plan_trial(config, limits, budget)
+    # The experiment's fixed clip settings; the trial draws frames, stride and size.
+    clips = ClipConfig(crop_scales=options.crop_scales, test_clips=options.val_clips)
+    plan = plan_trial(config, limits, budget, clips)
     if isinstance(plan, Pruned):
         print(f"trial {trial_id} pruned before it started: {plan.reason}", file=sys.stderr)
         tune.report({"pruned": True, "prune_reason": plan.reason})
@@ -177,13 +180,7 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
     }
     data = DataOptions(
         shards=options.shards,
-        frames=plan.frames,
-        stride=plan.stride,
-        size=plan.size,
-        scheme="dense",
-        flip=False,
-        crop_scales=options.crop_scales,
-        val_clips=options.val_clips,
+        clip=plan.clip,
         decoder_cpus=options.decoder_cpus,
         decoder_resource=options.decoder_resource,
     )
@@ -482,16 +479,17 @@ def upload_outputs(options: TuneOptions, local: Path) -> None:
 
 def reproduce_command(config: dict, shards: str, epochs: int) -> str:
     """The ``jobs/train.py`` command line that trains a checkpoint's configuration alone."""
-    data, options = config["data"], dict(config["model_options"])
+    clip, options = ClipConfig.from_record(config["data"]), dict(config["model_options"])
     width = options.pop("width", 1.0)
     parts = [
         "python jobs/train.py",
         f"--data {shards}",
         f"--model {config['model']}",
-        f"--frames {data['frames']} --stride {data['stride']} --size {data['size']}",
-        f"--scheme {data['scheme']}",
-        "--crop-scales " + " ".join(f"{s:g}" for s in data["crop_scales"]),
-        *(["--flip"] if data["flip"] else []),
+        f"--frames {clip.frames} --stride {clip.stride} --size {clip.size}",
+        f"--scheme {clip.scheme} --modality {clip.modality}",
+        "--crop-scales " + " ".join(f"{s:g}" for s in clip.crop_scales),
+        *(["--flip"] if clip.flip else []),
+        f"--val-clips {clip.test_clips} --val-crops {clip.test_crops}",
         f"--width {width}",
         f"--epochs {epochs} --batch-size {config['batch_size']}",
         f"--optimizer {config['optimizer']} --lr {config['lr']:.3g}",

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from raylab.data.decode import ClipSpec, choose_rendition
+from raylab.config import ClipConfig
 from raylab.models import build_model, input_contract
 from raylab.models.common import measure
 
@@ -112,14 +112,16 @@ class SearchSpace:
         accepts = {"frames": "takes_frames", "size": "takes_size"}[knob]
         choices = [v for v in getattr(self, knob) if all(getattr(c, accepts)(v) for c in contracts)]
         if knob == "frames" and max_span is not None:
-            choices = [f for f in choices if span(f, min(self.stride)) <= max_span]
+            choices = [
+                f for f in choices if ClipConfig(frames=f, stride=min(self.stride)).span <= max_span
+            ]
         return tuple(choices)
 
     def strides(self, frames: int, max_span: int | None = None) -> tuple[int, ...]:
         """The strides whose clip of ``frames`` fits ``max_span`` frames (all without it)."""
         if max_span is None:
             return self.stride
-        return tuple(s for s in self.stride if span(frames, s) <= max_span)
+        return tuple(s for s in self.stride if ClipConfig(frames=frames, stride=s).span <= max_span)
 
     def param_name(self, family: str, knob: str, max_span: int | None = None) -> str:
         """Optuna's name for ``knob`` under ``family``: the knob's own when the family takes
@@ -198,11 +200,6 @@ class SearchSpace:
         return {k: list(v) for k, v in asdict(self).items()}
 
 
-def span(frames: int, stride: int) -> int:
-    """Frames of the video a dense clip of ``frames`` frames ``stride`` apart covers."""
-    return (frames - 1) * stride + 1
-
-
 def knobs(config: dict) -> dict:
     """The searched knobs of a trial's config by their plain names, in ``SEARCH_KEYS`` order
     (without the family-named Optuna parameters such as ``t3d_frames``)."""
@@ -263,9 +260,7 @@ class TrialPlan:
 
     model: str
     model_options: dict
-    frames: int
-    stride: int
-    size: int
+    clip: ClipConfig
     batch_size: int
     lr: float
     weight_decay: float
@@ -289,29 +284,30 @@ def model_of(config: dict, width: float) -> tuple[str, dict]:
     return "stm", options
 
 
-def plan_trial(config: dict, limits: DataLimits, budget: Budget) -> TrialPlan | Pruned:
-    """A runnable plan for a sampled ``config``, or the reason the data or the machine
-    cannot serve it. A clip the model itself cannot take raises ValueError: the space
+def plan_trial(
+    config: dict, limits: DataLimits, budget: Budget, clips: ClipConfig | None = None
+) -> TrialPlan | Pruned:
+    """A runnable plan for a sampled ``config`` (``clips`` with its frames, stride and size),
+    or the reason the data or the machine cannot serve it. A clip the model itself cannot take raises ValueError: the space
     draws none (:meth:`SearchSpace.define`).
 
     The batch is the largest power of two up to ``budget.max_batch`` whose estimated
     training memory (weights, gradients and AdamW state, plus twice the activations per clip
     for their gradients) fits ``budget.memory_gib``.
     """
-    frames, stride, size = config["frames"], config["stride"], config["size"]
-    covered = span(frames, stride)
-    if covered > limits.min_frames:
+    frames, size = config["frames"], config["size"]
+    clip = replace(clips or ClipConfig(), frames=frames, stride=config["stride"], size=size)
+    if clip.span > limits.min_frames:
         return Pruned(
-            f"clip span {covered} frames ({frames} frames x stride {stride}) is longer than the "
-            f"shortest training video ({limits.min_frames} frames)"
+            f"clip span {clip.span} frames ({frames} frames x stride {clip.stride}) is longer "
+            f"than the shortest training video ({limits.min_frames} frames)"
         )
-    working = ClipSpec(frames=frames, stride=stride, size=size).working_short_side
     try:
-        choose_rendition(limits.renditions, working)
+        clip.rendition(limits.renditions)
     except ValueError:
         return Pruned(
-            f"resolution {size} is cropped from frames at short side {working}, above the "
-            f"stored renditions {list(limits.renditions)}"
+            f"resolution {size} is cropped from frames at short side {clip.working_short_side},"
+            f" above the stored renditions {list(limits.renditions)}"
         )
     name, options = model_of(config, budget.width)
     refusal = input_contract(name, **options).refusal(frames, size)
@@ -332,9 +328,7 @@ def plan_trial(config: dict, limits: DataLimits, budget: Budget) -> TrialPlan | 
     return TrialPlan(
         model=name,
         model_options=options,
-        frames=frames,
-        stride=stride,
-        size=size,
+        clip=clip,
         batch_size=batch,
         lr=config["lr"],
         weight_decay=config["weight_decay"],

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from processes import session_workers_running
 
+from raylab.config import ClipConfig
 from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
 from raylab.data.ingest import load_manifest, rendition_column
 from raylab.data.pipeline import ClipTensors, clip_dataset, row_groups
@@ -25,7 +26,7 @@ def _collect(ds) -> dict[str, np.ndarray]:
 
 def test_train_rows_shapes_dtypes_and_one_view_per_video(demo_shards, ray_session):
     manifest = load_manifest(demo_shards)
-    ds = clip_dataset(demo_shards, "train", frames=8, stride=2, size=56, train=True)
+    ds = clip_dataset(demo_shards, "train", ClipConfig(frames=8, stride=2, size=56), train=True)
     rows = _collect(ds)
     n = manifest["splits"]["train"]
     assert rows["clip"].shape == (n, 8, 56, 56, 3)
@@ -39,7 +40,7 @@ def test_train_rows_shapes_dtypes_and_one_view_per_video(demo_shards, ray_sessio
 
 
 def test_each_pass_resamples_training_clips(demo_shards, ray_session):
-    ds = clip_dataset(demo_shards, "train", frames=8, size=56, train=True)
+    ds = clip_dataset(demo_shards, "train", ClipConfig(frames=8, size=56), train=True)
     first, second = _collect(ds), _collect(ds)
     a = dict(zip(first["video_id"], first["clip"], strict=True))
     b = dict(zip(second["video_id"], second["clip"], strict=True))
@@ -60,7 +61,9 @@ def test_training_passes_visit_row_groups_in_a_new_order(demo_shards, tmp_path, 
     groups = row_groups(tmp_path, "train")
     assert [g["row_group"] for g in groups] == list(range(-(-table.num_rows // 2)))
     assert sum(g["rows"] for g in groups) == table.num_rows
-    ds = clip_dataset(tmp_path, "train", frames=4, size=32, train=True, videos_per_batch=2)
+    ds = clip_dataset(
+        tmp_path, "train", ClipConfig(frames=4, size=32), train=True, videos_per_batch=2
+    )
     orders = [tuple(_collect(ds)["video_id"]) for _ in range(3)]
     assert all(sorted(o) == sorted(table["video_id"].to_pylist()) for o in orders)
     assert len({o[:2] for o in orders}) > 1
@@ -68,7 +71,9 @@ def test_training_passes_visit_row_groups_in_a_new_order(demo_shards, tmp_path, 
 
 def test_seeded_pass_replays_exactly(demo_shards, ray_session):
     def run():
-        ds = clip_dataset(demo_shards, "train", frames=8, size=56, train=True, seed=3, epoch=1)
+        ds = clip_dataset(
+            demo_shards, "train", ClipConfig(frames=8, size=56), train=True, seed=3, epoch=1
+        )
         rows = _collect(ds)
         return dict(zip(rows["video_id"], rows["clip"], strict=True))
 
@@ -78,7 +83,12 @@ def test_seeded_pass_replays_exactly(demo_shards, ray_session):
 
 def test_crop_scales_reach_the_decoder(demo_shards, ray_session):
     ds = clip_dataset(
-        demo_shards, "train", frames=8, size=56, train=True, scales=(1.0,), seed=3, epoch=1
+        demo_shards,
+        "train",
+        ClipConfig(frames=8, size=56, crop_scales=(1.0,)),
+        train=True,
+        seed=3,
+        epoch=1,
     )
     rows = _collect(ds)
     got = dict(zip(rows["video_id"], rows["clip"], strict=True))
@@ -97,7 +107,9 @@ def test_crop_scales_reach_the_decoder(demo_shards, ray_session):
 
 def test_multi_view_rows_for_evaluation(demo_shards, ray_session):
     n = load_manifest(demo_shards)["splits"]["val"]
-    ds = clip_dataset(demo_shards, "val", frames=8, size=56, train=False, clips=2, crops=3)
+    ds = clip_dataset(
+        demo_shards, "val", ClipConfig(frames=8, size=56, test_clips=2, test_crops=3), train=False
+    )
     rows = _collect(ds)
     assert rows["clip"].shape == (n * 6, 8, 56, 56, 3)
     for vid in set(rows["video_id"]):
@@ -107,7 +119,7 @@ def test_multi_view_rows_for_evaluation(demo_shards, ray_session):
 def test_torch_batches_keep_uint8_and_drop_string_ids(demo_shards, ray_session):
     import torch
 
-    ds = clip_dataset(demo_shards, "val", frames=4, size=56, train=False)
+    ds = clip_dataset(demo_shards, "val", ClipConfig(frames=4, size=56), train=False)
     batch = next(iter(ds.iter_torch_batches(batch_size=4, collate_fn=ClipTensors())))
     # video_id (strings) is dropped; why a video failed travels as bytes, zeros when it decoded
     assert set(batch) == {"clip", "label", "view", "error"}
@@ -119,15 +131,17 @@ def test_torch_batches_keep_uint8_and_drop_string_ids(demo_shards, ray_session):
 
 def test_clear_errors_for_bad_requests(demo_shards, ray_session):
     with pytest.raises(ValueError, match="rendition of at least"):
-        clip_dataset(demo_shards, "train", size=112)
+        clip_dataset(demo_shards, "train", ClipConfig(size=112))
     with pytest.raises(FileNotFoundError, match="no shards for split 'test'"):
-        clip_dataset(demo_shards, "test", size=56)
+        clip_dataset(demo_shards, "test", ClipConfig(size=56))
 
 
 def test_a_damaged_video_costs_only_itself(damaged_shards, ray_session):
     shards, damaged = damaged_shards
     n = load_manifest(shards)["splits"]["val"]
-    rows = _collect(clip_dataset(shards, "val", frames=8, size=32, train=False, clips=2))
+    rows = _collect(
+        clip_dataset(shards, "val", ClipConfig(frames=8, size=32, test_clips=2), train=False)
+    )
     failed = rows["label"] < 0
     # The damaged video yields one placeholder row (label -1, view -1); every other video
     # its two views, labels intact.
@@ -159,7 +173,12 @@ def test_a_killed_decode_worker_is_retried_and_the_pass_sees_every_view(demo_sha
     watcher = threading.Thread(target=kill_first_decoder, daemon=True)
     watcher.start()
     # 12 views of 16 frames per video: a decode task of 16 videos runs for seconds.
-    ds = clip_dataset(demo_shards, "train", frames=16, size=48, train=False, clips=4, crops=3)
+    ds = clip_dataset(
+        demo_shards,
+        "train",
+        ClipConfig(frames=16, size=48, test_clips=4, test_crops=3),
+        train=False,
+    )
     rows = _collect(ds)
     watcher.join(timeout=5)
     assert killed, "no decode task was caught running"
@@ -179,7 +198,7 @@ def test_shards_are_read_from_s3(s3_shards, demo_shards, ray_session):
     }
     assert shard_files(s3_shards, "val") == [f"{s3_shards}/val/part-00000.parquet"]
     assert shard_files(f"file://{demo_shards}", "val") == shard_files(demo_shards, "val")
-    rows = _collect(clip_dataset(s3_shards, "val", frames=4, size=32, train=False))
+    rows = _collect(clip_dataset(s3_shards, "val", ClipConfig(frames=4, size=32), train=False))
     stored = pq.read_table(shard_files(demo_shards, "val")[0], columns=["video_id", "label"])
     assert sorted(zip(rows["video_id"], rows["label"], strict=True)) == sorted(
         zip(stored["video_id"].to_pylist(), stored["label"].to_pylist(), strict=True)
@@ -191,16 +210,22 @@ def test_shards_are_read_from_s3(s3_shards, demo_shards, ray_session):
 
 def test_flow_clips_have_two_channels(flow_shards, ray_session):
     rows = _collect(
-        clip_dataset(flow_shards, "val", frames=8, size=32, train=False, modality="flow")
+        clip_dataset(
+            flow_shards, "val", ClipConfig(frames=8, size=32, modality="flow"), train=False
+        )
     )
     n = load_manifest(flow_shards)["splits"]["val"]
     assert rows["clip"].shape == (n, 8, 32, 32, 2) and rows["clip"].dtype == np.uint8
     train = _collect(
-        clip_dataset(flow_shards, "train", frames=8, size=32, modality="flow", flip=True)
+        clip_dataset(
+            flow_shards, "train", ClipConfig(frames=8, size=32, modality="flow", flip=True)
+        )
     )
     assert train["clip"].shape[-1] == 2
 
 
 def test_flow_from_shards_without_flow_is_a_clear_error(demo_shards, ray_session):
     with pytest.raises(ValueError, match="holds no optical flow: ingest it with --flow"):
-        clip_dataset(demo_shards, "val", frames=8, size=32, train=False, modality="flow")
+        clip_dataset(
+            demo_shards, "val", ClipConfig(frames=8, size=32, modality="flow"), train=False
+        )

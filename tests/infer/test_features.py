@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from raylab.config import ClipConfig
 from raylab.infer.features import (
     ClipAverager,
     FeatureExtractor,
@@ -170,9 +171,8 @@ def test_features_of_every_video_from_the_shards(damaged_shards, tmp_path):
     the damaged videos dropped and counted."""
     shards, damaged = damaged_shards
     source = ModelSource(model="c3d", options={"width": 0.125, "head": "pooled"}, num_classes=8)
-    got = extract_features(
-        shards, source, frames=16, size=32, clips=2, decoder_cpus=0.5, predictor_cpus=0.5
-    )
+    clip = ClipConfig(frames=16, size=32, test_clips=2)
+    got = extract_features(shards, source, clip, decoder_cpus=0.5, predictor_cpus=0.5)
     assert got.layer == "classifier.fc:input:pool" and got.dim == 64
     assert got.decode_failures == {s: [v] for s, v in damaged.items()}
     for split in ("train", "val"):

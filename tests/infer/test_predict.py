@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from raylab.config import ClipConfig
 from raylab.infer.evaluate import evaluation_clip
 from raylab.infer.predict import find_videos, rgb_clip, source_clip_dataset
-from raylab.train.trainer import DataOptions
 
 # A 56 px crop works from a 64 px short side (8/7 of it), the demo shards' one rendition.
-CLIPS = DataOptions(shards="unused", frames=8, stride=2, size=56, scheme="dense")
+CLIPS = ClipConfig(frames=8, stride=2, size=56, scheme="dense")
 
 
 def test_find_videos_in_a_folder_a_glob_and_a_csv(tmp_path):
@@ -33,10 +33,10 @@ def test_find_videos_in_a_folder_a_glob_and_a_csv(tmp_path):
 
 
 def test_a_flow_checkpoint_is_refused_with_the_way_to_evaluate_it():
-    config = {"data": DataOptions(shards="s", modality="flow").record()}
+    config = {"data": ClipConfig(modality="flow").record()}
     with pytest.raises(ValueError, match="--flow"):
         rgb_clip(evaluation_clip(config))
-    with pytest.raises(ValueError, match="stride, size, scheme, modality"):
+    with pytest.raises(ValueError, match="stride, size, scheme, modality, short_side"):
         evaluation_clip({"data": {"frames": 16}})
 
 
@@ -46,17 +46,7 @@ def test_source_videos_give_the_clips_evaluation_cuts_from_shards(demo_shards, r
     from raylab.data.pipeline import clip_dataset
 
     spec = evaluation_clip({"data": CLIPS.record()}, clips=2, crops=3)
-    from_shards = clip_dataset(
-        demo_shards,
-        "val",
-        frames=spec.frames,
-        stride=spec.stride,
-        size=spec.size,
-        scheme=spec.scheme,
-        train=False,
-        clips=2,
-        crops=3,
-    ).take_all()
+    from_shards = clip_dataset(demo_shards, "val", spec, train=False).take_all()
     videos = demo_shards.parent / "videos"
     ids = sorted({r["video_id"] for r in from_shards})
     from_sources = source_clip_dataset([str(videos / f"{v}.mp4") for v in ids], spec).take_all()

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
+from raylab.config import ClipConfig
 from raylab.data.synthetic import DEMO_CLASSES
 from raylab.models import build_model
 from raylab.train.loop import DEFAULTS
-from raylab.train.trainer import DataOptions
 
-CLIPS = DataOptions(shards="unused", frames=16, stride=2, size=56, scheme="dense")
+CLIPS = ClipConfig(frames=16, stride=2, size=56, scheme="dense")
 
 
 def write_checkpoint(folder: Path) -> Path:

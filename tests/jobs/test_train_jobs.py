@@ -31,13 +31,13 @@ def test_train_flags_reach_the_clips_it_trains_on():
     job = train_job()
     flags = ["--data", "shards", "--model", "c3d", "--out", "run", "--size", "32"]
     data = job.data_options(job.parse_args([*flags, "--crop-scales", "1.0", "0.875", "--flip"]))
-    assert data.crop_scales == (1.0, 0.875) and data.flip and data.size == 32
+    assert data.clip.crop_scales == (1.0, 0.875) and data.clip.flip and data.clip.size == 32
     assert data.shards == str(Path("shards").resolve())
-    assert data.scheme == "dense"  # C3D's own sampling, from its contract
+    assert data.clip.scheme == "dense"  # C3D's own sampling, from its contract
     default = job.data_options(job.parse_args(flags))
-    assert default.crop_scales == tuple(TSN_SCALES) and not default.flip
+    assert default.clip.crop_scales == tuple(TSN_SCALES) and not default.clip.flip
     tsn = job.data_options(job.parse_args([*flags[:3], "tsn", *flags[4:]]))
-    assert tsn.scheme == "segments"
+    assert tsn.clip.scheme == "segments"
 
 
 def test_train_then_evaluate_multi_view_and_fused(s3_shards, run_job, tmp_path):

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from raylab.config import ClipConfig
 from raylab.train.trainer import DataOptions, build_trainer, check_model
 
 TINY = {"model": "c3d", "model_options": {"width": 0.125, "head": "pooled"}, "lr": 3e-3}
 
 
 def _data(shards: Path, **kw) -> DataOptions:
-    return DataOptions(shards=str(shards), frames=16, stride=1, size=32, decoder_cpus=0.5, **kw)
+    return DataOptions(shards=str(shards), clip=ClipConfig(size=32), decoder_cpus=0.5, **kw)
 
 
 def _history(run: Path) -> list[dict]:

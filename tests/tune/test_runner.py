@@ -99,16 +99,17 @@ def test_best_checkpoint_is_read_from_the_checkpoints(tmp_path):
 def test_reproduce_command_parses_as_a_train_job():
     """The command trains the checkpoint's own clips: the job's clip settings from the
     command's flags are the ones the checkpoint recorded."""
-    from raylab.train.trainer import DataOptions
+    from raylab.config import ClipConfig
 
-    clips = DataOptions(
-        shards="/data/shards",
+    clips = ClipConfig(
         frames=8,
         stride=2,
         size=112,
         scheme="segments",
         crop_scales=(1.0, 0.875),
         flip=True,
+        test_clips=2,
+        test_crops=3,
     )
     config = {
         "model": "stm",
@@ -123,7 +124,7 @@ def test_reproduce_command_parses_as_a_train_job():
     assert words[:2] == ["python", "jobs/train.py"]
     args = train_args(words[2:])
     assert (args.model, args.width) == ("stm", 0.125)
-    assert train_job().data_options(args).record() == clips.record()
+    assert train_job().data_options(args).clip == clips
     assert (args.epochs, args.batch_size, args.lr) == (10, 8, 0.00123)
     assert train_job().model_options(args) == config["model_options"]
 

@@ -20,7 +20,6 @@ from raylab.tune.space import (
     knobs,
     model_of,
     plan_trial,
-    span,
 )
 
 SPACE = SearchSpace()
@@ -137,7 +136,7 @@ def test_no_draw_of_any_space_breaks_a_models_input_contract(space, seed, max_sp
         name, options = model_of(config, 0.125)
         assert input_contract(name, **options).refusal(config["frames"], config["size"]) is None
         if max_span is not None:
-            assert span(config["frames"], config["stride"]) <= max_span, config
+            assert (config["frames"] - 1) * config["stride"] + 1 <= max_span, config
 
 
 def test_stage_sets_are_every_nonempty_subset():
@@ -162,12 +161,13 @@ def test_bad_space_is_refused_with_the_knob_named(field, value, message):
 
 def _check_runnable(plan: TrialPlan, limits: DataLimits, classes: int) -> None:
     """The plan's model takes the plan's clips and the shards can serve them."""
-    assert (plan.frames - 1) * plan.stride + 1 <= limits.min_frames
-    spec = ClipSpec(frames=plan.frames, stride=plan.stride, size=plan.size)
+    frames, stride, size = plan.clip.frames, plan.clip.stride, plan.clip.size
+    assert (frames - 1) * stride + 1 <= limits.min_frames
+    spec = ClipSpec(frames=frames, stride=stride, size=size)
     assert choose_rendition(limits.renditions, spec.working_short_side) in limits.renditions
     with torch.device("meta"):
         model = build_model(plan.model, classes, **plan.model_options).eval()
-        out = model(torch.empty(plan.batch_size, 3, plan.frames, plan.size, plan.size))
+        out = model(torch.empty(plan.batch_size, 3, frames, size, size))
     assert tuple(out.shape) == (plan.batch_size, classes)
     assert plan.batch_size >= 1 and plan.gmacs > 0 and plan.params_m > 0
 

@@ -1,0 +1,46 @@
+"""The clip description: derived values, the checkpoint record, the decoder's view."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from raylab.config import ClipConfig
+
+
+def test_derived_values():
+    dense = ClipConfig(frames=16, stride=4, size=112)
+    assert dense.span == 61  # frames 0, 4, ..., 60
+    assert ClipConfig(frames=8, stride=4, scheme="segments").span == 8
+    assert dense.working_short_side == 128 and ClipConfig(size=224).working_short_side == 256
+    assert ClipConfig(size=112, short_side=160).working_short_side == 160
+    assert dense.rendition([64, 128, 256]) == 128
+    with pytest.raises(ValueError, match="re-ingest with --short-side 128"):
+        dense.rendition([64])
+
+
+def test_record_round_trips_through_json_and_refuses_what_it_lacks():
+    clip = ClipConfig(frames=8, stride=2, size=56, crop_scales=[1.0, 0.875], test_clips=2)
+    back = ClipConfig.from_record(json.loads(json.dumps(clip.record())))
+    assert back == clip and back.crop_scales == (1.0, 0.875)
+    record = clip.record()
+    del record["test_crops"], record["flip"]
+    with pytest.raises(ValueError, match="flip, test_crops: it was written by an older"):
+        ClipConfig.from_record(record)
+
+
+def test_the_decoder_sees_every_setting():
+    clip = ClipConfig(frames=8, stride=2, size=56, flip=True, crop_scales=(1.0,), test_clips=2)
+    train, test = clip.spec(train=True), clip.spec(train=False)
+    assert (train.frames, train.stride, train.size, train.flip, train.scales) == (
+        8,
+        2,
+        56,
+        True,
+        (1.0,),
+    )
+    assert train.views == 1 and test.views == 2 == clip.test_views
+    assert clip.with_test_views(3, 3).spec(train=False).views == 9
+    with pytest.raises(ValueError, match="crops must be 1"):
+        ClipConfig(test_crops=2)

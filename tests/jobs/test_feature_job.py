@@ -38,7 +38,7 @@ def test_extract_features_then_svm(demo_shards, run_job, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
 
     record = json.loads((out / "features.json").read_text())
-    assert record["layer"] == got["layer"] and record["clips"] == 2
+    assert record["layer"] == got["layer"] and record["clip"]["test_clips"] == 2
     assert record["counts"] == m["videos"]
     for key in ("compactness_plot", "tsne_plot"):
         assert Path(got[key]).read_bytes()[:4] == b"\x89PNG"

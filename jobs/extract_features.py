@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from raylab.data.ingest import load_manifest, resolve_location
+from raylab.data.storage import load_manifest, resolve_location
 from raylab.infer.features import ModelSource, analyse, extract_features, write_features
 from raylab.models import MODEL_INFO, MODEL_NAMES, input_contract, parse_option
 

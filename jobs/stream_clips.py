@@ -15,8 +15,8 @@ import time
 import ray
 from tqdm import tqdm
 
-from raylab.data.ingest import load_manifest
 from raylab.data.pipeline import ClipTensors, clip_dataset
+from raylab.data.storage import load_manifest
 
 
 def main(argv: list[str] | None = None) -> dict:

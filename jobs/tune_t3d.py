@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from raylab.data.ingest import resolve_location
+from raylab.data.storage import resolve_location
 from raylab.tune.runner import EARLY_STOPPING, SEARCHERS
 from raylab.tune.space import SearchSpace
 

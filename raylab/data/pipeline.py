@@ -31,8 +31,8 @@ from raylab.data.decode import (
     sample_views,
     scaled_size,
 )
-from raylab.data.ingest import flow_column, load_manifest, rendition_column, storage
 from raylab.data.sampling import sample_rng
+from raylab.data.storage import flow_column, load_manifest, rendition_column, storage
 
 log = logging.getLogger(__name__)
 

@@ -405,7 +405,7 @@ def best_checkpoint_in(run_dir: str | Path) -> tuple[str, dict]:
     import pyarrow.fs
     import torch
 
-    from raylab.data.ingest import storage
+    from raylab.data.storage import storage
 
     fs, root = storage(run_dir)
     listing = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
@@ -443,7 +443,7 @@ def local_experiment(options: TuneOptions) -> Path:
         return local
     import pyarrow.fs
 
-    from raylab.data.ingest import storage
+    from raylab.data.storage import storage
 
     fs, root = storage(options.experiment_dir)
     root = root.rstrip("/")
@@ -467,7 +467,7 @@ def upload_outputs(options: TuneOptions, local: Path) -> None:
         return
     import pyarrow.fs
 
-    from raylab.data.ingest import storage
+    from raylab.data.storage import storage
 
     fs, root = storage(options.experiment_dir)
     for name in OUTPUTS:
@@ -536,7 +536,7 @@ def summarise(options: TuneOptions, results) -> dict:
     split (confusion matrix in ``best/``), and return the job's result."""
     import torch
 
-    from raylab.data.ingest import load_manifest
+    from raylab.data.storage import load_manifest
     from raylab.infer.evaluate import plot_confusion, predict, report_metrics
 
     release_placement_groups()

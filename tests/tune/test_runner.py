@@ -131,7 +131,7 @@ def test_reproduce_command_parses_as_a_train_job():
 def test_results_on_s3_are_summarised_locally_and_sent_back(s3_store, tmp_path, monkeypatch):
     """Results on s3:// (a real S3 endpoint): the trial folders, not the Train checkpoints,
     are copied beside the study (under $RAYLAB_HOME); the outputs written there go back."""
-    from raylab.data.ingest import storage
+    from raylab.data.storage import storage
 
     monkeypatch.setenv("RAYLAB_HOME", str(tmp_path / "home"))
     opts = TuneOptions(shards="/s", storage_path=f"{s3_store}/{tmp_path.name}", name="exp")

@@ -29,8 +29,9 @@ import numpy as np
 
 from raylab.config import ClipConfig
 from raylab.data.decode import ClipSpec, choose_rendition, open_video, scaled_size
-from raylab.data.ingest import EncodeParams, ingest, rendition_column
+from raylab.data.ingest import EncodeParams, ingest
 from raylab.data.sampling import dense_clip_indices
+from raylab.data.storage import rendition_column
 
 
 def _raw_worker(args) -> int:

@@ -187,7 +187,8 @@ def decode_table(args) -> dict:
     try:
         import decord  # noqa: F401
 
-        from raylab.data.ingest import EncodeParams, encode_video, rendition_column
+        from raylab.data.ingest import EncodeParams, encode_video
+        from raylab.data.storage import rendition_column
         from raylab.data.synthetic import make_demo_dataset
     except ImportError as err:
         print(f"(b) skipped: {err}", file=sys.stderr)

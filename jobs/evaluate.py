@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from raylab.data.ingest import load_manifest
+from raylab.data.storage import load_manifest
 from raylab.infer.evaluate import (
     evaluation_clip,
     fuse,

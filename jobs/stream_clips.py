@@ -16,8 +16,8 @@ import ray
 from tqdm import tqdm
 
 from raylab.config import ClipConfig
-from raylab.data.ingest import load_manifest
 from raylab.data.pipeline import ClipTensors, clip_dataset
+from raylab.data.storage import load_manifest
 
 
 def main(argv: list[str] | None = None) -> dict:

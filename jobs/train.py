@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from raylab.config import ClipConfig
-from raylab.data.ingest import resolve_location
+from raylab.data.storage import resolve_location
 from raylab.models import parse_option
 from raylab.train.loop import DEFAULTS
 from raylab.train.trainer import DataOptions, build_trainer, decode_failure

@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from raylab.data.ingest import resolve_location
+from raylab.data.storage import resolve_location
 from raylab.train.transfer import DEFAULTS, STUDENTS
 
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from raylab.data.ingest import resolve_location
+from raylab.data.storage import resolve_location
 from raylab.tune.runner import EARLY_STOPPING, SEARCHERS
 from raylab.tune.space import SearchSpace
 
@@ -215,20 +215,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     from raylab.report import write_report
     from raylab.tune.console import route_ray_logs
-    from raylab.tune.runner import (
-        NoTrialScored,
-        build_tuner,
-        load_options,
-        local_dir,
-        options_dir,
-        save_options,
-        summarise,
-        upload_outputs,
-    )
+    from raylab.tune.results import local_dir, options_dir, upload_outputs
+    from raylab.tune.runner import NoTrialScored, build_tuner, load_options, save_options, summarise
 
     args = parse_args(argv)
     root = Path(args.root).expanduser().resolve()
-    os.environ["RAYLAB_HOME"] = str(root)  # where a URI experiment's study is kept (runner)
+    os.environ["RAYLAB_HOME"] = str(root)  # where a URI experiment's study is kept (tune.results)
     # Trials pruned before they start report no accuracy (Optuna marks them PRUNED); Tune
     # reads this when its controller starts.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"

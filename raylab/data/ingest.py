@@ -29,7 +29,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -42,9 +42,19 @@ from av.video.frame import PictureType
 
 from raylab.data.annotations import Annotations, VideoEntry, read_annotations
 from raylab.data.decode import scaled_size
+from raylab.data.storage import (
+    SCHEMA_VERSION,
+    copy_file,
+    finished_files,
+    flow_column,
+    rendition_column,
+    shard_schema,
+    staging_dir,
+    storage,
+    upload_shards,
+    write_manifest,
+)
 from raylab.progress import progress_bar
-
-SCHEMA_VERSION = 1
 
 # File signatures of video containers, to tell a damaged video from something else.
 _CONTAINER_MAGIC: tuple[tuple[int, bytes, str], ...] = (
@@ -81,16 +91,6 @@ class EncodeParams:
             raise ValueError(f"short sides must be even and >= 16, got {self.short_sides}")
         if self.keyframe_interval < 1:
             raise ValueError(f"keyframe interval must be >= 1, got {self.keyframe_interval}")
-
-
-def rendition_column(short_side: int) -> str:
-    """The shard column holding the H.264/MP4 bytes of one rendition."""
-    return f"video_{short_side}"
-
-
-def flow_column(short_side: int) -> str:
-    """The shard column holding the optical flow of one rendition (see :class:`FlowEncoder`)."""
-    return f"flow_{short_side}"
 
 
 FLOW_METHODS = {None, "tvl1", "farneback"}
@@ -400,24 +400,6 @@ def _average_rate(n: int, first: float | None, last: float | None) -> Fraction |
     return Fraction((n - 1) / (last - first)).limit_denominator(1001)
 
 
-def shard_schema(short_sides: Iterable[int], flow: bool = False) -> pa.Schema:
-    """The Parquet schema of a shard: metadata columns then one bytes column per rendition
-    (and one per rendition's optical flow when ``flow``)."""
-    fields = [
-        pa.field("video_id", pa.string()),
-        pa.field("label", pa.int32()),
-        pa.field("label_name", pa.string()),
-        pa.field("num_frames", pa.int32()),
-        pa.field("fps", pa.float32()),
-        pa.field("height", pa.int32()),
-        pa.field("width", pa.int32()),
-    ]
-    fields += [pa.field(rendition_column(s), pa.binary()) for s in sorted(short_sides)]
-    if flow:
-        fields += [pa.field(flow_column(s), pa.binary()) for s in sorted(short_sides)]
-    return pa.schema(fields)
-
-
 class IngestIncomplete(RuntimeError):
     """Some videos were not processed, for reasons that are not theirs; re-run to finish."""
 
@@ -498,85 +480,6 @@ def _count_rows(out: Path) -> dict[str, int]:
     return counts
 
 
-def _write_manifest(out: Path, manifest: dict) -> None:
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
-
-
-def storage(location: str | Path):
-    """``(pyarrow filesystem, path in it)`` of a local folder or a URI (s3://, gs://, file://),
-    so that shards written locally can be read from shared storage on a cluster."""
-    import pyarrow.fs
-
-    location = str(location)
-    if "://" in location:
-        return pyarrow.fs.FileSystem.from_uri(location)
-    return pyarrow.fs.LocalFileSystem(), str(Path(location).resolve())
-
-
-def resolve_location(location: str | Path) -> str:
-    """A local folder made absolute; a URI as it is."""
-    return str(location) if "://" in str(location) else str(Path(location).resolve())
-
-
-def load_manifest(shards: str | Path) -> dict:
-    """The manifest of a shard folder (local or a URI); a clear error when it is missing or
-    unfinished."""
-    import pyarrow.fs
-
-    fs, root = storage(shards)
-    path = f"{root.rstrip('/')}/manifest.json"
-    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
-        raise FileNotFoundError(f"{path} not found: is {shards} the --out folder of an ingest?")
-    with fs.open_input_stream(path) as f:
-        manifest = json.loads(f.read())
-    if not manifest.get("complete"):
-        raise ValueError(f"the ingest into {shards} did not finish: re-run it to complete it")
-    return manifest
-
-
-def staging_dir(location: str) -> Path:
-    """The local folder in which an ingest into a URI writes, and resumes, its shards before
-    they are uploaded: ``$RAYLAB_HOME/staging/<scheme>/<bucket>/<path>`` (``~/raylab``)."""
-    home = Path(os.environ.get("RAYLAB_HOME") or Path.home() / "raylab")
-    return home / "staging" / location.replace("://", "/", 1).rstrip("/")
-
-
-def _files(fs, root: str) -> dict[str, int]:
-    """``{path relative to root: size}`` of the finished files under ``root``."""
-    import pyarrow.fs
-
-    root = root.rstrip("/")
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
-    return {
-        i.path[len(root) :].lstrip("/"): i.size
-        for i in infos
-        if i.type == pyarrow.fs.FileType.File and not i.path.endswith(".tmp")
-    }
-
-
-def _copy(src_fs, src: str, dst_fs, dst: str) -> None:
-    import pyarrow.fs
-
-    pyarrow.fs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
-
-
-def _upload(local: Path, fs, root: str) -> None:
-    """Send a staged shard folder up: parts the store lacks, then the ledger, and the
-    manifest last, so that a reader never finds a complete manifest without its parts."""
-    import pyarrow.fs
-
-    here, there = pyarrow.fs.LocalFileSystem(), _files(fs, root)
-    last = ("rejects.jsonl", "manifest.json")
-    for name, size in sorted(_files(here, str(local)).items()):
-        if name not in last and there.get(name) != size:
-            _copy(here, f"{local}/{name}", fs, f"{root}/{name}")
-    for name in last:
-        if (local / name).exists():
-            _copy(here, f"{local}/{name}", fs, f"{root}/{name}")
-
-
 def _ingests_to_uris(ingest_fn: Callable[..., IngestSummary]) -> Callable[..., IngestSummary]:
     """Lets ``ingest`` write to a URI (s3://, gs://): the shards are written in a local
     staging folder (:func:`staging_dir`), each part uploaded as soon as it is written, and
@@ -595,23 +498,22 @@ def _ingests_to_uris(ingest_fn: Callable[..., IngestSummary]) -> Callable[..., I
         root = root.rstrip("/")
         local = staging_dir(location)
         if not (local / "manifest.json").exists():
-            for name in _files(fs, root):
+            for name in finished_files(fs, root):
                 (local / name).parent.mkdir(parents=True, exist_ok=True)
-                _copy(fs, f"{root}/{name}", pyarrow.fs.LocalFileSystem(), str(local / name))
+                copy_file(fs, f"{root}/{name}", pyarrow.fs.LocalFileSystem(), str(local / name))
         also = kwargs.pop("on_part_written", None)
 
         def upload_part(path: Path) -> None:
             relative = path.relative_to(local).as_posix()
-            _copy(pyarrow.fs.LocalFileSystem(), str(path), fs, f"{root}/{relative}")
+            copy_file(pyarrow.fs.LocalFileSystem(), str(path), fs, f"{root}/{relative}")
             if also is not None:
                 also(path)
 
         def in_store(summary: IngestSummary) -> IngestSummary:
-            _upload(local, fs, root)  # an incomplete manifest too: readers must not trust it
+            upload_shards(local, fs, root)  # an incomplete manifest too: readers must not trust it
             listed = f"{root}/not_processed.jsonl"
-            if not (local / "not_processed.jsonl").exists() and "not_processed.jsonl" in _files(
-                fs, root
-            ):
+            all_processed = not (local / "not_processed.jsonl").exists()
+            if all_processed and "not_processed.jsonl" in finished_files(fs, root):
                 fs.delete_file(listed)  # an earlier run's list, all processed now
             summary.out = location
             summary.manifest = f"{location}/manifest.json"
@@ -699,7 +601,7 @@ def ingest(
                     f"{out} holds shards ingested with another {key} ({old.get(key)} vs "
                     f"{manifest[key]}): use a new --out folder or the original arguments"
                 )
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
 
     rejects_path = out / "rejects.jsonl"
     old_rejects = [
@@ -850,7 +752,7 @@ def ingest(
         "rejected": summary.rejected_total,
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     summary.seconds = round(time.time() - start, 2)
     if unprocessed:
         first = next(

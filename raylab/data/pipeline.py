@@ -30,8 +30,8 @@ from raylab.data.decode import (
     sample_views,
     scaled_size,
 )
-from raylab.data.ingest import flow_column, load_manifest, rendition_column, storage
 from raylab.data.sampling import sample_rng
+from raylab.data.storage import flow_column, load_manifest, rendition_column, storage
 
 if TYPE_CHECKING:
     from raylab.config import ClipConfig

@@ -480,8 +480,8 @@ def extract_features(
     """
     import ray
 
-    from raylab.data.ingest import load_manifest
     from raylab.data.pipeline import clip_dataset
+    from raylab.data.storage import load_manifest
 
     manifest = load_manifest(shards)
     present = [s for s, n in (manifest.get("splits") or {}).items() if n]

@@ -23,7 +23,7 @@ import numpy as np
 from raylab.config import ClipConfig
 from raylab.data.annotations import VIDEO_EXTENSIONS
 from raylab.data.decode import ClipSpec
-from raylab.data.ingest import EncodeParams, Rejected, encode_video, rendition_column
+from raylab.data.ingest import EncodeParams, Rejected, encode_video
 from raylab.data.pipeline import (
     ERROR_BYTES,
     FAILED,
@@ -32,6 +32,7 @@ from raylab.data.pipeline import (
     error_row,
     error_text,
 )
+from raylab.data.storage import rendition_column
 from raylab.train.loop import video_scores
 
 

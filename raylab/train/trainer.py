@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raylab.config import ClipConfig
-from raylab.data.ingest import load_manifest
+from raylab.data.storage import load_manifest
 from raylab.metrics import METRIC
 from raylab.train.loop import DEFAULTS, DecodeFailures, train_loop
 

@@ -623,7 +623,7 @@ def build_transfer_trainer(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raylab.data.ingest import load_manifest
+    from raylab.data.storage import load_manifest
 
     manifest = load_manifest(shards)
     n_train = manifest["splits"].get("train", 0)

@@ -26,14 +26,13 @@ from pathlib import Path
 from raylab.config import ClipConfig
 from raylab.data.decode import TSN_SCALES
 from raylab.metrics import METRIC, TRIAL_STATUSES
+from raylab.tune.resources import memory_budget, trial_concurrency
+from raylab.tune.results import local_experiment, options_dir
 from raylab.tune.space import Budget, DataLimits, Pruned, SearchSpace, plan_trial
 
 STUDY_FILE = "optuna.db"
 SEARCHERS = ("tpe", "random")
 EARLY_STOPPING = ("asha", "none")
-
-# Device memory (GiB) by the accelerator type Ray advertises, for the batch-size estimate.
-ACCELERATOR_GIB = {"H100": 80, "H200": 141, "A100": 40, "A10G": 24, "L4": 24, "T4": 16, "V100": 16}
 
 
 @dataclass
@@ -92,52 +91,6 @@ class TuneOptions:
         out = asdict(self)
         out["space"] = self.space.to_dict()
         return out
-
-
-def options_dir(storage_path: str, name: str) -> Path:
-    """The local folder of an experiment's study and options: the experiment folder, or
-    ``$RAYLAB_HOME/studies/NAME`` (``~/raylab``) when results go to a URI."""
-    if "://" not in storage_path:
-        return Path(storage_path) / name
-    return Path(os.environ.get("RAYLAB_HOME") or Path.home() / "raylab") / "studies" / name
-
-
-def trial_concurrency(options: TuneOptions, resources: dict) -> int:
-    """Trials that fit at once: each needs its workers' CPUs (and GPUs) plus one decoder.
-
-    More would leave Train workers waiting for CPUs that never free up.
-    """
-    if options.concurrency:
-        return options.concurrency
-    per_trial = options.workers * options.cpus_per_worker + options.decoder_cpus
-    fit = int(resources.get("CPU", 1) // per_trial)
-    if options.use_gpu:
-        fit = min(fit, int(resources.get("GPU", 0) // options.workers))
-    return max(1, fit)
-
-
-def memory_budget(options: TuneOptions, resources: dict, concurrency: int) -> float:
-    """GiB a worker may use: the flag, the GPU's memory, or half the free RAM per trial."""
-    if options.memory_gib:
-        return options.memory_gib
-    if options.use_gpu:
-        for key in resources:
-            kind = key.removeprefix("accelerator_type:")
-            if key.startswith("accelerator_type:") and kind in ACCELERATOR_GIB:
-                return 0.9 * ACCELERATOR_GIB[kind]
-        return 0.9 * 16
-    return 0.5 * available_ram_gib() / (concurrency * options.workers)
-
-
-def available_ram_gib() -> float:
-    """Memory the kernel could hand out now (MemAvailable), in GiB; free pages elsewhere."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Budget) -> None:
@@ -402,7 +355,7 @@ def best_checkpoint_in(run_dir: str | Path) -> tuple[str, dict]:
     import pyarrow.fs
     import torch
 
-    from raylab.data.ingest import storage
+    from raylab.data.storage import storage
 
     fs, root = storage(run_dir)
     listing = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
@@ -423,58 +376,6 @@ def best_checkpoint_in(run_dir: str | Path) -> tuple[str, dict]:
         raise FileNotFoundError(f"no checkpoint in the Train run {run_dir}")
     best = max(ranked, key=lambda r: (r[0], r[1]))
     return best[2], best[3]
-
-
-def local_dir(options: TuneOptions) -> Path:
-    """Where the summary and report are written on this machine: the experiment folder, or
-    the study's folder when results go to a URI."""
-    return Path(options.experiment_dir) if options.local else options.study_path.parent
-
-
-def local_experiment(options: TuneOptions) -> Path:
-    """The experiment folder on this machine. For results on a URI (s3://...), a copy of
-    Tune's trial folders (results, not checkpoints) beside the study, where the summary and
-    the report are written before :func:`upload_outputs` sends them back."""
-    local = local_dir(options)
-    if options.local:
-        return local
-    import pyarrow.fs
-
-    from raylab.data.ingest import storage
-
-    fs, root = storage(options.experiment_dir)
-    root = root.rstrip("/")
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)):
-        relative = info.path[len(root) :].lstrip("/")
-        if info.type != pyarrow.fs.FileType.File or relative.startswith("train_runs/"):
-            continue
-        target = local / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as f:
-            target.write_bytes(f.read())
-    return local
-
-
-OUTPUTS = ("best", "trials.json", "summary.json", "report.html")
-
-
-def upload_outputs(options: TuneOptions, local: Path) -> None:
-    """Copy the summary, report and best/ folder written in ``local`` to a URI experiment."""
-    if options.local:
-        return
-    import pyarrow.fs
-
-    from raylab.data.ingest import storage
-
-    fs, root = storage(options.experiment_dir)
-    for name in OUTPUTS:
-        source = local / name
-        if source.is_dir():
-            fs.create_dir(f"{root}/{name}", recursive=True)  # a no-op on object stores
-            pyarrow.fs.copy_files(str(source), f"{root}/{name}", pyarrow.fs.LocalFileSystem(), fs)
-        elif source.exists():
-            with fs.open_output_stream(f"{root}/{name}") as f:
-                f.write(source.read_bytes())
 
 
 def reproduce_command(config: dict, shards: str, epochs: int) -> str:
@@ -534,7 +435,7 @@ def summarise(options: TuneOptions, results) -> dict:
     split (confusion matrix in ``best/``), and return the job's result."""
     import torch
 
-    from raylab.data.ingest import load_manifest
+    from raylab.data.storage import load_manifest
     from raylab.infer.evaluate import plot_confusion, predict, report_metrics
 
     release_placement_groups()

@@ -220,8 +220,8 @@ class DataLimits:
         """Read the manifest and the ``num_frames`` column of the training split."""
         import pyarrow.parquet as pq
 
-        from raylab.data.ingest import load_manifest
         from raylab.data.pipeline import shard_files
+        from raylab.data.storage import load_manifest
 
         manifest = load_manifest(shards)
         frames = [

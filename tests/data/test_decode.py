@@ -18,9 +18,10 @@ from raylab.data.decode import (
     scaled_size,
     three_crop,
 )
-from raylab.data.ingest import EncodeParams, encode_video, flow_column, rendition_column
+from raylab.data.ingest import EncodeParams, encode_video
 from raylab.data.pipeline import FAILED, ClipDecoder
 from raylab.data.sampling import clip_indices, sample_rng
+from raylab.data.storage import flow_column, rendition_column
 
 
 @pytest.fixture(scope="module")

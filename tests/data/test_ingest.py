@@ -26,7 +26,8 @@ from videos import (
     write_vp9_with_hidden_frames,
 )
 
-from raylab.data.ingest import EncodeParams, ingest, load_manifest
+from raylab.data.ingest import EncodeParams, ingest
+from raylab.data.storage import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -396,7 +397,8 @@ def test_stored_flow_measures_the_motion(tmp_path, method):
     """Texture moving right 1 px a frame: stored flow says x ~ +1, y ~ 0, for every frame,
     in a video far smaller than raw uint8 flow."""
     from raylab.data.decode import FlowFrames, open_video
-    from raylab.data.ingest import dequantise_flow, encode_video, flow_column
+    from raylab.data.ingest import dequantise_flow, encode_video
+    from raylab.data.storage import flow_column
 
     video = write_video(tmp_path / "right.mp4", noise_frames(12, 64, 96), options={"crf": "10"})
     row = encode_video(video, EncodeParams(short_sides=(64,), flow=method))
@@ -670,7 +672,7 @@ def test_ingest_into_s3_stores_the_shards_there_and_resumes_from_them(
     folder is filled from it and nothing is encoded again."""
     import pyarrow.fs
 
-    from raylab.data.ingest import staging_dir, storage
+    from raylab.data.storage import staging_dir, storage
 
     local, remote = load_manifest(demo_shards), load_manifest(s3_shards)
     for key in ("classes", "splits", "renditions", "encoding", "rejected"):

@@ -14,9 +14,9 @@ from processes import session_workers_running
 
 from raylab.config import ClipConfig
 from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
-from raylab.data.ingest import load_manifest, rendition_column
 from raylab.data.pipeline import ClipTensors, clip_dataset, row_groups
 from raylab.data.sampling import sample_rng
+from raylab.data.storage import load_manifest, rendition_column
 
 
 def _collect(ds) -> dict[str, np.ndarray]:

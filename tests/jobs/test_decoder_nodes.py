@@ -35,7 +35,7 @@ def test_decoding_stays_on_decoder_nodes_and_an_epoch_survives_losing_one(demo_s
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors, list_tasks
 
-    from raylab.data.ingest import load_manifest
+    from raylab.data.storage import load_manifest
 
     cluster = Cluster(
         initialize_head=True,

@@ -21,7 +21,7 @@ import pyarrow.fs
 import pytest
 import torch
 
-from raylab.data.ingest import storage
+from raylab.data.storage import storage
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

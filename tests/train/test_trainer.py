@@ -185,7 +185,7 @@ def test_a_damaged_video_fails_only_its_sample(damaged_shards, ray_session, tmp_
     the others; a decoder's log names the damaged videos."""
     import ray
 
-    from raylab.data.ingest import load_manifest
+    from raylab.data.storage import load_manifest
 
     shards, damaged = damaged_shards
     splits = load_manifest(shards)["splits"]

@@ -1,4 +1,5 @@
-"""Sizing of an experiment on its cluster, and what the job hands back."""
+"""An experiment's options, and what its search leaves: the best checkpoint, the command that
+retrains it, no placement group still held."""
 
 from __future__ import annotations
 
@@ -13,12 +14,8 @@ from raylab.tune.runner import (
     TuneOptions,
     best_checkpoint_in,
     load_options,
-    local_experiment,
-    memory_budget,
     reproduce_command,
     save_options,
-    trial_concurrency,
-    upload_outputs,
 )
 from raylab.tune.space import SearchSpace
 
@@ -40,30 +37,6 @@ def train_args(argv: list[str]):
 
 def options(**kw) -> TuneOptions:
     return TuneOptions(shards="/data/shards", storage_path="/tmp/results", name="x", **kw)
-
-
-@pytest.mark.parametrize(
-    "kw, resources, expected",
-    [
-        ({}, {"CPU": 2}, 1),  # one worker CPU + one decoder CPU
-        ({}, {"CPU": 16}, 8),
-        ({"workers": 2}, {"CPU": 16}, 5),
-        ({"use_gpu": True}, {"CPU": 64, "GPU": 8}, 8),
-        ({"use_gpu": True, "workers": 4}, {"CPU": 64, "GPU": 8}, 2),
-        ({"use_gpu": True}, {"CPU": 64}, 1),  # never zero: Tune would wait forever
-        ({"concurrency": 3}, {"CPU": 2}, 3),
-    ],
-)
-def test_concurrency_leaves_every_trial_its_workers_and_a_decoder(kw, resources, expected):
-    assert trial_concurrency(options(**kw), resources) == expected
-
-
-def test_memory_budget_follows_the_accelerator():
-    gpu = options(use_gpu=True)
-    assert memory_budget(gpu, {"accelerator_type:H100": 1}, 1) == pytest.approx(72)
-    assert memory_budget(gpu, {}, 1) == pytest.approx(14.4)
-    assert memory_budget(options(memory_gib=3.0), {}, 4) == 3.0
-    assert 0 < memory_budget(options(), {}, 2) < memory_budget(options(), {}, 1)
 
 
 def test_options_round_trip(tmp_path):
@@ -127,34 +100,6 @@ def test_reproduce_command_parses_as_a_train_job():
     assert train_job().data_options(args).clip == clips
     assert (args.epochs, args.batch_size, args.lr) == (10, 8, 0.00123)
     assert train_job().model_options(args) == config["model_options"]
-
-
-def test_results_on_s3_are_summarised_locally_and_sent_back(s3_store, tmp_path, monkeypatch):
-    """Results on s3:// (a real S3 endpoint): the trial folders, not the Train checkpoints,
-    are copied beside the study (under $RAYLAB_HOME); the outputs written there go back."""
-    from raylab.data.ingest import storage
-
-    monkeypatch.setenv("RAYLAB_HOME", str(tmp_path / "home"))
-    opts = TuneOptions(shards="/s", storage_path=f"{s3_store}/{tmp_path.name}", name="exp")
-    assert not opts.local
-    fs, root = storage(opts.experiment_dir)
-    for name, data in [
-        ("run_trial_1/result.json", b'{"epoch": 1}\n'),
-        ("train_runs/train-1/checkpoint_0/state.pt", b"x" * 10),
-    ]:
-        with fs.open_output_stream(f"{root}/{name}") as f:
-            f.write(data)
-    local = local_experiment(opts)
-    assert local == tmp_path / "home" / "studies" / "exp"
-    assert (local / "run_trial_1" / "result.json").read_text() == '{"epoch": 1}\n'
-    assert not (local / "train_runs").exists()
-    (local / "best").mkdir()
-    (local / "best" / "weights.pt").write_bytes(b"w")
-    (local / "report.html").write_text("<html>")
-    upload_outputs(opts, local)
-    for name, data in [("best/weights.pt", b"w"), ("report.html", b"<html>")]:
-        with fs.open_input_stream(f"{root}/{name}") as f:
-            assert f.read() == data
 
 
 def test_search_methods_are_checked_and_travel_with_the_options(tmp_path):

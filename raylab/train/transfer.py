@@ -45,12 +45,9 @@ Pieces:
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 import time
 import zlib
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -59,17 +56,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from raylab.data.pipeline import FAILED, ClipTensors
-from raylab.train.loop import (
-    _gather,
-    _history,
-    _plain,
-    _progress,
-    _tensorboard,
-    lr_factor,
-    make_optimizer,
-    normalise,
+from raylab.train.loop import lr_factor, make_optimizer, normalise
+from raylab.train.worker import (
+    EpochReporter,
+    autocast,
+    gather,
     resume,
+    train_batches,
     unwrap,
+    worker_device,
+    write_progress,
 )
 
 STUDENTS = ("t3d121", "densenet3d121")
@@ -441,10 +437,7 @@ def transfer_loop(config: dict) -> None:
 
     config = DEFAULTS | config
     rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        device = torch.device("cpu")
-    use_amp = device.type == "cuda" if config["amp"] == "auto" else bool(config["amp"])
+    device = worker_device()
 
     torch.manual_seed(config["seed"])  # every worker: the same teacher and student init
     teacher = build_teacher(config).to(device)
@@ -463,8 +456,8 @@ def transfer_loop(config: dict) -> None:
 
     mean, std = tensor(config["mean"]), tensor(config["std"])
     t_mean, t_std = tensor(config["teacher_mean"]), tensor(config["teacher_std"])
-    amp_ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
-    writer = _tensorboard(config, rank)
+    amp_ctx = autocast(config, device)
+    reporter = EpochReporter(config, rank)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -473,18 +466,22 @@ def transfer_loop(config: dict) -> None:
             feats = teacher(teacher_input(batch["teacher_clip"], t_mean, t_std))
             return net(normalise(batch["clip"], mean, std), feats.float()).float()
 
+    def checkpoint(_epoch: int) -> dict:
+        """What the loop saves; the reporter adds the epoch, config and metrics."""
+        return {
+            "net": unwrap(net).state_dict(),
+            "teacher": teacher.state_dict(),
+            "student": student_state(net),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        }
+
     for epoch in range(start_epoch, config["epochs"]):
         net.train()
-        _progress(config, rank, epoch, pid=os.getpid())
+        write_progress(config, rank, epoch)
         loss_sum = correct = seen = 0
         start = time.perf_counter()
-        batches = train_shard.iter_torch_batches(
-            batch_size=config["batch_size"],
-            collate_fn=ClipTensors(),
-            device=device,
-            local_shuffle_buffer_size=config["shuffle_buffer"] or None,
-            prefetch_batches=2,
-        )
+        batches = train_batches(train_shard, config, device)
         for step, batch in enumerate(batches, start=1):
             y = batch["same"]
             logits = logits_of(batch)
@@ -496,7 +493,7 @@ def transfer_loop(config: dict) -> None:
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
-            _progress(config, rank, epoch, step=step, pid=os.getpid())
+            write_progress(config, rank, epoch, step=step)
         train_time = time.perf_counter() - start
 
         net.eval()
@@ -517,7 +514,7 @@ def transfer_loop(config: dict) -> None:
                     of_kind = batch["kind"] == k
                     by_kind[2 * k] += right[of_kind].sum().item()
                     by_kind[2 * k + 1] += of_kind.sum().item()
-        totals = _gather(
+        totals = gather(
             (loss_sum, correct, seen, train_time, v_loss, v_correct, v_seen, v_pos, *by_kind)
         )
         n_train = sum(t[2] for t in totals)
@@ -545,40 +542,18 @@ def transfer_loop(config: dict) -> None:
             },
             "lr": optimizer.param_groups[0]["lr"],
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                torch.save(
-                    {
-                        "net": unwrap(net).state_dict(),
-                        "teacher": teacher.state_dict(),
-                        "student": student_state(net),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        "config": _plain(config),
-                        "metrics": metrics,
-                    },
-                    Path(tmp) / "state.pt",
-                )
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-                print(
-                    f"epoch {epoch + 1}/{config['epochs']}  loss {metrics['train_loss']:.3f}  "
-                    f"train acc {metrics['train_accuracy']:.3f}  correspondence acc "
-                    f"{metrics['correspondence_accuracy']:.3f} ({n_val} val pairs)  "
-                    f"{metrics['pairs_per_s']:.1f} pairs/s",
-                    flush=True,
-                )
-                if writer is not None:
-                    for k, v in metrics.items():
-                        if isinstance(v, int | float) and k != "epoch":
-                            writer.add_scalar(k, v, epoch + 1)
-                    writer.flush()
-            ray.train.report(metrics, checkpoint=ckpt)
-        if rank == 0:
-            _history(config, {"event": "epoch"} | metrics)
-    if writer is not None:
-        writer.close()
+        reporter.end_epoch(epoch, metrics, epoch_line(metrics, config["epochs"]), checkpoint)
+    reporter.close()
+
+
+def epoch_line(metrics: dict, epochs: int) -> str:
+    """The console line of an epoch of transfer."""
+    return (
+        f"epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.3f}  "
+        f"train acc {metrics['train_accuracy']:.3f}  correspondence acc "
+        f"{metrics['correspondence_accuracy']:.3f} ({metrics['val_pairs']} val pairs)  "
+        f"{metrics['pairs_per_s']:.1f} pairs/s"
+    )
 
 
 # --------------------------------------------------------------------------------------------

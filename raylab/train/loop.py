@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from raylab.data.pipeline import error_text
 from raylab.train.worker import (
+    COMMON_DEFAULTS,
     EpochReporter,
     autocast,
     gather,
@@ -57,32 +58,15 @@ def check_decode_failures(
     )
 
 
-DEFAULTS: dict = {
+# The optimiser, schedule, amp, normalisation, seed and run_dir defaults: worker.py.
+DEFAULTS: dict = COMMON_DEFAULTS | {
     "model": "c3d",
-    "model_options": {},  # passed to build_model: width, dropout, family knobs
-    "num_classes": 8,
-    "epochs": 10,
-    "batch_size": 8,  # per worker
-    "optimizer": "adamw",  # "sgd" (Nesterov momentum) or "adamw"
-    "lr": 1e-3,
-    "momentum": 0.9,
-    "weight_decay": 1e-4,
-    "schedule": "cosine",  # "cosine" (with linear warm-up) or "step"
-    "warmup_epochs": 1,
-    "step_epochs": 30,  # "step": lr / 10 every step_epochs (the T3D recipe)
     "label_smoothing": 0.0,
     "grad_accum": 1,  # optimiser step every N batches
     "clip_grad": 0.0,  # max gradient norm; 0 = off
-    "amp": "auto",  # bf16 autocast on GPU; "auto" = on for CUDA only
     "compile": False,  # torch.compile the model
     "channels_last": "auto",  # channels_last_3d memory format; "auto" = on for CUDA
-    "mean": (0.45, 0.45, 0.45),  # per-channel normalisation of [0, 1] frames
-    "std": (0.225, 0.225, 0.225),
-    "shuffle_buffer": 64,  # clips in the local shuffle buffer
-    "steps_per_epoch": 1,  # batches per worker per epoch, for the schedule (set by the driver)
-    "seed": 0,  # model initialisation
     "init_from": None,  # a plain state dict to start from (e.g. transferred weights)
-    "run_dir": None,  # TensorBoard events and progress files go here (rank 0)
     "extra_metrics": {},  # constants reported with every epoch (a search trial's cost)
     "max_decode_failures": MAX_DECODE_FAILURES,  # share of an epoch's videos; see above
 }

@@ -58,6 +58,7 @@ from torch import nn
 from raylab.data.pipeline import FAILED, ClipTensors
 from raylab.train.loop import lr_factor, make_optimizer, normalise
 from raylab.train.worker import (
+    COMMON_DEFAULTS,
     EpochReporter,
     autocast,
     gather,
@@ -74,35 +75,22 @@ _GROUP = re.compile(r"_g(\d+)_c\d+$")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-DEFAULTS: dict = {
+# The optimiser, schedule, amp, seed and run_dir defaults, and the student's normalisation
+# (that of fine-tuning): worker.py, shared with training. model_options and num_classes are
+# the student's; its classifier is built but unused (and not saved).
+DEFAULTS: dict = COMMON_DEFAULTS | {
     "student": "t3d121",
-    "model_options": {},  # build_model options of the student (width, ...)
-    "num_classes": 8,  # the student's classifier is built but unused (and not saved)
     "teacher_depth": 121,
     "teacher_weights": None,  # a torchvision DenseNet state dict (ImageNet) for the teacher
     "teacher_calibrated": False,  # True: a random teacher, BN statistics from training frames
     "head_hidden": (512, 128),
-    "epochs": 10,
     "batch_size": 32,  # pair rows per worker (half positive)
-    # AdamW with cosine decay, as training (loop.py); the paper's SGD recipe (lr 0.1, / 10
-    # every 30 epochs) is "sgd" + "step". On the demo set AdamW 1e-3, weight decay 0.05 was
-    # what made tiny students learn at all.
-    "optimizer": "adamw",  # or "sgd" (Nesterov momentum)
-    "lr": 1e-3,
-    "momentum": 0.9,
+    # AdamW with cosine decay, as training; the paper's SGD recipe (lr 0.1, / 10 every 30
+    # epochs) is "sgd" + "step". On the demo set AdamW 1e-3, weight decay 0.05 was what made
+    # tiny students learn at all.
     "weight_decay": 0.05,
-    "schedule": "cosine",  # or "step": lr / 10 every step_epochs
-    "step_epochs": 30,
-    "warmup_epochs": 1,
-    "amp": "auto",
-    "mean": (0.45, 0.45, 0.45),  # the student's normalisation (as loop.py, for fine-tuning)
-    "std": (0.225, 0.225, 0.225),
     "teacher_mean": IMAGENET_MEAN,
     "teacher_std": IMAGENET_STD,
-    "shuffle_buffer": 64,
-    "steps_per_epoch": 1,
-    "seed": 0,
-    "run_dir": None,
 }
 
 

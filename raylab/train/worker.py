@@ -2,11 +2,11 @@
 
 :func:`raylab.train.loop.train_loop` (classification) and
 :func:`raylab.train.transfer.transfer_loop` (T3D supervision transfer) differ in what they
-train and measure. The rest is here: the worker's device and autocast, one pass over the
-training shard, resuming from the run's latest checkpoint, the progress files, and the end
-of an epoch (:class:`EpochReporter`: checkpoint, Ray Train report, console line, TensorBoard
-scalars, ``history.jsonl``). Files are written by rank 0 only, under ``config["run_dir"]``
-when it is set.
+train and measure. The rest is here: the defaults both read (:data:`COMMON_DEFAULTS`), the
+worker's device and autocast, one pass over the training shard, resuming from the run's
+latest checkpoint, the progress files, and the end of an epoch (:class:`EpochReporter`:
+checkpoint, Ray Train report, console line, TensorBoard scalars, ``history.jsonl``). Files
+are written by rank 0 only, under ``config["run_dir"]`` when it is set.
 """
 
 from __future__ import annotations
@@ -21,6 +21,28 @@ from pathlib import Path
 import torch
 
 from raylab.data.pipeline import ClipTensors
+
+# Each loop's DEFAULTS extends these with its own keys (and overrides where its recipe differs).
+COMMON_DEFAULTS: dict = {
+    "model_options": {},  # passed to build_model: width, dropout, family knobs
+    "num_classes": 8,
+    "epochs": 10,
+    "batch_size": 8,  # per worker
+    "optimizer": "adamw",  # "sgd" (Nesterov momentum) or "adamw"
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "schedule": "cosine",  # "cosine" (with linear warm-up) or "step"
+    "warmup_epochs": 1,
+    "step_epochs": 30,  # "step": lr / 10 every step_epochs (the T3D recipe)
+    "amp": "auto",  # bf16 autocast on GPU; "auto" = on for CUDA only
+    "mean": (0.45, 0.45, 0.45),  # per-channel normalisation of [0, 1] frames
+    "std": (0.225, 0.225, 0.225),
+    "shuffle_buffer": 64,  # clips in the local shuffle buffer
+    "steps_per_epoch": 1,  # batches per worker per epoch, for the schedule (set by the driver)
+    "seed": 0,  # model initialisation
+    "run_dir": None,  # TensorBoard events, history and progress files go here (rank 0)
+}
 
 STATE_FILE = "state.pt"  # the one file of every checkpoint
 

@@ -585,10 +585,8 @@ def build_transfer_trainer(
     Keeps the best two checkpoints by ``correspondence_accuracy`` (and the latest); calling
     ``fit()`` again with the same storage path and name resumes.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from raylab.data.ingest import load_manifest
+    from raylab.train.trainer import torch_trainer
 
     manifest = load_manifest(shards)
     n_train = manifest["splits"].get("train", 0)
@@ -618,25 +616,16 @@ def build_transfer_trainer(
         "train": pair_dataset(shards, "train", train=True, **common),
         "val": pair_dataset(shards, val_split, train=False, seed=config["seed"], **common),
     }
-    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
-    backend = "nccl" if use_gpu and torch.distributed.is_nccl_available() else "gloo"
-    return TorchTrainer(
+    return torch_trainer(
         transfer_loop,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend=backend),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=str(storage_path),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2,
-                checkpoint_score_attribute="correspondence_accuracy",
-                checkpoint_score_order="max",
-            ),
-        ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+        config,
+        datasets,
+        storage_path=storage_path,
+        name=name,
+        workers=workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker,
+        max_failures=max_failures,
+        keep_checkpoints=2,
+        metric="correspondence_accuracy",
     )

@@ -323,9 +323,9 @@ def build_teacher(config: dict) -> FrameTeacher:
 def load_teacher_weights(net: nn.Module, path: str | Path) -> None:
     """A torchvision DenseNet state dict (old "norm.1"-style keys too) into the teacher; every
     backbone key must fit (the classifier may have another class count)."""
-    from raylab.models.checkpoints import _OLD_DENSE, read_state
+    from raylab.models.checkpoints import densenet_key, read_state
 
-    state = {_OLD_DENSE.sub(r"\1\2.\3", k): v for k, v in read_state(path).items()}
+    state = {densenet_key(k): v for k, v in read_state(path).items()}
     own = net.state_dict()
     bad = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"

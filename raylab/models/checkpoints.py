@@ -152,13 +152,19 @@ def load_googlenet_2d(model: I3D, state: StateLike) -> LoadReport:
 _OLD_DENSE = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12])\.(\w+)$")
 
 
+def densenet_key(key: str) -> str:
+    """A torchvision DenseNet key in today's names (an old ``...denselayer1.norm.1.weight``
+    becomes ``...denselayer1.norm1.weight``); other keys as they are."""
+    return _OLD_DENSE.sub(r"\1\2.\3", key)
+
+
 def load_densenet_2d(model: DenseNet3D, state: StateLike) -> LoadReport:
     """A torchvision DenseNet state dict inflated into ``DenseNet3D``/T3D (same key names)."""
     _need(model, DenseNet3D, "load_densenet_2d")
     return load_inflated(
         model,
         read_state(state),
-        lambda key: _OLD_DENSE.sub(r"\1\2.\3", key),
+        densenet_key,
         first_conv="features.conv0.weight",
         head=("classifier.weight", "classifier.bias"),
     )

@@ -12,19 +12,26 @@ resumes from the latest checkpoint. Configuration is a plain dict: see
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
-from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raylab.data.pipeline import ClipTensors, error_text
+from raylab.data.pipeline import error_text
+from raylab.train.worker import (
+    COMMON_DEFAULTS,
+    EpochReporter,
+    autocast,
+    gather,
+    on_cuda,
+    resume,
+    train_batches,
+    unwrap,
+    worker_device,
+    write_progress,
+)
 
 # The largest share of an epoch's training or validation videos that may fail to decode
 # before the run stops (config ``max_decode_failures``): a few damaged files cost only
@@ -51,32 +58,15 @@ def check_decode_failures(
     )
 
 
-DEFAULTS: dict = {
+# The optimiser, schedule, amp, normalisation, seed and run_dir defaults: worker.py.
+DEFAULTS: dict = COMMON_DEFAULTS | {
     "model": "c3d",
-    "model_options": {},  # passed to build_model: width, dropout, family knobs
-    "num_classes": 8,
-    "epochs": 10,
-    "batch_size": 8,  # per worker
-    "optimizer": "adamw",  # "sgd" (Nesterov momentum) or "adamw"
-    "lr": 1e-3,
-    "momentum": 0.9,
-    "weight_decay": 1e-4,
-    "schedule": "cosine",  # "cosine" (with linear warm-up) or "step"
-    "warmup_epochs": 1,
-    "step_epochs": 30,  # "step": lr / 10 every step_epochs (the T3D recipe)
     "label_smoothing": 0.0,
     "grad_accum": 1,  # optimiser step every N batches
     "clip_grad": 0.0,  # max gradient norm; 0 = off
-    "amp": "auto",  # bf16 autocast on GPU; "auto" = on for CUDA only
     "compile": False,  # torch.compile the model
     "channels_last": "auto",  # channels_last_3d memory format; "auto" = on for CUDA
-    "mean": (0.45, 0.45, 0.45),  # per-channel normalisation of [0, 1] frames
-    "std": (0.225, 0.225, 0.225),
-    "shuffle_buffer": 64,  # clips in the local shuffle buffer
-    "steps_per_epoch": 1,  # batches per worker per epoch, for the schedule (set by the driver)
-    "seed": 0,  # model initialisation
     "init_from": None,  # a plain state dict to start from (e.g. transferred weights)
-    "run_dir": None,  # TensorBoard events and progress files go here (rank 0)
     "extra_metrics": {},  # constants reported with every epoch (a search trial's cost)
     "max_decode_failures": MAX_DECODE_FAILURES,  # share of an epoch's videos; see above
 }
@@ -144,15 +134,6 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((top == labels[:, None]).any(axis=1).mean())
 
 
-def _gather(obj):
-    """Every worker's ``obj`` in a list (one element when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [obj]
-    out = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
 @torch.no_grad()
 def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
     """Clip and video accuracy over multi-view numpy batches, gathered from every worker,
@@ -175,7 +156,7 @@ def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
         labels.extend(batch["label"][ok].tolist())
         ids.extend(batch["video_id"][ok])
     logits_np = np.concatenate(logits) if logits else np.zeros((0, 1))
-    parts = _gather((ids, labels, logits_np, failed, first_error))
+    parts = gather((ids, labels, logits_np, failed, first_error))
     failed = sum(p[3] for p in parts)
     first_error = next((p[4] for p in parts if p[4]), "")
     ids = [v for p in parts for v in p[0]]
@@ -210,16 +191,9 @@ def train_loop(config: dict) -> None:
     from raylab.models import build_model
 
     config = DEFAULTS | config
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    device = ray.train.torch.get_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        # A GPU was granted but this process cannot use one (a simulated cluster's fake
-        # GPUs, a CPU build of torch): train on the CPU rather than fail.
-        device = torch.device("cpu")
-    cuda = device.type == "cuda"
-    use_amp = cuda if config["amp"] == "auto" else bool(config["amp"])
-    channels_last = cuda if config["channels_last"] == "auto" else bool(config["channels_last"])
+    rank = ray.train.get_context().get_world_rank()
+    device = worker_device()
+    channels_last = on_cuda(config["channels_last"], device)
 
     torch.manual_seed(config["seed"])  # every worker starts from the same weights
     model = build_model(config["model"], config["num_classes"], **config["model_options"])
@@ -246,27 +220,31 @@ def train_loop(config: dict) -> None:
     compiled = torch.compile(model) if config["compile"] else model
     mean = torch.tensor(config["mean"], device=device)
     std = torch.tensor(config["std"], device=device)
-    amp_ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
-    writer = _tensorboard(config, rank)
+    amp_ctx = autocast(config, device)
+    reporter = EpochReporter(config, rank)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
+    def checkpoint(epoch: int) -> dict:
+        """What the loop saves of ``epoch``; the reporter adds the epoch, config and metrics."""
+        return {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            # Training clips come from fresh entropy each pass (pipeline.py), so the
+            # sampler's whole state is the next epoch to draw.
+            "sampler": {"next_epoch": epoch + 1},
+        }
+
     for epoch in range(start_epoch, config["epochs"]):
         model.train()
-        _progress(config, rank, epoch, pid=os.getpid())
+        write_progress(config, rank, epoch)
         loss_sum = correct = seen = step = failed = 0
         first_error = ""
         wait = 0.0
         optimizer.zero_grad(set_to_none=True)
-        batches = train_shard.iter_torch_batches(
-            batch_size=config["batch_size"],
-            collate_fn=ClipTensors(),
-            device=device,
-            local_shuffle_buffer_size=config["shuffle_buffer"] or None,
-            prefetch_batches=2,
-        )
         epoch_start = tick = time.perf_counter()
-        for batch in batches:
+        for batch in train_batches(train_shard, config, device):
             wait += time.perf_counter() - tick
             clip, y = batch["clip"], batch["label"]
             # Placeholder rows of videos that failed to decode (label -1) are dropped and
@@ -300,13 +278,13 @@ def train_loop(config: dict) -> None:
                 loss_sum += loss.item() * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(y)
-            _progress(config, rank, epoch, step=step, pid=os.getpid())
+            write_progress(config, rank, epoch, step=step)
             tick = time.perf_counter()
         if step % config["grad_accum"]:  # the tail of an accumulation window
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         train_time = time.perf_counter() - epoch_start
-        totals = _gather((loss_sum, correct, seen, wait, train_time, failed, first_error))
+        totals = gather((loss_sum, correct, seen, wait, train_time, failed, first_error))
         all_seen = sum(t[2] for t in totals)
         all_failed = sum(t[5] for t in totals)
         # Every worker holds the same totals, so all raise together (none waits in a collective).
@@ -343,111 +321,15 @@ def train_loop(config: dict) -> None:
         )
         metrics |= val
         metrics |= config["extra_metrics"]
-
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                torch.save(
-                    {
-                        "model": unwrap(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        # Training clips come from fresh entropy each pass (pipeline.py), so
-                        # the sampler's whole state is the next epoch to draw.
-                        "sampler": {"next_epoch": epoch + 1},
-                        "config": _plain(config),
-                        "metrics": metrics,
-                    },
-                    Path(tmp) / "state.pt",
-                )
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-                _log_epoch(writer, metrics, config)
-            ray.train.report(metrics, checkpoint=ckpt)
-        if rank == 0:  # after the report: every worker finished the epoch and it is saved
-            _history(config, {"event": "epoch"} | metrics)
-    if writer is not None:
-        writer.close()
+        reporter.end_epoch(epoch, metrics, epoch_line(metrics, config["epochs"]), checkpoint)
+    reporter.close()
 
 
-def resume(config: dict, rank: int, **parts) -> int:
-    """Load the run's latest Ray Train checkpoint (``state.pt``) into ``parts`` (name -> an
-    object with ``load_state_dict``, the name being its key in the state) and return the epoch
-    to start from: 0 without a checkpoint. Rank 0 logs a ``resumed`` history event."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if not checkpoint:
-        return 0
-    with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-    for name, part in parts.items():
-        part.load_state_dict(state[name])
-    start_epoch = state["epoch"] + 1
-    if rank == 0:
-        print(f"resumed from the checkpoint of epoch {start_epoch}")
-        _history(config, {"event": "resumed", "from_epoch": start_epoch})
-    return start_epoch
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside DDP / torch.compile wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
-
-
-def _plain(config: dict) -> dict:
-    """A copy of the config that ``torch.load(weights_only=True)`` can read back."""
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out[k] = _plain(v)
-        elif isinstance(v, tuple):
-            out[k] = list(v)
-        elif v is None or isinstance(v, str | int | float | bool | list):
-            out[k] = v
-        else:
-            out[k] = str(v)
-    return out
-
-
-def _tensorboard(config: dict, rank: int):
-    if rank != 0 or not config["run_dir"]:
-        return None
-    from tensorboardX import SummaryWriter
-
-    return SummaryWriter(str(Path(config["run_dir"]) / "tensorboard"))
-
-
-def _log_epoch(writer, metrics: dict, config: dict) -> None:
-    """One line a person can follow, and the same numbers as TensorBoard scalars."""
-    print(
-        f"epoch {metrics['epoch']}/{config['epochs']}  loss {metrics['train_loss']:.3f}  "
+def epoch_line(metrics: dict, epochs: int) -> str:
+    """The console line of an epoch: one a person can follow."""
+    return (
+        f"epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.3f}  "
         f"train acc {metrics['train_clip_acc']:.3f}  val clip {metrics['val_clip_acc']:.3f}  "
         f"video top1 {metrics['val_video_top1']:.3f} top5 {metrics['val_video_top5']:.3f}  "
-        f"{metrics['clips_per_s']:.1f} clips/s  data wait {metrics['data_wait_frac']:.0%}",
-        flush=True,
+        f"{metrics['clips_per_s']:.1f} clips/s  data wait {metrics['data_wait_frac']:.0%}"
     )
-    if writer is not None:
-        for k, v in metrics.items():
-            if isinstance(v, int | float) and k != "epoch":
-                writer.add_scalar(k, v, metrics["epoch"])
-        writer.flush()
-
-
-def _history(config: dict, record: dict) -> None:
-    """Append one JSON line to ``run_dir/history.jsonl``: every epoch and every resume."""
-    if config["run_dir"]:
-        Path(config["run_dir"]).mkdir(parents=True, exist_ok=True)
-        with open(Path(config["run_dir"]) / "history.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _progress(config: dict, rank: int, epoch: int, step: int = 0, pid: int = 0) -> None:
-    """Where each worker is (``run_dir/progress/rank-N``): for people and for fault tests."""
-    if not config["run_dir"]:
-        return
-    d = Path(config["run_dir"]) / "progress"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / f"rank-{rank}").write_text(f"{epoch} {step} {pid}\n")

@@ -3,11 +3,14 @@
 The driver builds the two clip datasets (random training views, multi-view validation),
 sizes the schedule from the manifest, and names the run so that calling ``fit()`` again
 with the same ``storage_path``/``name`` resumes from its latest checkpoint.
+:func:`torch_trainer` (backend, workers, checkpoints kept) is also what
+:func:`raylab.train.transfer.build_transfer_trainer` builds its trainer with.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +86,12 @@ def run_config(
     name: str,
     max_failures: int = 1,
     keep_checkpoints: int = 2,
+    metric: str = METRIC,
     callbacks: list | None = None,
 ):
     """Where a run's checkpoints go and which are kept: the best ``keep_checkpoints`` by
-    validation video top-1 (Ray Train keeps the latest too, for resuming)."""
+    ``metric``, validation video top-1 by default (Ray Train keeps the latest too, for
+    resuming)."""
     import ray.train
 
     return ray.train.RunConfig(
@@ -95,10 +100,55 @@ def run_config(
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=keep_checkpoints,
-            checkpoint_score_attribute=METRIC,
+            checkpoint_score_attribute=metric,
             checkpoint_score_order="max",
         ),
         callbacks=callbacks,
+    )
+
+
+def torch_trainer(
+    loop: Callable[[dict], None],
+    config: dict,
+    datasets: dict,
+    *,
+    storage_path: str | Path,
+    name: str,
+    workers: int = 1,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 1.0,
+    max_failures: int = 1,
+    keep_checkpoints: int = 2,
+    metric: str = METRIC,
+    callbacks: list | None = None,
+):
+    """A ``TorchTrainer`` running ``loop(config)`` in ``workers`` workers, each given its own
+    part of every one of ``datasets``; checkpoints as :func:`run_config` keeps them."""
+    import ray.train
+    import torch
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    # NCCL when this torch build has it (CUDA builds, even on a CPU-only head); gloo
+    # otherwise, e.g. on a simulated cluster whose GPU resources are only advertised.
+    backend = "nccl" if use_gpu and torch.distributed.is_nccl_available() else "gloo"
+    return TorchTrainer(
+        loop,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=run_config(
+            storage_path=storage_path,
+            name=name,
+            max_failures=max_failures,
+            keep_checkpoints=keep_checkpoints,
+            metric=metric,
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
 
 
@@ -121,10 +171,6 @@ def build_trainer(
     is always kept too, for resuming); restarts the worker group from the latest
     checkpoint up to ``max_failures`` times.
     """
-    import ray.train
-    import torch
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     manifest = load_manifest(data.shards)
     n_train = manifest["splits"].get("train", 0)
     if n_train == 0:
@@ -140,24 +186,16 @@ def build_trainer(
     if not config["run_dir"] and "://" not in str(storage_path):
         # Files beside the checkpoints; a URI (s3://) is no folder to write them in.
         config["run_dir"] = str(Path(storage_path) / name)
-    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
-    # NCCL when this torch build has it (CUDA builds, even on a CPU-only head); gloo
-    # otherwise, e.g. on a simulated cluster whose GPU resources are only advertised.
-    backend = "nccl" if use_gpu and torch.distributed.is_nccl_available() else "gloo"
-    return TorchTrainer(
+    return torch_trainer(
         train_loop,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend=backend),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
-        ),
-        run_config=run_config(
-            storage_path=storage_path,
-            name=name,
-            max_failures=max_failures,
-            keep_checkpoints=keep_checkpoints,
-            callbacks=callbacks,
-        ),
-        datasets=clip_datasets(data),
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+        config,
+        clip_datasets(data),
+        storage_path=storage_path,
+        name=name,
+        workers=workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker,
+        max_failures=max_failures,
+        keep_checkpoints=keep_checkpoints,
+        callbacks=callbacks,
     )

@@ -45,12 +45,9 @@ Pieces:
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 import time
 import zlib
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -60,17 +57,17 @@ from torch import nn
 
 from raylab.config import ClipConfig
 from raylab.data.pipeline import FAILED, ClipTensors
-from raylab.train.loop import (
-    _gather,
-    _history,
-    _plain,
-    _progress,
-    _tensorboard,
-    lr_factor,
-    make_optimizer,
-    normalise,
+from raylab.train.loop import lr_factor, make_optimizer, normalise
+from raylab.train.worker import (
+    COMMON_DEFAULTS,
+    EpochReporter,
+    autocast,
+    gather,
     resume,
+    train_batches,
     unwrap,
+    worker_device,
+    write_progress,
 )
 
 STUDENTS = ("t3d121", "densenet3d121")
@@ -79,35 +76,22 @@ _GROUP = re.compile(r"_g(\d+)_c\d+$")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-DEFAULTS: dict = {
+# The optimiser, schedule, amp, seed and run_dir defaults, and the student's normalisation
+# (that of fine-tuning): worker.py, shared with training. model_options and num_classes are
+# the student's; its classifier is built but unused (and not saved).
+DEFAULTS: dict = COMMON_DEFAULTS | {
     "student": "t3d121",
-    "model_options": {},  # build_model options of the student (width, ...)
-    "num_classes": 8,  # the student's classifier is built but unused (and not saved)
     "teacher_depth": 121,
     "teacher_weights": None,  # a torchvision DenseNet state dict (ImageNet) for the teacher
     "teacher_calibrated": False,  # True: a random teacher, BN statistics from training frames
     "head_hidden": (512, 128),
-    "epochs": 10,
     "batch_size": 32,  # pair rows per worker (half positive)
-    # AdamW with cosine decay, as training (loop.py); the paper's SGD recipe (lr 0.1, / 10
-    # every 30 epochs) is "sgd" + "step". On the demo set AdamW 1e-3, weight decay 0.05 was
-    # what made tiny students learn at all.
-    "optimizer": "adamw",  # or "sgd" (Nesterov momentum)
-    "lr": 1e-3,
-    "momentum": 0.9,
+    # AdamW with cosine decay, as training; the paper's SGD recipe (lr 0.1, / 10 every 30
+    # epochs) is "sgd" + "step". On the demo set AdamW 1e-3, weight decay 0.05 was what made
+    # tiny students learn at all.
     "weight_decay": 0.05,
-    "schedule": "cosine",  # or "step": lr / 10 every step_epochs
-    "step_epochs": 30,
-    "warmup_epochs": 1,
-    "amp": "auto",
-    "mean": (0.45, 0.45, 0.45),  # the student's normalisation (as loop.py, for fine-tuning)
-    "std": (0.225, 0.225, 0.225),
     "teacher_mean": IMAGENET_MEAN,
     "teacher_std": IMAGENET_STD,
-    "shuffle_buffer": 64,
-    "steps_per_epoch": 1,
-    "seed": 0,
-    "run_dir": None,
 }
 
 
@@ -338,9 +322,9 @@ def build_teacher(config: dict) -> FrameTeacher:
 def load_teacher_weights(net: nn.Module, path: str | Path) -> None:
     """A torchvision DenseNet state dict (old "norm.1"-style keys too) into the teacher; every
     backbone key must fit (the classifier may have another class count)."""
-    from raylab.models.checkpoints import _OLD_DENSE, read_state
+    from raylab.models.checkpoints import densenet_key, read_state
 
-    state = {_OLD_DENSE.sub(r"\1\2.\3", k): v for k, v in read_state(path).items()}
+    state = {densenet_key(k): v for k, v in read_state(path).items()}
     own = net.state_dict()
     bad = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
@@ -439,10 +423,7 @@ def transfer_loop(config: dict) -> None:
 
     config = DEFAULTS | config
     rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        device = torch.device("cpu")
-    use_amp = device.type == "cuda" if config["amp"] == "auto" else bool(config["amp"])
+    device = worker_device()
 
     torch.manual_seed(config["seed"])  # every worker: the same teacher and student init
     teacher = build_teacher(config).to(device)
@@ -461,8 +442,8 @@ def transfer_loop(config: dict) -> None:
 
     mean, std = tensor(config["mean"]), tensor(config["std"])
     t_mean, t_std = tensor(config["teacher_mean"]), tensor(config["teacher_std"])
-    amp_ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
-    writer = _tensorboard(config, rank)
+    amp_ctx = autocast(config, device)
+    reporter = EpochReporter(config, rank)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -471,18 +452,22 @@ def transfer_loop(config: dict) -> None:
             feats = teacher(teacher_input(batch["teacher_clip"], t_mean, t_std))
             return net(normalise(batch["clip"], mean, std), feats.float()).float()
 
+    def checkpoint(_epoch: int) -> dict:
+        """What the loop saves; the reporter adds the epoch, config and metrics."""
+        return {
+            "net": unwrap(net).state_dict(),
+            "teacher": teacher.state_dict(),
+            "student": student_state(net),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        }
+
     for epoch in range(start_epoch, config["epochs"]):
         net.train()
-        _progress(config, rank, epoch, pid=os.getpid())
+        write_progress(config, rank, epoch)
         loss_sum = correct = seen = 0
         start = time.perf_counter()
-        batches = train_shard.iter_torch_batches(
-            batch_size=config["batch_size"],
-            collate_fn=ClipTensors(),
-            device=device,
-            local_shuffle_buffer_size=config["shuffle_buffer"] or None,
-            prefetch_batches=2,
-        )
+        batches = train_batches(train_shard, config, device)
         for step, batch in enumerate(batches, start=1):
             y = batch["same"]
             logits = logits_of(batch)
@@ -494,7 +479,7 @@ def transfer_loop(config: dict) -> None:
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
-            _progress(config, rank, epoch, step=step, pid=os.getpid())
+            write_progress(config, rank, epoch, step=step)
         train_time = time.perf_counter() - start
 
         net.eval()
@@ -515,7 +500,7 @@ def transfer_loop(config: dict) -> None:
                     of_kind = batch["kind"] == k
                     by_kind[2 * k] += right[of_kind].sum().item()
                     by_kind[2 * k + 1] += of_kind.sum().item()
-        totals = _gather(
+        totals = gather(
             (loss_sum, correct, seen, train_time, v_loss, v_correct, v_seen, v_pos, *by_kind)
         )
         n_train = sum(t[2] for t in totals)
@@ -543,40 +528,18 @@ def transfer_loop(config: dict) -> None:
             },
             "lr": optimizer.param_groups[0]["lr"],
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                torch.save(
-                    {
-                        "net": unwrap(net).state_dict(),
-                        "teacher": teacher.state_dict(),
-                        "student": student_state(net),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        "config": _plain(config),
-                        "metrics": metrics,
-                    },
-                    Path(tmp) / "state.pt",
-                )
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-                print(
-                    f"epoch {epoch + 1}/{config['epochs']}  loss {metrics['train_loss']:.3f}  "
-                    f"train acc {metrics['train_accuracy']:.3f}  correspondence acc "
-                    f"{metrics['correspondence_accuracy']:.3f} ({n_val} val pairs)  "
-                    f"{metrics['pairs_per_s']:.1f} pairs/s",
-                    flush=True,
-                )
-                if writer is not None:
-                    for k, v in metrics.items():
-                        if isinstance(v, int | float) and k != "epoch":
-                            writer.add_scalar(k, v, epoch + 1)
-                    writer.flush()
-            ray.train.report(metrics, checkpoint=ckpt)
-        if rank == 0:
-            _history(config, {"event": "epoch"} | metrics)
-    if writer is not None:
-        writer.close()
+        reporter.end_epoch(epoch, metrics, epoch_line(metrics, config["epochs"]), checkpoint)
+    reporter.close()
+
+
+def epoch_line(metrics: dict, epochs: int) -> str:
+    """The console line of an epoch of transfer."""
+    return (
+        f"epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.3f}  "
+        f"train acc {metrics['train_accuracy']:.3f}  correspondence acc "
+        f"{metrics['correspondence_accuracy']:.3f} ({metrics['val_pairs']} val pairs)  "
+        f"{metrics['pairs_per_s']:.1f} pairs/s"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,10 +583,8 @@ def build_transfer_trainer(
     Keeps the best two checkpoints by ``correspondence_accuracy`` (and the latest); calling
     ``fit()`` again with the same storage path and name resumes.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from raylab.data.storage import load_manifest
+    from raylab.train.trainer import torch_trainer
 
     manifest = load_manifest(shards)
     n_train = manifest["splits"].get("train", 0)
@@ -653,25 +614,16 @@ def build_transfer_trainer(
         "train": pair_dataset(shards, "train", train=True, **common),
         "val": pair_dataset(shards, val_split, train=False, seed=config["seed"], **common),
     }
-    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
-    backend = "nccl" if use_gpu and torch.distributed.is_nccl_available() else "gloo"
-    return TorchTrainer(
+    return torch_trainer(
         transfer_loop,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend=backend),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=str(storage_path),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2,
-                checkpoint_score_attribute="correspondence_accuracy",
-                checkpoint_score_order="max",
-            ),
-        ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+        config,
+        datasets,
+        storage_path=storage_path,
+        name=name,
+        workers=workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker,
+        max_failures=max_failures,
+        keep_checkpoints=2,
+        metric="correspondence_accuracy",
     )

@@ -45,6 +45,49 @@ def test_a_bad_model_or_clip_fails_on_the_driver(demo_shards):
         build_trainer(TINY | {"model": "c4d"}, _data(demo_shards), storage_path="/tmp", name="x")
 
 
+def test_one_builder_sets_backend_workers_and_the_checkpoints_kept(tmp_path):
+    """Training and transfer get their trainers from ``torch_trainer``: a CPU build of torch
+    uses gloo even where GPUs are asked for (NCCL needs a CUDA build); every worker asks
+    for its CPUs and a GPU; the best checkpoints by the given metric are kept."""
+    import ray.train
+
+    from raylab.train.trainer import torch_trainer
+
+    def loop(config: dict) -> None:
+        pass
+
+    trainer = torch_trainer(
+        loop,
+        {"lr": 0.1},
+        {},
+        storage_path=tmp_path,
+        name="run",
+        workers=2,
+        use_gpu=True,
+        cpus_per_worker=0.5,
+        max_failures=3,
+        keep_checkpoints=4,
+        metric="correspondence_accuracy",
+    )
+    assert trainer.train_loop_config == {"lr": 0.1}
+    assert trainer.backend_config.backend == (
+        "nccl" if torch.distributed.is_nccl_available() else "gloo"
+    )
+    assert trainer.scaling_config.num_workers == 2 and trainer.scaling_config.use_gpu
+    assert trainer.scaling_config.resources_per_worker == {"CPU": 0.5, "GPU": 1}
+    run = trainer.run_config
+    assert (run.name, run.storage_path) == ("run", str(tmp_path))
+    assert run.failure_config.max_failures == 3
+    assert run.checkpoint_config == ray.train.CheckpointConfig(
+        num_to_keep=4,
+        checkpoint_score_attribute="correspondence_accuracy",
+        checkpoint_score_order="max",
+    )
+    cpu = torch_trainer(loop, {}, {}, storage_path=tmp_path, name="cpu", cpus_per_worker=2)
+    assert cpu.backend_config.backend == "gloo"
+    assert cpu.scaling_config.resources_per_worker == {"CPU": 2}
+
+
 def test_two_workers_learn_like_one(demo_shards, ray_session, tmp_path):
     one = _fit(demo_shards, tmp_path, "one", workers=1, epochs=3, batch_size=8, seed=1)
     two = _fit(demo_shards, tmp_path, "two", workers=2, epochs=3, batch_size=4, seed=1)

@@ -1,0 +1,222 @@
+"""What every per-worker Ray Train loop does around its own training steps.
+
+:func:`raylab.train.loop.train_loop` (classification) and
+:func:`raylab.train.transfer.transfer_loop` (T3D supervision transfer) differ in what they
+train and measure. The rest is here: the defaults both read (:data:`COMMON_DEFAULTS`), the
+worker's device and autocast, one pass over the training shard, resuming from the run's
+latest checkpoint, the progress files, and the end of an epoch (:class:`EpochReporter`:
+checkpoint, Ray Train report, console line, TensorBoard scalars, ``history.jsonl``). Files
+are written by rank 0 only, under ``config["run_dir"]`` when it is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+
+from raylab.data.pipeline import ClipTensors
+
+# Each loop's DEFAULTS extends these with its own keys (and overrides where its recipe differs).
+COMMON_DEFAULTS: dict = {
+    "model_options": {},  # passed to build_model: width, dropout, family knobs
+    "num_classes": 8,
+    "epochs": 10,
+    "batch_size": 8,  # per worker
+    "optimizer": "adamw",  # "sgd" (Nesterov momentum) or "adamw"
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "schedule": "cosine",  # "cosine" (with linear warm-up) or "step"
+    "warmup_epochs": 1,
+    "step_epochs": 30,  # "step": lr / 10 every step_epochs (the T3D recipe)
+    "amp": "auto",  # bf16 autocast on GPU; "auto" = on for CUDA only
+    "mean": (0.45, 0.45, 0.45),  # per-channel normalisation of [0, 1] frames
+    "std": (0.225, 0.225, 0.225),
+    "shuffle_buffer": 64,  # clips in the local shuffle buffer
+    "steps_per_epoch": 1,  # batches per worker per epoch, for the schedule (set by the driver)
+    "seed": 0,  # model initialisation
+    "run_dir": None,  # TensorBoard events, history and progress files go here (rank 0)
+}
+
+STATE_FILE = "state.pt"  # the one file of every checkpoint
+
+
+def worker_device() -> torch.device:
+    """This worker's device as Ray Train assigned it, or the CPU where a granted GPU cannot
+    be used (a simulated cluster's fake GPUs, a CPU build of torch): train rather than fail."""
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        device = torch.device("cpu")
+    return device
+
+
+def on_cuda(setting: str | bool, device: torch.device) -> bool:
+    """A switch that may be ``"auto"``: then on for CUDA devices only."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def autocast(config: dict, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on ``device`` when ``config["amp"]`` is on (see :func:`on_cuda`), else a
+    context that does nothing. One object, entered around every forward pass."""
+    if on_cuda(config["amp"], device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_batches(shard, config: dict, device: torch.device):
+    """One pass over this worker's training shard: ``config["batch_size"]`` rows a batch,
+    tensors on ``device`` (clips stay uint8), locally shuffled, two batches prefetched."""
+    return shard.iter_torch_batches(
+        batch_size=config["batch_size"],
+        collate_fn=ClipTensors(),
+        device=device,
+        local_shuffle_buffer_size=config["shuffle_buffer"] or None,
+        prefetch_batches=2,
+    )
+
+
+def gather(obj) -> list:
+    """Every worker's ``obj`` in a list (one element when not distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def plain_config(config: dict) -> dict:
+    """A copy of the config that ``torch.load(weights_only=True)`` can read back: tuples as
+    lists, anything but plain values (a Path, ...) as its text."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out[k] = plain_config(v)
+        elif isinstance(v, tuple):
+            out[k] = list(v)
+        elif v is None or isinstance(v, str | int | float | bool | list):
+            out[k] = v
+        else:
+            out[k] = str(v)
+    return out
+
+
+def write_progress(config: dict, rank: int, epoch: int, step: int = 0) -> None:
+    """Where each worker is (``run_dir/progress/rank-N``: epoch, step, pid): for people and
+    for fault tests, which kill a worker mid-epoch by its pid."""
+    if not config["run_dir"]:
+        return
+    d = Path(config["run_dir"]) / "progress"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"rank-{rank}").write_text(f"{epoch} {step} {os.getpid()}\n")
+
+
+def append_history(config: dict, record: dict) -> None:
+    """Append one JSON line to ``run_dir/history.jsonl``: every epoch and every resume."""
+    if config["run_dir"]:
+        Path(config["run_dir"]).mkdir(parents=True, exist_ok=True)
+        with open(Path(config["run_dir"]) / "history.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def save_state(directory: str | Path, state: dict) -> None:
+    """Write a checkpoint's state into ``directory`` (as :func:`load_state` reads it)."""
+    torch.save(state, Path(directory) / STATE_FILE)
+
+
+def load_state(directory: str | Path) -> dict:
+    """The state a checkpoint directory holds, on the CPU."""
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def restore(state: dict, config: dict, rank: int, **parts) -> int:
+    """Load a checkpoint's ``state`` into ``parts`` (name -> an object with
+    ``load_state_dict``, the name being its key in the state) and return the epoch to start
+    from. Rank 0 logs a ``resumed`` history event."""
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    start_epoch = state["epoch"] + 1
+    if rank == 0:
+        print(f"resumed from the checkpoint of epoch {start_epoch}")
+        append_history(config, {"event": "resumed", "from_epoch": start_epoch})
+    return start_epoch
+
+
+def resume(config: dict, rank: int, **parts) -> int:
+    """:func:`restore` the run's latest Ray Train checkpoint into ``parts``; 0 (the epoch to
+    start from) without one."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return 0
+    with checkpoint.as_directory() as d:
+        state = load_state(d)
+    return restore(state, config, rank, **parts)
+
+
+class EpochReporter:
+    """The end of each epoch, the same in every loop. Rank 0 keeps the run's record: the
+    checkpoint, one console line, TensorBoard scalars (``run_dir/tensorboard``) and a line of
+    ``run_dir/history.jsonl``; every rank reports the metrics to Ray Train."""
+
+    def __init__(self, config: dict, rank: int) -> None:
+        self.config, self.rank = config, rank
+        self.writer = None
+        if rank == 0 and config["run_dir"]:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(config["run_dir"]) / "tensorboard"))
+
+    def end_epoch(self, epoch: int, metrics: dict, line: str, state: Callable[[int], dict]) -> None:
+        """Epoch ``epoch`` (from 0) ended with ``metrics`` (the same on every rank). Rank 0
+        saves ``state(epoch)`` with the epoch, the config and the metrics as the checkpoint,
+        prints ``line`` and writes the scalars; every rank reports; then rank 0 appends the
+        metrics to the history."""
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                self.save(tmp, epoch, metrics, state)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                self.log(metrics, line)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if self.rank == 0:  # after the report: every worker finished the epoch and it is saved
+            append_history(self.config, {"event": "epoch"} | metrics)
+
+    def save(
+        self, directory: str | Path, epoch: int, metrics: dict, state: Callable[[int], dict]
+    ) -> None:
+        """Write the checkpoint of ``epoch`` into ``directory``: the loop's ``state(epoch)``,
+        the epoch, the config (plain: see :func:`plain_config`) and the metrics."""
+        meta = {"epoch": epoch, "config": plain_config(self.config), "metrics": metrics}
+        save_state(directory, state(epoch) | meta)
+
+    def log(self, metrics: dict, line: str) -> None:
+        """Print ``line`` and write the metrics' numbers as TensorBoard scalars at step
+        ``metrics["epoch"]``."""
+        print(line, flush=True)
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, int | float) and k != "epoch":
+                    self.writer.add_scalar(k, v, metrics["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

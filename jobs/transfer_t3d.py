@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from raylab.infer.evaluate import best_checkpoint
     from raylab.train.transfer import build_transfer_trainer
+    from raylab.train.worker import load_state
 
     args = parse_args(argv)
     out = Path(args.out).resolve()
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     best = best_checkpoint(result, "correspondence_accuracy")
     with best.as_directory() as d:
-        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        state = load_state(d)
     weights = out / "student.pt"
     torch.save(state["student"], weights)  # backbone keys of build_model(student), no classifier
     summary = {

@@ -16,6 +16,7 @@ import torch
 from raylab.config import ClipConfig
 from raylab.metrics import METRIC
 from raylab.train.loop import normalise, topk_accuracy, video_scores
+from raylab.train.worker import STATE_FILE, load_state
 
 
 def best_checkpoint(result, metric: str = METRIC):
@@ -37,7 +38,7 @@ def save_best_weights(result, path: str | Path, metric: str = METRIC):
     ``path`` as a plain state dict; returns ``(that checkpoint, its whole state)``."""
     best = best_checkpoint(result, metric)
     with best.as_directory() as d:
-        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        state = load_state(d)
     torch.save(state["model"], path)
     return best, state
 
@@ -46,7 +47,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     """The model and config of a checkpoint folder written by the training loop."""
     from raylab.models import build_model
 
-    file = Path(path) / "state.pt" if Path(path).is_dir() else Path(path)
+    file = Path(path) / STATE_FILE if Path(path).is_dir() else Path(path)
     if not file.exists():
         raise FileNotFoundError(f"{file} not found: pass a checkpoint folder of a training run")
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 from raylab.config import ClipConfig
 from raylab.data.decode import TSN_SCALES
 from raylab.metrics import METRIC, TRIAL_STATUSES
+from raylab.train.worker import STATE_FILE, save_state
 from raylab.tune.resources import memory_budget, trial_concurrency
 from raylab.tune.results import local_experiment, options_dir
 from raylab.tune.space import Budget, DataLimits, Pruned, SearchSpace, plan_trial
@@ -363,7 +364,7 @@ def best_checkpoint_in(run_dir: str | Path) -> tuple[str, dict]:
     for info in listing:
         if not info.base_name.startswith("checkpoint_"):
             continue
-        file = f"{info.path}/state.pt"
+        file = f"{info.path}/{STATE_FILE}"
         if fs.get_file_info(file).type != pyarrow.fs.FileType.File:
             continue
         with fs.open_input_file(file) as f:
@@ -463,7 +464,7 @@ def summarise(options: TuneOptions, results) -> dict:
     if not options.local:  # the evaluation actors read a local copy
         checkpoint = out / "checkpoint"
         checkpoint.mkdir(exist_ok=True)
-        torch.save(state, checkpoint / "state.pt")
+        save_state(checkpoint, state)
     classes = load_manifest(options.shards)["classes"]
     pred = predict(options.shards, checkpoint, split="val", clips=options.val_clips)
     evaluation = report_metrics(pred, classes) | {"clip_acc": pred["clip_acc"]}

@@ -50,7 +50,7 @@ def run_steps(config: dict, report=None) -> float:
         import ray.train.torch
 
         model = ray.train.torch.prepare_model(model)
-    optimizer = make_optimizer(model, {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4})
+    optimizer = make_optimizer(model, "adamw", lr=1e-3, weight_decay=1e-4)
     batches = make_batches(
         config["batches"], config["batch_size"], config["frames"], config["size"]
     )

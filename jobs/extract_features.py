@@ -108,13 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).resolve()
 
     if args.checkpoint:
-        config = load_checkpoint(args.checkpoint)[1]
         try:
-            recorded = ClipConfig.from_record(config.get("data") or {})
+            config = load_checkpoint(args.checkpoint)[1]
         except ValueError as err:
             raise SystemExit(f"extract_features: {args.checkpoint}: {err}") from None
+        recorded = config.clip
         source = ModelSource(checkpoint=str(Path(args.checkpoint).resolve()))
-        name = config["model"]
+        name = config.model
     else:
         recorded, name = None, args.model
     contract = MODEL_INFO[name].contract if name in MODEL_INFO else None

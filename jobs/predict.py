@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     ray.data.DataContext.get_current().enable_progress_bars = False
     print(
         f"{len(videos)} videos, {clip.test_views} views each ({clip.frames} frames x stride "
-        f"{clip.stride} at {clip.size} px), model {config['model']}",
+        f"{clip.stride} at {clip.size} px), model {config.model}",
         file=sys.stderr,
     )
     bar = progress_bar(total=len(videos) * clip.test_views, desc="predict", unit="view")

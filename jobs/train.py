@@ -18,10 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from raylab.config import ClipConfig
+from raylab.config import ClipConfig, TrainConfig
 from raylab.data.storage import resolve_location
 from raylab.models import parse_option
-from raylab.train.loop import DEFAULTS
 from raylab.train.trainer import DataOptions, build_trainer, decode_failure
 
 
@@ -49,18 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra build_model option, e.g. head=pooled or batch_norm=true",
     )
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="per worker")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=DEFAULTS["optimizer"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
-    p.add_argument("--schedule", choices=["cosine", "step"], default=DEFAULTS["schedule"])
-    p.add_argument("--warmup-epochs", type=float, default=DEFAULTS["warmup_epochs"])
-    p.add_argument("--label-smoothing", type=float, default=DEFAULTS["label_smoothing"])
-    p.add_argument("--grad-accum", type=int, default=DEFAULTS["grad_accum"])
-    p.add_argument("--clip-grad", type=float, default=DEFAULTS["clip_grad"])
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="per worker")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=TrainConfig.optimizer)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    p.add_argument("--schedule", choices=["cosine", "step"], default=TrainConfig.schedule)
+    p.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
+    p.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing)
+    p.add_argument("--grad-accum", type=int, default=TrainConfig.grad_accum)
+    p.add_argument("--clip-grad", type=float, default=TrainConfig.clip_grad)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--init-from", help="plain state dict to start from (e.g. transferred T3D)")
     p.add_argument(
         "--val-clips", type=int, default=ClipConfig.test_clips, help="clips per video at validation"
@@ -75,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="S",
         help="training crop sides relative to the short side (TSN multi-scale crop)",
     )
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--workers", type=int, default=TrainConfig.workers, help="Ray Train workers")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument(
@@ -92,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-decode-failures",
         type=float,
-        default=DEFAULTS["max_decode_failures"],
+        default=TrainConfig.max_decode_failures,
         metavar="FRACTION",
         help="stop when more than this share of an epoch's training or validation videos "
         "cannot be decoded (or none can)",
@@ -124,9 +123,9 @@ def default_scheme(model: str) -> str:
     return MODEL_INFO[model].contract.scheme if model in MODEL_INFO else "dense"
 
 
-def data_options(args: argparse.Namespace) -> DataOptions:
+def clip_config(args: argparse.Namespace) -> ClipConfig:
     """The clips the run trains and validates on, from the flags."""
-    clip = ClipConfig(
+    return ClipConfig(
         frames=args.frames,
         stride=args.stride,
         size=args.size,
@@ -137,9 +136,36 @@ def data_options(args: argparse.Namespace) -> DataOptions:
         test_clips=args.val_clips,
         test_crops=args.val_crops,
     )
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run the flags describe."""
+    return TrainConfig(
+        model=args.model,
+        model_options=model_options(args),
+        clip=clip_config(args),
+        epochs=args.epochs,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        grad_accum=args.grad_accum,
+        clip_grad=args.clip_grad,
+        compile=args.compile,
+        seed=args.seed,
+        init_from=args.init_from,
+        max_decode_failures=args.max_decode_failures,
+    )
+
+
+def data_options(args: argparse.Namespace) -> DataOptions:
+    """Where the clips come from and how they are decoded, from the flags."""
     return DataOptions(
         shards=resolve_location(args.data),  # a folder or s3://...
-        clip=clip,
         decoders=args.decoders,
         decoder_resource=args.decoder_resource,
     )
@@ -154,34 +180,13 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).resolve()
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    config = {
-        "model": args.model,
-        "model_options": model_options(args),
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "optimizer": args.optimizer,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "schedule": args.schedule,
-        "warmup_epochs": args.warmup_epochs,
-        "label_smoothing": args.label_smoothing,
-        "grad_accum": args.grad_accum,
-        "clip_grad": args.clip_grad,
-        "compile": args.compile,
-        "seed": args.seed,
-        "init_from": args.init_from,
-        "run_dir": str(out),
-        "max_decode_failures": args.max_decode_failures,
-        # Flow levels to [-1, 1] as I3D feeds them; RGB keeps the loop's defaults.
-        **({"mean": (0.5, 0.5), "std": (0.5, 0.5)} if args.modality == "flow" else {}),
-    }
+    config = train_config(args)
     data = data_options(args)
     trainer = build_trainer(
         config,
         data,
         storage_path=out.parent,
         name=out.name,
-        workers=args.workers,
         use_gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures,
@@ -208,8 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         "best_checkpoint": best.path,
         "weights": str(weights),
         "model": args.model,
-        "model_options": config["model_options"],
-        "data": data.clip.record(),
+        "model_options": config.model_options,
+        "data": config.clip.record(),
     }
     print(f"best epoch {state['epoch'] + 1}: {state['metrics']}", file=sys.stderr)
     print(json.dumps(summary, default=str))

@@ -1,4 +1,4 @@
-"""The clip description: derived values, the checkpoint record, the decoder's view."""
+"""The run description: derived values, the checkpoint record, the decoder's view."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from raylab.config import ClipConfig
+from raylab.config import FLOW_MEAN, RGB_MEAN, ClipConfig, TrainConfig
 
 
 def test_derived_values():
@@ -44,3 +44,37 @@ def test_the_decoder_sees_every_setting():
     assert clip.with_test_views(3, 3).spec(train=False).views == 9
     with pytest.raises(ValueError, match="crops must be 1"):
         ClipConfig(test_crops=2)
+
+
+def test_a_training_config_round_trips_whole_and_refuses_what_it_lacks():
+    config = TrainConfig(
+        model="stm",
+        model_options={"width": 0.25, "stm_stages": [4, 5]},
+        clip=ClipConfig(frames=8, size=56, scheme="segments", test_clips=2),
+        classes=("left", "right", "up"),
+        optimizer="sgd",
+        lr=0.05,
+        schedule="step",
+        step_epochs=7,
+        init_from="/weights/t3d.pt",
+    )
+    record = json.loads(json.dumps(config.record()))  # what a checkpoint keeps
+    assert TrainConfig.from_record(record) == config
+    assert record["clip"]["frames"] == 8 and config.num_classes == 3
+    del record["schedule"], record["clip"]["stride"]
+    with pytest.raises(ValueError, match="its schedule: it was written by an older"):
+        TrainConfig.from_record(record)
+    record["schedule"] = "step"
+    with pytest.raises(ValueError, match="its stride: it was written by an older"):
+        TrainConfig.from_record(record)
+
+
+def test_normalisation_follows_the_modality_and_settings_are_checked():
+    assert TrainConfig().mean == RGB_MEAN
+    flow = TrainConfig(clip=ClipConfig(modality="flow"))
+    assert flow.mean == FLOW_MEAN and len(flow.std) == 2
+    assert TrainConfig(mean=[0.5, 0.4, 0.3]).mean == (0.5, 0.4, 0.3)
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw'"):
+        TrainConfig(optimizer="lamb")
+    with pytest.raises(ValueError, match="schedule must be"):
+        TrainConfig(schedule="linear")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raylab.config import ClipConfig
+from raylab.config import ClipConfig, TrainConfig
 from raylab.metrics import METRIC
 from raylab.train.loop import normalise, topk_accuracy, video_scores
 from raylab.train.worker import STATE_FILE, load_state
@@ -43,7 +43,7 @@ def save_best_weights(result, path: str | Path, metric: str = METRIC):
     return best, state
 
 
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
     """The model and config of a checkpoint folder written by the training loop."""
     from raylab.models import build_model
 
@@ -58,15 +58,16 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
             f"{path} is not a checkpoint of a training run (state.pt with its config): pass a "
             f"checkpoint folder such as RUN/checkpoint_... ({type(err).__name__})"
         ) from err
-    model = build_model(config["model"], config["num_classes"], **config["model_options"])
+    config = TrainConfig.from_record(config)
+    model = build_model(config.model, config.num_classes, **config.model_options)
     model.load_state_dict(state["model"])
     return model.eval(), config
 
 
-def evaluation_clip(config: dict, clips: int = 1, crops: int = 1) -> ClipConfig:
-    """The clips a checkpoint's run trained on (``config["data"]``, as the trainer recorded
-    them), tested on ``clips`` x ``crops`` views per video."""
-    return ClipConfig.from_record(config.get("data") or {}).with_test_views(clips, crops)
+def evaluation_clip(config: TrainConfig, clips: int = 1, crops: int = 1) -> ClipConfig:
+    """The clips a checkpoint's run trained on, tested on ``clips`` x ``crops`` views per
+    video."""
+    return config.clip.with_test_views(clips, crops)
 
 
 class Predictor:
@@ -76,8 +77,8 @@ class Predictor:
         self.model, config = load_checkpoint(checkpoint)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
-        self.mean = torch.tensor(config["mean"], device=self.device)
-        self.std = torch.tensor(config["std"], device=self.device)
+        self.mean = torch.tensor(config.mean, device=self.device)
+        self.std = torch.tensor(config.std, device=self.device)
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from raylab.config import ClipConfig
-from raylab.train.loop import DEFAULTS, normalise
+from raylab.config import RGB_MEAN, RGB_STD, ClipConfig
+from raylab.train.loop import normalise
 
 SVM_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 _CAPTURES = ("input", "pool")
@@ -105,12 +105,12 @@ def load_model(source: ModelSource) -> tuple[nn.Module, dict]:
 
         model, config = load_checkpoint(source.checkpoint)
         return model.eval(), {
-            "model": config["model"],
-            "model_options": config["model_options"],
-            "num_classes": config["num_classes"],
-            "mean": tuple(config.get("mean", DEFAULTS["mean"])),
-            "std": tuple(config.get("std", DEFAULTS["std"])),
-            "data": config.get("data") or {},
+            "model": config.model,
+            "model_options": config.model_options,
+            "num_classes": config.num_classes,
+            "mean": config.mean,
+            "std": config.std,
+            "data": config.clip.record(),
         }
     num_classes = source.num_classes
     model = build_model(source.model, num_classes, **source.options)
@@ -131,8 +131,8 @@ def load_model(source: ModelSource) -> tuple[nn.Module, dict]:
                 "head=pooled)"
             ) from err
     channels = getattr(model, "in_channels", 3)
-    mean = DEFAULTS["mean"] if channels == 3 else (0.5,) * channels
-    std = DEFAULTS["std"] if channels == 3 else (0.5,) * channels
+    mean = RGB_MEAN if channels == 3 else (0.5,) * channels
+    std = RGB_STD if channels == 3 else (0.5,) * channels
     return model.eval(), {
         "model": source.model,
         "model_options": dict(source.options),

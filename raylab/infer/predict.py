@@ -176,7 +176,7 @@ def predict_videos(
     _, config = load_checkpoint(checkpoint)
     clip = rgb_clip(evaluation_clip(config, clips, crops))
     views = clip.test_views
-    classes = config.get("classes") or [f"class {i}" for i in range(config["num_classes"])]
+    classes = config.classes
     ds = source_clip_dataset(videos, clip, short_side=short_side, decoder_cpus=decoder_cpus)
     out = with_logits(
         ds, checkpoint, predictors=predictors, use_gpu=use_gpu, batch_size=batch_size,

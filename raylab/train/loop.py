@@ -6,8 +6,8 @@ trains with DDP (gloo on CPU, NCCL on GPU), evaluates multi-view video accuracy 
 ``val`` dataset, and reports metrics and a checkpoint every epoch. An epoch in which no
 training or validation video decodes, or more than ``max_decode_failures`` of them fail,
 raises :class:`DecodeFailures` instead, which fails the run. A restarted worker group
-resumes from the latest checkpoint. Configuration is a plain dict: see
-:data:`DEFAULTS`.
+resumes from the latest checkpoint. What the run is comes whole as a
+:class:`raylab.config.TrainConfig`'s record; see :func:`loop_config`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raylab.config import TrainConfig
 from raylab.data.pipeline import error_text
 from raylab.train.worker import (
-    COMMON_DEFAULTS,
     EpochReporter,
     autocast,
     gather,
@@ -32,11 +32,6 @@ from raylab.train.worker import (
     worker_device,
     write_progress,
 )
-
-# The largest share of an epoch's training or validation videos that may fail to decode
-# before the run stops (config ``max_decode_failures``): a few damaged files cost only
-# themselves, a dataset the decoder cannot read fails loudly instead of training on nothing.
-MAX_DECODE_FAILURES = 0.05
 
 
 class DecodeFailures(RuntimeError):
@@ -58,18 +53,22 @@ def check_decode_failures(
     )
 
 
-# The optimiser, schedule, amp, normalisation, seed and run_dir defaults: worker.py.
-DEFAULTS: dict = COMMON_DEFAULTS | {
-    "model": "c3d",
-    "label_smoothing": 0.0,
-    "grad_accum": 1,  # optimiser step every N batches
-    "clip_grad": 0.0,  # max gradient norm; 0 = off
-    "compile": False,  # torch.compile the model
-    "channels_last": "auto",  # channels_last_3d memory format; "auto" = on for CUDA
-    "init_from": None,  # a plain state dict to start from (e.g. transferred weights)
-    "extra_metrics": {},  # constants reported with every epoch (a search trial's cost)
-    "max_decode_failures": MAX_DECODE_FAILURES,  # share of an epoch's videos; see above
-}
+def loop_config(
+    config: TrainConfig,
+    steps_per_epoch: int,
+    run_dir: str | None = None,
+    extra_metrics: dict | None = None,
+) -> dict:
+    """What :func:`train_loop` is given: the run's config (as plain values, the form every
+    checkpoint keeps) and where this run of it stands: optimiser steps per worker and epoch
+    (for the schedule), the folder for its files (rank 0; None: no files), and constants
+    reported with every epoch (a search trial's cost)."""
+    return {
+        "config": config.record(),
+        "steps_per_epoch": steps_per_epoch,
+        "run_dir": run_dir,
+        "extra_metrics": dict(extra_metrics or {}),
+    }
 
 
 def normalise(clip: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -78,32 +77,37 @@ def normalise(clip: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
     return x.sub_(mean.view(1, -1, 1, 1, 1)).div_(std.view(1, -1, 1, 1, 1))
 
 
-def lr_factor(config: dict, epoch_float: float) -> float:
-    """The learning-rate multiplier at a (fractional) epoch."""
-    warmup = config["warmup_epochs"]
-    if config["schedule"] == "step":
-        return 0.1 ** int(epoch_float // config["step_epochs"])
+def lr_factor(
+    epoch_float: float, *, epochs: int, schedule: str, warmup_epochs: float, step_epochs: int
+) -> float:
+    """The learning-rate multiplier at a (fractional) epoch: ``"step"`` divides by 10 every
+    ``step_epochs``; ``"cosine"`` rises linearly over ``warmup_epochs``, then decays to 0."""
+    warmup = warmup_epochs
+    if schedule == "step":
+        return 0.1 ** int(epoch_float // step_epochs)
     if warmup and epoch_float < warmup:
         return (epoch_float + 1e-3) / warmup
-    progress = (epoch_float - warmup) / max(1e-9, config["epochs"] - warmup)
+    progress = (epoch_float - warmup) / max(1e-9, epochs - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum or AdamW; no weight decay on norms and biases."""
+def make_optimizer(
+    model: torch.nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    """``"sgd"`` (Nesterov momentum) or ``"adamw"``; no weight decay on norms and biases."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [
-        {"params": decay, "weight_decay": config["weight_decay"]},
+        {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if config["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"], nesterov=True)
-    if config["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, lr=config["lr"])
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {config['optimizer']!r}")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
 
 
 def video_scores(
@@ -183,45 +187,55 @@ def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
     }
 
 
-def train_loop(config: dict) -> None:
-    """Train ``config["model"]`` on the ``train`` dataset shard, evaluating on ``val``."""
+def train_loop(run: dict) -> None:
+    """Train the run's model (``run`` as :func:`loop_config` makes it) on the ``train``
+    dataset shard, evaluating on ``val``."""
     import ray.train
     import ray.train.torch
 
     from raylab.models import build_model
 
-    config = DEFAULTS | config
+    config = TrainConfig.from_record(run["config"])
+    run_dir = run["run_dir"]
     rank = ray.train.get_context().get_world_rank()
     device = worker_device()
-    channels_last = on_cuda(config["channels_last"], device)
+    channels_last = on_cuda(config.channels_last, device)
 
-    torch.manual_seed(config["seed"])  # every worker starts from the same weights
-    model = build_model(config["model"], config["num_classes"], **config["model_options"])
-    if config["init_from"]:
-        state = torch.load(config["init_from"], map_location="cpu", weights_only=True)
+    torch.manual_seed(config.seed)  # every worker starts from the same weights
+    model = build_model(config.model, config.num_classes, **config.model_options)
+    if config.init_from:
+        state = torch.load(config.init_from, map_location="cpu", weights_only=True)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if rank == 0:
-            print(f"init from {config['init_from']}: missing {missing}, unexpected {unexpected}")
+            print(f"init from {config.init_from}: missing {missing}, unexpected {unexpected}")
     # Only 3D convolutions have a channels_last_3d kernel; TSN and STM fold time into the
     # batch and run 2D convolutions, where the format does not apply.
     channels_last = channels_last and any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     model = ray.train.torch.prepare_model(model, move_to_device=device)  # device + DDP
-    optimizer = make_optimizer(model, config)
-    updates_per_epoch = max(1, config["steps_per_epoch"] // config["grad_accum"])
+    optimizer = make_optimizer(
+        model, config.optimizer, config.lr, config.weight_decay, config.momentum
+    )
+    updates_per_epoch = max(1, run["steps_per_epoch"] // config.grad_accum)
+    schedule = {
+        "epochs": config.epochs,
+        "schedule": config.schedule,
+        "warmup_epochs": config.warmup_epochs,
+        "step_epochs": config.step_epochs,
+    }
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda update: lr_factor(config, update / updates_per_epoch)
+        optimizer, lambda update: lr_factor(update / updates_per_epoch, **schedule)
     )
     start_epoch = resume(
-        config, rank, model=unwrap(model), optimizer=optimizer, scheduler=scheduler
+        run_dir, rank, model=unwrap(model), optimizer=optimizer, scheduler=scheduler
     )
 
-    compiled = torch.compile(model) if config["compile"] else model
-    mean = torch.tensor(config["mean"], device=device)
-    std = torch.tensor(config["std"], device=device)
-    amp_ctx = autocast(config, device)
-    reporter = EpochReporter(config, rank)
+    compiled = torch.compile(model) if config.compile else model
+    mean = torch.tensor(config.mean, device=device)
+    std = torch.tensor(config.std, device=device)
+    amp_ctx = autocast(config.amp, device)
+    reporter = EpochReporter(run["config"], run_dir, rank)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -236,15 +250,15 @@ def train_loop(config: dict) -> None:
             "sampler": {"next_epoch": epoch + 1},
         }
 
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in range(start_epoch, config.epochs):
         model.train()
-        write_progress(config, rank, epoch)
+        write_progress(run_dir, rank, epoch)
         loss_sum = correct = seen = step = failed = 0
         first_error = ""
         wait = 0.0
         optimizer.zero_grad(set_to_none=True)
         epoch_start = tick = time.perf_counter()
-        for batch in train_batches(train_shard, config, device):
+        for batch in train_batches(train_shard, config.batch_size, config.shuffle_buffer, device):
             wait += time.perf_counter() - tick
             clip, y = batch["clip"], batch["label"]
             # Placeholder rows of videos that failed to decode (label -1) are dropped and
@@ -262,15 +276,15 @@ def train_loop(config: dict) -> None:
             with amp_ctx:
                 logits = compiled(x)
                 loss = F.cross_entropy(
-                    logits.float(), y.clamp(min=0), label_smoothing=config["label_smoothing"]
+                    logits.float(), y.clamp(min=0), label_smoothing=config.label_smoothing
                 )
             if not usable:
                 loss = loss * 0.0
-            (loss / config["grad_accum"]).backward()
+            (loss / config.grad_accum).backward()
             step += 1
-            if step % config["grad_accum"] == 0:
-                if config["clip_grad"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip_grad"])
+            if step % config.grad_accum == 0:
+                if config.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
@@ -278,9 +292,9 @@ def train_loop(config: dict) -> None:
                 loss_sum += loss.item() * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(y)
-            write_progress(config, rank, epoch, step=step)
+            write_progress(run_dir, rank, epoch, step=step)
             tick = time.perf_counter()
-        if step % config["grad_accum"]:  # the tail of an accumulation window
+        if step % config.grad_accum:  # the tail of an accumulation window
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         train_time = time.perf_counter() - epoch_start
@@ -294,7 +308,7 @@ def train_loop(config: dict) -> None:
             all_failed,
             all_seen + all_failed,  # one view per training video
             next((t[6] for t in totals if t[6]), ""),
-            config["max_decode_failures"],
+            config.max_decode_failures,
         )
         metrics = {
             "epoch": epoch + 1,
@@ -307,7 +321,7 @@ def train_loop(config: dict) -> None:
             "decode_failures": all_failed,  # training videos lost this epoch
         }
         # Numpy batches: evaluation needs the string video ids, which tensors cannot hold.
-        val_batches = val_shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy")
+        val_batches = val_shard.iter_batches(batch_size=config.batch_size, batch_format="numpy")
         # The bare module: DDP's forward would sync buffers across workers.
         val = evaluate_views(unwrap(model), val_batches, device, mean, std, amp_ctx)
         failed_val = val["val_decode_failures"]
@@ -317,11 +331,11 @@ def train_loop(config: dict) -> None:
             failed_val,
             val["val_videos"] + failed_val,
             val.pop("val_first_error"),
-            config["max_decode_failures"],
+            config.max_decode_failures,
         )
         metrics |= val
-        metrics |= config["extra_metrics"]
-        reporter.end_epoch(epoch, metrics, epoch_line(metrics, config["epochs"]), checkpoint)
+        metrics |= run["extra_metrics"]
+        reporter.end_epoch(epoch, metrics, epoch_line(metrics, config.epochs), checkpoint)
     reporter.close()
 
 

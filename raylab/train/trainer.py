@@ -11,29 +11,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from raylab.config import ClipConfig
+from raylab.config import ClipConfig, TrainConfig
 from raylab.data.storage import load_manifest
 from raylab.metrics import METRIC
-from raylab.train.loop import DEFAULTS, DecodeFailures, train_loop
+from raylab.train.loop import DecodeFailures, loop_config, train_loop
 
 
 @dataclass
 class DataOptions:
-    """Where a run's clips come from and how they are decoded; what they are is ``clip``."""
+    """Where a run's clips come from and how they are decoded; what they are is the run's
+    :class:`~raylab.config.ClipConfig`."""
 
     shards: str
-    clip: ClipConfig
     val_split: str = "val"
     decoders: int | None = None  # concurrent decode tasks; None = as CPUs allow
     decoder_cpus: float = 1.0
     decoder_resource: str | None = None  # custom resource of decoder nodes, e.g. "decoder"
 
 
-def clip_datasets(data: DataOptions) -> dict:
-    """``{"train": ..., "val": ...}`` Ray datasets for a run."""
+def clip_datasets(data: DataOptions, clip: ClipConfig) -> dict:
+    """``{"train": ..., "val": ...}`` Ray datasets of ``clip``'s clips for a run."""
     from raylab.data.pipeline import clip_dataset
 
     common = {
@@ -42,12 +42,12 @@ def clip_datasets(data: DataOptions) -> dict:
         "decoder_resource": data.decoder_resource,
     }
     return {
-        "train": clip_dataset(data.shards, "train", data.clip, train=True, **common),
-        "val": clip_dataset(data.shards, data.val_split, data.clip, train=False, **common),
+        "train": clip_dataset(data.shards, "train", clip, train=True, **common),
+        "val": clip_dataset(data.shards, data.val_split, clip, train=False, **common),
     }
 
 
-def check_model(config: dict, frames: int, size: int) -> None:
+def check_model(config: TrainConfig) -> None:
     """Build ``config``'s model on the meta device and pass it one clip of the run's shape.
 
     A wrong name, option or clip size then fails here, on the driver, with the model's
@@ -57,10 +57,10 @@ def check_model(config: dict, frames: int, size: int) -> None:
 
     from raylab.models import build_model
 
-    options = config["model_options"]
+    options, clip = config.model_options, config.clip
     with torch.device("meta"):
-        model = build_model(config["model"], config["num_classes"], **options).eval()
-        model(torch.empty(1, options.get("in_channels", 3), frames, size, size))
+        model = build_model(config.model, max(1, config.num_classes), **options).eval()
+        model(torch.empty(1, options.get("in_channels", 3), clip.frames, clip.size, clip.size))
 
 
 def decode_failure(error: BaseException) -> DecodeFailures | None:
@@ -153,46 +153,51 @@ def torch_trainer(
 
 
 def build_trainer(
-    config: dict,
+    config: TrainConfig,
     data: DataOptions,
     *,
     storage_path: str | Path,
     name: str,
-    workers: int = 1,
     use_gpu: bool = False,
     cpus_per_worker: float = 1.0,
     max_failures: int = 1,
     keep_checkpoints: int = 2,
     callbacks: list | None = None,
+    extra_metrics: dict | None = None,
 ):
-    """A TorchTrainer for ``config`` (see ``loop.DEFAULTS``) on the shards in ``data``.
+    """A TorchTrainer that trains ``config`` on the shards in ``data``, in ``config.workers``
+    workers with a GPU each when ``use_gpu``.
 
+    ``config.classes`` empty means the shards' classes; given, they must be the shards'.
     Keeps the best ``keep_checkpoints`` checkpoints by validation video top-1 (the latest
     is always kept too, for resuming); restarts the worker group from the latest
-    checkpoint up to ``max_failures`` times.
+    checkpoint up to ``max_failures`` times. ``extra_metrics`` are reported with every
+    epoch. Files (history, TensorBoard, progress) go beside the checkpoints, in
+    ``storage_path/name``, unless that is a URI.
     """
     manifest = load_manifest(data.shards)
     n_train = manifest["splits"].get("train", 0)
     if n_train == 0:
         raise ValueError(f"{data.shards} holds no training videos")
-    config = DEFAULTS | config
-    # The clips are what ``data`` trains on, written here and nowhere else.
-    config["data"] = data.clip.record()
-    config["num_classes"] = config.get("num_classes") or len(manifest["classes"])
-    # Saved in every checkpoint, so predictions on new videos name their classes.
-    config["classes"] = config.get("classes") or list(manifest["classes"])
-    check_model(config, data.clip.frames, data.clip.size)
-    config["steps_per_epoch"] = max(1, math.ceil(n_train / workers / config["batch_size"]))
-    if not config["run_dir"] and "://" not in str(storage_path):
-        # Files beside the checkpoints; a URI (s3://) is no folder to write them in.
-        config["run_dir"] = str(Path(storage_path) / name)
+    classes = tuple(manifest["classes"])
+    if not config.classes:
+        config = replace(config, classes=classes)
+    elif config.classes != classes:
+        raise ValueError(
+            f"the config's classes {list(config.classes)} are not those of {data.shards} "
+            f"{list(classes)}"
+        )
+    check_model(config)
+    steps_per_epoch = max(1, math.ceil(n_train / config.workers / config.batch_size))
+    # A URI (s3://) is no folder to write files in.
+    run_dir = None if "://" in str(storage_path) else str(Path(storage_path) / name)
     return torch_trainer(
         train_loop,
-        config,
-        clip_datasets(data),
+        loop_config(config, steps_per_epoch, run_dir, extra_metrics),
+        clip_datasets(data, config.clip),
         storage_path=storage_path,
         name=name,
-        workers=workers,
+        workers=config.workers,
         use_gpu=use_gpu,
         cpus_per_worker=cpus_per_worker,
         max_failures=max_failures,

@@ -55,11 +55,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raylab.config import ClipConfig
+from raylab.config import ClipConfig, TrainConfig
 from raylab.data.pipeline import FAILED, ClipTensors
 from raylab.train.loop import lr_factor, make_optimizer, normalise
 from raylab.train.worker import (
-    COMMON_DEFAULTS,
     EpochReporter,
     autocast,
     gather,
@@ -76,10 +75,31 @@ _GROUP = re.compile(r"_g(\d+)_c\d+$")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The optimiser, schedule, amp, seed and run_dir defaults, and the student's normalisation
-# (that of fine-tuning): worker.py, shared with training. model_options and num_classes are
-# the student's; its classifier is built but unused (and not saved).
-DEFAULTS: dict = COMMON_DEFAULTS | {
+# The recipe's defaults are training's (TrainConfig), and so is the student's normalisation
+# (that of fine-tuning). model_options and num_classes are the student's; its classifier is
+# built but unused (and not saved).
+_TRAINING = TrainConfig()
+DEFAULTS: dict = {
+    name: getattr(_TRAINING, name)
+    for name in (
+        "model_options",
+        "epochs",
+        "optimizer",
+        "lr",
+        "momentum",
+        "schedule",
+        "warmup_epochs",
+        "step_epochs",
+        "amp",
+        "mean",
+        "std",
+        "shuffle_buffer",
+        "seed",
+    )
+} | {
+    "num_classes": 8,  # the shards' count, set by the trainer's builder
+    "steps_per_epoch": 1,  # set by the trainer's builder
+    "run_dir": None,
     "student": "t3d121",
     "teacher_depth": 121,
     "teacher_weights": None,  # a torchvision DenseNet state dict (ImageNet) for the teacher
@@ -429,12 +449,16 @@ def transfer_loop(config: dict) -> None:
     teacher = build_teacher(config).to(device)
     net = build_transfer_net(config, teacher.out_features)
     net = ray.train.torch.prepare_model(net, move_to_device=device)  # device + DDP
-    optimizer = make_optimizer(net, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(config, step / max(1, config["steps_per_epoch"]))
+    optimizer = make_optimizer(
+        net, config["optimizer"], config["lr"], config["weight_decay"], config["momentum"]
     )
+    schedule = {k: config[k] for k in ("epochs", "schedule", "warmup_epochs", "step_epochs")}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step / max(1, config["steps_per_epoch"]), **schedule)
+    )
+    run_dir = config["run_dir"]
     start_epoch = resume(
-        config, rank, net=unwrap(net), teacher=teacher, optimizer=optimizer, scheduler=scheduler
+        run_dir, rank, net=unwrap(net), teacher=teacher, optimizer=optimizer, scheduler=scheduler
     )
 
     def tensor(values):
@@ -442,8 +466,8 @@ def transfer_loop(config: dict) -> None:
 
     mean, std = tensor(config["mean"]), tensor(config["std"])
     t_mean, t_std = tensor(config["teacher_mean"]), tensor(config["teacher_std"])
-    amp_ctx = autocast(config, device)
-    reporter = EpochReporter(config, rank)
+    amp_ctx = autocast(config["amp"], device)
+    reporter = EpochReporter(config, run_dir, rank)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -464,10 +488,10 @@ def transfer_loop(config: dict) -> None:
 
     for epoch in range(start_epoch, config["epochs"]):
         net.train()
-        write_progress(config, rank, epoch)
+        write_progress(run_dir, rank, epoch)
         loss_sum = correct = seen = 0
         start = time.perf_counter()
-        batches = train_batches(train_shard, config, device)
+        batches = train_batches(train_shard, config["batch_size"], config["shuffle_buffer"], device)
         for step, batch in enumerate(batches, start=1):
             y = batch["same"]
             logits = logits_of(batch)
@@ -479,7 +503,7 @@ def transfer_loop(config: dict) -> None:
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
-            write_progress(config, rank, epoch, step=step)
+            write_progress(run_dir, rank, epoch, step=step)
         train_time = time.perf_counter() - start
 
         net.eval()

@@ -2,11 +2,11 @@
 
 :func:`raylab.train.loop.train_loop` (classification) and
 :func:`raylab.train.transfer.transfer_loop` (T3D supervision transfer) differ in what they
-train and measure. The rest is here: the defaults both read (:data:`COMMON_DEFAULTS`), the
-worker's device and autocast, one pass over the training shard, resuming from the run's
-latest checkpoint, the progress files, and the end of an epoch (:class:`EpochReporter`:
-checkpoint, Ray Train report, console line, TensorBoard scalars, ``history.jsonl``). Files
-are written by rank 0 only, under ``config["run_dir"]`` when it is set.
+train and measure. The rest is here: the worker's device and autocast, one pass over the
+training shard, resuming from the run's latest checkpoint, the progress files, and the end
+of an epoch (:class:`EpochReporter`: checkpoint, Ray Train report, console line, TensorBoard
+scalars, ``history.jsonl``). Files are written by rank 0 only, under the run's ``run_dir``
+when it has one. The helpers take plain values, not either loop's config.
 """
 
 from __future__ import annotations
@@ -21,28 +21,6 @@ from pathlib import Path
 import torch
 
 from raylab.data.pipeline import ClipTensors
-
-# Each loop's DEFAULTS extends these with its own keys (and overrides where its recipe differs).
-COMMON_DEFAULTS: dict = {
-    "model_options": {},  # passed to build_model: width, dropout, family knobs
-    "num_classes": 8,
-    "epochs": 10,
-    "batch_size": 8,  # per worker
-    "optimizer": "adamw",  # "sgd" (Nesterov momentum) or "adamw"
-    "lr": 1e-3,
-    "momentum": 0.9,
-    "weight_decay": 1e-4,
-    "schedule": "cosine",  # "cosine" (with linear warm-up) or "step"
-    "warmup_epochs": 1,
-    "step_epochs": 30,  # "step": lr / 10 every step_epochs (the T3D recipe)
-    "amp": "auto",  # bf16 autocast on GPU; "auto" = on for CUDA only
-    "mean": (0.45, 0.45, 0.45),  # per-channel normalisation of [0, 1] frames
-    "std": (0.225, 0.225, 0.225),
-    "shuffle_buffer": 64,  # clips in the local shuffle buffer
-    "steps_per_epoch": 1,  # batches per worker per epoch, for the schedule (set by the driver)
-    "seed": 0,  # model initialisation
-    "run_dir": None,  # TensorBoard events, history and progress files go here (rank 0)
-}
 
 STATE_FILE = "state.pt"  # the one file of every checkpoint
 
@@ -63,22 +41,23 @@ def on_cuda(setting: str | bool, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
-def autocast(config: dict, device: torch.device) -> AbstractContextManager:
-    """bf16 autocast on ``device`` when ``config["amp"]`` is on (see :func:`on_cuda`), else a
-    context that does nothing. One object, entered around every forward pass."""
-    if on_cuda(config["amp"], device):
+def autocast(amp: str | bool, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on ``device`` when ``amp`` is on (see :func:`on_cuda`), else a context
+    that does nothing. One object, entered around every forward pass."""
+    if on_cuda(amp, device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
-def train_batches(shard, config: dict, device: torch.device):
-    """One pass over this worker's training shard: ``config["batch_size"]`` rows a batch,
-    tensors on ``device`` (clips stay uint8), locally shuffled, two batches prefetched."""
+def train_batches(shard, batch_size: int, shuffle_buffer: int, device: torch.device):
+    """One pass over this worker's training shard: ``batch_size`` rows a batch, tensors on
+    ``device`` (clips stay uint8), shuffled in a local buffer of ``shuffle_buffer`` rows, two
+    batches prefetched."""
     return shard.iter_torch_batches(
-        batch_size=config["batch_size"],
+        batch_size=batch_size,
         collate_fn=ClipTensors(),
         device=device,
-        local_shuffle_buffer_size=config["shuffle_buffer"] or None,
+        local_shuffle_buffer_size=shuffle_buffer or None,
         prefetch_batches=2,
     )
 
@@ -115,21 +94,21 @@ def plain_config(config: dict) -> dict:
     return out
 
 
-def write_progress(config: dict, rank: int, epoch: int, step: int = 0) -> None:
+def write_progress(run_dir: str | None, rank: int, epoch: int, step: int = 0) -> None:
     """Where each worker is (``run_dir/progress/rank-N``: epoch, step, pid): for people and
     for fault tests, which kill a worker mid-epoch by its pid."""
-    if not config["run_dir"]:
+    if not run_dir:
         return
-    d = Path(config["run_dir"]) / "progress"
+    d = Path(run_dir) / "progress"
     d.mkdir(parents=True, exist_ok=True)
     (d / f"rank-{rank}").write_text(f"{epoch} {step} {os.getpid()}\n")
 
 
-def append_history(config: dict, record: dict) -> None:
+def append_history(run_dir: str | None, record: dict) -> None:
     """Append one JSON line to ``run_dir/history.jsonl``: every epoch and every resume."""
-    if config["run_dir"]:
-        Path(config["run_dir"]).mkdir(parents=True, exist_ok=True)
-        with open(Path(config["run_dir"]) / "history.jsonl", "a") as f:
+    if run_dir:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(run_dir) / "history.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
 
@@ -143,7 +122,7 @@ def load_state(directory: str | Path) -> dict:
     return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def restore(state: dict, config: dict, rank: int, **parts) -> int:
+def restore(state: dict, run_dir: str | None, rank: int, **parts) -> int:
     """Load a checkpoint's ``state`` into ``parts`` (name -> an object with
     ``load_state_dict``, the name being its key in the state) and return the epoch to start
     from. Rank 0 logs a ``resumed`` history event."""
@@ -152,11 +131,11 @@ def restore(state: dict, config: dict, rank: int, **parts) -> int:
     start_epoch = state["epoch"] + 1
     if rank == 0:
         print(f"resumed from the checkpoint of epoch {start_epoch}")
-        append_history(config, {"event": "resumed", "from_epoch": start_epoch})
+        append_history(run_dir, {"event": "resumed", "from_epoch": start_epoch})
     return start_epoch
 
 
-def resume(config: dict, rank: int, **parts) -> int:
+def resume(run_dir: str | None, rank: int, **parts) -> int:
     """:func:`restore` the run's latest Ray Train checkpoint into ``parts``; 0 (the epoch to
     start from) without one."""
     import ray.train
@@ -166,7 +145,7 @@ def resume(config: dict, rank: int, **parts) -> int:
         return 0
     with checkpoint.as_directory() as d:
         state = load_state(d)
-    return restore(state, config, rank, **parts)
+    return restore(state, run_dir, rank, **parts)
 
 
 class EpochReporter:
@@ -174,13 +153,14 @@ class EpochReporter:
     checkpoint, one console line, TensorBoard scalars (``run_dir/tensorboard``) and a line of
     ``run_dir/history.jsonl``; every rank reports the metrics to Ray Train."""
 
-    def __init__(self, config: dict, rank: int) -> None:
-        self.config, self.rank = config, rank
+    def __init__(self, config: dict, run_dir: str | None, rank: int) -> None:
+        """``config``: the run's settings as plain values, saved in every checkpoint."""
+        self.config, self.run_dir, self.rank = config, run_dir, rank
         self.writer = None
-        if rank == 0 and config["run_dir"]:
+        if rank == 0 and run_dir:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(config["run_dir"]) / "tensorboard"))
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def end_epoch(self, epoch: int, metrics: dict, line: str, state: Callable[[int], dict]) -> None:
         """Epoch ``epoch`` (from 0) ended with ``metrics`` (the same on every rank). Rank 0
@@ -197,7 +177,7 @@ class EpochReporter:
                 self.log(metrics, line)
             ray.train.report(metrics, checkpoint=checkpoint)
         if self.rank == 0:  # after the report: every worker finished the epoch and it is saved
-            append_history(self.config, {"event": "epoch"} | metrics)
+            append_history(self.run_dir, {"event": "epoch"} | metrics)
 
     def save(
         self, directory: str | Path, epoch: int, metrics: dict, state: Callable[[int], dict]

@@ -23,7 +23,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from raylab.config import ClipConfig
+from raylab.config import ClipConfig, TrainConfig
 from raylab.data.decode import TSN_SCALES
 from raylab.metrics import METRIC, TRIAL_STATUSES
 from raylab.train.worker import STATE_FILE, save_state
@@ -120,21 +120,20 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
     model_options = dict(plan.model_options)
     if options.dropout is not None:
         model_options["dropout"] = options.dropout
-    train_config = {
-        "model": plan.model,
-        "model_options": model_options,
-        "epochs": options.max_epochs,
-        "batch_size": plan.batch_size,
-        "optimizer": "adamw",
-        "lr": plan.lr,
-        "weight_decay": plan.weight_decay,
-        "seed": options.seed,
-        "run_dir": f"{runs}/train-{trial_id}" if options.local else None,
-        "extra_metrics": plan.cost | {"batch_size": plan.batch_size, "pruned": False},
-    }
+    train_config = TrainConfig(
+        model=plan.model,
+        model_options=model_options,
+        clip=plan.clip,
+        epochs=options.max_epochs,
+        workers=options.workers,
+        batch_size=plan.batch_size,
+        optimizer="adamw",
+        lr=plan.lr,
+        weight_decay=plan.weight_decay,
+        seed=options.seed,
+    )
     data = DataOptions(
         shards=options.shards,
-        clip=plan.clip,
         decoder_cpus=options.decoder_cpus,
         decoder_resource=options.decoder_resource,
     )
@@ -143,12 +142,12 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
         data,
         storage_path=runs,
         name=f"train-{trial_id}",  # a restored trial resumes its own Train run
-        workers=options.workers,
         use_gpu=options.use_gpu,
         cpus_per_worker=options.cpus_per_worker,
         max_failures=1,
         keep_checkpoints=2,
         callbacks=[TuneReportCallback()],
+        extra_metrics=plan.cost | {"batch_size": plan.batch_size, "pruned": False},
     )
     result = trainer.fit()
     if result.error:
@@ -379,29 +378,29 @@ def best_checkpoint_in(run_dir: str | Path) -> tuple[str, dict]:
     return best[2], best[3]
 
 
-def reproduce_command(config: dict, shards: str, epochs: int) -> str:
+def reproduce_command(config: TrainConfig, shards: str, epochs: int) -> str:
     """The ``jobs/train.py`` command line that trains a checkpoint's configuration alone."""
-    clip, options = ClipConfig.from_record(config["data"]), dict(config["model_options"])
+    clip, options = config.clip, dict(config.model_options)
     width = options.pop("width", 1.0)
     parts = [
         "python jobs/train.py",
         f"--data {shards}",
-        f"--model {config['model']}",
+        f"--model {config.model}",
         f"--frames {clip.frames} --stride {clip.stride} --size {clip.size}",
         f"--scheme {clip.scheme} --modality {clip.modality}",
         "--crop-scales " + " ".join(f"{s:g}" for s in clip.crop_scales),
         *(["--flip"] if clip.flip else []),
         f"--val-clips {clip.test_clips} --val-crops {clip.test_crops}",
         f"--width {width}",
-        f"--epochs {epochs} --batch-size {config['batch_size']}",
-        f"--optimizer {config['optimizer']} --lr {config['lr']:.3g}",
-        f"--weight-decay {config['weight_decay']:.3g}",
+        f"--epochs {epochs} --workers {config.workers} --batch-size {config.batch_size}",
+        f"--optimizer {config.optimizer} --lr {config.lr:.3g}",
+        f"--weight-decay {config.weight_decay:.3g}",
     ]
     parts += [
         f"--model-option {k}={v}" if isinstance(v, str) else f"--model-option {k}='{json.dumps(v)}'"
         for k, v in options.items()
     ]
-    parts.append(f"--out runs/{config['model']}-best")
+    parts.append(f"--out runs/{config.model}-best")
     return " ".join(parts)
 
 
@@ -470,7 +469,8 @@ def summarise(options: TuneOptions, results) -> dict:
     evaluation = report_metrics(pred, classes) | {"clip_acc": pred["clip_acc"]}
     plot_confusion(evaluation["confusion"], classes, out / "confusion.png")
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-    command = reproduce_command(state["config"], options.shards, options.max_epochs)
+    config = TrainConfig.from_record(state["config"])
+    command = reproduce_command(config, options.shards, options.max_epochs)
     (out / "command.txt").write_text(command + "\n")
     knobs = {k: best[k] for k in options.space.to_dict() if k in best}
     return {
@@ -490,7 +490,7 @@ def summarise(options: TuneOptions, results) -> dict:
         "trials": counts | {"total": len(rows)},
         "num_classes": len(classes),
         "best_trial": best["trial_id"],
-        "model": state["config"]["model"],
+        "model": config.model,
         "experiment": options.experiment_dir,
         "best_checkpoint": location,
         "weights": f"{options.experiment_dir}/best/weights.pt",

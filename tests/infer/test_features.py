@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raylab.config import ClipConfig
+from raylab.config import RGB_MEAN, RGB_STD, ClipConfig
 from raylab.infer.features import (
     ClipAverager,
     FeatureExtractor,
@@ -29,7 +29,7 @@ from raylab.infer.features import (
     write_features,
 )
 from raylab.models import build_model
-from raylab.train.loop import DEFAULTS, normalise
+from raylab.train.loop import normalise
 
 
 def _source(tmp_path, name: str, num_classes: int = 8, **options) -> tuple[ModelSource, object]:
@@ -54,7 +54,7 @@ def _batch(clips: np.ndarray, labels=None) -> dict[str, np.ndarray]:
 
 
 def _normalised(clip: np.ndarray) -> torch.Tensor:
-    mean, std = torch.tensor(DEFAULTS["mean"]), torch.tensor(DEFAULTS["std"])
+    mean, std = torch.tensor(RGB_MEAN), torch.tensor(RGB_STD)
     return normalise(torch.from_numpy(clip), mean, std)
 
 

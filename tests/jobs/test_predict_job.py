@@ -8,10 +8,9 @@ from pathlib import Path
 
 import torch
 
-from raylab.config import ClipConfig
+from raylab.config import ClipConfig, TrainConfig
 from raylab.data.synthetic import DEMO_CLASSES
 from raylab.models import build_model
-from raylab.train.loop import DEFAULTS
 
 CLIPS = ClipConfig(frames=16, stride=2, size=56, scheme="dense")
 
@@ -22,13 +21,9 @@ def write_checkpoint(folder: Path) -> Path:
     options = {"width": 0.125, "head": "pooled", "batch_norm": True}
     torch.manual_seed(0)
     model = build_model("c3d", len(DEMO_CLASSES), **options)
-    config = DEFAULTS | {
-        "model": "c3d",
-        "model_options": options,
-        "num_classes": len(DEMO_CLASSES),
-        "classes": list(DEMO_CLASSES),
-        "data": CLIPS.record(),
-    }
+    config = TrainConfig(
+        model="c3d", model_options=options, clip=CLIPS, classes=DEMO_CLASSES
+    ).record()
     folder.mkdir(parents=True)
     torch.save({"model": model.state_dict(), "config": config}, folder / "state.pt")
     return folder
@@ -94,7 +89,7 @@ def test_evaluate_job_names_a_checkpoint_it_cannot_read(job_process, tmp_path):
     assert done.returncode == 1 and last.startswith("evaluate: ") and "nockpt" in last
     old = write_checkpoint(tmp_path / "old")  # a config without the clips' scheme and modality
     state = torch.load(old / "state.pt", weights_only=True)
-    del state["config"]["data"]["scheme"], state["config"]["data"]["modality"]
+    del state["config"]["clip"]["scheme"], state["config"]["clip"]["modality"]
     torch.save(state, old / "state.pt")
     done = job_process("evaluate.py", "--data", str(tmp_path), "--checkpoint", str(old))
     last = done.stderr.strip().splitlines()[-1]

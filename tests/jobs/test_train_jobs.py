@@ -27,16 +27,19 @@ def train_job():
 
 
 def test_train_flags_reach_the_clips_it_trains_on():
-    """What the job hands the trainer's datasets, not the config it echoes back."""
+    """What the job hands the trainer (whose datasets cut ``config.clip``), not the config
+    it echoes back."""
     job = train_job()
     flags = ["--data", "shards", "--model", "c3d", "--out", "run", "--size", "32"]
-    data = job.data_options(job.parse_args([*flags, "--crop-scales", "1.0", "0.875", "--flip"]))
-    assert data.clip.crop_scales == (1.0, 0.875) and data.clip.flip and data.clip.size == 32
-    assert data.shards == str(Path("shards").resolve())
-    assert data.clip.scheme == "dense"  # C3D's own sampling, from its contract
-    default = job.data_options(job.parse_args(flags))
-    assert default.clip.crop_scales == tuple(TSN_SCALES) and not default.clip.flip
-    tsn = job.data_options(job.parse_args([*flags[:3], "tsn", *flags[4:]]))
+    args = job.parse_args([*flags, "--crop-scales", "1.0", "0.875", "--flip", "--workers", "2"])
+    config = job.train_config(args)
+    assert config.clip.crop_scales == (1.0, 0.875) and config.clip.flip and config.clip.size == 32
+    assert config.workers == 2
+    assert job.data_options(args).shards == str(Path("shards").resolve())
+    assert config.clip.scheme == "dense"  # C3D's own sampling, from its contract
+    default = job.train_config(job.parse_args(flags)).clip
+    assert default.crop_scales == tuple(TSN_SCALES) and not default.flip
+    tsn = job.train_config(job.parse_args([*flags[:3], "tsn", *flags[4:]]))
     assert tsn.clip.scheme == "segments"
 
 
@@ -98,7 +101,8 @@ def test_two_stream_i3d_on_ingested_flow(demo_shards, run_job, tmp_path):
         *tiny,
     )
     state = torch.load(Path(flow["best_checkpoint"]) / "state.pt", weights_only=True)
-    assert state["config"]["data"]["modality"] == "flow"
+    assert state["config"]["clip"]["modality"] == "flow"
+    assert state["config"]["mean"] == [0.5, 0.5]  # flow levels to [-1, 1]
     assert state["config"]["model_options"]["in_channels"] == 2
     first_conv = next(w for w in state["model"].values() if w.ndim == 5)
     assert first_conv.shape[1] == 2  # x and y

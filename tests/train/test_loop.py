@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from raylab.config import TrainConfig
 from raylab.train.loop import (
-    DEFAULTS,
-    MAX_DECODE_FAILURES,
     DecodeFailures,
     check_decode_failures,
     lr_factor,
@@ -30,25 +29,25 @@ def test_normalise_layout_and_values():
 
 
 def test_cosine_with_warmup_and_step_schedules():
-    cfg = DEFAULTS | {"epochs": 10, "warmup_epochs": 2, "schedule": "cosine"}
-    assert lr_factor(cfg, 0.0) < 0.01
-    assert lr_factor(cfg, 1.0) == pytest.approx(0.5, abs=0.01)
-    assert lr_factor(cfg, 2.0) == pytest.approx(1.0)
-    assert lr_factor(cfg, 6.0) == pytest.approx(0.5)
-    assert lr_factor(cfg, 10.0) == pytest.approx(0.0, abs=1e-9)
-    step = DEFAULTS | {"schedule": "step", "step_epochs": 30}
-    assert [lr_factor(step, e) for e in (0, 29.9, 30, 61)] == pytest.approx([1, 1, 0.1, 0.01])
+    cfg = {"epochs": 10, "warmup_epochs": 2, "schedule": "cosine", "step_epochs": 30}
+    assert lr_factor(0.0, **cfg) < 0.01
+    assert lr_factor(1.0, **cfg) == pytest.approx(0.5, abs=0.01)
+    assert lr_factor(2.0, **cfg) == pytest.approx(1.0)
+    assert lr_factor(6.0, **cfg) == pytest.approx(0.5)
+    assert lr_factor(10.0, **cfg) == pytest.approx(0.0, abs=1e-9)
+    step = cfg | {"schedule": "step"}
+    assert [lr_factor(e, **step) for e in (0, 29.9, 30, 61)] == pytest.approx([1, 1, 0.1, 0.01])
 
 
 def test_optimizers_skip_decay_on_norms_and_biases():
     model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.BatchNorm3d(4))
-    sgd = make_optimizer(model, DEFAULTS | {"optimizer": "sgd", "weight_decay": 1e-4})
+    sgd = make_optimizer(model, "sgd", lr=0.1, weight_decay=1e-4)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"]
     decayed = [p.ndim for p in sgd.param_groups[0]["params"]]
     assert decayed == [5] and sgd.param_groups[1]["weight_decay"] == 0.0
-    assert isinstance(make_optimizer(model, DEFAULTS), torch.optim.AdamW)
+    assert isinstance(make_optimizer(model, "adamw", 1e-3, 1e-4), torch.optim.AdamW)
     with pytest.raises(ValueError, match="optimizer must be"):
-        make_optimizer(model, DEFAULTS | {"optimizer": "lamb"})
+        make_optimizer(model, "lamb", 1e-3, 1e-4)
 
 
 def test_video_scores_average_views_per_video():
@@ -69,7 +68,7 @@ def test_video_scores_average_views_per_video():
 
 
 def test_an_epoch_stops_when_no_video_or_too_many_fail_to_decode():
-    assert MAX_DECODE_FAILURES == 0.05
+    assert TrainConfig.max_decode_failures == 0.05
     first = "video a/b: RuntimeError: Error reading 1673 bytes..."
     check_decode_failures(1, "training", 0, 24, "", 0.05)
     check_decode_failures(1, "training", 1, 20, first, 0.05)  # exactly 5%: kept

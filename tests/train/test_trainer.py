@@ -7,32 +7,38 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from raylab.config import ClipConfig
+from raylab.config import ClipConfig, TrainConfig
 from raylab.train.trainer import DataOptions, build_trainer, check_model
 
-TINY = {"model": "c3d", "model_options": {"width": 0.125, "head": "pooled"}, "lr": 3e-3}
+TINY = TrainConfig(
+    model="c3d",
+    model_options={"width": 0.125, "head": "pooled"},
+    clip=ClipConfig(size=32),
+    lr=3e-3,
+    warmup_epochs=0,
+)
 
 
 def _data(shards: Path, **kw) -> DataOptions:
-    return DataOptions(shards=str(shards), clip=ClipConfig(size=32), decoder_cpus=0.5, **kw)
+    return DataOptions(shards=str(shards), decoder_cpus=0.5, **kw)
 
 
 def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
 
-def _fit(shards: Path, root: Path, name: str, workers: int = 1, **config):
+def _fit(shards: Path, root: Path, name: str, **config):
     trainer = build_trainer(
-        TINY | {"warmup_epochs": 0} | config,
+        replace(TINY, **config),
         _data(shards),
         storage_path=root,
         name=name,
-        workers=workers,
         cpus_per_worker=0.5,
     )
     return trainer.fit()
@@ -40,9 +46,12 @@ def _fit(shards: Path, root: Path, name: str, workers: int = 1, **config):
 
 def test_a_bad_model_or_clip_fails_on_the_driver(demo_shards):
     with pytest.raises(ValueError, match="needs T >= 16"):
-        check_model(TINY | {"num_classes": 8}, frames=8, size=32)
+        check_model(replace(TINY, clip=ClipConfig(frames=8, size=32)))
     with pytest.raises(ValueError, match="unknown model 'c4d'"):
-        build_trainer(TINY | {"model": "c4d"}, _data(demo_shards), storage_path="/tmp", name="x")
+        build_trainer(replace(TINY, model="c4d"), _data(demo_shards), storage_path="/tmp", name="x")
+    with pytest.raises(ValueError, match="are not those of"):
+        wrong = replace(TINY, classes=("a", "b"))
+        build_trainer(wrong, _data(demo_shards), storage_path="/tmp", name="x")
 
 
 def test_one_builder_sets_backend_workers_and_the_checkpoints_kept(tmp_path):
@@ -216,6 +225,14 @@ def test_rerunning_the_same_run_resumes_and_keeps_the_best(demo_shards, ray_sess
     scores = [r["val_video_top1"] for r in history if r["event"] == "epoch"]
     assert state["metrics"]["val_video_top1"] == max(scores)
     assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "sampler", "config"}
+    # The checkpoint keeps the run whole: the config it rebuilds is the one trained, and so
+    # are the clips evaluation cuts from it.
+    from raylab.data.storage import load_manifest
+    from raylab.infer.evaluate import evaluation_clip
+
+    trained = replace(TINY, epochs=2, batch_size=8, classes=load_manifest(demo_shards)["classes"])
+    assert TrainConfig.from_record(state["config"]) == trained
+    assert evaluation_clip(TrainConfig.from_record(state["config"])) == trained.clip
 
 
 def test_a_damaged_video_fails_only_its_sample(damaged_shards, ray_session, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from tensorboardX.proto.event_pb2 import Event
 
-from raylab.train.loop import DEFAULTS
+from raylab.config import TrainConfig
 from raylab.train.worker import (
     EpochReporter,
     append_history,
@@ -46,7 +46,7 @@ def history(run: Path) -> list[dict]:
 
 def test_rank_0_logs_an_epoch_as_a_line_and_scalars_at_its_epoch(tmp_path, capsys):
     run = tmp_path / "run"
-    reporter = EpochReporter(DEFAULTS | {"run_dir": str(run)}, rank=0)
+    reporter = EpochReporter(TrainConfig().record(), str(run), rank=0)
     metrics = {"epoch": 2, "train_loss": 0.5, "train_clips": 24, "lr": 1e-3, "note": "text"}
     reporter.log(metrics, "epoch 2/3  loss 0.500")
     reporter.close()
@@ -56,15 +56,15 @@ def test_rank_0_logs_an_epoch_as_a_line_and_scalars_at_its_epoch(tmp_path, capsy
         {("train_loss", 2): 0.5, ("train_clips", 2): 24.0, ("lr", 2): 1e-3}
     )
     # Other ranks and runs without a folder open no writer.
-    assert EpochReporter(DEFAULTS | {"run_dir": str(run)}, rank=1).writer is None
-    assert EpochReporter(DEFAULTS, rank=0).writer is None
+    assert EpochReporter(TrainConfig().record(), str(run), rank=1).writer is None
+    assert EpochReporter(TrainConfig().record(), None, rank=0).writer is None
 
 
 def test_a_saved_epoch_resumes_after_it_with_every_part_restored(tmp_path, capsys):
     run = tmp_path / "run"
     # A Path and tuples in the config: the checkpoint keeps them as text and lists, which
     # torch.load(weights_only=True) can read back.
-    config = DEFAULTS | {"run_dir": str(run), "init_from": tmp_path / "w.pt", "epochs": 6}
+    config = {"init_from": tmp_path / "w.pt", "mean": (0.45, 0.45, 0.45), "epochs": 6}
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -82,7 +82,7 @@ def test_a_saved_epoch_resumes_after_it_with_every_part_restored(tmp_path, capsy
             "sampler": {"next_epoch": epoch + 1},
         }
 
-    EpochReporter(config, rank=0).save(tmp_path, 4, metrics, state)
+    EpochReporter(config, str(run), rank=0).save(tmp_path, 4, metrics, state)
     saved = load_state(tmp_path)
     assert saved["epoch"] == 4 and saved["metrics"] == metrics
     assert saved["sampler"] == {"next_epoch": 5}
@@ -93,7 +93,7 @@ def test_a_saved_epoch_resumes_after_it_with_every_part_restored(tmp_path, capsy
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.1)
     fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 0.5**step)
     parts = {"model": fresh, "optimizer": fresh_optimizer, "scheduler": fresh_scheduler}
-    assert restore(saved, config, 0, **parts) == 5
+    assert restore(saved, str(run), 0, **parts) == 5
     assert torch.equal(fresh.weight, model.weight) and torch.equal(fresh.bias, model.bias)
     moment = optimizer.state_dict()["state"][0]["exp_avg"]
     assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"], moment)
@@ -101,26 +101,25 @@ def test_a_saved_epoch_resumes_after_it_with_every_part_restored(tmp_path, capsy
     assert capsys.readouterr().out == "resumed from the checkpoint of epoch 5\n"
     assert history(run) == [{"event": "resumed", "from_epoch": 5}]
     # Another rank restores the same parts and logs nothing.
-    assert restore(saved, config, 1, **parts) == 5
+    assert restore(saved, str(run), 1, **parts) == 5
     assert history(run) == [{"event": "resumed", "from_epoch": 5}]
 
 
 def test_history_appends_a_line_per_record_only_with_a_run_folder(tmp_path):
     run = tmp_path / "new" / "run"  # made on the first record
-    append_history({"run_dir": str(run)}, {"event": "epoch", "epoch": 1})
-    append_history({"run_dir": str(run)}, {"event": "epoch", "epoch": 2})
+    append_history(str(run), {"event": "epoch", "epoch": 1})
+    append_history(str(run), {"event": "epoch", "epoch": 2})
     assert history(run) == [{"event": "epoch", "epoch": 1}, {"event": "epoch", "epoch": 2}]
-    append_history({"run_dir": None}, {"event": "epoch", "epoch": 3})  # nowhere, no error
+    append_history(None, {"event": "epoch", "epoch": 3})  # nowhere, no error
 
 
 def test_progress_file_holds_epoch_step_and_pid_of_its_rank(tmp_path):
-    config = {"run_dir": str(tmp_path)}
-    write_progress(config, 1, 3)
-    write_progress(config, 1, 3, step=7)
-    write_progress(config, 0, 2)
+    write_progress(str(tmp_path), 1, 3)
+    write_progress(str(tmp_path), 1, 3, step=7)
+    write_progress(str(tmp_path), 0, 2)
     assert (tmp_path / "progress" / "rank-1").read_text() == f"3 7 {os.getpid()}\n"
     assert (tmp_path / "progress" / "rank-0").read_text() == f"2 0 {os.getpid()}\n"
-    write_progress({"run_dir": None}, 0, 1)
+    write_progress(None, 0, 1)
 
 
 # torch.compile's import warns about TorchScript, which it does not use here.
@@ -138,7 +137,7 @@ def test_amp_auto_is_bf16_on_cuda_only():
     assert on_cuda(True, cpu) and not on_cuda(False, torch.device("cuda"))
     layer = torch.nn.Linear(4, 4)
     x = torch.randn(2, 4)
-    with autocast(DEFAULTS, cpu):
+    with autocast("auto", cpu):
         assert layer(x).dtype == torch.float32
-    with autocast(DEFAULTS | {"amp": True}, cpu):
+    with autocast(True, cpu):
         assert layer(x).dtype == torch.bfloat16

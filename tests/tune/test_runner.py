@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def test_best_checkpoint_is_read_from_the_checkpoints(tmp_path):
 def test_reproduce_command_parses_as_a_train_job():
     """The command trains the checkpoint's own clips: the job's clip settings from the
     command's flags are the ones the checkpoint recorded."""
-    from raylab.config import ClipConfig
+    from raylab.config import ClipConfig, TrainConfig
 
     clips = ClipConfig(
         frames=8,
@@ -84,22 +85,24 @@ def test_reproduce_command_parses_as_a_train_job():
         test_clips=2,
         test_crops=3,
     )
-    config = {
-        "model": "stm",
-        "model_options": {"width": 0.125, "stm_stages": [4, 5], "stm_blocks": "first"},
-        "data": clips.record(),
-        "batch_size": 8,
-        "optimizer": "adamw",
-        "lr": 0.00123,
-        "weight_decay": 1e-4,
-    }
+    config = TrainConfig(
+        model="stm",
+        model_options={"width": 0.125, "stm_stages": [4, 5], "stm_blocks": "first"},
+        clip=clips,
+        workers=2,
+        batch_size=8,
+        optimizer="adamw",
+        lr=0.00123,
+        weight_decay=3e-4,
+    )
     words = shlex.split(reproduce_command(config, "/data/shards", 10))
     assert words[:2] == ["python", "jobs/train.py"]
     args = train_args(words[2:])
     assert (args.model, args.width) == ("stm", 0.125)
-    assert train_job().data_options(args).clip == clips
+    rebuilt = train_job().train_config(args)
+    assert rebuilt.clip == clips
     assert (args.epochs, args.batch_size, args.lr) == (10, 8, 0.00123)
-    assert train_job().model_options(args) == config["model_options"]
+    assert rebuilt == replace(config, epochs=10)
 
 
 def test_search_methods_are_checked_and_travel_with_the_options(tmp_path):

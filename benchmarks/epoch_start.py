@@ -1,6 +1,6 @@
 """Does an epoch's start grow with the dataset? Today's pipeline against the row-group one.
 
-    python benchmarks/epoch_start.py [--videos 512 2048 8192] [--passes 2] [--frames 16] \
+    python benchmarks/epoch_start.py [--videos 512 2048 8192] [--passes 5] [--frames 16] \
         [--size 48] [--throughput-videos 288]
 
 Ingests a small demo set once, then builds training splits of each size by repeating its
@@ -175,7 +175,7 @@ def clips_per_s(ds, passes: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--videos", nargs="+", type=int, default=[512, 2048, 8192])
-    p.add_argument("--passes", type=int, default=3, help="measured passes, after a warm-up")
+    p.add_argument("--passes", type=int, default=5, help="measured passes, after a warm-up")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=48)
     p.add_argument("--throughput-videos", type=int, default=288)

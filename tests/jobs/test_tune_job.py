@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -175,6 +176,12 @@ def ray_head(s3_store):
         "address": f"127.0.0.1:{head.ports['gcs']}",
     }
     stop_group(head)
+    # `ray start` wrote its address where a later bare ray.init() looks for a cluster to
+    # join; `ray stop` would delete it, but this head is stopped by its process group. Left
+    # behind, the machine's next ray.init() (a job run without a head) waits on a dead one.
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if current.exists() and current.read_text().strip().endswith(f":{head.ports['gcs']}"):
+        current.unlink()
 
 
 def test_ray_job_submit_runs_the_search_and_dashboards_show_it(

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from raylab.config import ClipConfig
 from raylab.data.storage import load_manifest, resolve_location
-from raylab.infer.features import ModelSource, analyse, extract_features, write_features
+from raylab.infer.analysis import analyse
+from raylab.infer.features import ModelSource, extract_features, write_features
 from raylab.models import MODEL_INFO, MODEL_NAMES, input_contract, parse_option
 
 

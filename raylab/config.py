@@ -80,7 +80,7 @@ class ClipConfig:
         return replace(self, test_clips=clips, test_crops=crops)
 
     def record(self) -> dict:
-        """Every setting as plain JSON values: what a checkpoint keeps as ``config["data"]``."""
+        """Every setting as plain JSON values: what a checkpoint keeps as its config's ``clip``."""
         out = asdict(self)
         out["crop_scales"] = list(self.crop_scales)
         return out

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from raylab.data.storage import load_manifest
+from raylab.infer.batch import InferenceResources
 from raylab.infer.evaluate import (
     evaluation_clip,
     fuse,
@@ -58,16 +59,14 @@ def main(argv: list[str] | None = None) -> dict:
     ray.data.DataContext.get_current().enable_progress_bars = False
     classes = load_manifest(args.data)["classes"]
     out = Path(args.out or Path(args.checkpoint).parent / "eval").resolve()
-    common = {
-        "split": args.split,
-        "clips": args.clips,
-        "crops": args.crops,
-        "predictors": args.predictors,
-        "use_gpu": args.gpu,
-        "decoder_cpus": args.decoder_cpus,
-        "decoder_resource": args.decoder_resource,
-        "predictor_cpus": args.predictor_cpus,
-    }
+    resources = InferenceResources(
+        predictors=args.predictors,
+        use_gpu=args.gpu,
+        decoder_cpus=args.decoder_cpus,
+        decoder_resource=args.decoder_resource,
+        predictor_cpus=args.predictor_cpus,
+    )
+    common = {"split": args.split, "clips": args.clips, "crops": args.crops, "resources": resources}
     rgb = predict(args.data, args.checkpoint, **common)
     metrics = {"rgb": report_metrics(rgb, classes) | {"clip_acc": rgb["clip_acc"]}}
     final = rgb

@@ -24,6 +24,7 @@ from pathlib import Path
 from raylab.config import ClipConfig
 from raylab.data.storage import load_manifest, resolve_location
 from raylab.infer.analysis import analyse
+from raylab.infer.batch import InferenceResources
 from raylab.infer.features import ModelSource, extract_features, write_features
 from raylab.models import MODEL_INFO, MODEL_NAMES, input_contract, parse_option
 
@@ -148,12 +149,14 @@ def main(argv: list[str] | None = None) -> dict:
         clip,
         layer=args.layer,
         splits=args.splits,
-        predictors=args.predictors,
-        use_gpu=args.gpu,
-        batch_size=args.batch_size,
-        decoder_cpus=args.decoder_cpus,
-        decoder_resource=args.decoder_resource,
-        predictor_cpus=args.predictor_cpus,
+        resources=InferenceResources(
+            predictors=args.predictors,
+            use_gpu=args.gpu,
+            batch_size=args.batch_size,
+            decoder_cpus=args.decoder_cpus,
+            decoder_resource=args.decoder_resource,
+            predictor_cpus=args.predictor_cpus,
+        ),
     )
     failures = sum(len(v) for v in features.decode_failures.values())
     print(

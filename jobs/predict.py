@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from raylab.infer.batch import InferenceResources
     from raylab.infer.evaluate import evaluation_clip, load_checkpoint
     from raylab.infer.predict import find_videos, predict_videos, rgb_clip
     from raylab.progress import progress_bar
@@ -79,10 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
         crops=args.crops,
         top=args.top,
         short_side=args.short_side,
-        use_gpu=args.gpu,
-        predictors=args.predictors,
-        decoder_cpus=args.decoder_cpus,
-        predictor_cpus=args.predictor_cpus,
+        resources=InferenceResources(
+            predictors=args.predictors,
+            use_gpu=args.gpu,
+            decoder_cpus=args.decoder_cpus,
+            predictor_cpus=args.predictor_cpus,
+        ),
         progress=bar,
     )
     bar.close()

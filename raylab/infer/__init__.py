@@ -1,3 +1,4 @@
-"""Batch inference with trained checkpoints: multi-view evaluation on shards (``evaluate``),
-per-video features and their analysis (``features``), predictions on source videos
+"""Batch inference with trained checkpoints: the routine every job shares (``batch``),
+multi-view evaluation on shards (``evaluate``), per-video features (``features``) and their
+SVM / PCA / t-SNE analysis (``analysis``, no Ray), predictions on source videos
 (``predict``)."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from raylab.config import ClipConfig, TrainConfig
+from raylab.infer.batch import InferenceResources, batches, test_views, through_model
 from raylab.metrics import METRIC
 from raylab.train.loop import normalise, topk_accuracy, video_scores
 from raylab.train.worker import STATE_FILE, load_state
@@ -101,31 +102,6 @@ class Predictor:
         return out
 
 
-def with_logits(
-    ds,
-    checkpoint: str | Path,
-    *,
-    predictors: int = 1,
-    use_gpu: bool = False,
-    batch_size: int = 16,
-    predictor_cpus: float = 1.0,
-):
-    """``ds``'s clip rows run through the checkpoint's model in a pool of ``predictors``
-    :class:`Predictor` actors: rows of ``video_id``, ``label``, ``view``, ``logits`` (and
-    ``error``, for the placeholder rows of videos that failed to decode)."""
-    import ray
-
-    return ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"checkpoint": str(checkpoint)},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=predictors),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=predictor_cpus,
-    )
-
-
 def predict(
     shards: str | Path,
     checkpoint: str | Path,
@@ -133,13 +109,7 @@ def predict(
     split: str = "val",
     clips: int = 1,
     crops: int = 1,
-    predictors: int = 1,
-    use_gpu: bool = False,
-    batch_size: int = 16,
-    decoders: int | None = None,
-    decoder_cpus: float = 1.0,
-    decoder_resource: str | None = None,
-    predictor_cpus: float = 1.0,
+    resources: InferenceResources | None = None,
 ) -> dict:
     """Per-video scores of one model over a split: ``{"ids", "labels", "scores", "views",
     "clip_acc", "decode_failures"}``; a video whose bytes cannot be decoded is left out of
@@ -147,25 +117,12 @@ def predict(
 
     Clip geometry (frames, stride, size, scheme) comes from the checkpoint's config.
     """
-    from raylab.data.pipeline import clip_dataset
-
+    resources = resources or InferenceResources()
     _, config = load_checkpoint(checkpoint)
-    ds = clip_dataset(
-        shards,
-        split,
-        evaluation_clip(config, clips, crops),
-        train=False,
-        decoders=decoders,
-        decoder_cpus=decoder_cpus,
-        decoder_resource=decoder_resource,
-    )
-    out = with_logits(
-        ds, checkpoint, predictors=predictors, use_gpu=use_gpu, batch_size=batch_size,
-        predictor_cpus=predictor_cpus,
-    )  # fmt: skip
+    ds = test_views(shards, split, evaluation_clip(config, clips, crops), resources)
+    out = through_model(ds, Predictor, {"checkpoint": str(checkpoint)}, resources)
     ids, labels, logits, views, failed = [], [], [], 0, []
-    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
+    for batch, ok in batches(out):
         failed.extend(str(v) for v in batch["video_id"][~ok])
         ids.extend(str(v) for v in batch["video_id"][ok])
         labels.extend(int(v) for v in batch["label"][ok])

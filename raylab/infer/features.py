@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from raylab.config import RGB_MEAN, RGB_STD, ClipConfig
+from raylab.infer.batch import InferenceResources, batches, test_views, through_model
 from raylab.train.loop import normalise
 
 _CAPTURES = ("input", "pool")
@@ -457,28 +458,20 @@ def extract_features(
     *,
     layer: str | None = None,
     splits: Sequence[str] | None = None,
-    predictors: int = 1,
-    use_gpu: bool = False,
-    batch_size: int = 16,
-    decoders: int | None = None,
-    decoder_cpus: float = 1.0,
-    decoder_resource: str | None = None,
-    predictor_cpus: float = 1.0,
+    resources: InferenceResources | None = None,
 ) -> VideoFeatures:
     """Per-video features of every video of ``splits`` (default: every split in the manifest).
 
     Each video gives ``clip.test_clips`` x ``clip.test_crops`` deterministic test views
-    (``clip_dataset(..., train=False)``); a pool of ``predictors`` :class:`FeatureExtractor`
-    actors (one GPU each with ``use_gpu``) computes the layer's features per view, and the driver averages them
+    (``clip_dataset(..., train=False)``); a pool of :class:`FeatureExtractor` actors
+    (``resources``) computes the layer's features per view, and the driver averages them
     per video and L2-normalises the mean. Videos whose clips cannot be decoded are left out
     and listed in ``decode_failures``. The layer and the clip geometry are checked on the
     driver (one forward of a blank clip) before any Ray work starts.
     """
-    import ray
-
-    from raylab.data.pipeline import clip_dataset
     from raylab.data.storage import load_manifest
 
+    resources = resources or InferenceResources()
     manifest = load_manifest(shards)
     present = [s for s, n in (manifest.get("splits") or {}).items() if n]
     splits = list(splits) if splits else present
@@ -496,39 +489,23 @@ def extract_features(
 
     datasets = []
     for split in splits:
-        ds = clip_dataset(
-            shards,
-            split,
-            clip,
-            train=False,
-            decoders=decoders,
-            decoder_cpus=decoder_cpus,
-            decoder_resource=decoder_resource,
-        )
+        decoder = resources.decoder_resource
         datasets.append(
-            ds.map_batches(
+            test_views(shards, split, clip, resources).map_batches(
                 _tag_split,
                 fn_kwargs={"split": split},
                 batch_size=None,  # whole blocks: keep the decoder's batches as they come
                 batch_format="numpy",
-                num_cpus=decoder_cpus,
-                resources={decoder_resource: 1} if decoder_resource else None,
+                num_cpus=resources.decoder_cpus,
+                resources={decoder: 1} if decoder else None,
             )
         )
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
-    out = ds.map_batches(
-        FeatureExtractor,
-        fn_constructor_kwargs={"source": source, "layer": str(choice)},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=predictors),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=predictor_cpus,
-    )
+    kwargs = {"source": source, "layer": str(choice)}
+    out = through_model(ds, FeatureExtractor, kwargs, resources)
     acc = ClipAverager()
     failed: dict[str, list[str]] = {s: [] for s in splits}
-    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
+    for batch, ok in batches(out):
         for vid, sp in zip(batch["video_id"][~ok], batch["split"][~ok], strict=True):
             failed[str(sp)].append(str(vid))
         if ok.any():

@@ -33,6 +33,7 @@ from raylab.data.pipeline import (
     error_text,
 )
 from raylab.data.storage import rendition_column
+from raylab.infer.batch import InferenceResources, batches, through_model
 from raylab.train.loop import video_scores
 
 
@@ -162,29 +163,24 @@ def predict_videos(
     crops: int = 3,
     top: int = 5,
     short_side: int | None = None,
-    use_gpu: bool = False,
-    predictors: int = 1,
-    batch_size: int = 16,
-    decoder_cpus: float = 1.0,
-    predictor_cpus: float = 1.0,
+    resources: InferenceResources | None = None,
     progress=None,
 ) -> list[dict]:
     """One result per video, in ``videos``' order: ``{"video", "top": [{"class", "score"},
     ...]}`` (the ``top`` classes by averaged score) or ``{"video", "error"}``."""
-    from raylab.infer.evaluate import evaluation_clip, load_checkpoint, with_logits
+    from raylab.infer.evaluate import Predictor, evaluation_clip, load_checkpoint
 
+    resources = resources or InferenceResources()
     _, config = load_checkpoint(checkpoint)
     clip = rgb_clip(evaluation_clip(config, clips, crops))
     views = clip.test_views
     classes = config.classes
-    ds = source_clip_dataset(videos, clip, short_side=short_side, decoder_cpus=decoder_cpus)
-    out = with_logits(
-        ds, checkpoint, predictors=predictors, use_gpu=use_gpu, batch_size=batch_size,
-        predictor_cpus=predictor_cpus,
-    )  # fmt: skip
+    ds = source_clip_dataset(
+        videos, clip, short_side=short_side, decoder_cpus=resources.decoder_cpus
+    )
+    out = through_model(ds, Predictor, {"checkpoint": str(checkpoint)}, resources)
     ids, logits, errors = [], [], {}
-    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        ok = batch["label"] >= 0
+    for batch, ok in batches(out):
         for vid, err in zip(batch["video_id"][~ok], batch["error"][~ok], strict=True):
             errors[str(vid)] = error_text(err)
         ids.extend(str(v) for v in batch["video_id"][ok])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from raylab.config import RGB_MEAN, RGB_STD, ClipConfig
+from raylab.infer.batch import InferenceResources
 from raylab.infer.features import (
     ClipAverager,
     FeatureExtractor,
@@ -165,7 +166,8 @@ def test_features_of_every_video_from_the_shards(damaged_shards, tmp_path):
     shards, damaged = damaged_shards
     source = ModelSource(model="c3d", options={"width": 0.125, "head": "pooled"}, num_classes=8)
     clip = ClipConfig(frames=16, size=32, test_clips=2)
-    got = extract_features(shards, source, clip, decoder_cpus=0.5, predictor_cpus=0.5)
+    resources = InferenceResources(decoder_cpus=0.5, predictor_cpus=0.5)
+    got = extract_features(shards, source, clip, resources=resources)
     assert got.layer == "classifier.fc:input:pool" and got.dim == 64
     assert got.decode_failures == {s: [v] for s, v in damaged.items()}
     for split in ("train", "val"):

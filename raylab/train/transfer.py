@@ -411,6 +411,9 @@ def build_transfer_net(config: dict, teacher_features: int) -> TransferNet:
     from raylab.models import build_model
 
     student = build_model(config["student"], config["num_classes"], **config["model_options"])
+    # The student's classifier is never run here (nor saved): without gradients, DDP does not
+    # wait for them, which with two or more workers would fail the first step.
+    student.classifier.requires_grad_(False)
     head = CorrespondenceHead(teacher_features, feature_size(student), tuple(config["head_hidden"]))
     return TransferNet(student, head)
 

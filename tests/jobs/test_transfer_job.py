@@ -18,8 +18,8 @@ def test_transfer_then_fine_tune(demo_shards, run_job, tmp_path):
     out = run_job(
         "transfer_t3d.py",
         *("--data", str(demo_shards), "--out", str(run), "--student", "t3d121"),
-        *("--epochs", "1", "--batch-size", "16", "--optimizer", "adamw", "--teacher-frames", "4"),
-        *tiny,
+        *("--epochs", "1", "--batch-size", "8", "--optimizer", "adamw", "--teacher-frames", "4"),
+        *("--workers", "2", *tiny),  # DDP, as on a cluster
     )
     assert 0.0 <= out["correspondence_accuracy"] <= 1.0
     metrics = out["metrics"]

@@ -1,6 +1,6 @@
 """The per-worker training loop: ordinary PyTorch plus a handful of ``ray.train`` calls.
 
-``train_loop(config)`` runs in every Ray Train worker. It reads uint8 clips from its
+``train_loop(run)`` runs in every Ray Train worker. It reads uint8 clips from its
 shard of the ``train`` dataset, makes them float and normalised on its own device,
 trains with DDP (gloo on CPU, NCCL on GPU), evaluates multi-view video accuracy on the
 ``val`` dataset, and reports metrics and a checkpoint every epoch. An epoch in which no

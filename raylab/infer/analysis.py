@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from raylab.infer.features import VideoFeatures
+from raylab.infer.figures import pyplot, save_figure
 
 SVM_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
@@ -143,18 +144,9 @@ def tsne_embedding(x: np.ndarray, *, seed: int = 0, perplexity: float | None = N
     )
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_compactness(curve: Mapping[int, float], path: str | Path, *, title: str = "") -> Path:
     """Accuracy against PCA dimensions (log-2 axis) as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     dims = sorted(int(d) for d in curve)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(dims, [curve[d] for d in dims], "o-")
@@ -166,12 +158,7 @@ def plot_compactness(curve: Mapping[int, float], path: str | Path, *, title: str
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title(title or "compactness of the descriptor", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_tsne(
@@ -183,7 +170,7 @@ def plot_tsne(
     title: str = "",
 ) -> Path:
     """A 2-D embedding as a PNG, one colour per class (legend up to 20 classes)."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = np.asarray(labels)
     k = max(len(classes), int(labels.max()) + 1 if len(labels) else 1)
     cmap = plt.get_cmap("tab10" if k <= 10 else "tab20" if k <= 20 else "gist_rainbow")
@@ -198,12 +185,7 @@ def plot_tsne(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or "t-SNE of the video features", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def analyse(

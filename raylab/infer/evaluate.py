@@ -15,6 +15,7 @@ import torch
 
 from raylab.config import ClipConfig, TrainConfig
 from raylab.infer.batch import InferenceResources, batches, test_views, through_model
+from raylab.infer.figures import pyplot, save_figure
 from raylab.metrics import METRIC
 from raylab.train.loop import normalise, topk_accuracy, video_scores
 from raylab.train.worker import STATE_FILE, load_state
@@ -185,11 +186,7 @@ def report_metrics(pred: dict, classes: list[str]) -> dict:
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path) -> Path:
     """The confusion matrix as a PNG (rows: true class, columns: predicted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     m = np.asarray(confusion, dtype=float)
     norm = m / np.maximum(1, m.sum(1, keepdims=True))
     size = max(4.0, 0.45 * len(classes) + 2)
@@ -205,9 +202,4 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
                 if m[i, j]:
                     color = "white" if norm[i, j] > 0.5 else "black"
                     ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color=color)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raylab.infer.evaluate import fuse, report_metrics
+from raylab.infer.evaluate import fuse, plot_confusion, report_metrics
 
 CLASSES = ["a", "b", "c"]
 
@@ -99,3 +99,10 @@ def test_a_class_without_videos_is_left_out_of_the_mean():
     m = report_metrics(only_a_and_b, CLASSES)
     assert m["per_class_acc"] == {"a": 1.0, "b": 0.0, "c": None}
     assert m["mean_class_acc"] == 0.5  # over a and b, not (1 + 0 + 0) / 3
+
+
+def test_the_confusion_matrix_is_written_as_a_png_in_a_new_folder(tmp_path):
+
+    path = plot_confusion([[3, 1], [0, 4]], ["left", "right"], tmp_path / "eval" / "cm.png")
+    assert path == tmp_path / "eval" / "cm.png"
+    assert path.read_bytes()[:4] == b"\x89PNG"

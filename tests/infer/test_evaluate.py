@@ -102,7 +102,6 @@ def test_a_class_without_videos_is_left_out_of_the_mean():
 
 
 def test_the_confusion_matrix_is_written_as_a_png_in_a_new_folder(tmp_path):
-
     path = plot_confusion([[3, 1], [0, 4]], ["left", "right"], tmp_path / "eval" / "cm.png")
     assert path == tmp_path / "eval" / "cm.png"
     assert path.read_bytes()[:4] == b"\x89PNG"

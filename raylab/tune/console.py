@@ -53,11 +53,14 @@ class TrialConsole(Callback):
         self.stopper = stopper  # a NotLearningStopper, to say why a trial stopped
         self.out = out
         self.best: dict[str, float] = {}
+        self.started: set[str] = set()
+        self.ended: set[str] = set()  # trials whose end Tune reported (complete or error)
 
     def _print(self, text: str) -> None:
         print(text, file=self.out or sys.stdout, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.started.add(trial.trial_id)
         self._print(f"trial {trial.trial_id} started: {describe(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -78,6 +81,7 @@ class TrialConsole(Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
         last = trial.last_result or {}
         if last.get("pruned"):
             return
@@ -95,9 +99,23 @@ class TrialConsole(Callback):
             self._print(f"trial {trial.trial_id} finished {epochs} epochs{tail}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
         self._print(f"trial {trial.trial_id} failed; the error is in {trial.error_file}")
 
     def on_experiment_end(self, trials, **info) -> None:
+        # Tune stops the trials still running when the search ends (its time budget) without
+        # a completion event: say so, or the table's "stopped" reads as an early stop.
+        for trial in trials:
+            last = trial.last_result or {}
+            if trial.trial_id not in self.started or trial.trial_id in self.ended:
+                continue
+            if last.get("pruned"):
+                continue
+            epochs = last.get("training_iteration", 0)
+            best = self.best.get(trial.trial_id)
+            done = f"after epoch {epochs}" if epochs else "before its first epoch"
+            tail = f", best val top-1 {best:.3f}" if best is not None else ""
+            self._print(f"trial {trial.trial_id} was running when the search ended: {done}{tail}")
         self._print(trial_table(trials, self.max_epochs, self.best))
 
 

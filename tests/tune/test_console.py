@@ -89,3 +89,25 @@ print(ray.data.range(10).map_batches(lambda b: b).count())
     text = log.read_text()
     for line in ("Starting execution of Dataset", "Progress bars disabled"):
         assert line in text and line not in done.stderr, (line, done.stderr[-2000:])
+
+
+def test_trials_running_when_the_search_ends_say_so():
+    """Tune stops the trials still running at the time budget without a completion event."""
+    out = io.StringIO()
+    console = TrialConsole(max_epochs=10, out=out)
+    finished = trial("bbbb0001", STM, "TERMINATED", {"training_iteration": 10})
+    running = trial("bbbb0002", T3D, "TERMINATED", {"training_iteration": 8})
+    unstarted = trial("bbbb0003", T3D, "TERMINATED", {})
+    pending = trial("bbbb0004", T3D, "PENDING", {})  # created, never started
+    for t in (finished, running, unstarted):
+        console.on_trial_start(0, [], t)
+    console.on_trial_result(0, [], running, {"training_iteration": 8, "val_video_top1": 0.885})
+    console.on_trial_complete(0, [], finished)
+    console.on_experiment_end([finished, running, unstarted, pending])
+    lines = out.getvalue().splitlines()
+    assert (
+        "trial bbbb0002 was running when the search ended: after epoch 8, best val top-1 0.885"
+        in lines
+    )
+    assert "trial bbbb0003 was running when the search ended: before its first epoch" in lines
+    assert not any(line.startswith(("trial bbbb0001 was", "trial bbbb0004 was")) for line in lines)

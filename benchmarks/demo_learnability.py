@@ -4,14 +4,14 @@
         [--seeds 0] [--threads 2] [--shards SHARDS]
 
 Renders the embedded search's demo set (48 videos a class, each in a scene of its own: 288
-training and 96 validation videos in unseen scenes, at short side 64 as the search stores
-them) straight into memory, with no encoding, ingest or Ray, and trains each run in a plain
-PyTorch loop: AdamW, cosine schedule with one warm-up epoch, batch 8, training crops from 1
-or 7/8 of the short side at a random place and time, validation on the centre crop and
-centre clip. With ``--shards`` the videos are instead decoded (decord) from a demo ingest's
-smallest rendition at short side 64 or more, scaled to 64: what the codec and its chroma
-subsampling cost, with the loop unchanged. Prints val video top-1 per epoch and seconds per
-epoch, side by side, then one JSON line. The search's trials add their start-up and the clip pipeline to these times; the
+training and 96 validation videos in unseen scenes, at short side 64) straight into memory,
+with no encoding, ingest or Ray, and trains each run in a plain PyTorch loop: AdamW, cosine
+schedule with one warm-up epoch, batch 8, training crops from 1 or 7/8 of the short side at
+a random place and time, validation on the centre crop and centre clip. With ``--shards``
+the videos are instead decoded (decord) from a demo ingest's smallest rendition at short
+side 64 or more, scaled to 64: what the codec and its chroma subsampling cost, with the loop
+unchanged. Prints val video top-1 per epoch and seconds per epoch, side by side, then one
+JSON line. The search's trials add their start-up and the clip pipeline to these times; the
 epochs to a given accuracy are what the search's ASHA rungs and budget must allow.
 """
 
@@ -76,26 +76,21 @@ def demo_set() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
 
 def decoded_set(shards: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """As :func:`demo_set`, from the H.264 renditions of a demo ingest (``jobs/ingest.py`` or
-    the search's own under ``ROOT/demo/shards``)."""
-    import io
+    the search's own under ``ROOT/demo/shards``), decoded as the clip pipeline decodes them."""
     from pathlib import Path
 
-    import decord
     import pyarrow.parquet as pq
 
-    from raylab.data.decode import choose_rendition, scaled_size
-    from raylab.data.storage import load_manifest
+    from raylab.data.decode import choose_rendition, decode_frames, open_video, scaled_size
+    from raylab.data.storage import load_manifest, rendition_column
 
-    rendition = choose_rendition(load_manifest(shards)["renditions"], SHORT_SIDE)
+    column = rendition_column(choose_rendition(load_manifest(shards)["renditions"], SHORT_SIDE))
     videos, labels, is_val = [], [], []
     for split in ("train", "val"):
         for part in sorted((Path(shards) / split).glob("*.parquet")):
             for row in pq.read_table(part).to_pylist():
-                height, width = scaled_size(row["height"], row["width"], SHORT_SIDE)
-                reader = decord.VideoReader(
-                    io.BytesIO(row[f"video_{rendition}"]), height=height, width=width
-                )
-                frames = reader.get_batch(list(range(FRAMES))).asnumpy()
+                size = scaled_size(row["height"], row["width"], SHORT_SIDE)
+                frames = decode_frames(open_video(row[column], *size), np.arange(FRAMES))
                 videos.append(torch.from_numpy(frames).permute(0, 3, 1, 2))
                 labels.append(row["label"])
                 is_val.append(split == "val")

@@ -59,6 +59,10 @@ class TrialConsole(Callback):
     def _print(self, text: str) -> None:
         print(text, file=self.out or sys.stdout, flush=True)
 
+    def _best_tail(self, trial_id: str) -> str:
+        best = self.best.get(trial_id)
+        return f", best val top-1 {best:.3f}" if best is not None else ""
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.started.add(trial.trial_id)
         self._print(f"trial {trial.trial_id} started: {describe(trial.config)}")
@@ -86,8 +90,7 @@ class TrialConsole(Callback):
         if last.get("pruned"):
             return
         epochs = last.get("training_iteration", 0)
-        best = self.best.get(trial.trial_id)
-        tail = f", best val top-1 {best:.3f}" if best is not None else ""
+        tail = self._best_tail(trial.trial_id)
         if self.stopper is not None and trial.trial_id in self.stopper.stopped:
             self._print(
                 f"trial {trial.trial_id} stopped after epoch {epochs}: not learning "
@@ -107,14 +110,11 @@ class TrialConsole(Callback):
         # a completion event: say so, or the table's "stopped" reads as an early stop.
         for trial in trials:
             last = trial.last_result or {}
-            if trial.trial_id not in self.started or trial.trial_id in self.ended:
-                continue
-            if last.get("pruned"):
+            if trial.trial_id not in self.started - self.ended or last.get("pruned"):
                 continue
             epochs = last.get("training_iteration", 0)
-            best = self.best.get(trial.trial_id)
             done = f"after epoch {epochs}" if epochs else "before its first epoch"
-            tail = f", best val top-1 {best:.3f}" if best is not None else ""
+            tail = self._best_tail(trial.trial_id)
             self._print(f"trial {trial.trial_id} was running when the search ended: {done}{tail}")
         self._print(trial_table(trials, self.max_epochs, self.best))
 

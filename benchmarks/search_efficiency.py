@@ -211,6 +211,26 @@ def plot(runs: list[dict], budget: float, threshold: float, out: Path) -> None:
     plt.close(fig)
 
 
+def time_ratio(a: float | None, c: float | None, budget: float) -> tuple[float | None, bool]:
+    """(a)/(c) of the median seconds to the threshold, and whether it is only an upper bound.
+
+    When (c) never reached the threshold its time is beyond the budget, so (a)/(c) is below
+    a / budget: a bound, not a figure. None when (a) never reached it."""
+    if a is None:
+        return None, False
+    if c is None:
+        return a / budget, True
+    return (a / c if c > 0 else None), False
+
+
+def ratio_text(ratio: float | None, bound: bool) -> str:
+    if ratio is None:
+        return "n/a (tpe+asha did not reach it)"
+    if bound:
+        return f"< {ratio:.2f} (random+none did not reach it within the budget)"
+    return f"{ratio:.2f}"
+
+
 def seconds_text(value: float | None) -> str:
     return "not reached" if value is None else f"{value:.0f}"
 
@@ -307,15 +327,15 @@ def main(argv: list[str] | None = None) -> dict:
         )
     a = methods["tpe+asha"]["median_time_to_threshold_s"]
     c = methods["random+none"]["median_time_to_threshold_s"]
-    ratio = a / c if a is not None and c is not None and c > 0 else None
+    ratio, bound = time_ratio(a, c, args.budget)
     print(
-        f"\nmedian seconds to {args.threshold:g}, tpe+asha / random+none: "
-        f"{'n/a' if ratio is None else f'{ratio:.2f}'}"
+        f"\nmedian seconds to {args.threshold:g}, tpe+asha / random+none: {ratio_text(ratio, bound)}"
     )
     print(f"plot: {out_png}")
     summary |= {
         "methods": methods,
         "ratio_time_to_threshold_tpe_asha_over_random_none": ratio,
+        "ratio_is_upper_bound": bound,
         "plot": str(out_png),
     }
     print(json.dumps(summary))

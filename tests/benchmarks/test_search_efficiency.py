@@ -116,3 +116,12 @@ def test_median_counts_not_reached_as_never():
     assert se.median_with_missing([10.0, None, 40.0], math.inf) == 40.0
     assert se.median_with_missing([None, None], math.inf) is None
     assert se.median_with_missing([0.5, None, 0.7], -math.inf) == 0.5
+
+
+def test_a_baseline_that_never_reaches_the_threshold_bounds_the_ratio():
+    assert se.time_ratio(120.0, 300.0, 390) == (0.4, False)
+    # (c) never reached it within 390 s: its time is beyond the budget, so the ratio is below
+    # 120 / 390, and said to be a bound.
+    assert se.time_ratio(120.0, None, 390) == (120.0 / 390, True)
+    assert se.time_ratio(None, 300.0, 390) == (None, False)
+    assert se.ratio_text(120.0 / 390, True).startswith("< 0.31")

@@ -24,7 +24,7 @@ import re
 import warnings
 from pathlib import Path
 
-from raylab.metrics import METRIC, TRIAL_STATUSES
+from raylab.metrics import METRIC, TRIAL_STATUSES, trial_status
 
 ARCH = ("family", "depth", "stm_stages", "stm_blocks")
 KNOBS = (*ARCH, "frames", "size", "stride", "lr", "weight_decay")
@@ -110,17 +110,20 @@ def rows_from_folders(exp: Path) -> list[dict]:
             row["epochs"] = max(line.get("training_iteration", 0) for line in lines)
             speeds = [s for s in (_num(x.get("clips_per_s")) for x in scored) if s is not None]
             row["clips_per_s"] = sum(speeds) / len(speeds) if speeds else None
-        if any(line.get("pruned") for line in lines):
-            row |= {"status": "pruned", "prune_reason": last.get("prune_reason")}
-        elif (folder / "error.txt").exists():
+        pruned = any(line.get("pruned") for line in lines)
+        failed = (folder / "error.txt").exists()
+        if pruned:
+            row["prune_reason"] = last.get("prune_reason")
+        elif failed:
             error = [x for x in (folder / "error.txt").read_text().splitlines() if x.strip()]
-            row |= {"status": "error", "error": (error or ["error"])[-1][:300]}
-        elif not last.get("done"):
-            row["status"] = "running"
-        elif max_epochs and row.get("epochs", 0) < max_epochs:
-            row["status"] = "stopped"
-        else:
-            row["status"] = "done"
+            row["error"] = (error or ["error"])[-1][:300]
+        row["status"] = trial_status(
+            pruned=pruned,
+            failed=failed,
+            ended=bool(last.get("done")),
+            epochs=row.get("epochs", 0),
+            max_epochs=max_epochs,
+        )
         rows.append(row)
     return rows
 

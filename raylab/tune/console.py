@@ -22,7 +22,7 @@ from typing import TextIO
 
 from ray.tune import Callback
 
-from raylab.metrics import METRIC
+from raylab.metrics import METRIC, trial_status
 from raylab.tune.space import knobs
 
 # Loggers of Ray's (and Optuna's) that print INFO records on a driver's console.
@@ -122,13 +122,14 @@ class TrialConsole(Callback):
 def status_of(trial, max_epochs: int) -> str:
     """done (every epoch), stopped (early, by ASHA or the time budget), pruned or error."""
     last = trial.last_result or {}
-    if last.get("pruned"):
-        return "pruned"
-    if trial.status == "ERROR":
-        return "error"
-    if trial.status != "TERMINATED":
-        return trial.status.lower()
-    return "done" if last.get("training_iteration", 0) >= max_epochs else "stopped"
+    status = trial_status(
+        pruned=bool(last.get("pruned")),
+        failed=trial.status == "ERROR",
+        ended=trial.status == "TERMINATED",
+        epochs=last.get("training_iteration", 0),
+        max_epochs=max_epochs,
+    )
+    return trial.status.lower() if status == "running" else status  # pending, running, paused
 
 
 def trial_table(trials, max_epochs: int, best: dict[str, float]) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from raylab.config import ClipConfig, TrainConfig
 from raylab.data.decode import TSN_SCALES
-from raylab.metrics import METRIC, TRIAL_STATUSES
+from raylab.metrics import METRIC, TRIAL_STATUSES, trial_status
 from raylab.train.worker import STATE_FILE, save_state
 from raylab.tune.resources import memory_budget, trial_concurrency
 from raylab.tune.results import local_experiment, options_dir
@@ -310,11 +310,9 @@ def trial_table(results, max_epochs: int) -> list[dict]:
         row = {"trial_id": last.get("trial_id") or Path(r.path).name, "path": r.path}
         row |= {k: v for k, v in r.config.items()}
         if last.get("pruned"):
-            row |= {"status": "pruned", "prune_reason": last.get("prune_reason")}
+            row["prune_reason"] = last.get("prune_reason")
         elif r.error:
-            row |= {"status": "error", "error": str(r.error).splitlines()[0][:300]}
-        else:
-            row["status"] = "done"
+            row["error"] = str(r.error).splitlines()[0][:300]
         if frame is not None and METRIC in frame and frame[METRIC].notna().any():
             best = frame[METRIC].astype(float).idxmax()
             for key in (
@@ -332,10 +330,15 @@ def trial_table(results, max_epochs: int) -> list[dict]:
             row["epochs"] = int(frame["training_iteration"].max())
             row["clips_per_s"] = float(frame["clips_per_s"].mean())
             row["best_checkpoint"] = _plain(frame.get("checkpoint_path", {}).get(best))
-            if row["status"] == "done" and row["epochs"] < max_epochs:
-                row["status"] = "stopped"
-        elif row["status"] == "done":  # ended (by the time budget) before its first epoch
-            row["status"] = "stopped"
+        # Every result here has ended; one the time budget ended before its first epoch
+        # trained 0 epochs and reads as stopped.
+        row["status"] = trial_status(
+            pruned=bool(last.get("pruned")),
+            failed=bool(r.error),
+            ended=True,
+            epochs=row.get("epochs", 0),
+            max_epochs=max_epochs,
+        )
         rows.append(row)
     return rows
 

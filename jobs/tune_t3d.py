@@ -237,7 +237,16 @@ def main(argv: list[str] | None = None) -> dict:
     # session's log files; the console follows the search through TrialConsole, and Ray's
     # INFO records on this driver go to a log file beside the study.
     ray_log = route_ray_logs(options_dir(storage, args.name) / "ray-driver.log")
-    ray.init(ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+    # Each trial's Train run is listed in the dashboard (/api/train/v2/runs/v1) only when its
+    # controller runs with state tracking on. A job-level runtime env reaches every trial
+    # process, on a local Ray and on a cluster this job was submitted to (Ray merges it with
+    # the submission's own).
+    ray.init(
+        ignore_reinit_error=True,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}},
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     if args.resume:

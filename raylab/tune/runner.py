@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -104,10 +103,6 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
 
     # Tune's trial table is the progress display; per-trial data bars would garble it.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    # Lists this trial's Train run in the dashboard (/api/train/v2/runs/v1). The trainer reads
-    # it where it is built: this function is where the trial's own process starts, and the
-    # job's environment does not reach it.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     trial_id = tune.get_context().get_trial_id()
     # The experiment's fixed clip settings; the trial draws frames, stride and size.
     clips = ClipConfig(crop_scales=options.crop_scales, test_clips=options.val_clips)

@@ -273,7 +273,7 @@ def main() -> None:
         "video_id"
     ]
     paths = [str(next(src.glob(f"{v}.*"))) for v in ids.to_pylist()]  # repeats included
-    spec = ClipSpec(frames=args.frames, size=args.size, train=True)
+    spec = ClipSpec(frames=args.frames, stride=1, size=args.size, train=True)
 
     a = raw_bound(shards, spec, args.workers, args.passes)
     # One logical CPU more than cores: Ray Data's read tasks ask for a whole CPU,

@@ -171,7 +171,7 @@ def _decode_worker(item: tuple) -> int:
     from raylab.data.decode import ClipSpec, open_video, sample_views, scaled_size
 
     renditions, short_side, size, repeat = item
-    spec = ClipSpec(frames=16, size=size, train=False, short_side=short_side)
+    spec = ClipSpec(frames=16, stride=1, size=size, train=False, short_side=short_side)
     clips = 0
     torch.set_num_threads(1)
     for _ in range(repeat):

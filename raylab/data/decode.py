@@ -37,9 +37,9 @@ class ClipSpec:
     ``clips`` x ``crops`` views per video at test; one view in training.
     """
 
-    frames: int = 16
-    stride: int = 1
-    size: int = 112
+    frames: int
+    stride: int
+    size: int
     scheme: str = "dense"  # "dense" clips or TSN "segments"
     train: bool = True
     clips: int = 1

@@ -25,7 +25,7 @@ def sample_rng(seed: int, epoch: int, video_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(video_id.encode("utf-8"))])
 
 
-def _check(num_frames: int, frames: int, stride: int = 1, num_clips: int = 1) -> None:
+def _check(num_frames: int, frames: int, stride: int, num_clips: int) -> None:
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame to sample from, got {num_frames}")
     if frames < 1 or stride < 1 or num_clips < 1:
@@ -37,7 +37,7 @@ def _check(num_frames: int, frames: int, stride: int = 1, num_clips: int = 1) ->
 def dense_clip_indices(
     num_frames: int,
     frames: int,
-    stride: int = 1,
+    stride: int,
     *,
     train: bool,
     num_clips: int = 1,
@@ -77,7 +77,7 @@ def segment_indices(
     Training takes a random frame inside each segment; test takes each segment's centre.
     With fewer frames than segments the frames repeat in order (the video is looped).
     """
-    _check(num_frames, segments)
+    _check(num_frames, segments, 1, 1)  # a segment sample has no stride, one clip
     if num_frames < segments:
         return (np.arange(segments) % num_frames)[None, :].astype(np.int64)
     edges = np.linspace(0, num_frames, segments + 1)
@@ -95,7 +95,7 @@ def segment_indices(
 def clip_indices(
     num_frames: int,
     frames: int,
-    stride: int = 1,
+    stride: int,
     *,
     scheme: str = "dense",
     train: bool,

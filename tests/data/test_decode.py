@@ -114,8 +114,10 @@ def test_train_views_jitter_and_eval_views_are_fixed(counter_mp4):
 def test_flip_mirrors_when_enabled(real_videos):
     data = encode_video(real_videos["bikes"], EncodeParams(short_sides=(64,)))["video_64"]
     reader = open_video(data)
-    spec = ClipSpec(frames=4, size=48, train=True, flip=True, scales=(1.0,), corner_crops=False)
-    no_flip = ClipSpec(frames=4, size=48, train=True, scales=(1.0,), corner_crops=False)
+    spec = ClipSpec(
+        frames=4, stride=1, size=48, train=True, flip=True, scales=(1.0,), corner_crops=False
+    )
+    no_flip = ClipSpec(frames=4, stride=1, size=48, train=True, scales=(1.0,), corner_crops=False)
     flipped = 0
     for seed in range(8):
         a = sample_views(reader, spec, np.random.default_rng(seed))[0]
@@ -128,14 +130,14 @@ def test_flip_mirrors_when_enabled(real_videos):
 
 def test_spec_validation():
     with pytest.raises(ValueError, match="crops must be 1"):
-        ClipSpec(crops=2)
+        ClipSpec(frames=16, stride=1, size=112, crops=2)
     with pytest.raises(ValueError, match="smaller than the crop"):
-        ClipSpec(size=112, short_side=100)
+        ClipSpec(frames=16, stride=1, size=112, short_side=100)
     for scales in [(), (0.0,), (1.0, 1.2)]:
         with pytest.raises(ValueError, match="crop scales must lie in"):
-            ClipSpec(scales=scales)
-    assert ClipSpec(size=112).working_short_side == 128
-    assert ClipSpec(size=224).working_short_side == 256
+            ClipSpec(frames=16, stride=1, size=112, scales=scales)
+    assert ClipSpec(frames=16, stride=1, size=112).working_short_side == 128
+    assert ClipSpec(frames=16, stride=1, size=224).working_short_side == 256
 
 
 # Stored geometries: every video the pipeline decodes was written by ingest's encoder at
@@ -201,10 +203,10 @@ def geometries(draw):
 @settings(derandomize=True, max_examples=30, deadline=None)
 @given(geometries())
 # The run that skipped every video: 80 x 80 sources, crop 64 (decoded 73 x 72).
-@example((80, 80, 128, ClipSpec(frames=4, size=64)))
+@example((80, 80, 128, ClipSpec(frames=4, stride=1, size=64)))
 # Renditions whose own width decord mangles (72, 48), decoded at it and scaled from it.
-@example((80, 80, 72, ClipSpec(frames=4, size=63, train=False, crops=3)))
-@example((96, 48, 48, ClipSpec(frames=4, size=42, scheme="segments", modality="flow")))
+@example((80, 80, 72, ClipSpec(frames=4, stride=1, size=63, train=False, crops=3)))
+@example((96, 48, 48, ClipSpec(frames=4, stride=1, size=42, scheme="segments", modality="flow")))
 def test_every_stored_geometry_decodes_to_its_views(stored, geometry):
     height, width, rendition, spec = geometry
     row = stored(height, width, rendition, spec.modality == "flow")
@@ -245,9 +247,9 @@ def test_a_square_80_pixel_video_decodes_at_crop_64(tmp_path):
     src = write_video(tmp_path / "square.mp4", counter_frames(24, 80, 80))
     row = encode_video(src, EncodeParams())
     column = rendition_column(EncodeParams().short_sides[0])
-    train = _decode_rows(row, ClipSpec(frames=16, size=64), column)
+    train = _decode_rows(row, ClipSpec(frames=16, stride=1, size=64), column)
     assert train["clip"].shape == (1, 16, 64, 64, 3) and list(train["label"]) == [3]
-    test = _decode_rows(row, ClipSpec(frames=16, size=64, train=False, crops=3), column)
+    test = _decode_rows(row, ClipSpec(frames=16, stride=1, size=64, train=False, crops=3), column)
     assert test["clip"].shape == (3, 16, 64, 64, 3) and list(test["label"]) == [3] * 3
     assert [frame_index(f) for f in test["clip"][0]] == list(range(4, 20))  # the centre clip
 

@@ -93,7 +93,7 @@ def test_crop_scales_reach_the_decoder(demo_shards, ray_session):
     rows = _collect(ds)
     got = dict(zip(rows["video_id"], rows["clip"], strict=True))
     # The same views made directly from the shard bytes with the same draws.
-    spec = ClipSpec(frames=8, size=56, train=True, scales=(1.0,))
+    spec = ClipSpec(frames=8, stride=1, size=56, train=True, scales=(1.0,))
     column = rendition_column(
         choose_rendition(load_manifest(demo_shards)["renditions"], spec.working_short_side)
     )

@@ -69,7 +69,7 @@ def test_training_offsets_deterministic_per_seed_epoch_video_and_vary_across_epo
 
 def test_training_needs_rng():
     with pytest.raises(ValueError, match="rng"):
-        dense_clip_indices(10, 4, train=True)
+        dense_clip_indices(10, 4, 1, train=True)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -94,6 +94,6 @@ def test_clip_indices_dispatch_and_errors():
     assert clip_indices(50, 8, 2, scheme="segments", train=False, num_clips=3).shape == (3, 8)
     assert clip_indices(50, 8, 2, scheme="dense", train=False, num_clips=2).shape == (2, 8)
     with pytest.raises(ValueError, match="unknown sampling scheme"):
-        clip_indices(50, 8, scheme="tsm", train=False)
+        clip_indices(50, 8, 1, scheme="tsm", train=False)
     with pytest.raises(ValueError, match="at least one frame"):
-        dense_clip_indices(0, 8, train=False)
+        dense_clip_indices(0, 8, 1, train=False)

@@ -26,7 +26,9 @@ import json
 import sys
 from pathlib import Path
 
+from raylab.config import ClipConfig
 from raylab.data.storage import resolve_location
+from raylab.models import MODEL_INFO
 from raylab.train.transfer import DEFAULTS, STUDENTS
 
 
@@ -35,9 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
     p.add_argument("--out", required=True, help="run folder (checkpoints, student.pt, events)")
     p.add_argument("--student", choices=STUDENTS, default=DEFAULTS["student"])
-    p.add_argument("--frames", type=int, default=32, help="student clip length (>= 29)")
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--size", type=int, default=112, help="crop size (square, >= 29)")
+    p.add_argument("--frames", type=int, help="student clip length (>= 29; default: the student's)")
+    p.add_argument("--stride", type=int, default=ClipConfig.stride)
+    p.add_argument("--size", type=int, default=ClipConfig.size, help="crop size (square, >= 29)")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (both nets)")
     p.add_argument("--teacher-frames", type=int, default=4, help="frames the 2D teacher sees")
     p.add_argument("--teacher-weights", help="torchvision DenseNet state dict (ImageNet)")
@@ -94,23 +96,18 @@ def main(argv: list[str] | None = None) -> dict:
         "step_epochs": args.step_epochs,
         "seed": args.seed,
         "run_dir": str(out),
-        "data": {
-            "frames": args.frames,
-            "stride": args.stride,
-            "size": args.size,
-            "scheme": "dense",
-            "modality": "rgb",
-            "teacher_frames": args.teacher_frames,
-            "hard_negatives": args.hard_negatives,
-        },
+        "teacher_frames": args.teacher_frames,
+        "hard_negatives": args.hard_negatives,
     }
     try:
+        # The student's clips, described once: dense RGB clips, the frames its input
+        # contract names unless --frames says otherwise.
+        frames = args.frames or MODEL_INFO[args.student].contract.frames
+        clip = ClipConfig(frames=frames, stride=args.stride, size=args.size)
         trainer = build_transfer_trainer(
             config,
             shards=resolve_location(args.data),
-            frames=args.frames,
-            size=args.size,
-            stride=args.stride,
+            clip=clip,
             teacher_frames=args.teacher_frames,
             storage_path=out.parent,
             name=out.name,
@@ -142,7 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
         "best_checkpoint": best.path,
         "student": args.student,
         "model_options": config["model_options"],
-        "data": config["data"],
+        "clip": clip.record(),
+        "teacher_frames": args.teacher_frames,
+        "hard_negatives": args.hard_negatives,
     }
     print(f"best epoch {state['epoch'] + 1}: {state['metrics']}", file=sys.stderr)
     print(json.dumps(summary, default=str))

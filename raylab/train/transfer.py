@@ -201,10 +201,8 @@ class ClipPairs:
 def pair_dataset(
     shards: str | Path,
     split: str,
+    clip: ClipConfig,
     *,
-    frames: int = 32,
-    stride: int = 1,
-    size: int = 112,
     teacher_frames: int = 4,
     hard_negatives: float = 0.5,
     train: bool = True,
@@ -214,7 +212,8 @@ def pair_dataset(
     decoder_cpus: float = 1.0,
     decoder_resource: str | None = None,
 ):
-    """A ``ray.data.Dataset`` of pair rows (see :class:`ClipPairs`) from one split.
+    """A ``ray.data.Dataset`` of pair rows (see :class:`ClipPairs`) of ``clip``'s clips from
+    one split.
 
     Training (``train=True``): random clips every pass, fresh negatives. Otherwise centre
     clips and negatives fixed by ``seed`` (0 when None), so a held-out accuracy is comparable
@@ -229,7 +228,7 @@ def pair_dataset(
     clips = clip_dataset(
         shards,
         split,
-        ClipConfig(frames=frames, stride=stride, size=size),
+        clip,
         train=train,
         seed=seed if train else None,
         decoders=decoders,
@@ -385,7 +384,7 @@ def calibrate_teacher(
 
 
 def calibrated_teacher_file(
-    config: dict, shards: str, frames: int, size: int, stride: int, teacher_frames: int
+    config: dict, shards: str, clip: ClipConfig, teacher_frames: int
 ) -> Path:
     """``run_dir/teacher.pt``: the seeded random teacher with BN statistics calibrated on
     ``teacher_frames`` frames of up to 16 training clips (written once, reused on resume)."""
@@ -395,9 +394,8 @@ def calibrated_teacher_file(
     path = Path(config["run_dir"]) / "teacher.pt"
     if path.exists():
         return path
-    clip = ClipConfig(frames=frames, stride=stride, size=size)
     rows = clip_dataset(shards, "train", clip, train=True, seed=config["seed"]).take(16)
-    idx = teacher_indices(frames, teacher_frames)
+    idx = teacher_indices(clip.frames, teacher_frames)
     sample = np.concatenate([r["clip"][idx] for r in rows if r["view"] != FAILED])
     torch.manual_seed(config["seed"])
     net = densenet2d(config["teacher_depth"], width=config["model_options"].get("width", 1.0))
@@ -574,7 +572,7 @@ def epoch_line(metrics: dict, epochs: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def check_networks(config: dict, frames: int, size: int, teacher_frames: int) -> None:
+def check_networks(config: dict, clip: ClipConfig, teacher_frames: int) -> None:
     """Build teacher, student and head on the meta device and run one pair of the run's shape,
     so a wrong name, option or clip size fails on the driver with the model's message."""
     config = DEFAULTS | config
@@ -583,17 +581,15 @@ def check_networks(config: dict, frames: int, size: int, teacher_frames: int) ->
     with torch.device("meta"):
         teacher = build_teacher(config | {"teacher_weights": None})
         net = build_transfer_net(config, teacher.out_features).eval()
-        feats = teacher(torch.empty(1, teacher_frames, 3, size, size))
-        net(torch.empty(1, 3, frames, size, size), feats)
+        feats = teacher(torch.empty(1, teacher_frames, 3, clip.size, clip.size))
+        net(torch.empty(1, 3, clip.frames, clip.size, clip.size), feats)
 
 
 def build_transfer_trainer(
     config: dict,
     *,
     shards: str,
-    frames: int,
-    size: int,
-    stride: int = 1,
+    clip: ClipConfig,
     teacher_frames: int = 4,
     storage_path: str | Path,
     name: str,
@@ -605,7 +601,8 @@ def build_transfer_trainer(
     val_split: str = "val",
     hard_negatives: float = 0.5,
 ):
-    """A ``TorchTrainer`` running :func:`transfer_loop` over train / held-out pair datasets.
+    """A ``TorchTrainer`` running :func:`transfer_loop` over train / held-out pair datasets
+    of ``clip``'s clips (recorded whole in the config every checkpoint keeps).
 
     Keeps the best two checkpoints by ``correspondence_accuracy`` (and the latest); calling
     ``fit()`` again with the same storage path and name resumes.
@@ -621,25 +618,23 @@ def build_transfer_trainer(
         raise ValueError(f"{shards} holds no {val_split!r} videos for the held-out accuracy")
     config = DEFAULTS | config
     config["num_classes"] = len(manifest.get("classes") or []) or config["num_classes"]
-    check_networks(config, frames, size, teacher_frames)
+    config["clip"] = clip.record()
+    check_networks(config, clip, teacher_frames)
     config["steps_per_epoch"] = max(1, math.ceil(2 * n_train / workers / config["batch_size"]))
     config["run_dir"] = config["run_dir"] or str(Path(storage_path) / name)
     if not config["teacher_weights"]:  # a random teacher: BN statistics from training frames
         config["teacher_weights"] = str(
-            calibrated_teacher_file(config, shards, frames, size, stride, teacher_frames)
+            calibrated_teacher_file(config, shards, clip, teacher_frames)
         )
         config["teacher_calibrated"] = True
     common = {
-        "frames": frames,
-        "stride": stride,
-        "size": size,
         "teacher_frames": teacher_frames,
         "hard_negatives": hard_negatives,
         "decoders": decoders,
     }
     datasets = {
-        "train": pair_dataset(shards, "train", train=True, **common),
-        "val": pair_dataset(shards, val_split, train=False, seed=config["seed"], **common),
+        "train": pair_dataset(shards, "train", clip, train=True, **common),
+        "val": pair_dataset(shards, val_split, clip, train=False, seed=config["seed"], **common),
     }
     return torch_trainer(
         transfer_loop,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from raylab.config import ClipConfig
 from raylab.models import build_model
 from raylab.models.t3d import DenseNet2D, densenet2d
 from raylab.train.transfer import (
@@ -25,6 +26,8 @@ from raylab.train.transfer import (
     student_state,
     teacher_indices,
 )
+
+CLIP = ClipConfig(frames=8, size=32)  # tiny clips of the demo shards
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -121,7 +124,7 @@ def test_failed_rows_are_dropped_and_indices_even():
 
 
 def test_pair_dataset_from_demo_shards(demo_shards, ray_session):
-    ds = pair_dataset(demo_shards, "train", frames=8, size=32, teacher_frames=3, train=True)
+    ds = pair_dataset(demo_shards, "train", CLIP, teacher_frames=3, train=True)
     rows = ds.take_all()
     assert rows, "no pairs"
     same = np.asarray([r["same"] for r in rows])
@@ -133,7 +136,7 @@ def test_pair_dataset_from_demo_shards(demo_shards, ray_session):
             assert np.array_equal(r["teacher_clip"], r["clip"][[0, 4, 7]])
     assert "label" not in rows[0]
     # Held-out pairs are fixed: two passes give the same pairs.
-    val = pair_dataset(demo_shards, "val", frames=8, size=32, teacher_frames=3, train=False)
+    val = pair_dataset(demo_shards, "val", CLIP, teacher_frames=3, train=False)
     a = sorted((r["video_id"], r["teacher_video_id"]) for r in val.take_all())
     b = sorted((r["video_id"], r["teacher_video_id"]) for r in val.take_all())
     assert a == b and len(a) > 0

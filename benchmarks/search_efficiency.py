@@ -327,9 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
             "experiments": [r["experiment"] for r in mine],
         }
         print(f"\n### {method} (--searcher {searcher} --early-stopping {early_stopping})\n")
-        print(
-            f"| seed | trials (pruned) | epochs | seconds to {args.threshold:g} | best at {args.budget:g} s |"
-        )
+        reach, at = f"seconds to {args.threshold:g}", f"best at {args.budget:g} s"
+        print(f"| seed | trials (pruned) | epochs | {reach} | {at} |")
         print("|---|---|---|---|---|")
         for r in mine:
             print(

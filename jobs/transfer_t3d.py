@@ -12,7 +12,9 @@ the 3D student sees the clip; a head learns "same video and time stamp or not" f
 pipeline builds (labels are not used). ``--hard-negatives`` of the negatives come from another
 video of the same scene where the ids name one (UCF101 groups), the rest from any other video.
 The student's weights, classifier left out, are saved to ``DIR/student.pt``: ``jobs/train.py
---model STUDENT --init-from DIR/student.pt`` fine-tunes them. DenseNet3D and T3D need clips of at least 29 frames and 29 x 29 pixels.
+--model STUDENT --init-from DIR/student.pt`` fine-tunes them. DenseNet3D and T3D need clips
+of at least 29 frames and 29 x 29 pixels; ``--frames`` defaults to the student's own input
+(32).
 
 The last stdout line is a JSON object: ``correspondence_accuracy`` (held-out, best epoch),
 ``metrics`` (the last epoch's), ``student_weights`` and ``run``. Running the same command

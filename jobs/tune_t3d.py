@@ -1,4 +1,4 @@
-"""Search T3D and STM architectures with Ray Tune (Optuna TPE + ASHA); every trial is a Ray Train run.
+"""Search T3D and STM architectures with Ray Tune (Optuna TPE + ASHA); each trial a Ray Train run.
 
     ray job submit --working-dir . -- python jobs/tune_t3d.py [--data SHARDS] [--name NAME] \
         [--family t3d stm] [--depth 121 169 201] [--frames 8 16 32 64] [--size 112 160 224] \

@@ -1,16 +1,16 @@
 """The Ray Data clip pipeline: Parquet shards -> decode tasks -> uint8 clip rows.
 
 Decode tasks on CPU nodes each read a Parquet row group of shard rows (only the columns a
-clip needs, and only the one rendition it decodes from) and turn its videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id, view,
-error}``. In a Train worker, ``ray.train.get_dataset_shard("train").iter_torch_batches(
-collate_fn=ClipTensors(), device=...)`` delivers them as uint8 tensors; the worker makes
-them float and normalises them on its device (a quarter of float32's traffic through the
-object store).
+clip needs, and only the one rendition it decodes from) and turn its videos into clip rows
+``{clip: uint8 [T, H, W, 3], label, video_id, view, error}``. In a Train worker,
+``ray.train.get_dataset_shard("train").iter_torch_batches(collate_fn=ClipTensors(),
+device=...)`` delivers them as uint8 tensors; the worker makes them float and normalises
+them on its device (a quarter of float32's traffic through the object store).
 
 Every pass over the dataset re-runs read + decode, so training clips are re-sampled each
 epoch, and training visits the row groups in a new random order (ingest shuffled the videos
-into them; the Train loop's local shuffle buffer mixes further). Give ``seed`` to replay one exact pass instead (evaluation views are always the
-same: they are not random).
+into them; the Train loop's local shuffle buffer mixes further). Give ``seed`` to replay
+one exact pass instead (evaluation views are always the same: they are not random).
 """
 
 from __future__ import annotations

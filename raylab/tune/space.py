@@ -288,8 +288,8 @@ def plan_trial(
     config: dict, limits: DataLimits, budget: Budget, clips: ClipConfig | None = None
 ) -> TrialPlan | Pruned:
     """A runnable plan for a sampled ``config`` (``clips`` with its frames, stride and size),
-    or the reason the data or the machine cannot serve it. A clip the model itself cannot take raises ValueError: the space
-    draws none (:meth:`SearchSpace.define`).
+    or the reason the data or the machine cannot serve it. A clip the model itself cannot
+    take raises ValueError: the space draws none (:meth:`SearchSpace.define`).
 
     The batch is the largest power of two up to ``budget.max_batch`` whose estimated
     training memory (weights, gradients and AdamW state, plus twice the activations per clip

@@ -376,6 +376,18 @@ def best_checkpoint_in(run_dir: str | Path) -> tuple[str, dict]:
     return best[2], best[3]
 
 
+def with_checkpoint_metrics(row: dict, metrics: dict) -> dict:
+    """``row``, a trial's best as Tune recorded it, brought up to its best checkpoint's
+    ``metrics`` when the checkpoint is ahead: the time budget can end a trial after its Train
+    run saved an epoch and before Tune recorded that epoch's report."""
+    score = metrics.get(METRIC)
+    if score is None or math.isnan(score) or score <= row[METRIC]:
+        return row
+    seen = {k: metrics[k] for k in (METRIC, "val_video_top5", "val_clip_acc") if k in metrics}
+    epoch = metrics.get("epoch") or 0
+    return row | seen | {"best_epoch": epoch, "epochs": max(row.get("epochs") or 0, epoch)}
+
+
 def reproduce_command(config: TrainConfig, shards: str, epochs: int) -> str:
     """The ``jobs/train.py`` command line that trains a checkpoint's configuration alone."""
     clip, options = config.clip, dict(config.model_options)
@@ -439,10 +451,10 @@ def summarise(options: TuneOptions, results) -> dict:
     release_placement_groups()
     rows = trial_table(results, options.max_epochs)
     exp = local_experiment(options)
-    (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     scored = [r for r in rows if r.get(METRIC) is not None]
     counts = {s: sum(r["status"] == s for r in rows) for s in TRIAL_STATUSES}
     if not scored:
+        (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
         raise NoTrialScored(
             f"no trial of {exp} finished an epoch ({counts}); see {exp / 'trials.json'}"
             + (
@@ -454,6 +466,9 @@ def summarise(options: TuneOptions, results) -> dict:
     best = max(scored, key=lambda r: (r[METRIC], -(r.get("gmacs") or 0)))
     run = f"{options.experiment_dir}/train_runs/train-{best['trial_id']}"
     location, state = best_checkpoint_in(run)
+    ahead = with_checkpoint_metrics(best, state["metrics"])
+    rows[rows.index(best)] = best = ahead
+    (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     out = exp / "best"
     out.mkdir(exist_ok=True)
     torch.save(state["model"], out / "weights.pt")

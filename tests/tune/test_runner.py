@@ -17,6 +17,7 @@ from raylab.tune.runner import (
     load_options,
     reproduce_command,
     save_options,
+    with_checkpoint_metrics,
 )
 from raylab.tune.space import SearchSpace
 
@@ -143,3 +144,21 @@ def test_placement_groups_left_by_the_search_are_released(ray_session):
         time.sleep(0.1)
     assert ray_session.available_resources().get("CPU", 0) == cpus
     assert ray_session.util.placement_group_table(held)["state"] == "REMOVED"
+
+
+def test_a_checkpoint_ahead_of_tunes_results_is_what_the_summary_reports():
+    # The budget ended the trial after its Train run saved epoch 5 (0.625) and before Tune
+    # recorded it: Tune's best is epoch 3 (0.323) of 4.
+    row = {"trial_id": "t", "val_video_top1": 0.323, "best_epoch": 3, "epochs": 4, "gmacs": 0.19}
+    metrics = {"epoch": 5, "val_video_top1": 0.625, "val_video_top5": 1.0, "val_clip_acc": 0.625}
+    ahead = with_checkpoint_metrics(row, metrics)
+    assert ahead == row | {
+        "val_video_top1": 0.625,
+        "val_video_top5": 1.0,
+        "val_clip_acc": 0.625,
+        "best_epoch": 5,
+        "epochs": 5,
+    }
+    # The usual case: the best checkpoint is the epoch Tune recorded as best.
+    assert with_checkpoint_metrics(row, metrics | {"epoch": 3, "val_video_top1": 0.323}) == row
+    assert with_checkpoint_metrics(row, {"epoch": 1, "val_video_top1": float("nan")}) == row

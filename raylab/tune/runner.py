@@ -376,7 +376,7 @@ def best_checkpoint_in(run_dir: str | Path) -> tuple[str, dict]:
     return best[2], best[3]
 
 
-def with_checkpoint_metrics(row: dict, metrics: dict) -> dict:
+def with_checkpoint_metrics(row: dict, metrics: dict, max_epochs: int) -> dict:
     """``row``, a trial's best as Tune recorded it, brought up to its best checkpoint's
     ``metrics`` when the checkpoint is ahead: the time budget can end a trial after its Train
     run saved an epoch and before Tune recorded that epoch's report."""
@@ -384,8 +384,15 @@ def with_checkpoint_metrics(row: dict, metrics: dict) -> dict:
     if score is None or math.isnan(score) or score <= row[METRIC]:
         return row
     seen = {k: metrics[k] for k in (METRIC, "val_video_top5", "val_clip_acc") if k in metrics}
-    epoch = metrics.get("epoch") or 0
-    return row | seen | {"best_epoch": epoch, "epochs": max(row.get("epochs") or 0, epoch)}
+    epochs = max(row.get("epochs") or 0, metrics.get("epoch") or 0)
+    status = trial_status(
+        pruned=False,  # a scored trial ran
+        failed=row.get("status") == "error",
+        ended=True,
+        epochs=epochs,
+        max_epochs=max_epochs,
+    )
+    return row | seen | {"best_epoch": metrics.get("epoch"), "epochs": epochs, "status": status}
 
 
 def reproduce_command(config: TrainConfig, shards: str, epochs: int) -> str:
@@ -466,8 +473,9 @@ def summarise(options: TuneOptions, results) -> dict:
     best = max(scored, key=lambda r: (r[METRIC], -(r.get("gmacs") or 0)))
     run = f"{options.experiment_dir}/train_runs/train-{best['trial_id']}"
     location, state = best_checkpoint_in(run)
-    ahead = with_checkpoint_metrics(best, state["metrics"])
+    ahead = with_checkpoint_metrics(best, state["metrics"], options.max_epochs)
     rows[rows.index(best)] = best = ahead
+    counts = {s: sum(r["status"] == s for r in rows) for s in TRIAL_STATUSES}
     (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     out = exp / "best"
     out.mkdir(exist_ok=True)

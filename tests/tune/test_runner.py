@@ -149,9 +149,10 @@ def test_placement_groups_left_by_the_search_are_released(ray_session):
 def test_a_checkpoint_ahead_of_tunes_results_is_what_the_summary_reports():
     # The budget ended the trial after its Train run saved epoch 5 (0.625) and before Tune
     # recorded it: Tune's best is epoch 3 (0.323) of 4.
-    row = {"trial_id": "t", "val_video_top1": 0.323, "best_epoch": 3, "epochs": 4, "gmacs": 0.19}
+    row = {"trial_id": "t", "status": "stopped", "val_video_top1": 0.323, "best_epoch": 3}
+    row |= {"epochs": 4, "gmacs": 0.19}
     metrics = {"epoch": 5, "val_video_top1": 0.625, "val_video_top5": 1.0, "val_clip_acc": 0.625}
-    ahead = with_checkpoint_metrics(row, metrics)
+    ahead = with_checkpoint_metrics(row, metrics, max_epochs=10)
     assert ahead == row | {
         "val_video_top1": 0.625,
         "val_video_top5": 1.0,
@@ -159,6 +160,10 @@ def test_a_checkpoint_ahead_of_tunes_results_is_what_the_summary_reports():
         "best_epoch": 5,
         "epochs": 5,
     }
+    # The unrecorded epoch was its last: the trial trained every epoch.
+    assert with_checkpoint_metrics(row, metrics, max_epochs=5)["status"] == "done"
     # The usual case: the best checkpoint is the epoch Tune recorded as best.
-    assert with_checkpoint_metrics(row, metrics | {"epoch": 3, "val_video_top1": 0.323}) == row
-    assert with_checkpoint_metrics(row, {"epoch": 1, "val_video_top1": float("nan")}) == row
+    same = metrics | {"epoch": 3, "val_video_top1": 0.323}
+    assert with_checkpoint_metrics(row, same, max_epochs=10) == row
+    nan = {"epoch": 1, "val_video_top1": float("nan")}
+    assert with_checkpoint_metrics(row, nan, max_epochs=10) == row

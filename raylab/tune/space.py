@@ -7,7 +7,8 @@ which architecture knobs exist::
       t3d  depth          121 | 169 | 201
       stm  stm_stages     which of the paper's stages 2-5 hold STM blocks ("2345", "45", ...)
            stm_blocks     all (every bottleneck of those stages) | first (one per stage)
-    frames        8 | 16 | 32 | 64         input frames per clip
+    frames        8 | 16 | 32 | 64         input frames per clip (or a family's own:
+                                           t3d_frames, stm_frames)
     size          112 | 160 | 224          crop side
     stride        1 | 2 | 4 | 8            temporal stride between sampled frames
     lr            1e-4 .. 1e-2 (log)       AdamW, cosine schedule
@@ -19,10 +20,12 @@ left with one choice is a constant of the experiment, not a searched parameter.
 
 Every draw is one the drawn model takes: ``frames`` and ``size`` are drawn after the family,
 among the choices that every model of that family accepts by its input contract
-(``raylab.models.input_contract``; T3D's pooling needs T, H, W >= 29). When a family can take
-only some of the choices, Optuna draws them under a name of that family's own
-(``t3d_frames``), since one parameter name has one set of choices in a study; the trial's
-config carries the value under ``frames`` all the same.
+(``raylab.models.input_contract``; T3D's pooling needs T, H, W >= 29). A family may also be
+given frame counts of its own (``stm_frames``: the STM paper's 8 or 16 where T3D takes 32),
+which replace ``frames`` for it. When a family draws from other choices than ``frames``,
+Optuna draws them under a name of that family's own (``t3d_frames``), since one parameter
+name has one set of choices in a study; the trial's config carries the value under
+``frames`` all the same.
 
 :func:`plan_trial` turns a sampled configuration into a model, a pipeline and a batch size,
 or into a :class:`Pruned` reason when the data or the machine cannot serve it: a clip
@@ -60,6 +63,8 @@ class SearchSpace:
     stm_stages: tuple[str, ...] = STM_STAGE_SETS
     stm_blocks: tuple[str, ...] = ("all", "first")
     frames: tuple[int, ...] = (8, 16, 32, 64)
+    t3d_frames: tuple[int, ...] = ()  # a family's own frame counts; empty: ``frames``
+    stm_frames: tuple[int, ...] = ()
     size: tuple[int, ...] = (112, 160, 224)
     stride: tuple[int, ...] = (1, 2, 4, 8)
     lr: tuple[float, ...] = (1e-4, 1e-2)
@@ -82,6 +87,10 @@ class SearchSpace:
                 raise ValueError(f"search space: {name} needs at least one choice")
             if name in ("frames", "size", "stride") and min(values) < 1:
                 raise ValueError(f"search space: {name} must be positive, got {values}")
+        for name in ("t3d_frames", "stm_frames"):
+            values = getattr(self, name)
+            if values and min(values) < 1:
+                raise ValueError(f"search space: {name} must be positive, got {values}")
         for name in ("lr", "weight_decay"):
             values = getattr(self, name)
             if len(values) not in (1, 2) or min(values) <= 0:
@@ -94,9 +103,10 @@ class SearchSpace:
                 if not self.feasible(family, knob):
                     contract = input_contract(self.models(family)[0])
                     low = contract.min_frames if knob == "frames" else contract.min_size
+                    flag = self.choices_name(family, knob).replace("_", "-")
                     raise ValueError(
                         f"search space: {family} takes {knob} >= {low}, and none of "
-                        f"--{knob} {' '.join(map(str, getattr(self, knob)))} is; "
+                        f"--{flag} {' '.join(map(str, self.choices(family, knob)))} is; "
                         f"add a choice >= {low} or leave {family} out with --family"
                     )
 
@@ -104,13 +114,24 @@ class SearchSpace:
         """The ``build_model`` names the space can draw for ``family``."""
         return [f"t3d{d}" for d in self.depth] if family == "t3d" else ["stm"]
 
+    def choices_name(self, family: str, knob: str) -> str:
+        """The field ``family`` draws ``knob`` from: its own (``stm_frames``) when given."""
+        own = f"{family}_{knob}"
+        return own if getattr(self, own, ()) else knob
+
+    def choices(self, family: str, knob: str) -> tuple[int, ...]:
+        """The choices of ``knob`` offered to ``family``, before its input contract."""
+        return getattr(self, self.choices_name(family, knob))
+
     def feasible(self, family: str, knob: str, max_span: int | None = None) -> tuple[int, ...]:
         """The choices of ``knob`` ("frames" or "size") that every model of ``family`` in
         this space takes, by the models' input contracts; with ``max_span`` (the shortest
         video's frames) only frame counts that fit it at the smallest stride."""
         contracts = [input_contract(m) for m in self.models(family)]
         accepts = {"frames": "takes_frames", "size": "takes_size"}[knob]
-        choices = [v for v in getattr(self, knob) if all(getattr(c, accepts)(v) for c in contracts)]
+        choices = [
+            v for v in self.choices(family, knob) if all(getattr(c, accepts)(v) for c in contracts)
+        ]
         if knob == "frames" and max_span is not None:
             choices = [
                 f for f in choices if ClipConfig(frames=f, stride=min(self.stride)).span <= max_span
@@ -124,8 +145,9 @@ class SearchSpace:
         return tuple(s for s in self.stride if ClipConfig(frames=frames, stride=s).span <= max_span)
 
     def param_name(self, family: str, knob: str, max_span: int | None = None) -> str:
-        """Optuna's name for ``knob`` under ``family``: the knob's own when the family takes
-        every choice, else ``<family>_<knob>`` (a name keeps one set of choices)."""
+        """Optuna's name for ``knob`` under ``family``: the knob's own when the family draws
+        from all of ``knob``'s choices, else ``<family>_<knob>`` (a name keeps one set of
+        choices)."""
         full = self.feasible(family, knob, max_span) == getattr(self, knob)
         return knob if full else f"{family}_{knob}"
 
@@ -137,7 +159,9 @@ class SearchSpace:
                 takes = self.feasible(family, "frames")
                 raise ValueError(
                     f"search space: no {family} clip fits the shortest training video "
-                    f"({max_span} frames): {family} takes --frames {' '.join(map(str, takes))} "
+                    f"({max_span} frames): {family} takes "
+                    f"--{self.choices_name(family, 'frames').replace('_', '-')} "
+                    f"{' '.join(map(str, takes))} "
                     f"and the smallest --stride is {min(self.stride)}; "
                     + (
                         "leave it out with --family"

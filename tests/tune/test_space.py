@@ -77,6 +77,20 @@ def test_a_family_draws_only_the_frames_its_models_take():
     assert {f for fam, f in drawn if fam == "stm"} == set(SPACE.frames)
 
 
+def test_a_family_draws_from_frame_counts_of_its_own_when_given():
+    # STM's own 8 or 16 (its paper's) where T3D takes 32 of the shared choices: STM draws
+    # under a name of its own, T3D keeps its constant.
+    space = SearchSpace(frames=(8, 32), stm_frames=(8, 16))
+    assert space.feasible("stm", "frames") == (8, 16)
+    assert space.param_name("stm", "frames") == "stm_frames"
+    drawn = sample(space, 60)
+    assert {c["frames"] for c in drawn if c["family"] == "stm"} == {8, 16}
+    assert {c["frames"] for c in drawn if c["family"] == "t3d"} == {32}
+    assert all("stm_frames" in c for c in drawn if c["family"] == "stm")
+    with pytest.raises(ValueError, match=r"t3d takes frames >= 29, and none of --t3d-frames 16"):
+        SearchSpace(t3d_frames=(16,))
+
+
 def test_a_family_with_one_feasible_choice_gets_it_as_a_constant():
     space = SearchSpace(frames=(8, 16, 32), size=(32, 48))
     for c in sample(space, 30):
@@ -119,6 +133,8 @@ spaces = st.builds(
     .filter(lambda s: max(s) >= 29)
     .map(tuple),
     stride=st.sampled_from([(1,), (1, 2, 4)]),
+    t3d_frames=st.sampled_from([(), (32, 64)]),
+    stm_frames=st.sampled_from([(), (8, 16), (4, 64)]),
 )
 
 

@@ -27,8 +27,10 @@ ray job submit --no-wait --submission-id "$JOB" --working-dir . \
   -- python jobs/tune_t3d.py --root "$ROOT" >"$ROOT/last-submit.log" 2>&1 \
   || { cat "$ROOT/last-submit.log"; exit 1; }
 echo "submitted job $JOB (ray job logs $JOB; ray job stop $JOB)"
+# Following the logs ends with the job's final status ("Job '...' succeeded"); asking
+# again (`ray job status`) would only cost another CLI start.
 ray job logs --follow "$JOB" | tee "$LOG"
-if ! ray job status "$JOB" 2>/dev/null | grep -q "succeeded"; then
+if ! grep -q "Job '$JOB' succeeded" "$LOG"; then
   echo "job $JOB did not succeed: $(ray job status "$JOB" 2>&1 | tail -1)" >&2
   exit 1
 fi

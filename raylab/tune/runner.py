@@ -459,8 +459,8 @@ def summarise(options: TuneOptions, results) -> dict:
     rows = trial_table(results, options.max_epochs)
     exp = local_experiment(options)
     scored = [r for r in rows if r.get(METRIC) is not None]
-    counts = {s: sum(r["status"] == s for r in rows) for s in TRIAL_STATUSES}
     if not scored:
+        counts = {s: sum(r["status"] == s for r in rows) for s in TRIAL_STATUSES}
         (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
         raise NoTrialScored(
             f"no trial of {exp} finished an epoch ({counts}); see {exp / 'trials.json'}"
@@ -473,6 +473,7 @@ def summarise(options: TuneOptions, results) -> dict:
     best = max(scored, key=lambda r: (r[METRIC], -(r.get("gmacs") or 0)))
     run = f"{options.experiment_dir}/train_runs/train-{best['trial_id']}"
     location, state = best_checkpoint_in(run)
+    # Its checkpoint may be an epoch ahead of Tune's record (and so change its status).
     ahead = with_checkpoint_metrics(best, state["metrics"], options.max_epochs)
     rows[rows.index(best)] = best = ahead
     counts = {s: sum(r["status"] == s for r in rows) for s in TRIAL_STATUSES}

@@ -46,6 +46,9 @@ RUNS = {
     "t3d121-64": ("t3d121", {"dropout": 0.0}, 32, 1, 64, 2e-3),
     "t3d169-64": ("t3d169", {"dropout": 0.0}, 32, 1, 64, 2e-3),
     "stm-8x64": ("stm", {"dropout": 0.0}, 8, 4, 64, 3e-3),
+    # The top of the embedded search's learning-rate range, and above it.
+    "t3d121-64-lr2.5e-3": ("t3d121", {"dropout": 0.0}, 32, 1, 64, 2.5e-3),
+    "t3d121-64-lr3.5e-3": ("t3d121", {"dropout": 0.0}, 32, 1, 64, 3.5e-3),
     # Levers tried on the seeds where t3d121-48 was slow: a higher rate, SGD, twice the width.
     "t3d121-48-lr6e-3": ("t3d121", {"dropout": 0.0}, 32, 1, 48, 6e-3),
     "t3d121-48-lr1.2e-2": ("t3d121", {"dropout": 0.0}, 32, 1, 48, 1.2e-2),

@@ -119,6 +119,16 @@ class TrialConsole(Callback):
         self._print(trial_table(trials, self.max_epochs, self.best))
 
 
+def late_epoch_line(row: dict) -> str:
+    """The line for a trial whose best checkpoint is an epoch Tune never recorded (the time
+    budget ended the trial after its Train run saved the epoch, before the report arrived),
+    so the console's table and the result do not seem to disagree."""
+    return (
+        f"trial {row['trial_id']} epoch {row['best_epoch']}: val top-1 {row[METRIC]:.3f}, "
+        "saved as the search ended and missing from the table above; the result counts it"
+    )
+
+
 def status_of(trial, max_epochs: int) -> str:
     """done (every epoch), stopped (early, by ASHA or the time budget), pruned or error."""
     last = trial.last_result or {}

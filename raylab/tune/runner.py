@@ -26,6 +26,7 @@ from raylab.config import ClipConfig, TrainConfig
 from raylab.data.decode import TSN_SCALES
 from raylab.metrics import METRIC, TRIAL_STATUSES, trial_status
 from raylab.train.worker import STATE_FILE, save_state
+from raylab.tune.console import late_epoch_line
 from raylab.tune.resources import memory_budget, trial_concurrency
 from raylab.tune.results import local_experiment, options_dir
 from raylab.tune.space import Budget, DataLimits, Pruned, SearchSpace, plan_trial
@@ -475,6 +476,8 @@ def summarise(options: TuneOptions, results) -> dict:
     location, state = best_checkpoint_in(run)
     # Its checkpoint may be an epoch ahead of Tune's record (and so change its status).
     ahead = with_checkpoint_metrics(best, state["metrics"], options.max_epochs)
+    if ahead is not best:
+        print(late_epoch_line(ahead), flush=True)
     rows[rows.index(best)] = best = ahead
     counts = {s: sum(r["status"] == s for r in rows) for s in TRIAL_STATUSES}
     (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))

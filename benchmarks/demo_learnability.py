@@ -100,7 +100,9 @@ def decoded_set(shards: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     return torch.stack(videos), torch.tensor(labels), np.array(is_val)
 
 
-def train_run(name: str, videos, labels, is_val, epochs: int, seed: int) -> list[dict]:
+def train_run(
+    name: str, videos, labels, is_val, epochs: int, seed: int, warmup: int = 1
+) -> list[dict]:
     model_name, options, frames, stride, size, lr = RUNS[name]
     options = {"width": 0.125} | options
     sgd = options.pop("optimizer", "adamw") == "sgd"
@@ -116,9 +118,11 @@ def train_run(name: str, videos, labels, is_val, epochs: int, seed: int) -> list
     train_idx, val_idx = np.where(~is_val)[0], np.where(is_val)[0]
     steps = math.ceil(len(train_idx) / 8)
 
-    def factor(step: int) -> float:  # linear warm-up for an epoch, then cosine
+    def factor(step: int) -> float:  # linear warm-up for ``warmup`` epochs, then cosine
         e = step / steps
-        return e + 1e-3 if e < 1 else 0.5 * (1 + math.cos(math.pi * (e - 1) / max(1, epochs - 1)))
+        if e < warmup:
+            return e / warmup + 1e-3
+        return 0.5 * (1 + math.cos(math.pi * (e - warmup) / max(1, epochs - warmup)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     span = (frames - 1) * stride + 1
@@ -172,6 +176,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up before cosine")
     p.add_argument("--shards", help="decode the videos from this demo ingest instead")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -179,7 +184,9 @@ def main() -> None:
     results = {}
     for name in args.runs:
         for seed in args.seeds:
-            results[f"{name}/{seed}"] = train_run(name, videos, labels, is_val, args.epochs, seed)
+            results[f"{name}/{seed}"] = train_run(
+                name, videos, labels, is_val, args.epochs, seed, args.warmup_epochs
+            )
     print(
         "\n| run | seed | "
         + " | ".join(f"ep {e}" for e in range(1, args.epochs + 1))

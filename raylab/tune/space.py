@@ -82,13 +82,10 @@ class SearchSpace:
             if bad:
                 raise ValueError(f"search space: {name} {bad} not among {sorted(valid)}")
         for name in ("family", "depth", "stm_stages", "stm_blocks", "frames", "size", "stride"):
-            values = getattr(self, name)
-            if not values:
+            if not getattr(self, name):
                 raise ValueError(f"search space: {name} needs at least one choice")
-            if name in ("frames", "size", "stride") and min(values) < 1:
-                raise ValueError(f"search space: {name} must be positive, got {values}")
-        for name in ("t3d_frames", "stm_frames"):
-            values = getattr(self, name)
+        for name in ("frames", "t3d_frames", "stm_frames", "size", "stride"):
+            values = getattr(self, name)  # a family's own frames may be empty
             if values and min(values) < 1:
                 raise ValueError(f"search space: {name} must be positive, got {values}")
         for name in ("lr", "weight_decay"):
@@ -103,10 +100,10 @@ class SearchSpace:
                 if not self.feasible(family, knob):
                     contract = input_contract(self.models(family)[0])
                     low = contract.min_frames if knob == "frames" else contract.min_size
-                    flag = self.choices_name(family, knob).replace("_", "-")
                     raise ValueError(
                         f"search space: {family} takes {knob} >= {low}, and none of "
-                        f"--{flag} {' '.join(map(str, self.choices(family, knob)))} is; "
+                        f"{self.flag(family, knob)} "
+                        f"{' '.join(map(str, self.choices(family, knob)))} is; "
                         f"add a choice >= {low} or leave {family} out with --family"
                     )
 
@@ -118,6 +115,10 @@ class SearchSpace:
         """The field ``family`` draws ``knob`` from: its own (``stm_frames``) when given."""
         own = f"{family}_{knob}"
         return own if getattr(self, own, ()) else knob
+
+    def flag(self, family: str, knob: str) -> str:
+        """The job's flag that sets what ``family`` draws ``knob`` from (``--stm-frames``)."""
+        return "--" + self.choices_name(family, knob).replace("_", "-")
 
     def choices(self, family: str, knob: str) -> tuple[int, ...]:
         """The choices of ``knob`` offered to ``family``, before its input contract."""
@@ -159,8 +160,7 @@ class SearchSpace:
                 takes = self.feasible(family, "frames")
                 raise ValueError(
                     f"search space: no {family} clip fits the shortest training video "
-                    f"({max_span} frames): {family} takes "
-                    f"--{self.choices_name(family, 'frames').replace('_', '-')} "
+                    f"({max_span} frames): {family} takes {self.flag(family, 'frames')} "
                     f"{' '.join(map(str, takes))} "
                     f"and the smallest --stride is {min(self.stride)}; "
                     + (

@@ -166,6 +166,7 @@ def test_stage_sets_are_every_nonempty_subset():
         ("family", ("c3d",), "family"),
         ("depth", (50,), "depth"),
         ("frames", (), "frames"),
+        ("stm_frames", (0, 8), "stm_frames must be positive"),
         ("lr", (1e-3, 1e-2, 1e-1), "lr"),
         ("stm_stages", ("16",), "stm_stages"),
     ],

@@ -1,5 +1,7 @@
 """Names the training loop, the search, evaluation and the report share."""
 
+import re
+
 # What checkpoints are ranked by, the search maximises and the report leads with.
 METRIC = "val_video_top1"
 # How a search trial ended: trained every epoch, stopped early (ASHA, a chance-level stop or
@@ -26,3 +28,10 @@ def trial_status(
     if max_epochs and epochs < max_epochs:
         return "stopped"
     return "done"
+
+
+def folder_trial_id(folder: str) -> str:
+    """The trial id in the name of a Tune trial's folder (``run_trial_<id>_<n>_<config>_<date>``),
+    for a trial that ended before its first result said it; else the name itself."""
+    named = re.search(r"_([0-9a-f]{8})_\d+_", folder)
+    return named.group(1) if named else folder

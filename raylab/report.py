@@ -20,11 +20,10 @@ import inspect
 import json
 import logging
 import math
-import re
 import warnings
 from pathlib import Path
 
-from raylab.metrics import METRIC, TRIAL_STATUSES, trial_status
+from raylab.metrics import METRIC, TRIAL_STATUSES, folder_trial_id, trial_status
 
 ARCH = ("family", "depth", "stm_stages", "stm_blocks")
 KNOBS = (*ARCH, "frames", "size", "stride", "lr", "weight_decay")
@@ -96,10 +95,7 @@ def rows_from_folders(exp: Path) -> list[dict]:
         folder = params.parent
         lines = read_results(folder)
         last = lines[-1] if lines else {}
-        # A trial that failed before its first result is known by its folder's name alone:
-        # run_trial_<id>_<n>_<config>_<date>.
-        named = re.search(r"_([0-9a-f]{8})_\d+_", folder.name)
-        trial_id = last.get("trial_id") or (named.group(1) if named else folder.name)
+        trial_id = last.get("trial_id") or folder_trial_id(folder.name)
         row = {"trial_id": trial_id, "path": str(folder)}
         row |= _read_json(params) or {}
         scored = [line for line in lines if _num(line.get(METRIC)) is not None]

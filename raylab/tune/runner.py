@@ -24,7 +24,7 @@ from pathlib import Path
 
 from raylab.config import ClipConfig, TrainConfig
 from raylab.data.decode import TSN_SCALES
-from raylab.metrics import METRIC, TRIAL_STATUSES, trial_status
+from raylab.metrics import METRIC, TRIAL_STATUSES, folder_trial_id, trial_status
 from raylab.train.worker import STATE_FILE, save_state
 from raylab.tune.console import late_epoch_line
 from raylab.tune.resources import memory_budget, trial_concurrency
@@ -303,8 +303,10 @@ def trial_table(results, max_epochs: int) -> list[dict]:
     for r in results:
         frame = r.metrics_dataframe
         last = r.metrics or {}
-        row = {"trial_id": last.get("trial_id") or Path(r.path).name, "path": r.path}
-        row |= {k: v for k, v in r.config.items()}
+        row = {"trial_id": last.get("trial_id") or folder_trial_id(Path(r.path).name)}
+        row["path"] = r.path
+        # A trial the time budget ended before its first result has no config in it.
+        row |= r.config or {}
         if last.get("pruned"):
             row["prune_reason"] = last.get("prune_reason")
         elif r.error:

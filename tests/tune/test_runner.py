@@ -17,6 +17,7 @@ from raylab.tune.runner import (
     load_options,
     reproduce_command,
     save_options,
+    trial_table,
     with_checkpoint_metrics,
 )
 from raylab.tune.space import SearchSpace
@@ -167,3 +168,41 @@ def test_a_checkpoint_ahead_of_tunes_results_is_what_the_summary_reports():
     assert with_checkpoint_metrics(row, same, max_epochs=10) == row
     nan = {"epoch": 1, "val_video_top1": float("nan")}
     assert with_checkpoint_metrics(row, nan, max_epochs=10) == row
+
+
+def test_a_trial_the_budget_ended_before_its_first_result_has_a_row():
+    # Tune's Results as the search's ResultGrid holds them: one trial trained two epochs; the
+    # other was created as the time budget ran out and never reported (no config, no metrics).
+    import pandas as pd
+    from ray.tune import Result
+
+    trained = Result(
+        metrics={"trial_id": "181c6039", "config": {"family": "t3d", "depth": 121}},
+        checkpoint=None,
+        error=None,
+        path="/x/run_trial_181c6039_2_depth=121,family=t3d_2026-12-03_20-46-17",
+        metrics_dataframe=pd.DataFrame(
+            {"val_video_top1": [0.229, 0.427], "training_iteration": [1, 2], "clips_per_s": 11}
+        ),
+    )
+    unreported = Result(
+        metrics={},
+        checkpoint=None,
+        error=None,
+        path="/x/run_trial_237a0d1f_3_depth=121,family=t3d,frames=32_2026-12-03_20-51-30",
+        metrics_dataframe=None,
+    )
+    rows = trial_table([trained, unreported], max_epochs=8)
+    assert rows[0] | {"path": ""} == {
+        "trial_id": "181c6039",
+        "path": "",
+        "family": "t3d",
+        "depth": 121,
+        "val_video_top1": 0.427,
+        "best_epoch": 2,
+        "epochs": 2,
+        "clips_per_s": 11.0,
+        "best_checkpoint": None,
+        "status": "stopped",
+    }
+    assert rows[1] == {"trial_id": "237a0d1f", "path": unreported.path, "status": "stopped"}

@@ -49,6 +49,9 @@ RUNS = {
     # The top of the embedded search's learning-rate range, and above it.
     "t3d121-64-lr2.5e-3": ("t3d121", {"dropout": 0.0}, 32, 1, 64, 2.5e-3),
     "t3d121-64-lr3.5e-3": ("t3d121", {"dropout": 0.0}, 32, 1, 64, 3.5e-3),
+    # Below it: does a lower rate leave chance sooner?
+    "t3d121-64-lr1e-3": ("t3d121", {"dropout": 0.0}, 32, 1, 64, 1e-3),
+    "t3d121-64-lr1.4e-3": ("t3d121", {"dropout": 0.0}, 32, 1, 64, 1.4e-3),
     # Levers tried on the seeds where t3d121-48 was slow: a higher rate, SGD, twice the width.
     "t3d121-48-lr6e-3": ("t3d121", {"dropout": 0.0}, 32, 1, 48, 6e-3),
     "t3d121-48-lr1.2e-2": ("t3d121", {"dropout": 0.0}, 32, 1, 48, 1.2e-2),

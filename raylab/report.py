@@ -316,7 +316,10 @@ def _pareto_section(rows: list[dict], classes: int | None, figure: _Figures) -> 
     out = "<h2>Accuracy vs cost</h2>\n"
     if not points:
         return out + "<p class='note'>No trial has both an accuracy and a cost yet.</p>"
-    front = sorted(pareto_front([(c, a) for _, c, a in points]), key=lambda i: points[i][1:])
+    # A network at chance is no trade-off, however cheap: the front runs through the others.
+    learners = [i for i, (_, _, a) in enumerate(points) if not (classes and at_chance(a, classes))]
+    front = [learners[j] for j in pareto_front([points[i][1:] for i in learners])]
+    front.sort(key=lambda i: points[i][1:])
 
     def trace(idx: list[int], **style):
         hover = [_describe(points[i][0]) for i in idx]
@@ -334,7 +337,10 @@ def _pareto_section(rows: list[dict], classes: int | None, figure: _Figures) -> 
             annotation_text="chance", annotation_position="top right",
         )  # fmt: skip
     ids = ", ".join(str(points[i][0]["trial_id"]) for i in front)
-    return out + figure(fig, height=400) + f"<p>Non-dominated, cheapest first: {_e(ids)}.</p>"
+    note = f"Non-dominated, cheapest first: {_e(ids)}." if front else "Every trial is at chance."
+    if front and len(learners) < len(points):
+        note += " Trials at chance are left off the front."
+    return out + figure(fig, height=400) + f"<p>{note}</p>"
 
 
 def _curves_section(exp: Path, rows: list[dict], figure: _Figures) -> str:

@@ -551,3 +551,20 @@ def test_chromium_check_catches_a_js_error_and_an_undrawn_figure(report, tmp_pat
     assert undrawn == [re.findall(r'<div id="([^"]+)" class="plotly-graph-div"', report)[-1]]
     assert len(logged) == 1 and "Uncaught TypeError" in logged[0]
     assert recorded[0] == "deliberate" and recorded[1].startswith("Uncaught TypeError")
+
+
+def test_a_trial_at_chance_is_not_on_the_pareto_front(experiment, tmp_path):
+    exp = copy_of(experiment, tmp_path)
+    rows = json.loads((exp / "trials.json").read_text())
+    for row in rows:
+        if row["trial_id"] == "aaaa0003":  # the cheapest trial, and at chance (0.15 < 0.1875)
+            row |= {"gmacs": 0.1, "val_video_top1": 0.15}
+    (exp / "trials.json").write_text(json.dumps(rows))
+    html = write_report(exp).read_text()
+    assert "Non-dominated, cheapest first: aaaa0001, aaaa0002." in html
+    assert "Trials at chance are left off the front." in html
+
+    for row in rows:
+        row["val_video_top1"] = 0.15
+    (exp / "trials.json").write_text(json.dumps(rows))
+    assert "Every trial is at chance." in write_report(exp).read_text()

@@ -22,7 +22,7 @@ Sizing the budget: on a 2-core machine a trial's first epoch ends 55-90 s after 
 (its Train run, workers, data pipeline, one epoch), so 60 s shows no epoch at all. TPE's
 first trials (10 at the default samples, the job's ``n_startup_trials``) are the random
 sampler's own draws from the same seed, so (a) and (b) differ only once a search gets past
-them: at the demo's 390 s two or three trials run, and (a) against (c) measures early
+them: at the demo's 380 s two or three trials run, and (a) against (c) measures early
 stopping alone (docs/results.md).
 """
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from raylab.data import synthetic
+from raylab.data.decode import center_crop, default_short_side, multiscale_crop
 from raylab.models import build_model
 
 VIDEOS_PER_CLASS = 48
@@ -80,7 +81,9 @@ def demo_set() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     return torch.stack(videos), torch.tensor(labels), np.array(is_val)
 
 
-def decoded_set(shards: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def decoded_set(
+    shards: str, short_side: int = SHORT_SIDE
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """As :func:`demo_set`, from the H.264 renditions of a demo ingest (``jobs/ingest.py`` or
     the search's own under ``ROOT/demo/shards``), decoded as the clip pipeline decodes them."""
     from pathlib import Path
@@ -90,12 +93,12 @@ def decoded_set(shards: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     from raylab.data.decode import choose_rendition, decode_frames, open_video, scaled_size
     from raylab.data.storage import load_manifest, rendition_column
 
-    column = rendition_column(choose_rendition(load_manifest(shards)["renditions"], SHORT_SIDE))
+    column = rendition_column(choose_rendition(load_manifest(shards)["renditions"], short_side))
     videos, labels, is_val = [], [], []
     for split in ("train", "val"):
         for part in sorted((Path(shards) / split).glob("*.parquet")):
             for row in pq.read_table(part).to_pylist():
-                size = scaled_size(row["height"], row["width"], SHORT_SIDE)
+                size = scaled_size(row["height"], row["width"], short_side)
                 frames = decode_frames(open_video(row[column], *size), np.arange(FRAMES))
                 videos.append(torch.from_numpy(frames).permute(0, 3, 1, 2))
                 labels.append(row["label"])
@@ -104,7 +107,14 @@ def decoded_set(shards: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
 
 
 def train_run(
-    name: str, videos, labels, is_val, epochs: int, seed: int, warmup: int = 1
+    name: str,
+    videos,
+    labels,
+    is_val,
+    epochs: int,
+    seed: int,
+    warmup: int = 1,
+    pipeline_crops: bool = False,
 ) -> list[dict]:
     model_name, options, frames, stride, size, lr = RUNS[name]
     options = {"width": 0.125} | options
@@ -131,7 +141,21 @@ def train_run(
     span = (frames - 1) * stride + 1
     h, w = videos.shape[-2:]
 
+    def pipeline_clip(i: int, train: bool) -> torch.Tensor:
+        # As the clip pipeline cuts them: TSN multiscale crops (aspect jitter, five fixed
+        # places) for training, the centre crop for validation, from frames at size x 8/7.
+        t0 = rng.integers(0, FRAMES - span + 1) if train else (FRAMES - span) // 2
+        frames = videos[i, t0 : t0 + span : stride].permute(0, 2, 3, 1).numpy()
+        if train:
+            view = multiscale_crop(frames, size, rng, (1.0, 0.875))
+        else:
+            view = center_crop(frames, size)
+        v = torch.from_numpy(np.ascontiguousarray(view)).float() / 255
+        return ((v - 0.45) / 0.225).permute(3, 0, 1, 2)
+
     def clip(i: int, train: bool) -> torch.Tensor:
+        if pipeline_crops:
+            return pipeline_clip(i, train)
         t0 = rng.integers(0, FRAMES - span + 1) if train else (FRAMES - span) // 2
         side = int(min(h, w) * (rng.choice([1.0, 0.875]) if train else 1.0))
         y0 = rng.integers(0, h - side + 1) if train else (h - side) // 2
@@ -181,14 +205,29 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up before cosine")
     p.add_argument("--shards", help="decode the videos from this demo ingest instead")
+    p.add_argument(
+        "--pipeline-crops",
+        action="store_true",
+        help="with --shards: crop as the clip pipeline does (frames at 73, TSN crops)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    videos, labels, is_val = decoded_set(args.shards) if args.shards else demo_set()
+    if args.pipeline_crops and not args.shards:
+        p.error("--pipeline-crops needs --shards")
+    short_side = default_short_side(SHORT_SIDE) if args.pipeline_crops else SHORT_SIDE
+    videos, labels, is_val = decoded_set(args.shards, short_side) if args.shards else demo_set()
     results = {}
     for name in args.runs:
         for seed in args.seeds:
             results[f"{name}/{seed}"] = train_run(
-                name, videos, labels, is_val, args.epochs, seed, args.warmup_epochs
+                name,
+                videos,
+                labels,
+                is_val,
+                args.epochs,
+                seed,
+                args.warmup_epochs,
+                args.pipeline_crops,
             )
     print(
         "\n| run | seed | "

@@ -115,6 +115,7 @@ def train_run(
     seed: int,
     warmup: int = 1,
     pipeline_crops: bool = False,
+    crop_scales: tuple[float, ...] = (1.0, 0.875),
 ) -> list[dict]:
     model_name, options, frames, stride, size, lr = RUNS[name]
     options = {"width": 0.125} | options
@@ -147,7 +148,7 @@ def train_run(
         t0 = rng.integers(0, FRAMES - span + 1) if train else (FRAMES - span) // 2
         frames = videos[i, t0 : t0 + span : stride].permute(0, 2, 3, 1).numpy()
         if train:
-            view = multiscale_crop(frames, size, rng, (1.0, 0.875))
+            view = multiscale_crop(frames, size, rng, crop_scales)
         else:
             view = center_crop(frames, size)
         v = torch.from_numpy(np.ascontiguousarray(view)).float() / 255
@@ -210,6 +211,13 @@ def main() -> None:
         action="store_true",
         help="with --shards: crop as the clip pipeline does (frames at 73, TSN crops)",
     )
+    p.add_argument(
+        "--crop-scales",
+        nargs="+",
+        type=float,
+        default=[1.0, 0.875],
+        help="with --pipeline-crops: the crop sides as fractions of the short side",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.pipeline_crops and not args.shards:
@@ -228,6 +236,7 @@ def main() -> None:
                 seed,
                 args.warmup_epochs,
                 args.pipeline_crops,
+                tuple(args.crop_scales),
             )
     print(
         "\n| run | seed | "

@@ -1,7 +1,7 @@
 """How fast does each searched network learn the demo set, apart from Ray's overheads?
 
     python benchmarks/demo_learnability.py [--runs t3d121-64 stm-8x64 ...] [--epochs 10] \
-        [--seeds 0] [--threads 2] [--shards SHARDS]
+        [--seeds 0] [--threads 2] [--shards SHARDS [--pipeline-crops [--crop-scales 1.0]]]
 
 Renders the embedded search's demo set (48 videos a class, each in a scene of its own: 288
 training and 96 validation videos in unseen scenes, at short side 64) straight into memory,
@@ -10,8 +10,9 @@ schedule with one warm-up epoch, batch 8, training crops from 1 or 7/8 of the sh
 a random place and time, validation on the centre crop and centre clip. With ``--shards``
 the videos are instead decoded (decord) from a demo ingest's smallest rendition at short
 side 64 or more, scaled to 64: what the codec and its chroma subsampling cost, with the loop
-unchanged. Prints val video top-1 per epoch and seconds per epoch, side by side, then one
-JSON line. The search's trials add their start-up and the clip pipeline to these times; the
+unchanged; ``--pipeline-crops`` then also cuts them as the clip pipeline does (frames at
+73 px, TSN multiscale crops of ``--crop-scales``). Prints val video top-1 per epoch and
+seconds per epoch, side by side, then one JSON line. The search's trials add their start-up and the clip pipeline to these times; the
 epochs to a given accuracy are what the search's ASHA rungs and budget must allow.
 """
 

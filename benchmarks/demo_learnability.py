@@ -12,8 +12,9 @@ the videos are instead decoded (decord) from a demo ingest's smallest rendition 
 side 64 or more, scaled to 64: what the codec and its chroma subsampling cost, with the loop
 unchanged; ``--pipeline-crops`` then also cuts them as the clip pipeline does (frames at
 73 px, TSN multiscale crops of ``--crop-scales``). Prints val video top-1 per epoch and
-seconds per epoch, side by side, then one JSON line. The search's trials add their start-up and the clip pipeline to these times; the
-epochs to a given accuracy are what the search's ASHA rungs and budget must allow.
+seconds per epoch, side by side, then one JSON line. The search's trials add their start-up
+and the clip pipeline to these times; the epochs to a given accuracy are what the search's
+ASHA rungs and budget must allow.
 """
 
 from __future__ import annotations
@@ -143,22 +144,18 @@ def train_run(
     span = (frames - 1) * stride + 1
     h, w = videos.shape[-2:]
 
-    def pipeline_clip(i: int, train: bool) -> torch.Tensor:
-        # As the clip pipeline cuts them: TSN multiscale crops (aspect jitter, five fixed
-        # places) for training, the centre crop for validation, from frames at size x 8/7.
-        t0 = rng.integers(0, FRAMES - span + 1) if train else (FRAMES - span) // 2
-        frames = videos[i, t0 : t0 + span : stride].permute(0, 2, 3, 1).numpy()
-        if train:
-            view = multiscale_crop(frames, size, rng, crop_scales)
-        else:
-            view = center_crop(frames, size)
-        v = torch.from_numpy(np.ascontiguousarray(view)).float() / 255
-        return ((v - 0.45) / 0.225).permute(3, 0, 1, 2)
-
     def clip(i: int, train: bool) -> torch.Tensor:
-        if pipeline_crops:
-            return pipeline_clip(i, train)
         t0 = rng.integers(0, FRAMES - span + 1) if train else (FRAMES - span) // 2
+        if pipeline_crops:
+            # As the clip pipeline cuts them: TSN multiscale crops (aspect jitter, five fixed
+            # places) for training, the centre crop for validation, from frames at size x 8/7.
+            frames = videos[i, t0 : t0 + span : stride].permute(0, 2, 3, 1).numpy()
+            if train:
+                view = multiscale_crop(frames, size, rng, crop_scales)
+            else:
+                view = center_crop(frames, size)
+            v = torch.from_numpy(np.ascontiguousarray(view)).float() / 255
+            return ((v - 0.45) / 0.225).permute(3, 0, 1, 2)
         side = int(min(h, w) * (rng.choice([1.0, 0.875]) if train else 1.0))
         y0 = rng.integers(0, h - side + 1) if train else (h - side) // 2
         x0 = rng.integers(0, w - side + 1) if train else (w - side) // 2

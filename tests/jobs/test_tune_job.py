@@ -3,10 +3,13 @@ Optuna dashboard and the Ray dashboard read while it runs, and interrupt + resum
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
+import re
 import secrets
+import shlex
 import signal
 import socket
 import sqlite3
@@ -404,3 +407,18 @@ def test_configurations_the_data_cannot_feed_are_pruned_with_their_reason(
     assert all(json.loads(v).startswith(reason) for _, v in states)
     report = Path(result["report"]).read_text()
     assert reason in report
+
+
+def test_the_documented_command_runs_the_embedded_search():
+    """docs/search.md's command line, given shards, runs the search `make demo` runs."""
+    spec = importlib.util.spec_from_file_location("tune_job", REPO / "jobs" / "tune_t3d.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    doc = (REPO / "docs" / "search.md").read_text()
+    block = re.search(r"The same search from the command line.*?```bash\n(.*?)```", doc, re.S)
+    words = shlex.split(block.group(1).replace("\\\n", " "))
+    assert words[:2] == ["python", "jobs/tune_t3d.py"]
+    common = ["--root", "/r", "--name", "n"]
+    documented = job.build_options(job.parse_args([*words[2:], *common]), "s", False, False)
+    embedded = job.build_options(job.parse_args(common), "s", False, True)
+    assert documented == embedded

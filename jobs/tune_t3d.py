@@ -43,7 +43,7 @@ from raylab.tune.space import SearchSpace
 # 201 is left out: on two cores it cannot train the epochs a T3D needs within the budget. A
 # trial still at chance after 3 epochs stops (STM never leaves it in the budget, and an epoch
 # of it is one the T3D after it lacks), and ASHA compares trials at epoch 4 and keeps the
-# better half: through the clip pipeline, on whole-side crops, T3D-121 was at 0.35-0.63 after
+# better half: through the clip pipeline, on whole-side crops, T3D-121 was at 0.22-0.50 after
 # 3 epochs but at 0.15-0.29 after 2, so an earlier decision stops learners. At most 8
 # epochs: what a T3D started after one STM trains in the budget, so that its learning rate
 # has decayed. 360 s of search keeps the whole demo under 8 minutes on slower VMs too.

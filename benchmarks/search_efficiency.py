@@ -1,11 +1,12 @@
 """Does the search method pay? TPE + ASHA vs random + ASHA vs random search alone, on the clock.
 
-    python benchmarks/search_efficiency.py [--budget 300] [--seeds 0 1] [--num-samples 200] \
+    python benchmarks/search_efficiency.py [--budget SECONDS] [--seeds 0 1] [--num-samples 200] \
         [--threshold 0.6] [--methods tpe+asha random+asha random+none] [--work DIR] \
         [--plot PNG] [-- JOB ARGS...]
 
 Runs jobs/tune_t3d.py on its demo set (the embedded CPU-sized search) with three methods,
-once per seed, each under the same wall-clock budget (``--time-budget``) and with more
+once per seed, each under the same wall-clock budget (``--time-budget``, by default the
+embedded search's own) and with more
 samples than fit in it, so the budget is what ends every search: (a) ``--searcher tpe
 --early-stopping asha`` (the job's default), (b) ``--searcher random --early-stopping asha``,
 (c) ``--searcher random --early-stopping none`` (every trial trains all its epochs).
@@ -22,13 +23,14 @@ Sizing the budget: on a 2-core machine a trial's first epoch ends 55-90 s after 
 (its Train run, workers, data pipeline, one epoch), so 60 s shows no epoch at all. TPE's
 first trials (10 at the default samples, the job's ``n_startup_trials``) are the random
 sampler's own draws from the same seed, so (a) and (b) differ only once a search gets past
-them: at the demo's 380 s two or three trials run, and (a) against (c) measures early
+them: at the demo's 360 s two or three trials run, and (a) against (c) measures early
 stopping alone (docs/results.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -154,6 +156,14 @@ def job_env() -> dict:
     }
 
 
+def embedded_budget() -> float:
+    """The embedded search's time budget, from the job's preset."""
+    spec = importlib.util.spec_from_file_location("tune_t3d", REPO / "jobs" / "tune_t3d.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return float(job.CPU_DEFAULT["time_budget"])
+
+
 def prepare_demo_set(work: Path) -> None:
     """Generate and ingest the demo set the job would otherwise make inside the first search."""
     code = (
@@ -250,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
     cut = argv.index("--") if "--" in argv else len(argv)
     own, passthrough = argv[:cut], argv[cut + 1 :]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--budget", type=float, default=300, help="seconds per search (--time-budget)")
+    p.add_argument(
+        "--budget", type=float, help="seconds per search (default: the embedded search's)"
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--num-samples", type=int, default=200, help="more than fit in the budget")
     p.add_argument("--threshold", type=float, default=0.6, help="val video top-1 to reach")
@@ -265,6 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", default=".search-efficiency", help="the job's --root for every run")
     p.add_argument("--plot", help="PNG of the curves (default WORK/search_efficiency.png)")
     args = p.parse_args(own)
+    if args.budget is None:
+        args.budget = embedded_budget()
     work = Path(args.work).resolve()
     out_png = Path(args.plot).resolve() if args.plot else work / "search_efficiency.png"
 

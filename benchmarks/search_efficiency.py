@@ -6,8 +6,8 @@
 
 Runs jobs/tune_t3d.py on its demo set (the embedded CPU-sized search) with three methods,
 once per seed, each under the same wall-clock budget (``--time-budget``, by default the
-embedded search's own) and with more
-samples than fit in it, so the budget is what ends every search: (a) ``--searcher tpe
+embedded search's own) and with more samples than fit in it, so the budget is what ends
+every search: (a) ``--searcher tpe
 --early-stopping asha`` (the job's default), (b) ``--searcher random --early-stopping asha``,
 (c) ``--searcher random --early-stopping none`` (every trial trains all its epochs).
 Arguments after ``--`` go to every job run. The demo set is generated once under WORK

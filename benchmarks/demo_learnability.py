@@ -1,12 +1,12 @@
 """How fast does each searched network learn the demo set, apart from Ray's overheads?
 
     python benchmarks/demo_learnability.py [--runs t3d121-64 stm-8x64 ...] [--epochs 10] \
-        [--seeds 0] [--threads 2] [--shards SHARDS [--pipeline-crops [--crop-scales 1.0]]]
+        [--seeds 0] [--threads 2] [--crop-scales 1.0] [--shards SHARDS [--pipeline-crops]]
 
 Renders the embedded search's demo set (48 videos a class, each in a scene of its own: 288
 training and 96 validation videos in unseen scenes, at short side 64) straight into memory,
 with no encoding, ingest or Ray, and trains each run in a plain PyTorch loop: AdamW, cosine
-schedule with one warm-up epoch, batch 8, training crops from 1 or 7/8 of the short side at
+schedule with one warm-up epoch, batch 8, training crops from 1 or 7/8 (``--crop-scales``) of the short side at
 a random place and time, validation on the centre crop and centre clip. With ``--shards``
 the videos are instead decoded (decord) from a demo ingest's smallest rendition at short
 side 64 or more, scaled to 64: what the codec and its chroma subsampling cost, with the loop
@@ -33,6 +33,7 @@ from raylab.data.decode import center_crop, default_short_side, multiscale_crop
 from raylab.models import build_model
 
 VIDEOS_PER_CLASS = 48
+CROP_SCALES = (1.0, 0.875)  # training crop sides / short side, by default
 FRAMES, HEIGHT, WIDTH = 32, 128, 160  # the demo videos as make_demo_dataset renders them
 SHORT_SIDE = 64  # the embedded search's one rendition
 # name: (model, build options, frames, stride, crop size, learning rate); the options may
@@ -117,7 +118,7 @@ def train_run(
     seed: int,
     warmup: int = 1,
     pipeline_crops: bool = False,
-    crop_scales: tuple[float, ...] = (1.0, 0.875),
+    crop_scales: tuple[float, ...] = CROP_SCALES,
 ) -> list[dict]:
     model_name, options, frames, stride, size, lr = RUNS[name]
     options = {"width": 0.125} | options
@@ -154,13 +155,13 @@ def train_run(
                 view = multiscale_crop(frames, size, rng, crop_scales)
             else:
                 view = center_crop(frames, size)
-            v = torch.from_numpy(np.ascontiguousarray(view)).float() / 255
-            return ((v - 0.45) / 0.225).permute(3, 0, 1, 2)
-        side = int(min(h, w) * (rng.choice([1.0, 0.875]) if train else 1.0))
-        y0 = rng.integers(0, h - side + 1) if train else (h - side) // 2
-        x0 = rng.integers(0, w - side + 1) if train else (w - side) // 2
-        v = videos[i, t0 : t0 + span : stride, :, y0 : y0 + side, x0 : x0 + side].float() / 255
-        v = F.interpolate(v, size=(size, size), mode="bilinear", antialias=True)
+            v = torch.from_numpy(np.ascontiguousarray(view)).permute(0, 3, 1, 2).float() / 255
+        else:
+            side = int(min(h, w) * (rng.choice(crop_scales) if train else 1.0))
+            y0 = rng.integers(0, h - side + 1) if train else (h - side) // 2
+            x0 = rng.integers(0, w - side + 1) if train else (w - side) // 2
+            v = videos[i, t0 : t0 + span : stride, :, y0 : y0 + side, x0 : x0 + side]
+            v = F.interpolate(v.float() / 255, size=(size, size), mode="bilinear", antialias=True)
         return ((v - 0.45) / 0.225).permute(1, 0, 2, 3)
 
     history = []
@@ -213,8 +214,8 @@ def main() -> None:
         "--crop-scales",
         nargs="+",
         type=float,
-        default=[1.0, 0.875],
-        help="with --pipeline-crops: the crop sides as fractions of the short side",
+        default=list(CROP_SCALES),
+        help="training crop sides as fractions of the short side",
     )
     args = p.parse_args()
     torch.set_num_threads(args.threads)

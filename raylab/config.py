@@ -136,8 +136,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     mean: tuple[float, ...] | None = None  # per channel; None = the modality's (RGB_MEAN...)
     std: tuple[float, ...] | None = None
-    shuffle_buffer: int = 64  # clips in each worker's local shuffle buffer
-    seed: int = 0  # the model's initialisation (clips are drawn from fresh entropy)
+    shuffle_buffer: int = 64  # videos of a worker's epoch plan shuffled together (a window)
+    # Every random draw of the run: the initialisation, the epoch's plan of videos, each
+    # clip's start, crop and flip, and each rank's generator (raylab.train.epoch).
+    seed: int = 0
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
+    deterministic: bool = False  # CUDA: deterministic kernels where they exist, no autotuner
     init_from: str | None = None  # a plain state dict to start from (transferred weights)
     # The largest share of an epoch's training or validation videos that may fail to decode
     # before the run stops: a few damaged files cost only themselves, a dataset the decoder
@@ -156,6 +160,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 steps, got {self.checkpoint_every}")
 
     @property
     def num_classes(self) -> int:

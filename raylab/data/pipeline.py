@@ -30,6 +30,7 @@ from raylab.data.decode import (
     sample_views,
     scaled_size,
 )
+from raylab.data.plan import Slot, batches_of, decode_units, eval_plan, train_plan
 from raylab.data.sampling import sample_rng
 from raylab.data.storage import flow_column, load_manifest, rendition_column, storage
 
@@ -97,14 +98,14 @@ class ClipDecoder:
     an all-zero ``error``.
     """
 
-    def __init__(self, spec: ClipSpec, column: str, seed: int | None, epoch: int = 0) -> None:
+    def __init__(self, spec: ClipSpec, column: str, seed: int, epoch: int = 0) -> None:
         self.spec, self.column, self.seed, self.epoch = spec, column, seed, epoch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.spec
-        # Without a seed every call draws from fresh OS entropy: each pass samples anew.
-        fresh = np.random.default_rng() if self.seed is None else None
-        clips, labels, ids, views, errors = [], [], [], [], []
+        clips, labels, ids, views, errors, positions = [], [], [], [], [], []
+        # A video's place in its epoch's plan (see raylab.data.plan), on each of its rows.
+        position = batch.get("position", np.full(len(batch["video_id"]), -1, np.int64))
         no_error = np.zeros(ERROR_BYTES, np.uint8)
         for i, video_id in enumerate(batch["video_id"]):
             video_id = str(video_id)
@@ -116,7 +117,7 @@ class ClipDecoder:
                     reader = open_flow(batch[self.column][i], height=h, width=w)
                 else:
                     reader = open_video(batch[self.column][i], height=h, width=w)
-                rng = fresh or sample_rng(self.seed, self.epoch, video_id)
+                rng = sample_rng(self.seed, self.epoch, video_id)
                 out = sample_views(reader, spec, rng)
             except Exception as err:  # damaged bytes: lose this sample, not the epoch
                 log.warning("skipping video %s: cannot decode its clip (%s)", video_id, err)
@@ -130,6 +131,7 @@ class ClipDecoder:
                 ids.append(video_id)
                 views.append(v if label != FAILED else FAILED)
                 errors.append(error)
+                positions.append(position[i])
         shape = (0, spec.frames, spec.size, spec.size, spec.channels)
         return {
             "clip": np.stack(clips) if clips else np.zeros(shape, np.uint8),
@@ -137,6 +139,7 @@ class ClipDecoder:
             "video_id": np.asarray(ids, dtype=object),
             "view": np.asarray(views, dtype=np.int32),
             "error": np.stack(errors) if errors else np.zeros((0, ERROR_BYTES), np.uint8),
+            "position": np.asarray(positions, dtype=np.int64),
         }
 
 
@@ -195,12 +198,15 @@ def row_groups(shards: str | Path, split: str) -> list[dict]:
     return groups
 
 
-class RowGroupDecoder:
-    """Callable for ``map_batches``: row-group references -> clip rows of their videos.
+class UnitDecoder:
+    """Callable for ``map_batches``: decode units of a plan (see
+    :func:`raylab.data.plan.decode_units`) -> clip rows of their videos, each tagged with
+    its video's ``position`` in the plan.
 
     Reading inside the decode task keeps video bytes out of the object store and leaves no
     separate read tasks to compete with decoding for CPUs; an epoch's first clips wait only
-    for one group's read and decode, however large the split.
+    for one unit's read and decode, however large the split. Only the rows a unit names are
+    decoded: a resumed epoch never decodes the clips it trained before it stopped.
     """
 
     def __init__(self, decoder: ClipDecoder, columns: list[str]) -> None:
@@ -211,36 +217,19 @@ class RowGroupDecoder:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tables = []
-        for file, group in zip(batch["file"], batch["row_group"], strict=True):
+        tables, positions = [], []
+        units = zip(
+            batch["file"], batch["row_group"], batch["rows"], batch["positions"], strict=True
+        )
+        for file, group, rows, pos in units:
             self._fs = self._fs or _filesystem(str(file))
             with self._fs.open_input_file(_in_filesystem(str(file))) as f:
-                tables.append(pq.ParquetFile(f).read_row_group(int(group), columns=self.columns))
+                table = pq.ParquetFile(f).read_row_group(int(group), columns=self.columns)
+            tables.append(table.take(pa.array(np.asarray(rows, dtype=np.int64))))
+            positions.extend(int(p) for p in pos)
         rows = pa.concat_tables(tables)
-        return self.decoder({name: rows.column(name).to_numpy() for name in self.columns})
-
-
-def _in_one_bundle(ds):
-    """``ds`` (a ``from_items`` dataset) as one whose source hands its blocks on as a single
-    bundle.
-
-    The streaming executor moves a bundle into ``randomize_block_order`` one scheduling step
-    at a time (~0.2 ms each on a 2-core VM), and the shuffle waits for all of them before
-    the first decode task: one bundle per row group made an epoch's first batch grow with
-    the split (+0.11 s at 512 groups). One bundle arrives in one step; the shuffle still
-    passes each block on as a bundle of its own, so a decode task still gets its row groups
-    alone. Ray Data has no public way to build such a source: this uses its internals
-    (Ray 2.60), as ``Dataset.materialize`` does.
-    """
-    from ray.data._internal.execution.interfaces import RefBundle
-    from ray.data._internal.logical.interfaces import LogicalPlan
-    from ray.data._internal.logical.operators import InputData
-    from ray.data._internal.stats import DatasetStats
-    from ray.data.dataset import Dataset
-
-    bundle = RefBundle.merge_ref_bundles(ds._logical_plan.dag.output_data())
-    plan = LogicalPlan(InputData(input_data=[bundle]), ds.context)
-    return Dataset(plan, ds.context, DatasetStats(metadata={}, parent=None))
+        videos = {name: rows.column(name).to_numpy() for name in self.columns}
+        return self.decoder(videos | {"position": np.asarray(positions, np.int64)})
 
 
 def clip_dataset(
@@ -249,26 +238,36 @@ def clip_dataset(
     clip: ClipConfig,
     *,
     train: bool = True,
-    seed: int | None = None,
+    seed: int = 0,
     epoch: int = 0,
+    plan: list[Slot] | None = None,
+    start: int = 0,
+    window: int = 64,
+    groups: list[dict] | None = None,
     decoders: int | None = None,
     decoder_cpus: float = 1.0,
     decoder_resource: str | None = None,
     videos_per_batch: int = 16,
 ):
-    """A ``ray.data.Dataset`` of ``clip``'s rows from one split of an ingested shard folder.
+    """A ``ray.data.Dataset`` of ``clip``'s rows of one epoch's pass over one split of an
+    ingested shard folder, delivered in the order of the decode units of its plan.
 
-    ``train=True``: one randomly sampled, scale-jittered view per video, row groups in
-    random order (combine with ``local_shuffle_buffer_size`` when iterating). ``train=False``:
-    ``clip.test_clips`` x ``clip.test_crops`` deterministic views per video (``view`` numbers
-    them) for multi-view testing. ``decoders`` caps the decode tasks running at once (None:
-    as many as free CPUs allow, which on a cluster means every CPU node decodes); each
+    ``train=True``: one sampled, scale-jittered view per video, drawn from ``(seed, epoch,
+    video)`` (:func:`~raylab.data.sampling.sample_rng`); ``plan`` (see
+    :mod:`raylab.data.plan`) says which videos and in which order, from position ``start``;
+    by default the whole split for one worker in epoch ``epoch``'s order, shuffled in
+    windows of ``window`` videos. ``train=False``: ``clip.test_clips`` x ``clip.test_crops``
+    deterministic views per video (``view`` numbers them), by default every video once.
+    Each row carries its video's ``position`` in the plan: :func:`planned_batches` puts the
+    rows back into plan order. ``groups``: the split's :func:`row_groups`, when the caller
+    has read them already. ``decoders`` caps the decode tasks running at once (None: as
+    many as free CPUs allow, which on a cluster means every CPU node decodes); each
     reserves ``decoder_cpus``, and one unit of the custom resource ``decoder_resource`` when
     given, which keeps decoding on the nodes that advertise it (cluster.yaml's decoder
     nodes). Ray Data counts a finished task against the cap until it has collected the
     task's output: a cap of one task per core kept ~1.2 running on two cores
     (``benchmarks/data_throughput.py``), so cap above the number meant to run.
-    ``videos_per_batch``: videos a decode task takes, as whole row groups (at least one).
+    ``videos_per_batch``: videos a decode task takes, as whole units (at least one).
     """
     import ray
 
@@ -280,19 +279,60 @@ def clip_dataset(
         if not manifest.get("flow"):
             raise ValueError(f"{shards} holds no optical flow: ingest it with --flow tvl1")
         column = flow_column(rendition)
-    # The split as references to its row groups, in a random order each pass when
-    # training: shuffling these few bytes a group is cheap at any size, where shuffling
-    # the videos' blocks read every byte of the split before the first clip.
-    groups = row_groups(shards, split)
-    ds = ray.data.from_items(groups, override_num_blocks=len(groups))
-    if train:
-        ds = _in_one_bundle(ds).randomize_block_order(seed=seed)
+    groups = groups if groups is not None else row_groups(shards, split)
+    if plan is None:
+        rows = [g["rows"] for g in groups]
+        plan = train_plan(rows, seed=seed, epoch=epoch, window=window) if train else eval_plan(rows)
+    units = decode_units(plan, groups, start=start, window=window)
+    # One block per unit, so that decode tasks take units whole; a unit's few bytes are a
+    # task's whole input: it reads its videos itself.
+    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+    # The plan's order survives only if blocks leave in the order they came in.
+    ds.context.execution_options.preserve_order = True
     columns = ["video_id", "label", "height", "width", column]
     return ds.map_batches(
-        RowGroupDecoder(ClipDecoder(spec, column, seed, epoch), columns),
-        batch_size=max(1, videos_per_batch // max(1, groups[0]["rows"])),  # groups per task
+        UnitDecoder(ClipDecoder(spec, column, seed, epoch), columns),
+        batch_size=max(1, videos_per_batch // max(1, groups[0]["rows"])),  # units per task
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=decoders),
         num_cpus=decoder_cpus,
         resources={decoder_resource: 1} if decoder_resource else None,
     )
+
+
+def planned_rows(blocks, start: int, end: int):
+    """The rows of an epoch's pass (numpy batches of :func:`clip_dataset`'s rows), one by one
+    in plan order from video position ``start`` to ``end``: a video's rows (its views, or
+    its placeholder) together, each video held back until every earlier one has been
+    handed over. A position that never arrives is an error, not a silent skip."""
+    held: dict[int, list[dict]] = {}
+    whole: set[int] = set()
+    filling: int | None = None
+    nxt = start
+    for block in [*blocks, None]:
+        if block is None:  # the end: the last video is whole too
+            whole.add(filling)
+        else:
+            for i, pos in enumerate(block["position"]):
+                pos = int(pos)
+                if pos != filling:  # a video's rows come together: the one before is whole
+                    whole.add(filling)
+                    filling = pos
+                held.setdefault(pos, []).append({k: v[i] for k, v in block.items()})
+        while nxt in whole:
+            whole.discard(nxt)
+            yield from held.pop(nxt)
+            nxt += 1
+    if nxt != end or held:
+        raise RuntimeError(
+            f"the epoch's plan stopped at video {nxt} of {end} ({len(held)} videos out of order)"
+        )
+
+
+def planned_batches(ds, batch_size: int, start: int, end: int, prefetch_blocks: int = 2):
+    """:func:`clip_dataset`'s pass as numpy batches of ``batch_size`` rows in plan order, from
+    video position ``start`` to ``end`` (the last batch may be shorter)."""
+    blocks = ds.iter_batches(
+        batch_size=None, batch_format="numpy", prefetch_batches=prefetch_blocks
+    )
+    return batches_of(planned_rows(blocks, start, end), batch_size)

@@ -1,7 +1,6 @@
 """Build the Ray Train ``TorchTrainer`` that runs :func:`raylab.train.loop.train_loop`.
 
-The driver builds the two clip datasets (random training views, multi-view validation),
-sizes the schedule from the manifest, and names the run so that calling ``fit()`` again
+The driver checks the model and the clips, sizes the schedule from the manifest, and names the run so that calling ``fit()`` again
 with the same ``storage_path``/``name`` resumes from its latest checkpoint.
 :func:`torch_trainer` (backend, workers, checkpoints kept) is also what
 :func:`raylab.train.transfer.build_transfer_trainer` builds its trainer with.
@@ -11,40 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from raylab.config import ClipConfig, TrainConfig
+from raylab.config import TrainConfig
 from raylab.data.storage import load_manifest
 from raylab.metrics import METRIC
-from raylab.train.loop import DecodeFailures, loop_config, train_loop
+from raylab.train.epoch import DataOptions, DecodeFailures, loop_config
+from raylab.train.loop import train_loop
 
-
-@dataclass
-class DataOptions:
-    """Where a run's clips come from and how they are decoded; what they are is the run's
-    :class:`~raylab.config.ClipConfig`."""
-
-    shards: str
-    val_split: str = "val"
-    decoders: int | None = None  # concurrent decode tasks; None = as CPUs allow
-    decoder_cpus: float = 1.0
-    decoder_resource: str | None = None  # custom resource of decoder nodes, e.g. "decoder"
-
-
-def clip_datasets(data: DataOptions, clip: ClipConfig) -> dict:
-    """``{"train": ..., "val": ...}`` Ray datasets of ``clip``'s clips for a run."""
-    from raylab.data.pipeline import clip_dataset
-
-    common = {
-        "decoders": data.decoders,
-        "decoder_cpus": data.decoder_cpus,
-        "decoder_resource": data.decoder_resource,
-    }
-    return {
-        "train": clip_dataset(data.shards, "train", clip, train=True, **common),
-        "val": clip_dataset(data.shards, data.val_split, clip, train=False, **common),
-    }
+__all__ = ["DataOptions", "build_trainer", "check_model", "decode_failure", "torch_trainer"]
 
 
 def check_model(config: TrainConfig) -> None:
@@ -110,7 +85,7 @@ def run_config(
 def torch_trainer(
     loop: Callable[[dict], None],
     config: dict,
-    datasets: dict,
+    datasets: dict | None = None,
     *,
     storage_path: str | Path,
     name: str,
@@ -122,8 +97,10 @@ def torch_trainer(
     metric: str = METRIC,
     callbacks: list | None = None,
 ):
-    """A ``TorchTrainer`` running ``loop(config)`` in ``workers`` workers, each given its own
-    part of every one of ``datasets``; checkpoints as :func:`run_config` keeps them."""
+    """A ``TorchTrainer`` running ``loop(config)`` in ``workers`` workers; checkpoints as
+    :func:`run_config` keeps them. raylab's loops read no ``datasets``: each rank builds its
+    own part of each epoch's plan (:mod:`raylab.train.epoch`); given, each worker gets its
+    own part of every one of them."""
     import ray.train
     import torch
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -147,8 +124,8 @@ def torch_trainer(
             metric=metric,
             callbacks=callbacks,
         ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+        datasets=datasets or None,
+        dataset_config=ray.train.DataConfig(datasets_to_split="all") if datasets else None,
     )
 
 
@@ -164,6 +141,8 @@ def build_trainer(
     keep_checkpoints: int = 2,
     callbacks: list | None = None,
     extra_metrics: dict | None = None,
+    log_steps: bool = False,
+    seed_drawn: bool = False,
 ):
     """A TorchTrainer that trains ``config`` on the shards in ``data``, in ``config.workers``
     workers with a GPU each when ``use_gpu``.
@@ -172,8 +151,11 @@ def build_trainer(
     Keeps the best ``keep_checkpoints`` checkpoints by validation video top-1 (the latest
     is always kept too, for resuming); restarts the worker group from the latest
     checkpoint up to ``max_failures`` times. ``extra_metrics`` are reported with every
-    epoch. Files (history, TensorBoard, progress) go beside the checkpoints, in
-    ``storage_path/name``, unless that is a URI.
+    epoch. Files (history, TensorBoard, progress, and each step's video ids when
+    ``log_steps``) go beside the checkpoints, in ``storage_path/name``, unless that is a
+    URI; mid-epoch checkpoints (``config.checkpoint_every``) go to
+    ``storage_path/name/mid_epoch``, a URI too. ``seed_drawn``: the seed came from fresh
+    entropy (it is recorded as such).
     """
     manifest = load_manifest(data.shards)
     n_train = manifest["splits"].get("train", 0)
@@ -191,10 +173,19 @@ def build_trainer(
     steps_per_epoch = max(1, math.ceil(n_train / config.workers / config.batch_size))
     # A URI (s3://) is no folder to write files in.
     run_dir = None if "://" in str(storage_path) else str(Path(storage_path) / name)
+    run = loop_config(
+        config,
+        data,
+        steps_per_epoch,
+        run_dir,
+        extra_metrics,
+        mid_epoch_dir=f"{str(storage_path).rstrip('/')}/{name}/mid_epoch",
+        log_steps=log_steps,
+        seed_drawn=seed_drawn,
+    )
     return torch_trainer(
         train_loop,
-        loop_config(config, steps_per_epoch, run_dir, extra_metrics),
-        clip_datasets(data, config.clip),
+        run,
         storage_path=storage_path,
         name=name,
         workers=config.workers,

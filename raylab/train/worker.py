@@ -153,9 +153,13 @@ class EpochReporter:
     checkpoint, one console line, TensorBoard scalars (``run_dir/tensorboard``) and a line of
     ``run_dir/history.jsonl``; every rank reports the metrics to Ray Train."""
 
-    def __init__(self, config: dict, run_dir: str | None, rank: int) -> None:
-        """``config``: the run's settings as plain values, saved in every checkpoint."""
+    def __init__(
+        self, config: dict, run_dir: str | None, rank: int, environment: dict | None = None
+    ) -> None:
+        """``config``: the run's settings as plain values, saved in every checkpoint with
+        ``environment`` (what else decides the numbers: versions, threads, device)."""
         self.config, self.run_dir, self.rank = config, run_dir, rank
+        self.environment = environment or {}
         self.writer = None
         if rank == 0 and run_dir:
             from tensorboardX import SummaryWriter
@@ -185,6 +189,7 @@ class EpochReporter:
         """Write the checkpoint of ``epoch`` into ``directory``: the loop's ``state(epoch)``,
         the epoch, the config (plain: see :func:`plain_config`) and the metrics."""
         meta = {"epoch": epoch, "config": plain_config(self.config), "metrics": metrics}
+        meta["environment"] = plain_config(self.environment)
         save_state(directory, state(epoch) | meta)
 
     def log(self, metrics: dict, line: str) -> None:

@@ -1,0 +1,637 @@
+"""The one epoch skeleton of every per-worker loop, and the run's random draws.
+
+Supervised training (:mod:`raylab.train.loop`) and supervision transfer
+(:mod:`raylab.train.transfer`) differ only in their :class:`Task`: the network, the loss of
+a batch and the validation metrics. Everything else is here, once: the epoch's data plan
+for this rank (:mod:`raylab.data.plan`), gradient accumulation and clipping, decode-failure
+checks, data-wait accounting, mid-epoch checkpoints and exact resumption, and the end of an
+epoch (:class:`~raylab.train.worker.EpochReporter`).
+
+What is random in a run comes from ``TrainConfig.seed``: the initialisation (the same on
+every rank), the data plan and every clip's draws (``(seed, epoch, video)``), and each
+rank's torch generator for dropout and the like, reseeded at each epoch from ``(seed,
+epoch, rank)`` so ranks differ and an epoch replays the same whether or not the run
+stopped before it. A mid-epoch checkpoint (:class:`MidEpochStore`) holds the weights and
+optimiser at a gradient-accumulation boundary, the position in the epoch's plan, each
+rank's partial sums and generator state; a restarted worker group trains exactly the
+plan's remaining clips, decoding none of the ones before.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from raylab.config import TrainConfig
+from raylab.data.pipeline import clip_dataset, error_text, planned_batches, row_groups
+from raylab.data.plan import eval_plan, train_plan
+from raylab.train.worker import (
+    EpochReporter,
+    append_history,
+    gather,
+    load_state,
+    unwrap,
+    worker_device,
+    write_progress,
+)
+
+
+class DecodeFailures(RuntimeError):
+    """Too many videos of an epoch failed to decode; the message is one line with the count
+    and the first error."""
+
+
+def check_decode_failures(
+    epoch: int, split: str, failed: int, videos: int, first_error: str, max_fraction: float
+) -> None:
+    """Raise :class:`DecodeFailures` when no video of ``split`` decoded this epoch or more
+    than ``max_fraction`` of its ``videos`` (decoded and failed) did not."""
+    if videos - failed > 0 and failed <= max_fraction * videos:
+        return
+    first = f"; the first: {first_error}" if first_error else ""
+    raise DecodeFailures(
+        f"epoch {epoch}: {failed} of {videos} {split} videos could not be decoded "
+        f"(at most {max_fraction:.0%} may fail){first}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe
+# --------------------------------------------------------------------------------------------
+
+
+def lr_factor(
+    epoch_float: float, *, epochs: int, schedule: str, warmup_epochs: float, step_epochs: int
+) -> float:
+    """The learning-rate multiplier at a (fractional) epoch: ``"step"`` divides by 10 every
+    ``step_epochs``; ``"cosine"`` rises linearly over ``warmup_epochs``, then decays to 0."""
+    warmup = warmup_epochs
+    if schedule == "step":
+        return 0.1 ** int(epoch_float // step_epochs)
+    if warmup and epoch_float < warmup:
+        return (epoch_float + 1e-3) / warmup
+    progress = (epoch_float - warmup) / max(1e-9, epochs - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(
+    model: torch.nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    """``"sgd"`` (Nesterov momentum) or ``"adamw"``; no weight decay on norms and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Where the clips come from
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataOptions:
+    """Where a run's clips come from and how they are decoded; what they are is the run's
+    :class:`~raylab.config.ClipConfig`."""
+
+    shards: str
+    val_split: str = "val"
+    decoders: int | None = None  # concurrent decode tasks; None = as CPUs allow
+    decoder_cpus: float = 1.0
+    decoder_resource: str | None = None  # custom resource of decoder nodes, e.g. "decoder"
+
+
+class EpochData:
+    """One rank's clips: each epoch's training pass from any position of its plan, and the
+    validation pass."""
+
+    def __init__(self, data: DataOptions, config: TrainConfig, rank: int, world: int) -> None:
+        self.data, self.config, self.rank, self.world = data, config, rank, world
+        quiet_data_console()
+        self.train_groups = row_groups(data.shards, "train")
+        self.val_groups = row_groups(data.shards, data.val_split)
+
+    def _common(self) -> dict:
+        d = self.data
+        return {
+            "decoders": d.decoders,
+            "decoder_cpus": d.decoder_cpus,
+            "decoder_resource": d.decoder_resource,
+            "window": max(1, self.config.shuffle_buffer),
+            "seed": self.config.seed,
+        }
+
+    def train_plan(self, epoch: int) -> list:
+        rows = [g["rows"] for g in self.train_groups]
+        return train_plan(
+            rows,
+            seed=self.config.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world=self.world,
+            window=max(1, self.config.shuffle_buffer),
+        )
+
+    def _batches(self, ds, start: int, end: int) -> Iterator[dict]:
+        ds.context.enable_progress_bars = False  # a bar per rank would garble the console
+        return planned_batches(ds, self.config.batch_size, start, end)
+
+    def train(self, epoch: int, plan: list, start: int) -> Iterator[dict]:
+        """Epoch ``epoch``'s training batches (numpy) from video ``start`` of ``plan``."""
+        ds = clip_dataset(
+            self.data.shards,
+            "train",
+            self.config.clip,
+            train=True,
+            epoch=epoch,
+            plan=plan,
+            start=start,
+            groups=self.train_groups,
+            **self._common(),
+        )
+        return self._batches(ds, start, len(plan))
+
+    def val(self) -> Iterator[dict]:
+        """This rank's part of the validation videos, the same every time."""
+        plan = eval_plan([g["rows"] for g in self.val_groups], rank=self.rank, world=self.world)
+        ds = clip_dataset(
+            self.data.shards,
+            self.data.val_split,
+            self.config.clip,
+            train=False,
+            plan=plan,
+            groups=self.val_groups,
+            **self._common(),
+        )
+        return self._batches(ds, 0, len(plan))
+
+
+def quiet_data_console() -> None:
+    """Keep Ray Data's per-pass lines ("Starting execution of Dataset ...") out of the
+    console of this process: two or three a pass and rank would bury the epoch lines. They
+    still go to Ray Data's log file (``ray-data.log`` in the session's logs)."""
+    import logging
+
+    import ray.data  # noqa: F401 - configures the "ray.data" logger
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+
+
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch's numeric columns as tensors on ``device`` (clips stay uint8); strings stay
+    behind (their ids are in the step log)."""
+    pin = device.type == "cuda"
+    out = {}
+    for k, v in batch.items():
+        if v.dtype.kind in "biuf" and k not in ("error", "position"):
+            t = torch.from_numpy(np.ascontiguousarray(v))
+            out[k] = (t.pin_memory() if pin else t).to(device, non_blocking=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Random draws and what decides the numbers
+# --------------------------------------------------------------------------------------------
+
+
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of one rank in one epoch: ranks differ (dropout), epochs replay."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """On CUDA: cuDNN's autotuner for speed, or, when ``deterministic``, deterministic
+    algorithms where they exist (cuDNN's backward of 3D pooling has none: it warns and
+    stays as it is). CPU kernels are deterministic at a fixed thread count already."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def environment(device: torch.device, world: int) -> dict:
+    """What besides the config decides a run's numbers: library versions, threads, device."""
+    import decord
+    import ray
+
+    return {
+        "torch": str(torch.__version__),
+        "ray": ray.__version__,
+        "decord": decord.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "threads_per_worker": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "workers": world,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Mid-epoch checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+class MidEpochStore:
+    """Mid-epoch checkpoints of a run under ``location`` (a folder or a URI beside the run's
+    Ray Train checkpoints): ``e{epoch}-s{step}/`` holds ``shared.pt`` (weights, optimiser,
+    schedule: rank 0's) and ``rank-{r}.pt`` (each rank's sums and generator), and
+    ``latest.json`` names the newest whole one. It is written last, so a worker killed while
+    saving leaves the previous checkpoint in force; the one before is then removed.
+
+    These checkpoints are not reported to Ray Train: Tune's iterations, ASHA's rungs and the
+    kept-best checkpoints stay whole epochs.
+    """
+
+    def __init__(self, location: str) -> None:
+        from raylab.data.storage import storage
+
+        self.location = location.rstrip("/")
+        self.fs, self.root = storage(self.location)
+
+    def _write(self, path: str, data: bytes) -> None:
+        with self.fs.open_output_stream(path) as f:
+            f.write(data)
+
+    def _read(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def latest(self) -> dict | None:
+        """``{"epoch", "step", "position", "world", "dir"}`` of the newest whole checkpoint."""
+        try:
+            return json.loads(self._read(f"{self.root}/latest.json"))
+        except (FileNotFoundError, OSError):
+            return None
+
+    def save_rank(self, name: str, rank: int, state: dict) -> None:
+        self.fs.create_dir(f"{self.root}/{name}", recursive=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self._write(f"{self.root}/{name}/rank-{rank}.pt", buf.getvalue())
+
+    def save_shared(self, name: str, state: dict) -> None:
+        self.fs.create_dir(f"{self.root}/{name}", recursive=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self._write(f"{self.root}/{name}/shared.pt", buf.getvalue())
+
+    def commit(self, marker: dict) -> None:
+        """Make ``marker["dir"]`` the checkpoint in force; remove the one it replaces."""
+        before = self.latest()
+        self._write(f"{self.root}/latest.json.tmp", json.dumps(marker).encode())
+        self.fs.move(f"{self.root}/latest.json.tmp", f"{self.root}/latest.json")
+        if before and before["dir"] != marker["dir"]:
+            self.fs.delete_dir(f"{self.root}/{before['dir']}")
+
+    def load(self, marker: dict, rank: int) -> tuple[dict, dict]:
+        """(shared state, this rank's state) of a checkpoint."""
+
+        def read(name: str) -> dict:
+            data = io.BytesIO(self._read(f"{self.root}/{marker['dir']}/{name}"))
+            return torch.load(data, map_location="cpu", weights_only=False)
+
+        return read("shared.pt"), read(f"rank-{rank}.pt")
+
+    def clear(self) -> None:
+        """Remove every mid-epoch checkpoint: an epoch's end supersedes them."""
+        from pyarrow.fs import FileType
+
+        if self.fs.get_file_info(self.root).type == FileType.Directory:
+            self.fs.delete_dir(self.root)
+
+
+# --------------------------------------------------------------------------------------------
+# The skeleton
+# --------------------------------------------------------------------------------------------
+
+
+class Task(Protocol):
+    """What one kind of training adds to the skeleton."""
+
+    unit: str  # what a training example is: "clips" or "pairs" (names the metrics)
+    accuracy: str  # the name of the training accuracy metric
+
+    def build(self, config: TrainConfig, device: torch.device) -> torch.nn.Module:
+        """The trainable network on ``device``, before DDP."""
+
+    def parts(self) -> dict:
+        """Saved and restored besides the trainable network (a frozen teacher...)."""
+
+    def forward(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], draw: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, targets) of a training batch of decoded videos; ``draw``: the step's
+        random generator, a function of (seed, epoch, rank, step)."""
+
+    def evaluate(self, model: torch.nn.Module, batches: Iterator[dict]) -> dict:
+        """Validation metrics, gathered over ranks; ``val_decode_failures``,
+        ``val_first_error`` and ``val_videos`` when videos can fail to decode there."""
+
+    def saved(self, model: torch.nn.Module) -> dict:
+        """Extra entries of every epoch checkpoint (the student's weights...)."""
+
+    def line(self, metrics: dict, epochs: int) -> str:
+        """The console line of an epoch."""
+
+
+@dataclass
+class Sums:
+    """One rank's running sums of an epoch's training: what a mid-epoch checkpoint keeps."""
+
+    loss: float = 0.0
+    correct: int = 0
+    seen: int = 0  # examples trained on (clips, or pairs)
+    videos: int = 0  # videos decoded
+    failed: int = 0  # videos that failed to decode
+    first_error: str = ""
+    wait: float = 0.0
+    time: float = 0.0
+    position: int = 0  # the next video of the epoch's plan
+
+
+def loop_config(
+    config: TrainConfig,
+    data: DataOptions,
+    steps_per_epoch: int,
+    run_dir: str | None = None,
+    extra_metrics: dict | None = None,
+    *,
+    mid_epoch_dir: str | None = None,
+    log_steps: bool = False,
+    seed_drawn: bool = False,
+) -> dict:
+    """What a per-worker loop is given: the run's config (as plain values, the form every
+    checkpoint keeps), where its clips come from, optimiser steps per worker and epoch (for
+    the schedule), the folder for its files (rank 0; None: no files), constants reported with
+    every epoch (a search trial's cost), where mid-epoch checkpoints go, whether each step's
+    video ids are logged (``run_dir/steps/rank-N.jsonl``) and whether the seed was drawn
+    from fresh entropy (recorded)."""
+    return {
+        "config": config.record(),
+        "data": asdict(data),
+        "steps_per_epoch": steps_per_epoch,
+        "run_dir": run_dir,
+        "extra_metrics": dict(extra_metrics or {}),
+        "mid_epoch_dir": mid_epoch_dir,
+        "log_steps": log_steps,
+        "seed_drawn": seed_drawn,
+    }
+
+
+def run_epochs(run: dict, task: Task) -> None:
+    """Train ``task`` as ``run`` (see :func:`loop_config`) says, in this Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig.from_record(run["config"])
+    run_dir = run["run_dir"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = worker_device()
+    set_determinism(config.deterministic, device)
+
+    torch.manual_seed(config.seed)  # every rank builds the same initial weights
+    model = task.build(config, device)
+    model = ray.train.torch.prepare_model(model, move_to_device=device)  # device + DDP
+    optimizer = make_optimizer(
+        model, config.optimizer, config.lr, config.weight_decay, config.momentum
+    )
+    updates_per_epoch = max(1, run["steps_per_epoch"] // config.grad_accum)
+    schedule = {
+        "epochs": config.epochs,
+        "schedule": config.schedule,
+        "warmup_epochs": config.warmup_epochs,
+        "step_epochs": config.step_epochs,
+    }
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda update: lr_factor(update / updates_per_epoch, **schedule)
+    )
+    parts = {"model": unwrap(model), **task.parts(), "optimizer": optimizer}
+    parts["scheduler"] = scheduler
+    store = MidEpochStore(run["mid_epoch_dir"]) if run.get("mid_epoch_dir") else None
+    start_epoch, start_step, sums, rng_state = _resume(parts, store, run_dir, rank, world)
+
+    env = environment(device, world) | {"seed_drawn": run["seed_drawn"]}
+    if rank == 0 and start_epoch == 0 and start_step == 0:
+        append_history(run_dir, {"event": "started", "environment": env})
+    reporter = EpochReporter(run["config"], run_dir, rank, environment=env)
+    data = EpochData(DataOptions(**run["data"]), config, rank, world)
+    compiled = torch.compile(model) if config.compile else model
+    step_log = _StepLog(run_dir, rank) if run.get("log_steps") else None
+
+    def epoch_state(epoch: int) -> dict:
+        return (
+            {name: part.state_dict() for name, part in parts.items()}
+            | task.saved(model)
+            | {"sampler": {"seed": config.seed, "next_epoch": epoch + 1, "workers": world}}
+        )
+
+    for epoch in range(start_epoch, config.epochs):
+        plan = data.train_plan(epoch)
+        step = start_step if epoch == start_epoch else 0
+        if epoch == start_epoch and rng_state is not None:
+            _set_rng(rng_state)
+        else:
+            torch.manual_seed(rank_seed(config.seed, epoch, rank))
+            sums = Sums()
+        model.train()
+        write_progress(run_dir, rank, epoch, step)
+        optimizer.zero_grad(set_to_none=True)
+        began = tick = time.perf_counter()
+        for batch in data.train(epoch, plan, sums.position):
+            sums.wait += time.perf_counter() - tick
+            ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
+            sums.failed += int((~ok).sum())
+            sums.videos += int(ok.sum())
+            if not sums.first_error and not ok.all():
+                sums.first_error = error_text(batch["error"][~ok][0])
+            sums.position = int(batch["position"][-1]) + 1
+            if step_log is not None:
+                step_log.write(epoch, step + 1, batch)
+            tensors = to_device({k: v[ok] for k, v in batch.items()} if ok.any() else batch, device)
+            draw = np.random.default_rng([config.seed, epoch, rank, step])
+            logits, y = task.forward(compiled, tensors, draw)
+            y = y.clamp(min=0)
+            loss = torch.nn.functional.cross_entropy(
+                logits.float(), y, label_smoothing=config.label_smoothing
+            )
+            if not ok.any():  # a batch of nothing else still steps, so DDP stays in step
+                loss = loss * 0.0
+            (loss / config.grad_accum).backward()
+            step += 1
+            if step % config.grad_accum == 0:
+                if config.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            if ok.any():
+                sums.loss += loss.item() * len(y)
+                sums.correct += (logits.argmax(1) == y).sum().item()
+                sums.seen += len(y)
+            write_progress(run_dir, rank, epoch, step=step)
+            now = time.perf_counter()
+            sums.time += now - began
+            began = now
+            every = config.checkpoint_every
+            boundary = step % config.grad_accum == 0 and sums.position < len(plan)
+            if store and every and step % every == 0 and boundary:
+                _save_mid_epoch(store, parts, sums, epoch, step, rank, world, run_dir)
+            tick = time.perf_counter()
+        if step % config.grad_accum:  # the tail of an accumulation window
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        metrics = _train_metrics(task, sums, epoch, config, optimizer)
+        model.eval()
+        val = task.evaluate(unwrap(model), data.val())
+        if "val_decode_failures" in val:
+            failed_val = val["val_decode_failures"]
+            check_decode_failures(
+                epoch + 1,
+                "validation",
+                failed_val,
+                val["val_videos"] + failed_val,
+                val.pop("val_first_error"),
+                config.max_decode_failures,
+            )
+        metrics |= val | run["extra_metrics"]
+        reporter.end_epoch(epoch, metrics, task.line(metrics, config.epochs), epoch_state)
+        if store and rank == 0:
+            store.clear()  # the epoch's checkpoint supersedes its mid-epoch ones
+    reporter.close()
+
+
+def _train_metrics(task: Task, sums: Sums, epoch: int, config: TrainConfig, optimizer) -> dict:
+    totals = gather(
+        (sums.loss, sums.correct, sums.seen, sums.wait, sums.time, sums.failed, sums.videos)
+    )
+    first_error = next((e for e in gather(sums.first_error) if e), "")
+    seen = sum(t[2] for t in totals)
+    failed = sum(t[5] for t in totals)
+    videos = sum(t[6] for t in totals)
+    # Every worker holds the same totals, so all raise together (none waits in a collective).
+    check_decode_failures(
+        epoch + 1, "training", failed, videos + failed, first_error, config.max_decode_failures
+    )
+    return {
+        "epoch": epoch + 1,
+        "train_loss": sum(t[0] for t in totals) / max(1, seen),
+        task.accuracy: sum(t[1] for t in totals) / max(1, seen),
+        f"train_{task.unit}": seen,
+        f"{task.unit}_per_s": seen / max(1e-9, max(t[4] for t in totals)),
+        "data_wait_frac": sum(t[3] for t in totals) / max(1e-9, sum(t[4] for t in totals)),
+        "lr": optimizer.param_groups[0]["lr"],
+        "decode_failures": failed,  # training videos lost this epoch
+    }
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_mid_epoch(store, parts, sums, epoch, step, rank, world, run_dir) -> None:
+    """Every rank saves its sums and generator, rank 0 the shared state; once all have,
+    rank 0 commits the checkpoint."""
+    name = f"e{epoch}-s{step}"
+    if rank == 0:
+        store.save_shared(name, {k: p.state_dict() for k, p in parts.items()})
+    store.save_rank(name, rank, {"sums": asdict(sums), "rng": _rng_state()})
+    gather(None)  # a barrier: every rank's file is written
+    if rank == 0:
+        store.commit({"epoch": epoch, "step": step, "workers": world, "dir": name})
+        append_history(run_dir, {"event": "mid_epoch_checkpoint", "epoch": epoch + 1, "step": step})
+
+
+def _resume(parts: dict, store, run_dir, rank: int, world: int):
+    """Restore the run's newest state: a mid-epoch checkpoint newer than the latest epoch
+    checkpoint, or that epoch checkpoint, or nothing. Returns (epoch, step, sums, generator
+    state) to start from."""
+    import ray.train
+
+    start_epoch, state = 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = load_state(d)
+        start_epoch = state["epoch"] + 1
+    # A mid-epoch checkpoint holds the whole state: it wins over an older epoch checkpoint,
+    # which may also be one that Ray Train had not registered yet when the worker died.
+    marker = store.latest() if store else None
+    if marker and marker["epoch"] >= start_epoch and marker["workers"] != world:
+        # The plan is a function of the number of workers: re-plan the epoch from its start.
+        if rank == 0:
+            print(
+                f"the mid-epoch checkpoint of epoch {marker['epoch'] + 1} was made by "
+                f"{marker['workers']} workers, not {world}: epoch {start_epoch + 1} restarts"
+            )
+        marker = None
+    if marker and marker["epoch"] >= start_epoch:
+        start_epoch = marker["epoch"]
+        shared, own = store.load(marker, rank)
+        for name, part in parts.items():
+            part.load_state_dict(shared[name])
+        if rank == 0:
+            print(f"resumed epoch {start_epoch + 1} after step {marker['step']}")
+            append_history(
+                run_dir, {"event": "resumed", "from_epoch": start_epoch, "step": marker["step"]}
+            )
+        return start_epoch, marker["step"], Sums(**own["sums"]), own["rng"]
+    if state is not None:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        if rank == 0:
+            print(f"resumed from the checkpoint of epoch {start_epoch}")
+            append_history(run_dir, {"event": "resumed", "from_epoch": start_epoch})
+    return start_epoch, 0, Sums(), None
+
+
+class _StepLog:
+    """``run_dir/steps/rank-N.jsonl``: the video ids of every training step, for audits (a
+    step done again after a resume is logged again: the last line of a step counts)."""
+
+    def __init__(self, run_dir: str | None, rank: int) -> None:
+        self.path = Path(run_dir) / "steps" / f"rank-{rank}.jsonl" if run_dir else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, epoch: int, step: int, batch: dict) -> None:
+        if self.path:
+            ids = [str(v) for v in batch["video_id"]]
+            line = {"epoch": epoch + 1, "step": step, "videos": ids}
+            line["positions"] = [int(p) for p in batch["position"]]
+            with open(self.path, "a") as f:
+                f.write(json.dumps(line) + "\n")

@@ -31,34 +31,52 @@ from pathlib import Path
 from raylab.config import ClipConfig
 from raylab.data.storage import resolve_location
 from raylab.models import MODEL_INFO
-from raylab.train.transfer import DEFAULTS, STUDENTS
+from raylab.train.transfer import STUDENTS, TransferOptions, transfer_config
+
+RECIPE = transfer_config()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
     p.add_argument("--out", required=True, help="run folder (checkpoints, student.pt, events)")
-    p.add_argument("--student", choices=STUDENTS, default=DEFAULTS["student"])
+    p.add_argument("--student", choices=STUDENTS, default=RECIPE.model)
     p.add_argument("--frames", type=int, help="student clip length (>= 29; default: the student's)")
     p.add_argument("--stride", type=int, default=ClipConfig.stride)
     p.add_argument("--size", type=int, default=ClipConfig.size, help="crop size (square, >= 29)")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (both nets)")
-    p.add_argument("--teacher-frames", type=int, default=4, help="frames the 2D teacher sees")
+    p.add_argument(
+        "--teacher-frames",
+        type=int,
+        default=TransferOptions.teacher_frames,
+        help="frames the 2D teacher sees",
+    )
     p.add_argument("--teacher-weights", help="torchvision DenseNet state dict (ImageNet)")
     p.add_argument(
         "--hard-negatives",
         type=float,
-        default=0.5,
+        default=TransferOptions.hard_negatives,
         help="fraction of negatives from another video of the same scene (UCF101 group)",
     )
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="pairs/worker")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=DEFAULTS["optimizer"])
+    p.add_argument("--epochs", type=int, default=RECIPE.epochs)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=RECIPE.batch_size,
+        help="videos per worker and step (each makes a positive and a negative pair)",
+    )
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=RECIPE.optimizer)
     p.add_argument("--lr", type=float, help="default: 0.1 for sgd, 1e-3 for adamw")
     p.add_argument("--weight-decay", type=float, help="default: 1e-4 for sgd, 0.05 for adamw")
-    p.add_argument("--schedule", choices=["cosine", "step"], default=DEFAULTS["schedule"])
-    p.add_argument("--step-epochs", type=int, default=DEFAULTS["step_epochs"], help="lr / 10")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--schedule", choices=["cosine", "step"], default=RECIPE.schedule)
+    p.add_argument("--step-epochs", type=int, default=RECIPE.step_epochs, help="lr / 10")
+    p.add_argument("--seed", type=int, default=RECIPE.seed)
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=RECIPE.checkpoint_every,
+        help="steps between mid-epoch checkpoints (default 0: at epoch ends only)",
+    )
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -73,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from raylab.infer.evaluate import best_checkpoint
+    from raylab.train.epoch import DataOptions
     from raylab.train.transfer import build_transfer_trainer
     from raylab.train.worker import load_state
 
@@ -83,43 +102,45 @@ def main(argv: list[str] | None = None) -> dict:
     weight_decay = args.weight_decay if args.weight_decay is not None else (1e-4 if sgd else 0.05)
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    config = {
-        "student": args.student,
-        "model_options": {"width": args.width},
-        "teacher_weights": (
+    options = TransferOptions(
+        teacher_frames=args.teacher_frames,
+        hard_negatives=args.hard_negatives,
+        teacher_weights=(
             str(Path(args.teacher_weights).resolve()) if args.teacher_weights else None
         ),
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "optimizer": args.optimizer,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "schedule": args.schedule,
-        "step_epochs": args.step_epochs,
-        "seed": args.seed,
-        "run_dir": str(out),
-        "teacher_frames": args.teacher_frames,
-        "hard_negatives": args.hard_negatives,
-    }
+    )
     try:
         # The student's clips, described once: dense RGB clips, the frames its input
         # contract names unless --frames says otherwise.
         frames = args.frames or MODEL_INFO[args.student].contract.frames
         clip = ClipConfig(frames=frames, stride=args.stride, size=args.size)
+        config = transfer_config(
+            model=args.student,
+            model_options={"width": args.width},
+            clip=clip,
+            epochs=args.epochs,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            schedule=args.schedule,
+            step_epochs=args.step_epochs,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+        )
+        data = DataOptions(
+            shards=resolve_location(args.data), decoders=args.decoders, val_split=args.val_split
+        )
         trainer = build_transfer_trainer(
             config,
-            shards=resolve_location(args.data),
-            clip=clip,
-            teacher_frames=args.teacher_frames,
+            options,
+            data,
             storage_path=out.parent,
             name=out.name,
-            workers=args.workers,
             use_gpu=args.gpu,
             cpus_per_worker=args.cpus_per_worker,
             max_failures=args.max_failures,
-            decoders=args.decoders,
-            val_split=args.val_split,
-            hard_negatives=args.hard_negatives,
         )
     except ValueError as err:
         raise SystemExit(f"transfer_t3d: {err}") from err
@@ -140,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         "run": str(out),
         "best_checkpoint": best.path,
         "student": args.student,
-        "model_options": config["model_options"],
+        "model_options": config.model_options,
         "clip": clip.record(),
         "teacher_frames": args.teacher_frames,
         "hard_negatives": args.hard_negatives,

@@ -343,10 +343,14 @@ class Task(Protocol):
         """Saved and restored besides the trainable network (a frozen teacher...)."""
 
     def forward(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], draw: np.random.Generator
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, torch.Tensor],
+        ids: np.ndarray,
+        draw: np.random.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, targets) of a training batch of decoded videos; ``draw``: the step's
-        random generator, a function of (seed, epoch, rank, step)."""
+        """(logits, targets) of a training batch of decoded videos (``ids``: theirs);
+        ``draw``: the step's random generator, a function of (seed, epoch, rank, step)."""
 
     def evaluate(self, model: torch.nn.Module, batches: Iterator[dict]) -> dict:
         """Validation metrics, gathered over ranks; ``val_decode_failures``,
@@ -473,9 +477,9 @@ def run_epochs(run: dict, task: Task) -> None:
             sums.position = int(batch["position"][-1]) + 1
             if step_log is not None:
                 step_log.write(epoch, step + 1, batch)
-            tensors = to_device({k: v[ok] for k, v in batch.items()} if ok.any() else batch, device)
+            rows = {k: v[ok] for k, v in batch.items()} if ok.any() else batch
             draw = np.random.default_rng([config.seed, epoch, rank, step])
-            logits, y = task.forward(compiled, tensors, draw)
+            logits, y = task.forward(compiled, to_device(rows, device), rows["video_id"], draw)
             y = y.clamp(min=0)
             loss = torch.nn.functional.cross_entropy(
                 logits.float(), y, label_smoothing=config.label_smoothing

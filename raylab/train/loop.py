@@ -145,7 +145,7 @@ class Classification:
     def parts(self) -> dict:
         return {}
 
-    def forward(self, model, batch: dict[str, torch.Tensor], draw) -> tuple[torch.Tensor, ...]:
+    def forward(self, model, batch: dict[str, torch.Tensor], ids, draw) -> tuple[torch.Tensor, ...]:
         x = normalise(batch["clip"], self.mean, self.std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)

@@ -9,14 +9,12 @@ produce features from which the teacher's view of the same moment can be recogni
 
 Pieces:
 
-- :class:`ClipPairs`, a ``map_batches`` step after :func:`raylab.data.pipeline.clip_dataset`:
-  within each batch of decoded clips it emits, for every clip, one positive row (teacher
-  frames = X evenly spaced frames of that clip) and one negative row (X frames of a clip of
-  another video in the batch). Columns ``clip`` (student input, uint8 T x H x W x 3),
-  ``teacher_clip`` (uint8 X x H x W x 3), ``same`` (1 / 0), ``kind`` (:data:`POSITIVE`,
-  :data:`OTHER_SCENE` or :data:`SAME_SCENE`), ``video_id`` and ``teacher_video_id``. Only
-  ``video_id`` tells videos apart; labels are never read (and dropped). :func:`pair_dataset`
-  builds the whole dataset.
+- :func:`pair_indices`: within each training batch of decoded clips (the run's plan, as
+  supervised training reads it), one positive pair per clip (teacher frames = X evenly
+  spaced frames of that clip) and one negative (X frames of a clip of another video in the
+  batch), drawn from the step's generator: the pairs are a function of the run's seed.
+  Only video ids tell videos apart; labels are never read. Validation pairs are drawn from
+  the seed and the batch's place, so they are the same every epoch and every run.
 - Hard negatives: a negative from a video of another scene can be told apart by its
   background alone, which teaches the student nothing about what moves. Where video ids name
   their scene (UCF101's groups, ``v_<Class>_g<GG>_c<CC>``: one actor and place), a fraction
@@ -31,12 +29,13 @@ Pieces:
   fc 2. The two feature vectors are concatenated at whatever sizes they have, with no
   projection: 1024 + 1024 = 2048 at full width as in the paper, 128 + 128 at ``width=0.125``.
 - :class:`TransferNet`: student + head, the trainable part that DDP wraps.
-- :func:`transfer_loop`, the per-worker Ray Train loop (ordinary PyTorch, DDP through
-  ``ray.train.torch.prepare_model``; AdamW with cosine decay by default), reporting
-  ``train_loss`` and the held-out ``correspondence_accuracy`` (overall and per kind of pair:
-  ``accuracy_positive``, ``accuracy_other_scene``, ``accuracy_same_scene``) with a
-  checkpoint every epoch;
-  :func:`build_transfer_trainer` the ``TorchTrainer`` around it;
+- :class:`Correspondence`, the task that supervised training's epoch skeleton
+  (:mod:`raylab.train.epoch`) runs: the same plan, accumulation, clipping, decode checks,
+  mid-epoch checkpoints and reports; it reports ``train_loss`` and the held-out
+  ``correspondence_accuracy`` (overall and per kind of pair: ``accuracy_positive``,
+  ``accuracy_other_scene``, ``accuracy_same_scene``) every epoch. The run is a
+  :class:`~raylab.config.TrainConfig` (:func:`transfer_config`, the student as its model)
+  and :class:`TransferOptions`; :func:`build_transfer_trainer` builds the ``TorchTrainer``;
   :func:`student_state` the student's weights without its classifier, which
   ``build_model(student, num_classes, ...)`` loads with ``strict=False`` (``jobs/train.py
   --init-from``).
@@ -46,8 +45,7 @@ from __future__ import annotations
 
 import math
 import re
-import time
-import zlib
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,65 +53,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raylab.config import ClipConfig, TrainConfig
-from raylab.data.pipeline import FAILED, ClipTensors
-from raylab.train.loop import lr_factor, make_optimizer, normalise
-from raylab.train.worker import (
-    EpochReporter,
-    autocast,
-    gather,
-    resume,
-    train_batches,
-    unwrap,
-    worker_device,
-    write_progress,
-)
+from raylab.config import TrainConfig
+from raylab.data.pipeline import FAILED, error_text
+from raylab.train.epoch import DataOptions, loop_config, run_epochs
+from raylab.train.loop import normalise
+from raylab.train.worker import autocast, gather, unwrap
 
 STUDENTS = ("t3d121", "densenet3d121")
 POSITIVE, OTHER_SCENE, SAME_SCENE = 0, 1, 2  # the ``kind`` of a pair row
 _GROUP = re.compile(r"_g(\d+)_c\d+$")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# The recipe's defaults are training's (TrainConfig), and so is the student's normalisation
-# (that of fine-tuning). model_options and num_classes are the student's; its classifier is
-# built but unused (and not saved).
-_TRAINING = TrainConfig()
-DEFAULTS: dict = {
-    name: getattr(_TRAINING, name)
-    for name in (
-        "model_options",
-        "epochs",
-        "optimizer",
-        "lr",
-        "momentum",
-        "schedule",
-        "warmup_epochs",
-        "step_epochs",
-        "amp",
-        "mean",
-        "std",
-        "shuffle_buffer",
-        "seed",
-    )
-} | {
-    "num_classes": 8,  # the shards' count, set by the trainer's builder
-    "steps_per_epoch": 1,  # set by the trainer's builder
-    "run_dir": None,
-    "student": "t3d121",
-    "teacher_depth": 121,
-    "teacher_weights": None,  # a torchvision DenseNet state dict (ImageNet) for the teacher
-    "teacher_calibrated": False,  # True: a random teacher, BN statistics from training frames
-    "head_hidden": (512, 128),
-    "batch_size": 32,  # pair rows per worker (half positive)
-    # AdamW with cosine decay, as training; the paper's SGD recipe (lr 0.1, / 10 every 30
-    # epochs) is "sgd" + "step". On the demo set AdamW 1e-3, weight decay 0.05 was what made
-    # tiny students learn at all.
-    "weight_decay": 0.05,
-    "teacher_mean": IMAGENET_MEAN,
-    "teacher_std": IMAGENET_STD,
-}
-
 
 # --------------------------------------------------------------------------------------------
 # Pairs
@@ -136,121 +86,67 @@ def scene_of(video_id: str) -> str | None:
     return f"g{int(match.group(1)):02d}" if match else None
 
 
-class ClipPairs:
-    """``map_batches`` step: a batch of decoded clip rows -> positive and negative pair rows.
+def pair_indices(
+    ids: list[str], rng: np.random.Generator, hard_negatives: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of a batch of clips: ``(student, partner, kind)`` indices into ``ids``.
 
-    For every clip i of the batch: ``(clip_i, frames of clip_i, same=1)`` and ``(clip_i,
-    frames of clip_j, same=0)`` with j drawn among the clips of *other* videos of the batch;
-    with probability ``hard_negatives`` among those of the same scene (:func:`scene_of`) when
-    there are any. Clips of a batch holding a single video have no negative and are left out
-    (so exactly half of the rows are positive); so are placeholder rows of videos that failed
-    to decode (``view`` -1). Rows are shuffled within the batch. ``seed`` None draws from
-    fresh entropy (training); an int makes the negatives a function of the batch's video ids
-    (validation).
-    """
-
-    def __init__(
-        self, teacher_frames: int, seed: int | None = None, hard_negatives: float = 0.5
-    ) -> None:
-        if not 0.0 <= hard_negatives <= 1.0:
-            raise ValueError(f"hard_negatives must be in [0, 1], got {hard_negatives}")
-        self.teacher_frames, self.seed, self.hard = teacher_frames, seed, hard_negatives
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        clips = batch["clip"]
-        ids = np.asarray([str(v) for v in batch["video_id"]], dtype=object)
-        if "view" in batch:
-            ok = np.asarray(batch["view"]) != FAILED
-            clips, ids = clips[ok], ids[ok]
-        idx = teacher_indices(clips.shape[1], self.teacher_frames)
-        if self.seed is None:
-            rng = np.random.default_rng()
-        else:
-            rng = np.random.default_rng([self.seed, zlib.crc32("|".join(ids).encode())])
-        scenes = np.asarray([scene_of(v) for v in ids], dtype=object)
-        student, partner, kind = [], [], []
-        for i, vid in enumerate(ids):
-            others = ids != vid
-            if not others.any():
-                continue
-            same_scene = others & (scenes == scenes[i]) & (scenes[i] is not None)
-            hard = same_scene.any() and rng.random() < self.hard
-            j = int(rng.choice(np.flatnonzero(same_scene if hard else others)))
-            student += [i, i]
-            partner += [i, j]
-            kind += [POSITIVE, SAME_SCENE if same_scene[j] else OTHER_SCENE]
-        order = rng.permutation(len(kind))
-        student = np.asarray(student, dtype=np.int64)[order]
-        partner = np.asarray(partner, dtype=np.int64)[order]
-        kind = np.asarray(kind, dtype=np.int64)[order]
-        t, h, w, c = clips.shape[1:]
-        return {
-            "clip": clips[student] if len(student) else np.zeros((0, t, h, w, c), np.uint8),
-            "teacher_clip": (
-                clips[partner][:, idx]
-                if len(partner)
-                else np.zeros((0, len(idx), h, w, c), np.uint8)
-            ),
-            "same": (kind == POSITIVE).astype(np.int64),
-            "kind": kind,
-            "video_id": ids[student] if len(student) else np.zeros(0, dtype=object),
-            "teacher_video_id": ids[partner] if len(partner) else np.zeros(0, dtype=object),
-        }
+    For every clip i: ``(i, i, POSITIVE)`` and ``(i, j, kind)`` with j drawn among the clips
+    of *other* videos of the batch; with probability ``hard_negatives`` among those of the
+    same scene (:func:`scene_of`) when there are any. A clip whose video is the batch's only
+    one has no negative and is left out (so exactly half of the pairs are positive). Labels
+    are never read. The draws come from ``rng`` (the step's, in training; fixed ones at
+    validation)."""
+    if not 0.0 <= hard_negatives <= 1.0:
+        raise ValueError(f"hard_negatives must be in [0, 1], got {hard_negatives}")
+    ids_arr = np.asarray([str(v) for v in ids], dtype=object)
+    scenes = np.asarray([scene_of(v) for v in ids_arr], dtype=object)
+    student, partner, kind = [], [], []
+    for i, vid in enumerate(ids_arr):
+        others = ids_arr != vid
+        if not others.any():
+            continue
+        same_scene = others & (scenes == scenes[i]) & (scenes[i] is not None)
+        hard = same_scene.any() and rng.random() < hard_negatives
+        j = int(rng.choice(np.flatnonzero(same_scene if hard else others)))
+        student += [i, i]
+        partner += [i, j]
+        kind += [POSITIVE, SAME_SCENE if same_scene[j] else OTHER_SCENE]
+    as_array = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+    return as_array(student), as_array(partner), as_array(kind)
 
 
-def pair_dataset(
-    shards: str | Path,
-    split: str,
-    clip: ClipConfig,
-    *,
-    teacher_frames: int = 4,
-    hard_negatives: float = 0.5,
-    train: bool = True,
-    seed: int | None = None,
-    videos_per_batch: int = 32,
-    decoders: int | None = None,
-    decoder_cpus: float = 1.0,
-    decoder_resource: str | None = None,
-):
-    """A ``ray.data.Dataset`` of pair rows (see :class:`ClipPairs`) of ``clip``'s clips from
-    one split.
+@dataclass(frozen=True)
+class TransferOptions:
+    """What supervision transfer adds to a run's :class:`~raylab.config.TrainConfig` (whose
+    ``model`` is the student, its classifier built but unused and not saved)."""
 
-    Training (``train=True``): random clips every pass, fresh negatives. Otherwise centre
-    clips and negatives fixed by ``seed`` (0 when None), so a held-out accuracy is comparable
-    from epoch to epoch. Negatives are drawn within a decode batch of ``videos_per_batch``
-    videos (twice the pipeline's 16): the shards' rows are in random order, and a larger
-    batch more often holds another video of the same scene for a hard negative.
-    """
-    import ray.data
+    teacher_frames: int = 4  # frames of a clip the 2D teacher sees
+    hard_negatives: float = 0.5  # negatives from another video of the same scene
+    teacher_depth: int = 121
+    teacher_weights: str | None = None  # a torchvision DenseNet state dict (ImageNet)
+    teacher_calibrated: bool = False  # a random teacher, BN statistics from training frames
+    head_hidden: tuple[int, ...] = (512, 128)
+    teacher_mean: tuple[float, ...] = IMAGENET_MEAN
+    teacher_std: tuple[float, ...] = IMAGENET_STD
 
-    from raylab.data.pipeline import clip_dataset
+    def __post_init__(self) -> None:
+        teacher_indices(2, self.teacher_frames)  # its own check of the count
+        if not 0.0 <= self.hard_negatives <= 1.0:
+            raise ValueError(f"hard_negatives must be in [0, 1], got {self.hard_negatives}")
+        for name in ("head_hidden", "teacher_mean", "teacher_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
-    clips = clip_dataset(
-        shards,
-        split,
-        clip,
-        train=train,
-        seed=seed if train else None,
-        decoders=decoders,
-        decoder_cpus=decoder_cpus,
-        decoder_resource=decoder_resource,
-        videos_per_batch=videos_per_batch,
-    )
-    pair_seed = seed if train else (0 if seed is None else seed)
-    # Same batch size and resources as the decoder: Ray Data fuses both into one task.
-    pairs = clips.map_batches(
-        ClipPairs(teacher_frames, pair_seed, hard_negatives),
-        batch_size=videos_per_batch,
-        batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=decoders),
-        num_cpus=decoder_cpus,
-        resources={decoder_resource: 1} if decoder_resource else None,
-    )
-    if not train:
-        # Negatives are drawn within a decode batch, so fixed pairs need fixed batches: the
-        # blocks must reach the decoder in the same order every pass. This dataset only.
-        pairs.context.execution_options.preserve_order = True
-    return pairs
+    def record(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def transfer_config(**settings) -> TrainConfig:
+    """The run of a transfer: training's recipe with transfer's defaults, a T3D-121 student,
+    16 videos a step (32 pairs) and AdamW with weight decay 0.05 (the paper's SGD recipe,
+    lr 0.1 / 10 every 30 epochs, is ``optimizer="sgd", schedule="step"``; on the demo set
+    AdamW 1e-3 with decay 0.05 was what made tiny students learn at all)."""
+    return replace(TrainConfig(model="t3d121", batch_size=16, weight_decay=0.05), **settings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,14 +223,13 @@ def feature_size(model: nn.Module) -> int:
     return int(model.classifier.in_features)
 
 
-def build_teacher(config: dict) -> FrameTeacher:
-    """The frozen 2D DenseNet at the student's width, from ``teacher_weights`` when given."""
+def build_teacher(options: TransferOptions, width: float = 1.0) -> FrameTeacher:
+    """The frozen 2D DenseNet at the student's ``width``, from ``teacher_weights`` when given."""
     from raylab.models.t3d import densenet2d
 
-    width = config["model_options"].get("width", 1.0)
-    net = densenet2d(config["teacher_depth"], width=width)
-    if config["teacher_weights"]:
-        load_teacher_weights(net, config["teacher_weights"])
+    net = densenet2d(options.teacher_depth, width=width)
+    if options.teacher_weights:
+        load_teacher_weights(net, options.teacher_weights)
     return FrameTeacher(net)
 
 
@@ -384,35 +279,40 @@ def calibrate_teacher(
 
 
 def calibrated_teacher_file(
-    config: dict, shards: str, clip: ClipConfig, teacher_frames: int
+    config: TrainConfig, options: TransferOptions, shards: str, run_dir: Path
 ) -> Path:
     """``run_dir/teacher.pt``: the seeded random teacher with BN statistics calibrated on
-    ``teacher_frames`` frames of up to 16 training clips (written once, reused on resume)."""
+    ``teacher_frames`` frames of the first 16 training clips of the seed's first epoch
+    (written once, reused on resume)."""
     from raylab.data.pipeline import clip_dataset
     from raylab.models.t3d import densenet2d
 
-    path = Path(config["run_dir"]) / "teacher.pt"
+    path = run_dir / "teacher.pt"
     if path.exists():
         return path
-    rows = clip_dataset(shards, "train", clip, train=True, seed=config["seed"]).take(16)
-    idx = teacher_indices(clip.frames, teacher_frames)
+    clip = config.clip
+    rows = clip_dataset(shards, "train", clip, train=True, seed=config.seed).take(16)
+    idx = teacher_indices(clip.frames, options.teacher_frames)
     sample = np.concatenate([r["clip"][idx] for r in rows if r["view"] != FAILED])
-    torch.manual_seed(config["seed"])
-    net = densenet2d(config["teacher_depth"], width=config["model_options"].get("width", 1.0))
-    calibrate_teacher(net, sample, config["teacher_mean"], config["teacher_std"])
+    torch.manual_seed(config.seed)
+    net = densenet2d(options.teacher_depth, width=config.model_options.get("width", 1.0))
+    calibrate_teacher(net, sample, options.teacher_mean, options.teacher_std)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path
 
 
-def build_transfer_net(config: dict, teacher_features: int) -> TransferNet:
+def build_transfer_net(
+    config: TrainConfig, options: TransferOptions, teacher_features: int
+) -> TransferNet:
+    """The student ``config.model`` and the head after the teacher's features."""
     from raylab.models import build_model
 
-    student = build_model(config["student"], config["num_classes"], **config["model_options"])
+    student = build_model(config.model, max(1, config.num_classes), **config.model_options)
     # The student's classifier is never run here (nor saved): without gradients, DDP does not
     # wait for them, which with two or more workers would fail the first step.
     student.classifier.requires_grad_(False)
-    head = CorrespondenceHead(teacher_features, feature_size(student), tuple(config["head_hidden"]))
+    head = CorrespondenceHead(teacher_features, feature_size(student), options.head_hidden)
     return TransferNet(student, head)
 
 
@@ -433,128 +333,121 @@ def teacher_input(frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -
 
 
 # --------------------------------------------------------------------------------------------
-# The per-worker loop
+# The task
 # --------------------------------------------------------------------------------------------
 
 
-def transfer_loop(config: dict) -> None:
-    """Train student + head on the ``train`` pairs, report held-out correspondence accuracy."""
-    import ray.train
-    import ray.train.torch
+class Correspondence:
+    """The :class:`~raylab.train.epoch.Task` of supervision transfer: each batch of decoded
+    clips becomes its pairs (:func:`pair_indices`), the frozen teacher sees the partner's
+    frames, and student + head say whether the two are the same moment."""
 
-    config = DEFAULTS | config
-    rank = ray.train.get_context().get_world_rank()
-    device = worker_device()
+    unit, accuracy = "pairs", "train_accuracy"
 
-    torch.manual_seed(config["seed"])  # every worker: the same teacher and student init
-    teacher = build_teacher(config).to(device)
-    net = build_transfer_net(config, teacher.out_features)
-    net = ray.train.torch.prepare_model(net, move_to_device=device)  # device + DDP
-    optimizer = make_optimizer(
-        net, config["optimizer"], config["lr"], config["weight_decay"], config["momentum"]
-    )
-    schedule = {k: config[k] for k in ("epochs", "schedule", "warmup_epochs", "step_epochs")}
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step / max(1, config["steps_per_epoch"]), **schedule)
-    )
-    run_dir = config["run_dir"]
-    start_epoch = resume(
-        run_dir, rank, net=unwrap(net), teacher=teacher, optimizer=optimizer, scheduler=scheduler
-    )
+    def __init__(self, config: TrainConfig, options: TransferOptions, rank: int) -> None:
+        self.config, self.options, self.rank = config, options, rank
 
-    def tensor(values):
-        return torch.tensor(values, device=device)
+    def build(self, config: TrainConfig, device: torch.device) -> TransferNet:
+        self.teacher = build_teacher(self.options, config.model_options.get("width", 1.0))
+        self.teacher = self.teacher.to(device)
+        net = build_transfer_net(config, self.options, self.teacher.out_features)
 
-    mean, std = tensor(config["mean"]), tensor(config["std"])
-    t_mean, t_std = tensor(config["teacher_mean"]), tensor(config["teacher_std"])
-    amp_ctx = autocast(config["amp"], device)
-    reporter = EpochReporter(config, run_dir, rank)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+        def tensor(values) -> torch.Tensor:
+            return torch.tensor(values, device=device)
 
-    def logits_of(batch) -> torch.Tensor:
-        with amp_ctx:
-            feats = teacher(teacher_input(batch["teacher_clip"], t_mean, t_std))
-            return net(normalise(batch["clip"], mean, std), feats.float()).float()
-
-    def checkpoint(_epoch: int) -> dict:
-        """What the loop saves; the reporter adds the epoch, config and metrics."""
-        return {
-            "net": unwrap(net).state_dict(),
-            "teacher": teacher.state_dict(),
-            "student": student_state(net),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-        }
-
-    for epoch in range(start_epoch, config["epochs"]):
-        net.train()
-        write_progress(run_dir, rank, epoch)
-        loss_sum = correct = seen = 0
-        start = time.perf_counter()
-        batches = train_batches(train_shard, config["batch_size"], config["shuffle_buffer"], device)
-        for step, batch in enumerate(batches, start=1):
-            y = batch["same"]
-            logits = logits_of(batch)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            write_progress(run_dir, rank, epoch, step=step)
-        train_time = time.perf_counter() - start
-
-        net.eval()
-        v_loss = v_correct = v_seen = v_pos = 0
-        by_kind = [0] * 6  # correct and seen for POSITIVE, OTHER_SCENE, SAME_SCENE
-        with torch.no_grad():
-            for batch in val_shard.iter_torch_batches(
-                batch_size=config["batch_size"], collate_fn=ClipTensors(), device=device
-            ):
-                y = batch["same"]
-                logits = logits_of(batch)
-                right = logits.argmax(1) == y
-                v_loss += F.cross_entropy(logits, y, reduction="sum").item()
-                v_correct += right.sum().item()
-                v_seen += len(y)
-                v_pos += int(y.sum().item())
-                for k in (POSITIVE, OTHER_SCENE, SAME_SCENE):
-                    of_kind = batch["kind"] == k
-                    by_kind[2 * k] += right[of_kind].sum().item()
-                    by_kind[2 * k + 1] += of_kind.sum().item()
-        totals = gather(
-            (loss_sum, correct, seen, train_time, v_loss, v_correct, v_seen, v_pos, *by_kind)
+        self.mean, self.std = tensor(config.mean), tensor(config.std)
+        self.t_mean, self.t_std = (
+            tensor(self.options.teacher_mean),
+            tensor(self.options.teacher_std),
         )
-        n_train = sum(t[2] for t in totals)
-        n_val = sum(t[6] for t in totals)
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": sum(t[0] for t in totals) / max(1, n_train),
-            "train_accuracy": sum(t[1] for t in totals) / max(1, n_train),
-            "train_pairs": n_train,
-            "pairs_per_s": n_train / max(1e-9, max(t[3] for t in totals)),
-            "correspondence_accuracy": (
-                sum(t[5] for t in totals) / n_val if n_val else float("nan")
-            ),
-            "val_loss": sum(t[4] for t in totals) / n_val if n_val else float("nan"),
-            "val_pairs": n_val,
-            "val_positive_fraction": sum(t[7] for t in totals) / max(1, n_val),
+        self.frames = torch.from_numpy(
+            teacher_indices(config.clip.frames, self.options.teacher_frames)
+        ).to(device)
+        self.amp, self.device = autocast(config.amp, device), device
+        return net
+
+    def parts(self) -> dict:
+        return {"teacher": self.teacher}
+
+    def pairs(self, model, clips: torch.Tensor, ids, draw) -> tuple[torch.Tensor, ...]:
+        """(logits, same, kind) of the pairs of a batch of uint8 clips on the device."""
+        student, partner, kind = pair_indices(list(ids), draw, self.options.hard_negatives)
+        s = torch.from_numpy(student).to(self.device)
+        p = torch.from_numpy(partner).to(self.device)
+        kind_t = torch.from_numpy(kind).to(self.device)
+        with self.amp:
+            frames = clips[p][:, self.frames]
+            feats = self.teacher(teacher_input(frames, self.t_mean, self.t_std))
+            logits = model(normalise(clips[s], self.mean, self.std), feats.float()).float()
+        return logits, (kind_t == POSITIVE).long(), kind_t
+
+    def forward(self, model, batch: dict[str, torch.Tensor], ids, draw) -> tuple[torch.Tensor, ...]:
+        logits, same, _ = self.pairs(model, batch["clip"], ids, draw)
+        return logits, same
+
+    @torch.no_grad()
+    def evaluate(self, model, batches) -> dict:
+        """Held-out correspondence accuracy, overall and per kind of pair, on fixed pairs
+        (each batch's draws come from the seed and the batch's place)."""
+        loss = correct = seen = positive = 0
+        by_kind = [0] * 6  # correct and seen for POSITIVE, OTHER_SCENE, SAME_SCENE
+        failed, first_error, videos = 0, "", 0
+        for i, batch in enumerate(batches):
+            ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
+            failed += int((~ok).sum())
+            videos += int(ok.sum())
+            if not first_error and not ok.all():
+                first_error = error_text(batch["error"][~ok][0])
+            if not ok.any():
+                continue
+            clips = torch.from_numpy(batch["clip"][ok]).to(self.device)
+            draw = np.random.default_rng([self.config.seed, self.rank, i])
+            logits, same, kind = self.pairs(model, clips, batch["video_id"][ok], draw)
+            right = logits.argmax(1) == same
+            loss += F.cross_entropy(logits, same, reduction="sum").item()
+            correct += right.sum().item()
+            seen += len(same)
+            positive += int(same.sum().item())
+            for k in (POSITIVE, OTHER_SCENE, SAME_SCENE):
+                of_kind = kind == k
+                by_kind[2 * k] += right[of_kind].sum().item()
+                by_kind[2 * k + 1] += of_kind.sum().item()
+        totals = gather((loss, correct, seen, positive, failed, videos, first_error, *by_kind))
+        n = sum(t[2] for t in totals)
+        return {
+            "correspondence_accuracy": sum(t[1] for t in totals) / n if n else float("nan"),
+            "val_loss": sum(t[0] for t in totals) / n if n else float("nan"),
+            "val_pairs": n,
+            "val_positive_fraction": sum(t[3] for t in totals) / max(1, n),
             # Held-out accuracy on each kind of pair (nan where there was none of that kind).
             **{
                 f"accuracy_{name}": (
-                    sum(t[8 + 2 * k] for t in totals) / n
-                    if (n := sum(t[9 + 2 * k] for t in totals))
+                    sum(t[7 + 2 * k] for t in totals) / m
+                    if (m := sum(t[8 + 2 * k] for t in totals))
                     else float("nan")
                 )
                 for k, name in enumerate(("positive", "other_scene", "same_scene"))
             },
-            "lr": optimizer.param_groups[0]["lr"],
+            "val_videos": sum(t[5] for t in totals),
+            "val_decode_failures": sum(t[4] for t in totals),
+            "val_first_error": next((t[6] for t in totals if t[6]), ""),
         }
-        reporter.end_epoch(epoch, metrics, epoch_line(metrics, config["epochs"]), checkpoint)
-    reporter.close()
+
+    def saved(self, model) -> dict:
+        return {"student": student_state(model)}
+
+    def line(self, metrics: dict, epochs: int) -> str:
+        return epoch_line(metrics, epochs)
+
+
+def transfer_loop(run: dict) -> None:
+    """Train student + head (``run`` as :func:`build_transfer_trainer` makes it) on the
+    training split's pairs, reporting held-out correspondence accuracy."""
+    import ray.train
+
+    config = TrainConfig.from_record(run["config"])
+    options = TransferOptions(**run["transfer"])
+    run_epochs(run, Correspondence(config, options, ray.train.get_context().get_world_rank()))
 
 
 def epoch_line(metrics: dict, epochs: int) -> str:
@@ -572,77 +465,76 @@ def epoch_line(metrics: dict, epochs: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def check_networks(config: dict, clip: ClipConfig, teacher_frames: int) -> None:
+def check_networks(config: TrainConfig, options: TransferOptions) -> None:
     """Build teacher, student and head on the meta device and run one pair of the run's shape,
     so a wrong name, option or clip size fails on the driver with the model's message."""
-    config = DEFAULTS | config
-    if config["student"] not in STUDENTS:
-        raise ValueError(f"student must be one of {STUDENTS}, got {config['student']!r}")
+    if config.model not in STUDENTS:
+        raise ValueError(f"the student must be one of {STUDENTS}, got {config.model!r}")
+    clip = config.clip
     with torch.device("meta"):
-        teacher = build_teacher(config | {"teacher_weights": None})
-        net = build_transfer_net(config, teacher.out_features).eval()
-        feats = teacher(torch.empty(1, teacher_frames, 3, clip.size, clip.size))
+        meta = replace(options, teacher_weights=None)
+        teacher = build_teacher(meta, config.model_options.get("width", 1.0))
+        net = build_transfer_net(config, meta, teacher.out_features).eval()
+        feats = teacher(torch.empty(1, options.teacher_frames, 3, clip.size, clip.size))
         net(torch.empty(1, 3, clip.frames, clip.size, clip.size), feats)
 
 
 def build_transfer_trainer(
-    config: dict,
+    config: TrainConfig,
+    options: TransferOptions,
+    data: DataOptions,
     *,
-    shards: str,
-    clip: ClipConfig,
-    teacher_frames: int = 4,
     storage_path: str | Path,
     name: str,
-    workers: int = 1,
     use_gpu: bool = False,
     cpus_per_worker: float = 1.0,
     max_failures: int = 1,
-    decoders: int | None = None,
-    val_split: str = "val",
-    hard_negatives: float = 0.5,
+    log_steps: bool = False,
 ):
-    """A ``TorchTrainer`` running :func:`transfer_loop` over train / held-out pair datasets
-    of ``clip``'s clips (recorded whole in the config every checkpoint keeps).
+    """A ``TorchTrainer`` running :func:`transfer_loop` on ``config.workers`` workers: the
+    student ``config.model`` learns from the pairs of the training split's clips, scored
+    on the fixed pairs of ``data.val_split``.
 
     Keeps the best two checkpoints by ``correspondence_accuracy`` (and the latest); calling
-    ``fit()`` again with the same storage path and name resumes.
+    ``fit()`` again with the same storage path and name resumes, mid-epoch too when
+    ``config.checkpoint_every`` is set.
     """
     from raylab.data.storage import load_manifest
     from raylab.train.trainer import torch_trainer
 
-    manifest = load_manifest(shards)
+    manifest = load_manifest(data.shards)
     n_train = manifest["splits"].get("train", 0)
     if n_train == 0:
-        raise ValueError(f"{shards} holds no training videos")
-    if manifest["splits"].get(val_split, 0) == 0:
-        raise ValueError(f"{shards} holds no {val_split!r} videos for the held-out accuracy")
-    config = DEFAULTS | config
-    config["num_classes"] = len(manifest.get("classes") or []) or config["num_classes"]
-    config["clip"] = clip.record()
-    check_networks(config, clip, teacher_frames)
-    config["steps_per_epoch"] = max(1, math.ceil(2 * n_train / workers / config["batch_size"]))
-    config["run_dir"] = config["run_dir"] or str(Path(storage_path) / name)
-    if not config["teacher_weights"]:  # a random teacher: BN statistics from training frames
-        config["teacher_weights"] = str(
-            calibrated_teacher_file(config, shards, clip, teacher_frames)
+        raise ValueError(f"{data.shards} holds no training videos")
+    if manifest["splits"].get(data.val_split, 0) == 0:
+        raise ValueError(
+            f"{data.shards} holds no {data.val_split!r} videos for the held-out accuracy"
         )
-        config["teacher_calibrated"] = True
-    common = {
-        "teacher_frames": teacher_frames,
-        "hard_negatives": hard_negatives,
-        "decoders": decoders,
-    }
-    datasets = {
-        "train": pair_dataset(shards, "train", clip, train=True, **common),
-        "val": pair_dataset(shards, val_split, clip, train=False, seed=config["seed"], **common),
-    }
+    config = replace(config, classes=tuple(manifest["classes"]))
+    check_networks(config, options)
+    run_dir = None if "://" in str(storage_path) else str(Path(storage_path) / name)
+    if not options.teacher_weights:  # a random teacher: BN statistics from training frames
+        if run_dir is None:
+            raise ValueError(
+                "a calibrated random teacher needs a local run folder: give --teacher-weights"
+            )
+        teacher = calibrated_teacher_file(config, options, data.shards, Path(run_dir))
+        options = replace(options, teacher_weights=str(teacher), teacher_calibrated=True)
+    steps_per_epoch = max(1, math.ceil(n_train / config.workers / config.batch_size))
+    run = loop_config(
+        config,
+        data,
+        steps_per_epoch,
+        run_dir,
+        mid_epoch_dir=f"{str(storage_path).rstrip('/')}/{name}/mid_epoch",
+        log_steps=log_steps,
+    )
     return torch_trainer(
         transfer_loop,
-        config,
-        datasets,
+        run | {"transfer": options.record()},
         storage_path=storage_path,
         name=name,
-        workers=workers,
+        workers=config.workers,
         use_gpu=use_gpu,
         cpus_per_worker=cpus_per_worker,
         max_failures=max_failures,

@@ -1,12 +1,9 @@
-"""What every per-worker Ray Train loop does around its own training steps.
-
-:func:`raylab.train.loop.train_loop` (classification) and
-:func:`raylab.train.transfer.transfer_loop` (T3D supervision transfer) differ in what they
-train and measure. The rest is here: the worker's device and autocast, one pass over the
-training shard, resuming from the run's latest checkpoint, the progress files, and the end
-of an epoch (:class:`EpochReporter`: checkpoint, Ray Train report, console line, TensorBoard
-scalars, ``history.jsonl``). Files are written by rank 0 only, under the run's ``run_dir``
-when it has one. The helpers take plain values, not either loop's config.
+"""The parts of a per-worker Ray Train loop below its epoch skeleton
+(:mod:`raylab.train.epoch`): the worker's device and autocast, gathering over ranks, the
+progress and history files, checkpoint files, and the end of an epoch
+(:class:`EpochReporter`: checkpoint, Ray Train report, console line, TensorBoard scalars,
+``history.jsonl``). Files are written by rank 0 only, under the run's ``run_dir`` when it
+has one. The helpers take plain values, not a loop's config.
 """
 
 from __future__ import annotations
@@ -19,8 +16,6 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
-
-from raylab.data.pipeline import ClipTensors
 
 STATE_FILE = "state.pt"  # the one file of every checkpoint
 
@@ -47,19 +42,6 @@ def autocast(amp: str | bool, device: torch.device) -> AbstractContextManager:
     if on_cuda(amp, device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
-
-
-def train_batches(shard, batch_size: int, shuffle_buffer: int, device: torch.device):
-    """One pass over this worker's training shard: ``batch_size`` rows a batch, tensors on
-    ``device`` (clips stay uint8), shuffled in a local buffer of ``shuffle_buffer`` rows, two
-    batches prefetched."""
-    return shard.iter_torch_batches(
-        batch_size=batch_size,
-        collate_fn=ClipTensors(),
-        device=device,
-        local_shuffle_buffer_size=shuffle_buffer or None,
-        prefetch_batches=2,
-    )
 
 
 def gather(obj) -> list:
@@ -120,32 +102,6 @@ def save_state(directory: str | Path, state: dict) -> None:
 def load_state(directory: str | Path) -> dict:
     """The state a checkpoint directory holds, on the CPU."""
     return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-
-
-def restore(state: dict, run_dir: str | None, rank: int, **parts) -> int:
-    """Load a checkpoint's ``state`` into ``parts`` (name -> an object with
-    ``load_state_dict``, the name being its key in the state) and return the epoch to start
-    from. Rank 0 logs a ``resumed`` history event."""
-    for name, part in parts.items():
-        part.load_state_dict(state[name])
-    start_epoch = state["epoch"] + 1
-    if rank == 0:
-        print(f"resumed from the checkpoint of epoch {start_epoch}")
-        append_history(run_dir, {"event": "resumed", "from_epoch": start_epoch})
-    return start_epoch
-
-
-def resume(run_dir: str | None, rank: int, **parts) -> int:
-    """:func:`restore` the run's latest Ray Train checkpoint into ``parts``; 0 (the epoch to
-    start from) without one."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if not checkpoint:
-        return 0
-    with checkpoint.as_directory() as d:
-        state = load_state(d)
-    return restore(state, run_dir, rank, **parts)
 
 
 class EpochReporter:

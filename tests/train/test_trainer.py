@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import threading
@@ -99,78 +98,147 @@ def test_one_builder_sets_backend_workers_and_the_checkpoints_kept(tmp_path):
     assert cpu.scaling_config.resources_per_worker == {"CPU": 2}
 
 
-def test_two_workers_learn_like_one(demo_shards, ray_session, tmp_path):
-    one = _fit(demo_shards, tmp_path, "one", workers=1, epochs=3, batch_size=8, seed=1)
-    two = _fit(demo_shards, tmp_path, "two", workers=2, epochs=3, batch_size=4, seed=1)
-    assert one.error is None and two.error is None
-    h1 = [r for r in _history(tmp_path / "one") if r["event"] == "epoch"]
-    h2 = [r for r in _history(tmp_path / "two") if r["event"] == "epoch"]
-    assert [r["epoch"] for r in h1] == [r["epoch"] for r in h2] == [1, 2, 3]
-    # The same clips per epoch in total, split over the workers.
-    assert [r["train_clips"] for r in h1] == [r["train_clips"] for r in h2]
-    assert h1[0]["train_clips"] > 0
-    # Clips are re-sampled from fresh entropy every pass, so the first epoch's transient
-    # differs by chance (seen: 2.24 against 2.92), and three epochs of this tiny net only
-    # reach chance level (ln 8 = 2.08), not below it: whether the loss falls from epoch 1
-    # is chance too. What must hold is that both runs settle to the same finite loss, none
-    # diverging (averaged gradients, not summed).
-    last1, last2 = h1[-1]["train_loss"], h2[-1]["train_loss"]
-    assert abs(last1 - last2) < 0.1 * last1, (h1, h2)
-    chance = math.log(len(load_manifest(demo_shards)["classes"]))
-    assert last1 < 1.1 * chance and last2 < 1.1 * chance, (h1, h2)
+# What a run's numbers are, without the clock: two runs with one seed must agree on these.
+TIMED = {"clips_per_s", "data_wait_frac"}
 
 
-def _registered_epochs(run: Path) -> set[int]:
-    """Epochs whose checkpoints the Train controller has registered: the kept best ones and
-    the latest (its snapshot file)."""
-    try:
-        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return set()
-    latest = snapshot.get("latest_checkpoint_result") or {}
-    kept = {r["metrics"]["epoch"] for r in snapshot["checkpoint_results"]}
-    return kept | ({latest["metrics"]["epoch"]} if latest else set())
+def _epochs(run: Path) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k not in TIMED}
+        for r in _history(run)
+        if r["event"] == "epoch"
+    ]
 
 
-def test_killed_worker_resumes_from_the_last_checkpoint(demo_shards, ray_session, tmp_path):
-    run = tmp_path / "killed"
-    progress = run / "progress" / "rank-1"
-    killed: list[tuple[int, int]] = []  # (epoch interrupted, latest registered), 1-based
+def _steps(run: Path, rank: int = 0) -> dict[tuple[int, int], list[str]]:
+    """(epoch, step) -> the video ids it trained on, as the run logged them; a step done
+    again after a resume counts as its last line says."""
+    lines = (run / "steps" / f"rank-{rank}.jsonl").read_text().splitlines()
+    return {(r["epoch"], r["step"]): r["videos"] for r in map(json.loads, lines)}
 
-    def kill_mid_epoch() -> None:
-        # Kill rank 1 part-way through training an epoch (steps 1-9 of its 12, never in
-        # evaluation or the report) once some checkpoint is registered.
-        deadline = time.time() + 600
-        while time.time() < deadline:
+
+def _epoch_ids(steps: dict, epoch: int) -> list[str]:
+    return [v for (e, _), ids in sorted(steps.items()) if e == epoch for v in ids]
+
+
+def _plan_ids(shards: Path, seed: int, epoch: int, window: int) -> list[str]:
+    """The video ids of one worker's plan of an epoch, read from the shards themselves."""
+    import pyarrow.parquet as pq
+
+    from raylab.data.pipeline import row_groups
+    from raylab.data.plan import train_plan
+
+    groups = row_groups(shards, "train")
+    ids = [
+        pq.ParquetFile(g["file"]).read_row_group(g["row_group"], columns=["video_id"])
+        for g in groups
+    ]
+    plan = train_plan([g["rows"] for g in groups], seed=seed, epoch=epoch, window=window)
+    return [str(ids[s.group].column(0)[s.row]) for s in plan]
+
+
+@pytest.fixture(scope="module")
+def seeded_runs(demo_shards, ray_session, tmp_path_factory) -> dict:
+    """Tiny runs of one recipe: twice with seed 1 (the second killed mid-epoch), once with
+    seed 2, and twice with seed 1 on two workers; every step's video ids logged."""
+    root = tmp_path_factory.mktemp("seeded")
+    recipe = {"epochs": 2, "batch_size": 2, "seed": 1}
+
+    def fit(name: str, **config):
+        trainer = build_trainer(
+            replace(TINY, **(recipe | config)),
+            _data(demo_shards),
+            storage_path=root,
+            name=name,
+            cpus_per_worker=0.5,
+            log_steps=True,
+        )
+        return trainer.fit()
+
+    runs = {"root": root, "once": fit("once")}
+    # The same run again, checkpointing every 3 steps, its worker killed in epoch 2 right
+    # after the epoch's first mid-epoch checkpoint: the event the run writes, not a sleep.
+    killed: list[dict] = []
+
+    def kill_after_the_checkpoint() -> None:
+        marker = root / "killed" / "mid_epoch" / "latest.json"
+        progress = root / "killed" / "progress" / "rank-0"
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
             try:
-                epoch, step, pid = map(int, progress.read_text().split())
-            except (FileNotFoundError, ValueError):
-                epoch = step = pid = 0
-            registered = _registered_epochs(run)
-            if epoch >= 1 and 1 <= step <= 9 and registered:
+                latest = json.loads(marker.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                latest = {}
+            if latest.get("epoch") == 1:  # 0-based: the second epoch
+                _, step, pid = map(int, progress.read_text().split())
                 os.kill(pid, signal.SIGKILL)
-                killed.append((epoch + 1, max(registered)))
-                return
-            time.sleep(0.02)
+                killed.append(latest | {"at_step": step})
+            time.sleep(0.002)
 
-    watcher = threading.Thread(target=kill_mid_epoch, daemon=True)
+    watcher = threading.Thread(target=kill_after_the_checkpoint, daemon=True)
     watcher.start()
-    result = _fit(demo_shards, tmp_path, "killed", workers=2, epochs=5, batch_size=1)
+    runs["killed"] = fit("killed", checkpoint_every=3)
     watcher.join(timeout=5)
-    assert killed, "the worker was never caught mid-epoch"
-    interrupted, registered = killed[0]
-    assert result.error is None
-    assert result.metrics["epoch"] == 5
-    history = _history(run)
-    resumed = [r["from_epoch"] for r in history if r["event"] == "resumed"]
-    assert len(resumed) == 1 and registered <= resumed[0] < interrupted
-    epochs = [r["epoch"] for r in history if r["event"] == "epoch"]
-    # Every epoch completed; the only ones done twice lie between the checkpoint resumed
-    # from and the interrupted epoch: reported, but not yet registered by the controller,
-    # which polls its workers every 2 s.
-    assert sorted(set(epochs)) == [1, 2, 3, 4, 5]
-    repeated = {e for e in epochs if epochs.count(e) > 1}
-    assert all(resumed[0] < e < interrupted for e in repeated), (epochs, killed, resumed)
+    runs["kills"] = killed
+    runs["other_seed"] = fit("other_seed", seed=2)
+    runs["two"] = fit("two", workers=2, batch_size=1)
+    runs["two_again"] = fit("two_again", workers=2, batch_size=1)
+    return runs
+
+
+def test_the_same_seed_trains_the_same_run_and_another_seed_another(seeded_runs):
+    root = seeded_runs["root"]
+    assert seeded_runs["once"].error is None and seeded_runs["other_seed"].error is None
+    once, other = _epochs(root / "once"), _epochs(root / "other_seed")
+    assert [r["epoch"] for r in once] == [1, 2]
+    # Every training and validation figure of every epoch, and the clips of every step.
+    assert _epochs(root / "killed") == once
+    assert _steps(root / "killed") == _steps(root / "once")
+    assert [r["train_loss"] for r in other] != [r["train_loss"] for r in once]
+    assert _steps(root / "other_seed") != _steps(root / "once")
+    # The run records what else decides its numbers.
+    started = [r for r in _history(root / "once") if r["event"] == "started"]
+    assert len(started) == 1 and started[0]["environment"]["threads_per_worker"] >= 1
+    assert started[0]["environment"]["seed_drawn"] is False
+
+
+def test_a_worker_killed_mid_epoch_trains_exactly_the_clips_it_had_not(seeded_runs, demo_shards):
+    root, result = seeded_runs["root"], seeded_runs["killed"]
+    assert seeded_runs["kills"], "the worker was never killed after a mid-epoch checkpoint"
+    kill = seeded_runs["kills"][0]
+    assert result.error is None and result.metrics["epoch"] == 2
+    history = _history(root / "killed")
+    # It resumed inside epoch 2, after the checkpoint's step, not from the epoch's start.
+    resumed = [r for r in history if r["event"] == "resumed"]
+    assert resumed == [{"event": "resumed", "from_epoch": 1, "step": kill["step"]}]
+    assert kill["at_step"] < 12  # killed before its 12-step epoch ended
+    # Whole epochs reported, each once: mid-epoch checkpoints are not epochs.
+    assert [r["epoch"] for r in history if r["event"] == "epoch"] == [1, 2]
+    # The steps of each epoch, as they counted, trained the plan's clips in the plan's
+    # order: none twice, none skipped.
+    steps = _steps(root / "killed")
+    for epoch in (1, 2):
+        trained = _epoch_ids(steps, epoch)
+        assert trained == _plan_ids(demo_shards, seed=1, epoch=epoch - 1, window=64)
+        assert len(set(trained)) == len(trained)
+    # Logged twice: only the steps done between the checkpoint and the kill.
+    lines = (root / "killed" / "steps" / "rank-0.jsonl").read_text().splitlines()
+    assert 0 <= len(lines) - len(steps) <= kill["at_step"] - kill["step"] + 1
+
+
+def test_two_workers_take_the_same_clips_every_run(seeded_runs):
+    root = seeded_runs["root"]
+    assert seeded_runs["two"].error is None and seeded_runs["two_again"].error is None
+    assert _epochs(root / "two") == _epochs(root / "two_again")
+    for rank in (0, 1):
+        assert _steps(root / "two", rank) == _steps(root / "two_again", rank)
+    # The ranks split each epoch between them: together, every training video once.
+    for epoch in (1, 2):
+        both = [v for rank in (0, 1) for v in _epoch_ids(_steps(root / "two", rank), epoch)]
+        assert sorted(both) == sorted(_epoch_ids(_steps(root / "once"), epoch))
+        assert _epoch_ids(_steps(root / "two", 0), epoch) != _epoch_ids(
+            _steps(root / "two", 1), epoch
+        )
 
 
 def test_the_best_checkpoint_is_kept_and_its_weights_saved(ray_session, tmp_path):

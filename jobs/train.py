@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 from pathlib import Path
 
@@ -59,7 +60,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-accum", type=int, default=TrainConfig.grad_accum)
     p.add_argument("--clip-grad", type=float, default=TrainConfig.clip_grad)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument(
+        "--seed",
+        type=seed_flag,
+        default=TrainConfig.seed,
+        help="every random draw of the run: initialisation, the clips of each epoch and their "
+        "order (default 0); 'none' draws one from fresh entropy, prints and records it",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=TrainConfig.checkpoint_every,
+        metavar="STEPS",
+        help="a mid-epoch checkpoint every STEPS steps, from which a killed worker resumes on "
+        "exactly the clips it had not trained (default 0: at epoch ends only)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="CUDA: deterministic kernels where they exist, no cuDNN autotuner (slower)",
+    )
+    p.add_argument(
+        "--log-steps",
+        action="store_true",
+        help="write each step's video ids to OUT/steps/rank-N.jsonl",
+    )
     p.add_argument("--init-from", help="plain state dict to start from (e.g. transferred T3D)")
     p.add_argument(
         "--val-clips", type=int, default=ClipConfig.test_clips, help="clips per video at validation"
@@ -97,6 +122,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "cannot be decoded (or none can)",
     )
     return p.parse_args(argv)
+
+
+def seed_flag(text: str) -> int | None:
+    """``--seed``: a non-negative integer, or ``none`` for one drawn from fresh entropy."""
+    if text.lower() == "none":
+        return None
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is an integer or 'none', not {text!r}") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"a seed is >= 0, not {seed}")
+    return seed
 
 
 def model_options(args: argparse.Namespace) -> dict:
@@ -157,6 +195,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         clip_grad=args.clip_grad,
         compile=args.compile,
         seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        deterministic=args.deterministic,
         init_from=args.init_from,
         max_decode_failures=args.max_decode_failures,
     )
@@ -177,6 +217,10 @@ def main(argv: list[str] | None = None) -> dict:
     from raylab.infer.evaluate import save_best_weights
 
     args = parse_args(argv)
+    seed_drawn = args.seed is None
+    if seed_drawn:
+        args.seed = secrets.randbelow(2**31)
+        print(f"seed {args.seed}, drawn from fresh entropy (--seed {args.seed} repeats this run)")
     out = Path(args.out).resolve()
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -190,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
         use_gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures,
+        log_steps=args.log_steps,
+        seed_drawn=seed_drawn,
     )
     try:
         result = trainer.fit()
@@ -215,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model,
         "model_options": config.model_options,
         "data": config.clip.record(),
+        "seed": config.seed,
     }
     print(f"best epoch {state['epoch'] + 1}: {state['metrics']}", file=sys.stderr)
     print(json.dumps(summary, default=str))

@@ -14,7 +14,13 @@ from processes import session_workers_running
 
 from raylab.config import ClipConfig
 from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
-from raylab.data.pipeline import ClipTensors, clip_dataset, row_groups
+from raylab.data.pipeline import (
+    ClipTensors,
+    clip_dataset,
+    planned_batches,
+    planned_rows,
+    row_groups,
+)
 from raylab.data.sampling import sample_rng
 from raylab.data.storage import load_manifest, rendition_column
 
@@ -39,9 +45,10 @@ def test_train_rows_shapes_dtypes_and_one_view_per_video(demo_shards, ray_sessio
     assert all(labels[v] == lab for v, lab in zip(rows["video_id"], rows["label"], strict=True))
 
 
-def test_each_pass_resamples_training_clips(demo_shards, ray_session):
-    ds = clip_dataset(demo_shards, "train", ClipConfig(frames=8, size=56), train=True)
-    first, second = _collect(ds), _collect(ds)
+def test_each_epoch_resamples_training_clips(demo_shards, ray_session):
+    clip = ClipConfig(frames=8, size=56)
+    first = _collect(clip_dataset(demo_shards, "train", clip, train=True, seed=0, epoch=0))
+    second = _collect(clip_dataset(demo_shards, "train", clip, train=True, seed=0, epoch=1))
     a = dict(zip(first["video_id"], first["clip"], strict=True))
     b = dict(zip(second["video_id"], second["clip"], strict=True))
     assert a.keys() == b.keys()
@@ -49,9 +56,9 @@ def test_each_pass_resamples_training_clips(demo_shards, ray_session):
     assert differ >= len(a) // 2
 
 
-def test_training_passes_visit_row_groups_in_a_new_order(demo_shards, tmp_path, ray_session):
+def test_epochs_visit_row_groups_in_a_new_order(demo_shards, tmp_path, ray_session):
     """The train split rewritten 2 videos a row group: every group is read (each video once
-    a pass) and each unseeded pass starts from a different group."""
+    an epoch) and each epoch starts from a different group; rows come in plan order."""
     import shutil
 
     shutil.copy(demo_shards / "manifest.json", tmp_path / "manifest.json")
@@ -61,24 +68,30 @@ def test_training_passes_visit_row_groups_in_a_new_order(demo_shards, tmp_path, 
     groups = row_groups(tmp_path, "train")
     assert [g["row_group"] for g in groups] == list(range(-(-table.num_rows // 2)))
     assert sum(g["rows"] for g in groups) == table.num_rows
-    ds = clip_dataset(
-        tmp_path, "train", ClipConfig(frames=4, size=32), train=True, videos_per_batch=2
-    )
-    orders = [tuple(_collect(ds)["video_id"]) for _ in range(3)]
+
+    def epoch(n: int) -> tuple[str, ...]:
+        ds = clip_dataset(
+            tmp_path, "train", ClipConfig(frames=4, size=32), epoch=n, videos_per_batch=2
+        )
+        rows = list(planned_rows(ds.iter_batches(batch_size=None), 0, table.num_rows))
+        assert [int(r["position"]) for r in rows] == list(range(table.num_rows))
+        return tuple(str(r["video_id"]) for r in rows)
+
+    orders = [epoch(n) for n in range(3)]
     assert all(sorted(o) == sorted(table["video_id"].to_pylist()) for o in orders)
     assert len({o[:2] for o in orders}) > 1
 
 
-def test_seeded_pass_replays_exactly(demo_shards, ray_session):
+def test_a_seeded_epoch_replays_exactly_in_the_same_order(demo_shards, ray_session):
     def run():
         ds = clip_dataset(
             demo_shards, "train", ClipConfig(frames=8, size=56), train=True, seed=3, epoch=1
         )
-        rows = _collect(ds)
-        return dict(zip(rows["video_id"], rows["clip"], strict=True))
+        return list(planned_batches(ds, 4, 0, load_manifest(demo_shards)["splits"]["train"]))
 
     a, b = run(), run()
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert [list(x["video_id"]) for x in a] == [list(x["video_id"]) for x in b]
+    assert all(np.array_equal(x["clip"], y["clip"]) for x, y in zip(a, b, strict=True))
 
 
 def test_crop_scales_reach_the_decoder(demo_shards, ray_session):
@@ -122,7 +135,7 @@ def test_torch_batches_keep_uint8_and_drop_string_ids(demo_shards, ray_session):
     ds = clip_dataset(demo_shards, "val", ClipConfig(frames=4, size=56), train=False)
     batch = next(iter(ds.iter_torch_batches(batch_size=4, collate_fn=ClipTensors())))
     # video_id (strings) is dropped; why a video failed travels as bytes, zeros when it decoded
-    assert set(batch) == {"clip", "label", "view", "error"}
+    assert set(batch) == {"clip", "label", "view", "error", "position"}
     assert batch["error"].dtype == torch.uint8 and not batch["error"].any()
     assert batch["clip"].dtype == torch.uint8
     assert tuple(batch["clip"].shape[1:]) == (4, 56, 56, 3)
@@ -154,7 +167,7 @@ def test_a_damaged_video_costs_only_itself(damaged_shards, ray_session):
 
 
 def test_a_killed_decode_worker_is_retried_and_the_pass_sees_every_view(demo_shards, ray_session):
-    """Killed: the worker process of the first decode task (``MapBatches(RowGroupDecoder)``),
+    """Killed: the worker process of the first decode task (``MapBatches(UnitDecoder)``),
     0.3 s after it starts decoding, mid-pass. Checked afterwards: the pass completes (Ray
     Data retries the task) and yields every view of every video exactly once."""
     n = load_manifest(demo_shards)["splits"]["train"]
@@ -163,7 +176,7 @@ def test_a_killed_decode_worker_is_retried_and_the_pass_sees_every_view(demo_sha
     def kill_first_decoder() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            for pid in session_workers_running("MapBatches(RowGroupDecoder)"):
+            for pid in session_workers_running("MapBatches(UnitDecoder)"):
                 time.sleep(0.3)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)

@@ -6,28 +6,25 @@ import numpy as np
 import pytest
 import torch
 
-from raylab.config import ClipConfig
 from raylab.models import build_model
 from raylab.models.t3d import DenseNet2D, densenet2d
 from raylab.train.transfer import (
-    DEFAULTS,
     OTHER_SCENE,
     POSITIVE,
     SAME_SCENE,
-    ClipPairs,
     CorrespondenceHead,
     FrameTeacher,
+    TransferOptions,
     build_teacher,
     build_transfer_net,
     calibrate_teacher,
     load_teacher_weights,
-    pair_dataset,
+    pair_indices,
     scene_of,
     student_state,
     teacher_indices,
+    transfer_config,
 )
-
-CLIP = ClipConfig(frames=8, size=32)  # tiny clips of the demo shards
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,46 +35,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def fake_batch(ids: list[str], frames: int = 8) -> dict[str, np.ndarray]:
-    """Clips whose every pixel holds (video number, frame index): who is who can be read back."""
-    n = len(ids)
-    clip = np.zeros((n, frames, 4, 4, 3), np.uint8)
-    for i in range(n):
-        clip[i, ..., 0] = i
-        clip[i, ..., 1] = np.arange(frames)[:, None, None]
-    return {"clip": clip, "video_id": np.asarray(ids, dtype=object)}  # no label column
+def pairs(ids: list[str], seed: int = 3, hard: float = 0.5) -> list[tuple[str, str, int]]:
+    """(student video, partner video, kind) of every pair :func:`pair_indices` makes."""
+    student, partner, kind = pair_indices(ids, np.random.default_rng(seed), hard)
+    return [(ids[s], ids[p], int(k)) for s, p, k in zip(student, partner, kind, strict=True)]
 
 
-def test_clip_pairs_half_positive_negatives_from_other_videos_without_labels():
+def test_pairs_half_positive_negatives_from_other_videos_without_labels():
     ids = ["a", "b", "a", "c", "d"]  # two clips of video a
-    out = ClipPairs(teacher_frames=4, seed=3)(fake_batch(ids))
-    assert "label" not in out
-    assert len(out["same"]) == 2 * len(ids)
-    assert out["same"].sum() == len(ids)
-    assert out["teacher_clip"].shape == (10, 4, 4, 4, 3)
-    for clip, teacher, same, vid, tvid in zip(
-        out["clip"],
-        out["teacher_clip"],
-        out["same"],
-        out["video_id"],
-        out["teacher_video_id"],
-        strict=True,
-    ):
-        assert np.array_equal(teacher[:, 0, 0, 1], [0, 2, 5, 7])  # evenly spaced frames
-        source = teacher[0, 0, 0, 0]
-        if same:
-            assert vid == tvid and source == clip[0, 0, 0, 0]  # frames of the same clip
+    student, partner, kind = pair_indices(ids, np.random.default_rng(3))
+    assert len(kind) == 2 * len(ids) and (kind == POSITIVE).sum() == len(ids)
+    for s, p, k in zip(student, partner, kind, strict=True):
+        if k == POSITIVE:
+            assert s == p  # frames of the same clip
         else:
-            assert vid != tvid  # never the clip's own video
-            assert ids[source] == tvid != vid
+            assert ids[s] != ids[p]  # never the clip's own video
     # Every clip appears once as positive and once as negative.
-    own = sorted(int(c[0, 0, 0, 0]) for c in out["clip"])
-    assert own == sorted(list(range(len(ids))) * 2)
-    # A fixed seed gives the same pairs; a batch of one video gives none.
-    again = ClipPairs(teacher_frames=4, seed=3)(fake_batch(ids))
-    assert np.array_equal(again["teacher_clip"], out["teacher_clip"])
-    alone = ClipPairs(teacher_frames=4, seed=3)(fake_batch(["a", "a"]))
-    assert alone["clip"].shape == (0, 8, 4, 4, 3) and len(alone["same"]) == 0
+    assert sorted(student.tolist()) == sorted(list(range(len(ids))) * 2)
+    # The same generator state gives the same pairs, another generally others; a batch of
+    # one video gives none.
+    assert pairs(ids) == pairs(ids)
+    assert any(pairs(ids, seed) != pairs(ids) for seed in range(5))
+    assert pair_indices(["a", "a"], np.random.default_rng(0))[0].size == 0
+    assert list(teacher_indices(32, 4)) == [0, 10, 21, 31]
+    assert list(teacher_indices(16, 1)) == [0]
 
 
 def test_hard_negatives_come_from_the_same_scene_when_the_batch_has_one():
@@ -87,13 +68,7 @@ def test_hard_negatives_come_from_the_same_scene_when_the_batch_has_one():
     assert scene_of("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0") is None
 
     def negatives(hard: float, seed: int) -> list[tuple[str, str, int]]:
-        out = ClipPairs(teacher_frames=2, seed=seed, hard_negatives=hard)(fake_batch(ids))
-        assert np.array_equal(out["same"], out["kind"] == POSITIVE)
-        return [
-            (v, t, k)
-            for v, t, k in zip(out["video_id"], out["teacher_video_id"], out["kind"], strict=True)
-            if k != POSITIVE
-        ]
+        return [p for p in pairs(ids, seed, hard) if p[2] != POSITIVE]
 
     for seed in range(5):
         all_hard = negatives(1.0, seed)
@@ -109,37 +84,11 @@ def test_hard_negatives_come_from_the_same_scene_when_the_batch_has_one():
         count = sum(k == SAME_SCENE for seed in range(20) for *_, k in negatives(hard, seed))
         assert abs(count - expected) < 30, (hard, count)
     # Ids without a scene: every negative is of another (unknown) scene.
-    out = ClipPairs(teacher_frames=2, seed=0, hard_negatives=1.0)(fake_batch(["a", "b", "c"]))
-    assert set(out["kind"]) == {POSITIVE, OTHER_SCENE}
+    assert {k for *_, k in pairs(["a", "b", "c"], 0, 1.0)} == {POSITIVE, OTHER_SCENE}
     with pytest.raises(ValueError, match="hard_negatives"):
-        ClipPairs(teacher_frames=2, hard_negatives=1.5)
-
-
-def test_failed_rows_are_dropped_and_indices_even():
-    batch = fake_batch(["a", "b", "c"]) | {"view": np.asarray([0, -1, 0], np.int32)}
-    out = ClipPairs(teacher_frames=2)(batch)
-    assert len(out["same"]) == 4 and "b" not in set(out["video_id"]) | set(out["teacher_video_id"])
-    assert list(teacher_indices(32, 4)) == [0, 10, 21, 31]
-    assert list(teacher_indices(16, 1)) == [0]
-
-
-def test_pair_dataset_from_demo_shards(demo_shards, ray_session):
-    ds = pair_dataset(demo_shards, "train", CLIP, teacher_frames=3, train=True)
-    rows = ds.take_all()
-    assert rows, "no pairs"
-    same = np.asarray([r["same"] for r in rows])
-    assert same.mean() == 0.5
-    for r in rows:
-        assert r["clip"].shape == (8, 32, 32, 3) and r["teacher_clip"].shape == (3, 32, 32, 3)
-        assert (r["video_id"] == r["teacher_video_id"]) == bool(r["same"])
-        if r["same"]:
-            assert np.array_equal(r["teacher_clip"], r["clip"][[0, 4, 7]])
-    assert "label" not in rows[0]
-    # Held-out pairs are fixed: two passes give the same pairs.
-    val = pair_dataset(demo_shards, "val", CLIP, teacher_frames=3, train=False)
-    a = sorted((r["video_id"], r["teacher_video_id"]) for r in val.take_all())
-    b = sorted((r["video_id"], r["teacher_video_id"]) for r in val.take_all())
-    assert a == b and len(a) > 0
+        pair_indices(["a", "b"], np.random.default_rng(0), 1.5)
+    with pytest.raises(ValueError, match="hard_negatives"):
+        TransferOptions(hard_negatives=1.5)
 
 
 def test_teacher_and_head_shapes():
@@ -165,9 +114,7 @@ def test_teacher_loads_torchvision_layout_including_old_keys(tmp_path):
         for k, v in ref.state_dict().items()
     }
     torch.save(old, tmp_path / "densenet.pt")
-    net = build_teacher(
-        DEFAULTS | {"model_options": {"width": 0.0625}, "teacher_weights": tmp_path / "densenet.pt"}
-    ).net
+    net = build_teacher(TransferOptions(teacher_weights=str(tmp_path / "densenet.pt")), 0.0625).net
     assert isinstance(net, DenseNet2D)
     for k, v in ref.state_dict().items():
         assert torch.equal(net.state_dict()[k], v), k
@@ -177,8 +124,8 @@ def test_teacher_loads_torchvision_layout_including_old_keys(tmp_path):
 
 @pytest.mark.parametrize("student", ["t3d121", "densenet3d121"])
 def test_saved_student_loads_into_build_model(student, tmp_path):
-    config = DEFAULTS | {"student": student, "model_options": {"width": 0.0625}}
-    net = build_transfer_net(config, teacher_features=64)
+    config = transfer_config(model=student, model_options={"width": 0.0625}, classes=("a", "b"))
+    net = build_transfer_net(config, TransferOptions(), teacher_features=64)
     x = torch.randn(2, 3, 29, 29, 29)
     net.eval()
     assert net(x, torch.randn(2, 64)).shape == (2, 2)

@@ -9,8 +9,8 @@ them). For each size and each pipeline, side by side in one Ray session:
   (a) before: ``read_parquet`` -> blocks of 16 rows -> ``randomize_block_order`` -> decode
       tasks: the all-to-all shuffle reads every video's bytes into the object store
       before the first clip is decoded;
-  (b) now, ``raylab.data.pipeline.clip_dataset``: row-group references in a random order
-      -> decode tasks that read their own row group.
+  (b) now, ``raylab.data.pipeline.clip_dataset``: the epoch plan's units (row-group
+      references and rows) -> decode tasks that read their own rows.
 Measured over ``--passes`` passes of one dataset after a warm-up pass (which also starts
 the worker processes), as training epochs see them: the median seconds to the first batch
 of 8 clips, and the largest peak object store use (sampled from the raylet every 50 ms,

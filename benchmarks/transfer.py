@@ -85,7 +85,7 @@ def main() -> None:
     transfer = run_job(
         "transfer_t3d.py",
         *("--data", str(shards), "--out", str(runs / "transfer"), "--student", "t3d121"),
-        *("--epochs", str(args.transfer_epochs), "--batch-size", "32"),
+        *("--epochs", str(args.transfer_epochs), "--batch-size", "16"),
         *("--hard-negatives", str(args.hard_negatives), "--seed", str(args.seed), *TINY),
     )
     transfer_history = history(runs / "transfer")

@@ -17,7 +17,7 @@ def session_raylet_pid() -> int:
 
 def session_workers_running(task: str) -> list[int]:
     """Pids of this session's workers running ``task`` now (Ray names a busy worker
-    ``ray::<task>``), e.g. ``_encode_task`` or ``MapBatches(RowGroupDecoder)``."""
+    ``ray::<task>``), e.g. ``_encode_task`` or ``MapBatches(UnitDecoder)``."""
     return workers_running(session_raylet_pid(), f"ray::{task}")
 
 

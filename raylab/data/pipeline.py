@@ -1,16 +1,15 @@
 """The Ray Data clip pipeline: Parquet shards -> decode tasks -> uint8 clip rows.
 
-Decode tasks on CPU nodes each read a Parquet row group of shard rows (only the columns a
-clip needs, and only the one rendition it decodes from) and turn its videos into clip rows
-``{clip: uint8 [T, H, W, 3], label, video_id, view, error}``. In a Train worker,
-``ray.train.get_dataset_shard("train").iter_torch_batches(collate_fn=ClipTensors(),
-device=...)`` delivers them as uint8 tensors; the worker makes them float and normalises
-them on its device (a quarter of float32's traffic through the object store).
-
-Every pass over the dataset re-runs read + decode, so training clips are re-sampled each
-epoch, and training visits the row groups in a new random order (ingest shuffled the videos
-into them; the Train loop's local shuffle buffer mixes further). Give ``seed`` to replay
-one exact pass instead (evaluation views are always the same: they are not random).
+A pass is one epoch of one rank's plan (:mod:`raylab.data.plan`): which videos, in which
+order. Decode tasks on CPU nodes each read the rows of a Parquet row group that one unit
+of the plan names (only the columns a clip needs, and only the one rendition it decodes
+from) and turn those videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id,
+view, error, position}``; each clip's draws come from ``(seed, epoch, video)``. Delivery
+keeps the units' order, and :func:`planned_batches` puts the rows back into the plan's
+order before batching, so the batches of an epoch are a function of the seed. A Train
+worker makes the uint8 clips float and normalises them on its device (a quarter of
+float32's traffic through the object store). Evaluation views are not random: every
+evaluation pass is the same.
 """
 
 from __future__ import annotations

@@ -119,6 +119,10 @@ class DataOptions:
     decoders: int | None = None  # concurrent decode tasks; None = as CPUs allow
     decoder_cpus: float = 1.0
     decoder_resource: str | None = None  # custom resource of decoder nodes, e.g. "decoder"
+    # False: clips in the order decode tasks finish, not the plan's. The same clips, in
+    # another order each run; no mid-epoch checkpoints (no position to resume from). For
+    # measuring what ordered delivery costs (benchmarks/determinism_cost.py).
+    ordered: bool = True
 
 
 class EpochData:
@@ -153,6 +157,12 @@ class EpochData:
         )
 
     def _batches(self, ds, start: int, end: int) -> Iterator[dict]:
+        if not self.data.ordered:
+            ds.context.execution_options.preserve_order = False
+            ds.context.enable_progress_bars = False
+            return ds.iter_batches(
+                batch_size=self.config.batch_size, batch_format="numpy", prefetch_batches=2
+            )
         ds.context.enable_progress_bars = False  # a bar per rank would garble the console
         return planned_batches(ds, self.config.batch_size, start, end)
 
@@ -313,7 +323,7 @@ class MidEpochStore:
 
         def read(name: str) -> dict:
             data = io.BytesIO(self._read(f"{self.root}/{marker['dir']}/{name}"))
-            return torch.load(data, map_location="cpu", weights_only=False)
+            return torch.load(data, map_location="cpu", weights_only=True)
 
         return read("shared.pt"), read(f"rank-{rank}.pt")
 
@@ -437,7 +447,8 @@ def run_epochs(run: dict, task: Task) -> None:
     )
     parts = {"model": unwrap(model), **task.parts(), "optimizer": optimizer}
     parts["scheduler"] = scheduler
-    store = MidEpochStore(run["mid_epoch_dir"]) if run.get("mid_epoch_dir") else None
+    ordered = run["data"].get("ordered", True)
+    store = MidEpochStore(run["mid_epoch_dir"]) if run.get("mid_epoch_dir") and ordered else None
     start_epoch, start_step, sums, rng_state = _resume(parts, store, run_dir, rank, world)
 
     env = environment(device, world) | {"seed_drawn": run["seed_drawn"]}

@@ -184,7 +184,7 @@ def placement(kinds: dict[str, str]) -> dict[str, list[str]]:
     tasks = list_tasks(detail=True, limit=10_000, raise_on_missing_output=False)
     actors = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
     return {
-        "decode": [kinds.get(t.node_id, t.node_id) for t in tasks if "RowGroupDecoder" in t.name],
+        "decode": [kinds.get(t.node_id, t.node_id) for t in tasks if "UnitDecoder" in t.name],
         "train": [
             kinds.get(a.node_id, a.node_id) for a in actors if a.class_name == "RayTrainWorker"
         ],

@@ -74,7 +74,7 @@ def test_decoding_stays_on_decoder_nodes_and_an_epoch_survives_losing_one(demo_s
             while proc.poll() is None and not killed:
                 words = progress.read_text().split() if progress.exists() else []
                 epoch = int(words[0]) if words else 0  # empty while the loop rewrites it
-                if epoch >= 1 and workers_running(raylet, "ray::", "RowGroupDecoder"):
+                if epoch >= 1 and workers_running(raylet, "ray::", "UnitDecoder"):
                     killed["epoch"] = epoch + 1
                     cluster.remove_node(first, allow_graceful=False)
                     return
@@ -91,7 +91,7 @@ def test_decoding_stays_on_decoder_nodes_and_an_epoch_survives_losing_one(demo_s
                            raise_on_missing_output=False)  # fmt: skip
         actors = list_actors(address=cluster.address, detail=True, limit=10_000,
                              raise_on_missing_output=False)  # fmt: skip
-        decode = {kinds.get(t.node_id, t.node_id) for t in tasks if "RowGroupDecoder" in t.name}
+        decode = {kinds.get(t.node_id, t.node_id) for t in tasks if "UnitDecoder" in t.name}
         train = [kinds.get(a.node_id) for a in actors if a.class_name == "RayTrainWorker"]
         assert decode == {"decoder"}
         assert train and set(train) == {"gpu"}

@@ -41,6 +41,12 @@ def test_train_flags_reach_the_clips_it_trains_on():
     assert default.crop_scales == tuple(TSN_SCALES) and not default.flip
     tsn = job.train_config(job.parse_args([*flags[:3], "tsn", *flags[4:]]))
     assert tsn.clip.scheme == "segments"
+    # The seed: an integer by default, "none" for one drawn at the start (see below).
+    assert (
+        job.train_config(args).seed == 0 and job.parse_args([*flags, "--seed", "none"]).seed is None
+    )
+    resumable = job.train_config(job.parse_args([*flags, "--checkpoint-every", "5"]))
+    assert resumable.checkpoint_every == 5 and not resumable.deterministic
 
 
 def test_train_then_evaluate_multi_view_and_fused(s3_shards, run_job, tmp_path):
@@ -52,9 +58,14 @@ def test_train_then_evaluate_multi_view_and_fused(s3_shards, run_job, tmp_path):
         *("--data", s3_shards, "--model", "c3d", "--out", str(run)),
         *("--width", "0.125", "--model-option", "head=pooled"),
         *("--frames", "16", "--size", "32", "--epochs", "2", "--batch-size", "8"),
-        *("--cpus-per-worker", "0.5", "--crop-scales", "1.0", "0.875"),
+        *("--cpus-per-worker", "0.5", "--crop-scales", "1.0", "0.875", "--seed", "none"),
     )
     metrics = trained["metrics"]
+    # A seed drawn from fresh entropy is the run's seed, recorded as drawn.
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert history[0]["event"] == "started" and history[0]["environment"]["seed_drawn"]
+    best = torch.load(Path(trained["best_checkpoint"]) / "state.pt", weights_only=True)
+    assert best["config"]["seed"] == trained["seed"] and isinstance(trained["seed"], int)
     assert metrics["epochs"] == 2
     for key in ("val_video_top1", "val_video_top5", "val_clip_acc"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -154,4 +165,5 @@ def test_a_run_whose_videos_cannot_be_decoded_stops_with_one_line(
     assert found, last
     assert found[1] in ids, last
     assert not done.stdout.strip()  # no JSON result line
-    assert not (run / "history.jsonl").exists()  # no epoch was reported
+    history = (run / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["event"] for line in history] == ["started"]  # no epoch reported

@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 def prepare(work: Path, videos_per_class: int) -> Path:
-    """A demo set ingested at short side 73 (64 px crops), kept in ``work`` for later runs."""
+    """A demo set ingested at short side 74 (64 px crops), kept in ``work`` for later runs."""
     from raylab.data.ingest import EncodeParams, ingest
     from raylab.data.synthetic import make_demo_dataset
 
@@ -41,7 +41,7 @@ def prepare(work: Path, videos_per_class: int) -> Path:
             work / "videos",
             "ucf101",
             shards,
-            params=EncodeParams(short_sides=(73,)),
+            params=EncodeParams(short_sides=(74,)),
             progress=False,
         )
     return shards

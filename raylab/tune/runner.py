@@ -415,6 +415,7 @@ def reproduce_command(config: TrainConfig, shards: str, epochs: int) -> str:
         f"--epochs {epochs} --workers {config.workers} --batch-size {config.batch_size}",
         f"--optimizer {config.optimizer} --lr {config.lr:.3g}",
         f"--weight-decay {config.weight_decay:.3g}",
+        f"--seed {config.seed}",  # the same initialisation, clips and order as the trial
     ]
     parts += [
         f"--model-option {k}={v}" if isinstance(v, str) else f"--model-option {k}='{json.dumps(v)}'"

@@ -96,6 +96,7 @@ def test_reproduce_command_parses_as_a_train_job():
         optimizer="adamw",
         lr=0.00123,
         weight_decay=3e-4,
+        seed=3,
     )
     words = shlex.split(reproduce_command(config, "/data/shards", 10))
     assert words[:2] == ["python", "jobs/train.py"]

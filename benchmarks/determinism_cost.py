@@ -6,9 +6,10 @@ Trains the same run (C3D at width 1/4, 16 x 64 px clips of a generated demo set,
 through ``jobs``' trainer twice per round and worker count, alternating which goes first:
 (a) ordered: rows put back into the epoch plan's order before batching (what every run
 does: the same batches in the same order every time, exact mid-epoch resumes); (b)
-unordered: the same clips of the same plan, batched in the order decode tasks finish
-(``DataOptions(ordered=False)``). Both decode exactly the same clips; only the waiting for
-a slow task in order differs. From each run's ``history.jsonl``, epochs after the first:
+unordered: the same clips of the same plan, batched as decode tasks finish through Ray
+Data's local shuffle buffer of the same size as the plan's window (64), as raylab trained
+before its runs were repeatable (``DataOptions(ordered=False)``). Both decode exactly the
+same clips; what differs is the order and the waiting for it. From each run's ``history.jsonl``, epochs after the first:
 training clips/s and the share of training time spent waiting for data. Prints every
 round's figures, the median ratio (a)/(b) of clips/s per worker count, and one JSON line.
 Nothing here is a test.

@@ -246,7 +246,7 @@ def clip_dataset(
     decoders: int | None = None,
     decoder_cpus: float = 1.0,
     decoder_resource: str | None = None,
-    videos_per_batch: int = 16,
+    videos_per_batch: int = 8,
 ):
     """A ``ray.data.Dataset`` of ``clip``'s rows of one epoch's pass over one split of an
     ingested shard folder, delivered in the order of the decode units of its plan.
@@ -266,7 +266,9 @@ def clip_dataset(
     nodes). Ray Data counts a finished task against the cap until it has collected the
     task's output: a cap of one task per core kept ~1.2 running on two cores
     (``benchmarks/data_throughput.py``), so cap above the number meant to run.
-    ``videos_per_batch``: videos a decode task takes, as whole units (at least one).
+    ``videos_per_batch``: videos a decode task takes, as whole units of up to 8 (at least
+    one unit). Rows leave in the order their tasks finish: :func:`planned_rows` puts them in
+    the plan's order.
     """
     import ray
 
@@ -286,12 +288,13 @@ def clip_dataset(
     # One block per unit, so that decode tasks take units whole; a unit's few bytes are a
     # task's whole input: it reads its videos itself.
     ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-    # The plan's order survives only if blocks leave in the order they came in.
-    ds.context.execution_options.preserve_order = True
+    # Units leave as their tasks finish; planned_rows puts their rows in the plan's order
+    # (Ray Data's preserve_order held every unit behind the slowest earlier one: at two
+    # workers on two cores, 25% fewer clips/s; benchmarks/determinism_cost.py).
     columns = ["video_id", "label", "height", "width", column]
     return ds.map_batches(
         UnitDecoder(ClipDecoder(spec, column, seed, epoch), columns),
-        batch_size=max(1, videos_per_batch // max(1, groups[0]["rows"])),  # units per task
+        batch_size=max(1, videos_per_batch // 8),  # units (of up to 8 videos) per task
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=decoders),
         num_cpus=decoder_cpus,
@@ -299,28 +302,24 @@ def clip_dataset(
     )
 
 
-def planned_rows(blocks, start: int, end: int):
-    """The rows of an epoch's pass (numpy batches of :func:`clip_dataset`'s rows), one by one
-    in plan order from video position ``start`` to ``end``: a video's rows (its views, or
-    its placeholder) together, each video held back until every earlier one has been
-    handed over. A position that never arrives is an error, not a silent skip."""
+def planned_rows(blocks, start: int, end: int, views: int = 1):
+    """The rows of an epoch's pass (numpy batches of :func:`clip_dataset`'s rows, in any
+    order), one by one in plan order from video position ``start`` to ``end``: a video's
+    ``views`` rows together, in view order (a video that failed to decode has one
+    placeholder row), each video held back until every earlier one has been handed over. A
+    position that never arrives is an error, not a silent skip."""
     held: dict[int, list[dict]] = {}
-    whole: set[int] = set()
-    filling: int | None = None
     nxt = start
-    for block in [*blocks, None]:
-        if block is None:  # the end: the last video is whole too
-            whole.add(filling)
-        else:
-            for i, pos in enumerate(block["position"]):
-                pos = int(pos)
-                if pos != filling:  # a video's rows come together: the one before is whole
-                    whole.add(filling)
-                    filling = pos
-                held.setdefault(pos, []).append({k: v[i] for k, v in block.items()})
-        while nxt in whole:
-            whole.discard(nxt)
-            yield from held.pop(nxt)
+
+    def whole(pos: int) -> bool:
+        rows = held.get(pos, ())
+        return len(rows) == views or any(r["view"] == FAILED for r in rows)
+
+    for block in blocks:
+        for i, pos in enumerate(block["position"]):
+            held.setdefault(int(pos), []).append({k: v[i] for k, v in block.items()})
+        while whole(nxt):
+            yield from sorted(held.pop(nxt), key=lambda r: int(r["view"]))
             nxt += 1
     if nxt != end or held:
         raise RuntimeError(
@@ -328,10 +327,13 @@ def planned_rows(blocks, start: int, end: int):
         )
 
 
-def planned_batches(ds, batch_size: int, start: int, end: int, prefetch_blocks: int = 2):
+def planned_batches(
+    ds, batch_size: int, start: int, end: int, views: int = 1, prefetch_blocks: int = 2
+):
     """:func:`clip_dataset`'s pass as numpy batches of ``batch_size`` rows in plan order, from
-    video position ``start`` to ``end`` (the last batch may be shorter)."""
+    video position ``start`` to ``end`` (the last batch may be shorter); ``views`` rows a
+    video."""
     blocks = ds.iter_batches(
         batch_size=None, batch_format="numpy", prefetch_batches=prefetch_blocks
     )
-    return batches_of(planned_rows(blocks, start, end), batch_size)
+    return batches_of(planned_rows(blocks, start, end, views), batch_size)

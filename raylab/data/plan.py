@@ -76,28 +76,31 @@ def eval_plan(group_rows: list[int], *, rank: int = 0, world: int = 1) -> list[S
 
 
 def decode_units(
-    plan: list[Slot], groups: list[dict], *, start: int = 0, window: int
+    plan: list[Slot], groups: list[dict], *, start: int = 0, window: int, videos: int = 8
 ) -> list[dict]:
-    """What decode tasks read for ``plan[start:]``: per window, one unit per row group,
-    ``{"file", "row_group", "rows", "positions"}`` (rows in the group, and their positions
-    in the plan), units ordered by the first position they hold, so that ordered delivery
-    hands the earliest clips over first."""
+    """What decode tasks read for ``plan[start:]``: ``{"file", "row_group", "rows",
+    "positions"}`` (rows in the group, and their places in the plan), each the videos of one
+    row group in one window, at most ``videos`` of them, in plan order. Units are ordered
+    by the first place they hold, so that ordered delivery hands the earliest clips over
+    first: an epoch's first batch waits for a few small units, not for its whole window."""
     window = max(1, window)
-    units: dict[tuple[int, int], dict] = {}
+    by_group: dict[tuple[int, int], list[int]] = {}
     for pos in range(start, len(plan)):
-        slot = plan[pos]
-        key = (pos // window, slot.group)
-        if key not in units:
-            g = groups[slot.group]
-            units[key] = {
-                "file": g["file"],
-                "row_group": g["row_group"],
-                "rows": [],
-                "positions": [],
-            }
-        units[key]["rows"].append(slot.row)
-        units[key]["positions"].append(pos)
-    return sorted(units.values(), key=lambda u: u["positions"][0])
+        by_group.setdefault((pos // window, plan[pos].group), []).append(pos)
+    units = []
+    for (_, group), positions in by_group.items():
+        g = groups[group]
+        for i in range(0, len(positions), videos):
+            chunk = positions[i : i + videos]
+            units.append(
+                {
+                    "file": g["file"],
+                    "row_group": g["row_group"],
+                    "rows": [plan[p].row for p in chunk],
+                    "positions": chunk,
+                }
+            )
+    return sorted(units, key=lambda u: u["positions"][0])
 
 
 def batches_of(rows: Iterable[dict], size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -119,9 +119,10 @@ class DataOptions:
     decoders: int | None = None  # concurrent decode tasks; None = as CPUs allow
     decoder_cpus: float = 1.0
     decoder_resource: str | None = None  # custom resource of decoder nodes, e.g. "decoder"
-    # False: clips in the order decode tasks finish, not the plan's. The same clips, in
-    # another order each run; no mid-epoch checkpoints (no position to resume from). For
-    # measuring what ordered delivery costs (benchmarks/determinism_cost.py).
+    # False: the same clips, batched as decode tasks finish through Ray Data's local
+    # shuffle buffer (shuffle_buffer clips), as raylab did before its runs were repeatable:
+    # another order each run, no mid-epoch checkpoints (no position to resume from). For
+    # measuring what the plan's order costs (benchmarks/determinism_cost.py).
     ordered: bool = True
 
 
@@ -156,15 +157,16 @@ class EpochData:
             window=max(1, self.config.shuffle_buffer),
         )
 
-    def _batches(self, ds, start: int, end: int) -> Iterator[dict]:
-        if not self.data.ordered:
-            ds.context.execution_options.preserve_order = False
-            ds.context.enable_progress_bars = False
-            return ds.iter_batches(
-                batch_size=self.config.batch_size, batch_format="numpy", prefetch_batches=2
-            )
+    def _batches(self, ds, start: int, end: int, views: int = 1) -> Iterator[dict]:
         ds.context.enable_progress_bars = False  # a bar per rank would garble the console
-        return planned_batches(ds, self.config.batch_size, start, end)
+        if not self.data.ordered:  # as decoded, through Ray Data's local shuffle buffer
+            return ds.iter_batches(
+                batch_size=self.config.batch_size,
+                batch_format="numpy",
+                prefetch_batches=2,
+                local_shuffle_buffer_size=self.config.shuffle_buffer or None,
+            )
+        return planned_batches(ds, self.config.batch_size, start, end, views)
 
     def train(self, epoch: int, plan: list, start: int) -> Iterator[dict]:
         """Epoch ``epoch``'s training batches (numpy) from video ``start`` of ``plan``."""
@@ -193,7 +195,7 @@ class EpochData:
             groups=self.val_groups,
             **self._common(),
         )
-        return self._batches(ds, 0, len(plan))
+        return self._batches(ds, 0, len(plan), self.config.clip.test_views)
 
 
 def quiet_data_console() -> None:

@@ -73,14 +73,16 @@ def test_rows_come_back_in_plan_order_whole_videos_together():
         pos = np.repeat(positions, views)
         return {"position": np.asarray(pos), "view": np.tile(np.arange(views), len(positions))}
 
-    # Units arrive in their own order (3, 1 | 2, 4 with a block cut inside video 2's views).
-    blocks = [block([3, 1], 2), {"position": np.asarray([2]), "view": np.asarray([0])}]
-    blocks += [{"position": np.asarray([2, 4, 4]), "view": np.asarray([1, 0, 1])}]
-    rows = list(planned_rows(iter(blocks), 1, 5))
+    # Units arrive in the order their tasks finish (3, 1 | 2, 4, video 2's views split
+    # between blocks and out of order); video 5 failed to decode: one placeholder row.
+    blocks = [block([3, 1], 2), {"position": np.asarray([2]), "view": np.asarray([1])}]
+    blocks += [{"position": np.asarray([4, 2, 4]), "view": np.asarray([0, 0, 1])}]
+    blocks += [{"position": np.asarray([5]), "view": np.asarray([-1])}]
+    rows = list(planned_rows(iter(blocks), 1, 6, views=2))
     assert [(int(r["position"]), int(r["view"])) for r in rows] == [
         (p, v) for p in (1, 2, 3, 4) for v in (0, 1)
-    ]
+    ] + [(5, -1)]
     with pytest.raises(RuntimeError, match="stopped at video 2 of 5"):
         list(planned_rows(iter([block([1, 3, 4])]), 1, 5))  # video 2 never came
     batches = list(batches_of(iter(rows), 3))
-    assert [len(b["position"]) for b in batches] == [3, 3, 2]
+    assert [len(b["position"]) for b in batches] == [3, 3, 3]

@@ -281,7 +281,8 @@ def test_a_killed_trainer_node_is_replaced_and_the_trial_resumes(cluster):
                 run = progress.parent.parent
                 try:
                     epoch, step, pid = map(int, progress.read_text().split())
-                    history = (run / "history.jsonl").read_text().splitlines()
+                    lines = (run / "history.jsonl").read_text().splitlines()
+                    history = [x for x in lines if json.loads(x)["event"] == "epoch"]
                     snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
                     latest = snapshot["latest_checkpoint_result"]["metrics"]["epoch"]
                 except (ValueError, FileNotFoundError, KeyError, TypeError):

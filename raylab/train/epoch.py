@@ -130,11 +130,14 @@ class EpochData:
     """One rank's clips: each epoch's training pass from any position of its plan, and the
     validation pass."""
 
-    def __init__(self, data: DataOptions, config: TrainConfig, rank: int, world: int) -> None:
+    def __init__(
+        self, data: DataOptions, groups: dict, config: TrainConfig, rank: int, world: int
+    ) -> None:
+        """``groups``: the ``"train"`` and ``"val"`` splits' row groups, read once on the
+        driver (:func:`loop_config`), not by every worker as it starts."""
         self.data, self.config, self.rank, self.world = data, config, rank, world
         quiet_data_console()
-        self.train_groups = row_groups(data.shards, "train")
-        self.val_groups = row_groups(data.shards, data.val_split)
+        self.train_groups, self.val_groups = groups["train"], groups["val"]
 
     def _common(self) -> dict:
         d = self.data
@@ -393,7 +396,6 @@ class Sums:
 def loop_config(
     config: TrainConfig,
     data: DataOptions,
-    steps_per_epoch: int,
     run_dir: str | None = None,
     extra_metrics: dict | None = None,
     *,
@@ -402,15 +404,20 @@ def loop_config(
     seed_drawn: bool = False,
 ) -> dict:
     """What a per-worker loop is given: the run's config (as plain values, the form every
-    checkpoint keeps), where its clips come from, optimiser steps per worker and epoch (for
-    the schedule), the folder for its files (rank 0; None: no files), constants reported with
+    checkpoint keeps), where its clips come from and the splits' row groups (their footers
+    read here, once), optimiser steps per worker and epoch (for the schedule), the folder for its files (rank 0; None: no files), constants reported with
     every epoch (a search trial's cost), where mid-epoch checkpoints go, whether each step's
     video ids are logged (``run_dir/steps/rank-N.jsonl``) and whether the seed was drawn
     from fresh entropy (recorded)."""
+    groups = {"train": row_groups(data.shards, "train")}
+    groups["val"] = row_groups(data.shards, data.val_split)
+    videos = sum(g["rows"] for g in groups["train"])
     return {
         "config": config.record(),
         "data": asdict(data),
-        "steps_per_epoch": steps_per_epoch,
+        "groups": groups,
+        # Every rank takes the same number of steps: its equal part of the plan.
+        "steps_per_epoch": max(1, math.ceil(videos / config.workers / config.batch_size)),
         "run_dir": run_dir,
         "extra_metrics": dict(extra_metrics or {}),
         "mid_epoch_dir": mid_epoch_dir,
@@ -457,7 +464,7 @@ def run_epochs(run: dict, task: Task) -> None:
     if rank == 0 and start_epoch == 0 and start_step == 0:
         append_history(run_dir, {"event": "started", "environment": env})
     reporter = EpochReporter(run["config"], run_dir, rank, environment=env)
-    data = EpochData(DataOptions(**run["data"]), config, rank, world)
+    data = EpochData(DataOptions(**run["data"]), run["groups"], config, rank, world)
     compiled = torch.compile(model) if config.compile else model
     step_log = _StepLog(run_dir, rank) if run.get("log_steps") else None
 

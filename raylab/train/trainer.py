@@ -1,14 +1,14 @@
 """Build the Ray Train ``TorchTrainer`` that runs :func:`raylab.train.loop.train_loop`.
 
-The driver checks the model and the clips, sizes the schedule from the manifest, and names the run so that calling ``fit()`` again
-with the same ``storage_path``/``name`` resumes from its latest checkpoint.
+The driver checks the model and the clips, reads the splits' row groups once for every
+worker's plan, and names the run so that calling ``fit()`` again with the same
+``storage_path``/``name`` resumes from its latest checkpoint.
 :func:`torch_trainer` (backend, workers, checkpoints kept) is also what
 :func:`raylab.train.transfer.build_transfer_trainer` builds its trainer with.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -170,13 +170,11 @@ def build_trainer(
             f"{list(classes)}"
         )
     check_model(config)
-    steps_per_epoch = max(1, math.ceil(n_train / config.workers / config.batch_size))
     # A URI (s3://) is no folder to write files in.
     run_dir = None if "://" in str(storage_path) else str(Path(storage_path) / name)
     run = loop_config(
         config,
         data,
-        steps_per_epoch,
         run_dir,
         extra_metrics,
         mid_epoch_dir=f"{str(storage_path).rstrip('/')}/{name}/mid_epoch",

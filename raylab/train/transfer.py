@@ -43,7 +43,6 @@ Pieces:
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -520,11 +519,9 @@ def build_transfer_trainer(
             )
         teacher = calibrated_teacher_file(config, options, data.shards, Path(run_dir))
         options = replace(options, teacher_weights=str(teacher), teacher_calibrated=True)
-    steps_per_epoch = max(1, math.ceil(n_train / config.workers / config.batch_size))
     run = loop_config(
         config,
         data,
-        steps_per_epoch,
         run_dir,
         mid_epoch_dir=f"{str(storage_path).rstrip('/')}/{name}/mid_epoch",
         log_steps=log_steps,

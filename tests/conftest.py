@@ -128,6 +128,26 @@ def damaged_shards(demo_shards, tmp_path_factory) -> tuple[Path, dict[str, str]]
 
 
 @pytest.fixture(scope="session")
+def colour_shards(tmp_path_factory, ray_session) -> Path:
+    """Four classes told apart by colour (16 training, 4 test videos each, 20 frames at
+    64x48): a set a tiny network learns in a few epochs, for tests that must see learning."""
+    from videos import write_colour_classes
+
+    from raylab.data.ingest import EncodeParams, ingest
+
+    root = tmp_path_factory.mktemp("colours")
+    write_colour_classes(root / "videos")
+    ingest(
+        root / "videos",
+        "ucf101",
+        root / "shards",
+        params=EncodeParams(short_sides=(48,)),
+        progress=False,
+    )
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
 def flow_shards(tmp_path_factory, ray_session) -> Path:
     """A tiny demo set (8 classes x 2 videos, 16 frames) ingested with Farneback flow."""
     from raylab.data.ingest import EncodeParams, ingest

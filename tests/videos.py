@@ -115,3 +115,41 @@ def write_vp9_with_hidden_frames(path: Path, frames: np.ndarray, fps: int = 25) 
                 out.mux(packet)
     packed.unlink()
     return len(packets) - len(frames)
+
+
+COLOUR_CLASSES = {
+    "Red": (200, 40, 40),
+    "Green": (40, 200, 40),
+    "Blue": (40, 40, 200),
+    "Yellow": (200, 200, 40),
+}
+
+
+def write_colour_classes(
+    root: Path,
+    *,
+    per_class: int = 20,
+    test_per_class: int = 4,
+    frames: int = 20,
+    height: int = 48,
+    width: int = 64,
+) -> None:
+    """A set in UCF101 layout whose class is the tint of moving noise: what a tiny network
+    learns within a few dozen steps, where the demo set's motion classes take hundreds.
+    The first ``test_per_class`` videos of each class (two per group) are the test list."""
+    train, test = [], []
+    for ci, (name, colour) in enumerate(COLOUR_CLASSES.items()):
+        for i in range(per_class):
+            noise = noise_frames(frames, height, width, seed=100 * ci + i).astype(np.float32)
+            tinted = (noise + np.array(colour, np.float32)) / 2
+            rel = f"{name}/v_{name}_g{i // 2 + 1:02d}_c{i % 2 + 1:02d}.mp4"
+            write_video(root / rel, tinted.astype(np.uint8))
+            if i < test_per_class:
+                test.append(rel)
+            else:
+                train.append(f"{rel} {ci + 1}")
+    (root / "classInd.txt").write_text(
+        "".join(f"{i + 1} {name}\n" for i, name in enumerate(COLOUR_CLASSES))
+    )
+    (root / "trainlist01.txt").write_text("\n".join(train) + "\n")
+    (root / "testlist01.txt").write_text("\n".join(test) + "\n")

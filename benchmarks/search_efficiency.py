@@ -1,39 +1,44 @@
-"""Does the search method pay? TPE + ASHA vs random + ASHA vs random search alone, on the clock.
+"""Does the search method pay? Measured in work (trial-epochs), over many seeds.
 
-    python benchmarks/search_efficiency.py [--budget SECONDS] [--seeds 0 1] [--num-samples 200] \
-        [--threshold 0.6] [--methods tpe+asha random+asha random+none] [--work DIR] \
-        [--plot PNG] [-- JOB ARGS...]
+    # live: the embedded search itself, once per method and seed
+    python benchmarks/search_efficiency.py live [--seeds 0 1 2 3 4] [--budget-epochs 14] \
+        [--methods tpe+asha random+asha random+none] [--work DIR] [-- JOB ARGS...]
+    # record: every configuration of one random search trained to its last epoch
+    python benchmarks/search_efficiency.py record [--num-samples 14] [--work DIR]
+    # replay: hundreds of searches simulated on the recorded curves, in seconds
+    python benchmarks/search_efficiency.py replay CURVES.json [--searches 200] \
+        [--budget-epochs 14 40]
 
-Runs jobs/tune_t3d.py on its demo set (the embedded CPU-sized search) with three methods,
-once per seed, each under the same wall-clock budget (``--time-budget``, by default the
-embedded search's own) and with more samples than fit in it, so the budget is what ends
-every search: (a) ``--searcher tpe
---early-stopping asha`` (the job's default), (b) ``--searcher random --early-stopping asha``,
-(c) ``--searcher random --early-stopping none`` (every trial trains all its epochs).
-Arguments after ``--`` go to every job run. The demo set is generated once under WORK
-before any search, so no method's clock includes it.
+**live** runs jobs/tune_t3d.py on its demo set (the embedded CPU-sized search) with (a)
+``--searcher tpe --early-stopping asha`` (the job's default), (b) random + ASHA and (c)
+random search without early stopping (every trial trains all its epochs), each ended by the
+same budget of trial-epochs. A search run one trial at a time is a function of its seed, so
+the figures are the same on any machine. From every trial's result.json, the best
+validation video top-1 so far is a step function of the epochs trained so far; per method
+the table gives each seed's work to first reach ``--threshold`` and best at the budget, and
+the median ratio (a)/(c).
 
-From every trial's result.json, the best validation video top-1 reached so far is a step
-function of the seconds since the search started. Prints a markdown table per method
-(per seed: seconds until the best first reaches the threshold, the best at the budget; the
-median over seeds), the ratio (a)/(c) of the median times, saves a plot of the curves, and
-ends with one JSON line.
+**record** runs the embedded search once with random draws and no early stopping, every
+trial to its last epoch, and writes ``curves.json``: each trained configuration with its
+per-epoch validation top-1, validation loss and training loss.
 
-Sizing the budget: on a 2-core machine a trial's first epoch ends 55-90 s after it starts
-(its Train run, workers, data pipeline, one epoch), so 60 s shows no epoch at all. TPE's
-first trials (10 at the default samples, the job's ``n_startup_trials``) are the random
-sampler's own draws from the same seed, so (a) and (b) differ only once a search gets past
-them: at the demo's 360 s two or three trials run, and (a) against (c) measures early
-stopping alone (docs/results.md).
+**replay** simulates searches on that table: Optuna's samplers (TPE, random) propose, and
+Optuna's pruners (successive halving, the asynchronous rule ASHA is; Hyperband; median)
+and the chance rule stop, with the budget counted in trial-epochs as live. The space is
+discretised to the table: one categorical knob, which recorded configuration to train (the
+live space's learning rates and weight decays are continuous; a replay can only offer
+what was recorded), and drawing one again replays its curve, as the same configuration
+with the same seed retrains exactly. It also scores the chance rules on the curves: how
+many eventual learners (>= 0.6 at the end) each would have stopped, and the epochs saved.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -41,92 +46,111 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METRIC = "val_video_top1"
-CHANCE = 1 / 8  # eight classes in the demo set
+sys.path.insert(0, str(REPO))
+
+from raylab.metrics import METRIC  # noqa: E402
+from raylab.tune.stopping import ChanceRule  # noqa: E402
+
+NUM_CLASSES = 8  # the demo set
 # name: (--searcher, --early-stopping); the first is the job's default, the last the baseline.
 METHODS = {
     "tpe+asha": ("tpe", "asha"),
     "random+asha": ("random", "asha"),
     "random+none": ("random", "none"),
 }
-COLOURS = {"tpe+asha": "tab:blue", "random+asha": "tab:orange", "random+none": "tab:green"}
-LINES = ("-", "--", "-.")
+KNOBS = ("family", "depth", "stm_stages", "stm_blocks", "frames", "size", "stride", "lr",
+         "weight_decay")  # fmt: skip
 
-Curve = list[tuple[float, float]]  # (seconds since the search started, value)
+Curve = list[tuple[int, float]]  # (trial-epochs trained so far, best value so far)
+
+
+# ---------------------------------------------------------------- reading an experiment
 
 
 def read_trials(experiment: Path) -> list[list[dict]]:
-    """The result.json lines of every Tune trial folder of an experiment, one list per trial;
-    empty for a trial that started but reported nothing before the budget ran out."""
+    """The result.json lines of every Tune trial folder of an experiment, one list per trial,
+    in the order Tune created the trials; empty for a trial that reported nothing."""
+    folders = sorted(experiment.glob("*/result.json"), key=lambda p: _trial_number(p.parent.name))
     return [
         [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        for result in sorted(experiment.glob("*/result.json"))
+        for result in folders
     ]
 
 
-def search_start(experiment: Path, trials: list[list[dict]]) -> float:
-    """Unix time at which the search started, Ray's start-up excluded.
-
-    Tune's experiment_state-*.json records when its controller started (``stats.start_time``,
-    float seconds); time_budget_s counts from the controller's first step just after, so this
-    is the budget's own zero. Without that file: the earliest trial's first activity, its
-    first result's ``timestamp - time_total_s`` (whole seconds: up to a second late).
-    """
-    starts = []
-    for state in experiment.glob("experiment_state-*.json"):
-        start = json.loads(state.read_text()).get("stats", {}).get("start_time")
-        if start is not None:
-            starts.append(float(start))
-    if starts:
-        return min(starts)  # a resumed experiment writes one per session: the first began it
-    firsts = [t[0] for t in trials if t and "timestamp" in t[0] and "time_total_s" in t[0]]
-    if not firsts:
-        raise ValueError(f"{experiment}: no trial reported anything to date the search by")
-    return min(r["timestamp"] - r["time_total_s"] for r in firsts)
+def _trial_number(folder: str) -> int:
+    """Tune names a trial's folder ``run_trial_<id>_<n>_...``: n counts trials as created."""
+    parts = folder.split("_")
+    return int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0
 
 
-def read_points(experiment: Path) -> Curve:
-    """(seconds since the search started, val_video_top1) of every reported epoch, in time
-    order; trials pruned before they started and missing or NaN metrics left out."""
-    trials = read_trials(experiment)
-    if not any(trials):
-        return []
-    start = search_start(experiment, trials)
-    points = []
-    for lines in trials:
-        for r in lines:
-            value = r.get(METRIC)
-            if r.get("pruned") or value is None or math.isnan(value):
-                continue
-            points.append((r["timestamp"] - start, float(value)))
-    return sorted(points)
+def epoch_results(lines: list[dict]) -> list[dict]:
+    """A trial's results that closed an epoch with a score."""
+    return [
+        r
+        for r in lines
+        if not r.get("pruned")
+        and not r.get("restored")
+        and r.get(METRIC) is not None
+        and not math.isnan(r[METRIC])
+    ]
 
 
-def best_so_far(points: Curve) -> Curve:
-    """The steps of the running maximum: (time, new best) wherever the best goes up."""
+def read_points(experiment: Path) -> list[tuple[int, float]]:
+    """(trial-epochs trained when it was reported, val top-1) of every scored epoch, in the
+    order the epochs ended (one trial at a time: trial by trial)."""
+    results = [r for lines in read_trials(experiment) for r in epoch_results(lines)]
+    results.sort(key=lambda r: r.get("timestamp", 0))
+    return [(work, float(r[METRIC])) for work, r in enumerate(results, start=1)]
+
+
+def best_so_far(points: list[tuple[int, float]]) -> Curve:
+    """The steps of the running maximum: (work, new best) wherever the best goes up."""
     steps: Curve = []
-    for seconds, value in sorted(points):
+    for work, value in sorted(points):
         if not steps or value > steps[-1][1]:
-            steps.append((seconds, value))
+            steps.append((work, value))
     return steps
 
 
-def time_to_reach(curve: Curve, threshold: float) -> float | None:
-    """Seconds until the best-so-far curve first reaches ``threshold``; None: never."""
-    return next((seconds for seconds, best in curve if best >= threshold), None)
+def work_to_reach(curve: Curve, threshold: float) -> int | None:
+    """Trial-epochs until the best-so-far curve first reaches ``threshold``; None: never."""
+    return next((work for work, best in curve if best >= threshold), None)
 
 
-def best_at(curve: Curve, seconds: float) -> float | None:
-    """The best-so-far value at ``seconds``; None before the first result."""
-    reached = [best for t, best in curve if t <= seconds]
+def best_at(curve: Curve, work: float) -> float | None:
+    """The best-so-far value after ``work`` trial-epochs; None before the first result."""
+    reached = [best for w, best in curve if w <= work]
     return reached[-1] if reached else None
 
 
 def median_with_missing(values: list[float | None], missing: float) -> float | None:
-    """Median in which a missing value (None) counts as ``missing`` (+inf for a time never
-    reached, -inf for a best never had); None when the median itself is missing."""
+    """Median in which a missing value (None) counts as ``missing`` (+inf for a threshold
+    never reached, -inf for a best never had); None when the median itself is missing."""
     median = statistics.median(missing if v is None else v for v in values)
     return None if math.isinf(median) else median
+
+
+def work_ratio(a: float | None, c: float | None, budget: float) -> tuple[float | None, bool]:
+    """(a)/(c) of the median work to the threshold, and whether it is only an upper bound:
+    when (c) never reached it, its work is beyond the budget and (a)/(c) below a / budget."""
+    if a is None:
+        return None, False
+    if c is None:
+        return a / budget, True
+    return (a / c if c > 0 else None), False
+
+
+# ---------------------------------------------------------------- running the job
+
+
+def job_env() -> dict:
+    # This checkout's raylab first: a virtualenv shared between checkouts may hold an
+    # editable install of another one, which a script in jobs/ would otherwise import.
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return os.environ | {
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+        "PYTHONPATH": path,
+    }
 
 
 def run_job(*args: str, log: Path) -> dict:
@@ -146,113 +170,287 @@ def run_job(*args: str, log: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def job_env() -> dict:
-    # This checkout's raylab first: a virtualenv shared between checkouts may hold an
-    # editable install of another one, which a script in jobs/ would otherwise import.
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return os.environ | {
-        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
-        "PYTHONPATH": path,
-    }
+def embedded(key: str):
+    """A setting of the embedded search's preset."""
+    sys.path.insert(0, str(REPO / "jobs"))
+    from tune_t3d import CPU_DEFAULT
+
+    return CPU_DEFAULT[key]
 
 
-def embedded_budget() -> float:
-    """The embedded search's time budget, from the job's preset."""
-    spec = importlib.util.spec_from_file_location("tune_t3d", REPO / "jobs" / "tune_t3d.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    return float(job.CPU_DEFAULT["time_budget"])
+def live(args: argparse.Namespace, passthrough: list[str]) -> dict:
+    budget = args.budget_epochs or embedded("budget_epochs")
+    work = Path(args.work).resolve()
+    runs = []
+    # Seeds outside, methods inside, as a reader compares them.
+    for seed in args.seeds:
+        for method in args.methods:
+            searcher, early_stopping = METHODS[method]
+            name = f"se-{method.replace('+', '-')}-seed{seed}"
+            shutil.rmtree(work / "results" / name, ignore_errors=True)  # else Tune would mix
+            print(f"{name}: searching for {budget} trial-epochs", file=sys.stderr, flush=True)
+            run_job(
+                *("--root", str(work), "--name", name, "--seed", str(seed)),
+                *("--searcher", searcher, "--early-stopping", early_stopping),
+                *("--budget-epochs", str(budget), "--num-samples", "200"),
+                *passthrough,
+                log=work / "logs" / f"{name}.log",
+            )
+            curve = best_so_far(read_points(work / "results" / name))
+            runs.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "work_to_threshold": work_to_reach(curve, args.threshold),
+                    "best_at_budget": best_at(curve, budget),
+                }
+            )
+            print(f"{name}: {runs[-1]}", file=sys.stderr, flush=True)
+    return summarise(runs, args.methods, budget, args.threshold, "live")
 
 
-def prepare_demo_set(work: Path) -> None:
-    """Generate and ingest the demo set the job would otherwise make inside the first search."""
-    code = (
-        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-        "from tune_t3d import demo_shards; demo_shards(Path(sys.argv[2]))"
+# ---------------------------------------------------------------- record and replay
+
+
+def record(args: argparse.Namespace) -> dict:
+    """One random search, no early stopping: every configuration's whole curve."""
+    work = Path(args.work).resolve()
+    name = f"record-seed{args.seed}"
+    max_epochs = embedded("max_epochs")
+    shutil.rmtree(work / "results" / name, ignore_errors=True)
+    run_job(
+        *("--root", str(work), "--name", name, "--seed", str(args.seed)),
+        *("--searcher", "random", "--early-stopping", "none"),
+        *("--num-samples", str(args.num_samples)),
+        *("--budget-epochs", str(args.num_samples * max_epochs)),
+        log=work / "logs" / f"{name}.log",
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "jobs"), str(work)],
-        capture_output=True,
-        text=True,
-        env=job_env(),
-    )
-    if done.returncode:
-        raise SystemExit(f"preparing the demo set in {work} failed:\n{done.stderr[-4000:]}")
+    table = curves_of(work / "results" / name, max_epochs)
+    out = work / "curves.json"
+    out.write_text(json.dumps(table, indent=1))
+    print(f"{len(table['configs'])} configurations recorded in {out}")
+    return {"curves": str(out), "configs": len(table["configs"])}
 
 
-def plot(runs: list[dict], budget: float, threshold: float, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    seeds = sorted({run["seed"] for run in runs})
-    for run in runs:
-        curve = run["curve"]
-        label = f"{run['method']}, seed {run['seed']}"
-        # Colour: the method; line style: the seed (methods of one seed draw alike at first).
-        style = {"color": COLOURS[run["method"]], "linestyle": LINES[seeds.index(run["seed"]) % 3]}
-        if not curve:  # still in the legend, so that a run with nothing to draw is seen
-            ax.plot([], [], **style, label=f"{label}: no epoch")
+def curves_of(experiment: Path, max_epochs: int) -> dict:
+    """The table a replay reads: each configuration trained to ``max_epochs`` and its curve
+    (a trial cut short, or pruned, is left out)."""
+    configs = []
+    for lines in read_trials(experiment):
+        epochs = epoch_results(lines)
+        if len(epochs) < max_epochs:
             continue
-        # Held flat to the budget (or the last result, if later) so each run's level shows.
-        end = max(budget, curve[-1][0])
-        times = [t for t, _ in curve] + [end]
-        bests = [b for _, b in curve] + [curve[-1][1]]
-        ax.step(
-            times,
-            bests,
-            where="post",
-            **style,
-            marker="o",
-            markersize=3,
-            markevery=list(range(len(curve))),  # the improvements, not the held end
-            label=label,
-        )
-    ax.axhline(
-        threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}"
+        config = {k: v for k, v in lines[0].get("config", {}).items() if k in KNOBS}
+        curve = [
+            {k: r.get(k) for k in (METRIC, "val_loss", "train_loss")} for r in epochs[:max_epochs]
+        ]
+        configs.append({"config": config, "curve": curve, "gmacs": epochs[0].get("gmacs")})
+    return {"experiment": str(experiment), "max_epochs": max_epochs, "configs": configs}
+
+
+def describe(config: dict) -> str:
+    arch = (
+        f"t3d-{config.get('depth')}"
+        if config.get("family") == "t3d"
+        else f"stm {config.get('stm_stages')}/{config.get('stm_blocks')}"
     )
-    ax.axhline(CHANCE, color="grey", linestyle=":", linewidth=1, label="chance (1/8)")
-    ax.axvline(budget, color="grey", linewidth=0.5)
-    ax.set_xlim(left=0)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("seconds since the search started")
-    ax.set_ylabel(f"best {METRIC} so far")
-    ax.set_title(f"Search methods on the demo set, {budget:g} s budget")
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    return (
+        f"{arch} {config.get('frames')}x{config.get('size')} s{config.get('stride')} "
+        f"lr {config.get('lr', 0):.1e} wd {config.get('weight_decay', 0):.1e}"
+    )
 
 
-def time_ratio(a: float | None, c: float | None, budget: float) -> tuple[float | None, bool]:
-    """(a)/(c) of the median seconds to the threshold, and whether it is only an upper bound.
+def replay_search(
+    table: dict, *, sampler: str, pruner: str, seed: int, budget: int, rule: ChanceRule | None
+) -> Curve:
+    """One search simulated on the table: the best-so-far curve over trial-epochs."""
+    import optuna
 
-    When (c) never reached the threshold its time is beyond the budget, so (a)/(c) is below
-    a / budget: a bound, not a figure. None when (a) never reached it."""
-    if a is None:
-        return None, False
-    if c is None:
-        return a / budget, True
-    return (a / c if c > 0 else None), False
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configs = table["configs"]
+    names = [f"{i}: {describe(c['config'])}" for i, c in enumerate(configs)]
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=6),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }
+    pruners = {
+        "none": optuna.pruners.NopPruner,
+        # ASHA as the embedded search runs it: one rung at epoch 4, the better half goes on.
+        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=4, reduction_factor=2, min_early_stopping_rate=0
+        ),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=table["max_epochs"], reduction_factor=2
+        ),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=3),
+    }
+    study = optuna.create_study(
+        direction="maximize", sampler=samplers[sampler](), pruner=pruners[pruner]()
+    )
+    work, best, curve = 0, -1.0, []
+    while work < budget:
+        trial = study.ask()
+        index = names.index(trial.suggest_categorical("config", names))
+        results = configs[index]["curve"]
+        state, value = optuna.trial.TrialState.COMPLETE, None
+        for epoch, r in enumerate(results, start=1):
+            work += 1
+            value = r[METRIC]
+            trial.report(value, epoch)
+            if value > best:
+                best = value
+                curve.append((work, best))
+            if work >= budget:
+                state = optuna.trial.TrialState.PRUNED
+                break
+            stop = rule is not None and pruner != "none" and rule.stops(results[:epoch])
+            if epoch < len(results) and (stop or trial.should_prune()):
+                state = optuna.trial.TrialState.PRUNED
+                break
+        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    return curve
 
 
-def ratio_text(ratio: float | None, bound: bool) -> str:
-    if ratio is None:
-        return "n/a (tpe+asha did not reach it)"
-    if bound:
-        return f"< {ratio:.2f} (random+none did not reach it within the budget)"
-    return f"{ratio:.2f}"
+def rule_scores(table: dict, rules: dict[str, ChanceRule], learner: float = 0.6) -> dict:
+    """For each rule, on the recorded curves: eventual learners it would stop, epochs saved."""
+    out = {}
+    for name, rule in rules.items():
+        stopped_learners, saved, stopped = [], 0, 0
+        for i, entry in enumerate(table["configs"]):
+            curve = entry["curve"]
+            at = next((e for e in range(1, len(curve) + 1) if rule.stops(curve[:e])), None)
+            if at is None or at == len(curve):
+                continue
+            stopped += 1
+            saved += len(curve) - at
+            if curve[-1][METRIC] >= learner:
+                stopped_learners.append(i)
+        out[name] = {
+            "stopped": stopped,
+            "learners_stopped": stopped_learners,
+            "epochs_saved": saved,
+        }
+    return out
 
 
-def seconds_text(value: float | None) -> str:
-    return "not reached" if value is None else f"{value:.0f}"
+def replay(args: argparse.Namespace) -> dict:
+    table = json.loads(Path(args.curves).read_text())
+    configs = table["configs"]
+    learners = [i for i, c in enumerate(configs) if c["curve"][-1][METRIC] >= args.threshold]
+    print(f"{len(configs)} recorded configurations, {len(learners)} end >= {args.threshold:g}:")
+    for i, c in enumerate(configs):
+        shown = " ".join(f"{r[METRIC]:.2f}" for r in c["curve"])
+        losses = " ".join(f"{r['train_loss']:.2f}" for r in c["curve"][:4])
+        print(f"  {i:2d} {describe(c['config']):44s} top-1 {shown}  train loss {losses} ...")
+    patience = args.patience
+    rules = {
+        "val top-1 alone": ChanceRule(NUM_CLASSES, patience, loss_fraction=None),
+        "val top-1 and train loss": ChanceRule(NUM_CLASSES, patience),
+    }
+    scores = rule_scores(table, rules)
+    print(f"\nchance rules after {patience} epochs, on the recorded curves:")
+    for name, s in scores.items():
+        print(
+            f"  {name}: stops {s['stopped']}, of them eventual learners {s['learners_stopped']}, "
+            f"saves {s['epochs_saved']} epochs"
+        )
+    rule = rules["val top-1 and train loss"]
+    methods = {
+        "tpe+asha": ("tpe", "asha"),
+        "random+asha": ("random", "asha"),
+        "random+none": ("random", "none"),
+        "tpe+none": ("tpe", "none"),
+        "tpe+hyperband": ("tpe", "hyperband"),
+        "random+median": ("random", "median"),
+    }
+    summary: dict = {"curves": args.curves, "rules": scores, "budgets": {}}
+    for budget in args.budget_epochs:
+        runs = []
+        for method, (sampler, pruner) in methods.items():
+            for seed in range(args.searches):
+                curve = replay_search(
+                    table, sampler=sampler, pruner=pruner, seed=seed, budget=budget, rule=rule
+                )
+                runs.append(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "work_to_threshold": work_to_reach(curve, args.threshold),
+                        "best_at_budget": best_at(curve, budget),
+                    }
+                )
+        print(f"\n## replay: {args.searches} searches per method, {budget} trial-epochs")
+        summary["budgets"][budget] = summarise(
+            runs, list(methods), budget, args.threshold, "replay", per_seed=False
+        )
+    print(json.dumps(summary))
+    return summary
 
 
-def score_text(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+# ---------------------------------------------------------------- the tables
+
+
+def bootstrap_ratio(a: list, c: list, budget: float, draws: int = 2000) -> tuple[float, float]:
+    """95% interval of median(a) / median(c) (work to the threshold; never = beyond the
+    budget, counted as 2x it) by resampling the searches."""
+    rng = random.Random(0)
+    fill = [2 * budget if v is None else v for v in a], [2 * budget if v is None else v for v in c]
+    ratios = sorted(
+        statistics.median(rng.choices(fill[0], k=len(a)))
+        / statistics.median(rng.choices(fill[1], k=len(c)))
+        for _ in range(draws)
+    )
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws)]
+
+
+def summarise(
+    runs: list[dict], methods: list[str], budget: int, threshold: float, mode: str,
+    per_seed: bool = True,
+) -> dict:  # fmt: skip
+    out: dict = {"budget_epochs": budget, "threshold": threshold, "methods": {}}
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method]
+        works = [r["work_to_threshold"] for r in mine]
+        bests = [r["best_at_budget"] for r in mine]
+        m = {
+            "seeds": [r["seed"] for r in mine],
+            "work_to_threshold": works,
+            "best_at_budget": bests,
+            "median_work_to_threshold": median_with_missing(works, math.inf),
+            "reached": sum(w is not None for w in works) / len(works),
+            "median_best_at_budget": median_with_missing(bests, -math.inf),
+        }
+        out["methods"][method] = m
+        if per_seed:
+            print(f"\n### {method}\n\n| seed | trial-epochs to {threshold:g} | best at {budget} |")
+            print("|---|---|---|")
+            for r in mine:
+                w, b = r["work_to_threshold"], r["best_at_budget"]
+                shown = "n/a" if b is None else f"{b:.3f}"
+                print(f"| {r['seed']} | {'not reached' if w is None else w} | {shown} |")
+    print(f"\n| method ({mode}) | median trial-epochs to {threshold:g} | reached | median best |")
+    print("|---|---|---|---|")
+    for method, m in out["methods"].items():
+        w, b = m["median_work_to_threshold"], m["median_best_at_budget"]
+        print(
+            f"| {method} | {'not reached' if w is None else f'{w:g}'} | {m['reached']:.0%} | "
+            f"{'n/a' if b is None else f'{b:.3f}'} |"
+        )
+    if {"tpe+asha", "random+none"} <= set(out["methods"]):
+        a = out["methods"]["tpe+asha"]
+        c = out["methods"]["random+none"]
+        ratio, bound = work_ratio(
+            a["median_work_to_threshold"], c["median_work_to_threshold"], budget
+        )
+        out["ratio_tpe_asha_over_random_none"] = ratio
+        out["ratio_is_upper_bound"] = bound
+        text = "n/a" if ratio is None else f"{'< ' if bound else ''}{ratio:.2f}"
+        if mode == "replay":
+            low, high = bootstrap_ratio(a["work_to_threshold"], c["work_to_threshold"], budget)
+            out["ratio_interval_95"] = [low, high]
+            text += f" (95% interval {low:.2f}-{high:.2f})"
+        print(f"\nmedian trial-epochs to {threshold:g}, tpe+asha / random+none: {text}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -260,116 +458,27 @@ def main(argv: list[str] | None = None) -> dict:
     cut = argv.index("--") if "--" in argv else len(argv)
     own, passthrough = argv[:cut], argv[cut + 1 :]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--budget", type=float, help="seconds per search (default: the embedded search's)"
-    )
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--num-samples", type=int, default=200, help="more than fit in the budget")
     p.add_argument("--threshold", type=float, default=0.6, help="val video top-1 to reach")
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        choices=list(METHODS),
-        default=list(METHODS),
-        help="a subset, e.g. one method at a longer budget (its times compare with the others'"
-        " at the same seed: the draws and each trial's course do not depend on the budget)",
-    )
     p.add_argument("--work", default=".search-efficiency", help="the job's --root for every run")
-    p.add_argument("--plot", help="PNG of the curves (default WORK/search_efficiency.png)")
+    modes = p.add_subparsers(dest="mode", required=True)
+    lv = modes.add_parser("live", help="the embedded search, per method and seed")
+    lv.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    lv.add_argument("--budget-epochs", type=int, help="default: the embedded search's")
+    lv.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    rec = modes.add_parser("record", help="every configuration of a random search, in full")
+    rec.add_argument("--num-samples", type=int, default=14)
+    rec.add_argument("--seed", type=int, default=0)
+    rep = modes.add_parser("replay", help="searches simulated on recorded curves")
+    rep.add_argument("curves", help="curves.json written by record")
+    rep.add_argument("--searches", type=int, default=200, help="per method (seeds 0..N-1)")
+    rep.add_argument("--budget-epochs", nargs="+", type=int, default=[14, 40])
+    rep.add_argument("--patience", type=int, default=3, help="epochs before the chance rule")
     args = p.parse_args(own)
-    if args.budget is None:
-        args.budget = embedded_budget()
-    work = Path(args.work).resolve()
-    out_png = Path(args.plot).resolve() if args.plot else work / "search_efficiency.png"
-
-    print(f"preparing the demo set under {work}", file=sys.stderr, flush=True)
-    prepare_demo_set(work)
-    runs = []
-    # Seeds outside, methods inside: a drift in the machine's speed hits every method alike.
-    for seed in args.seeds:
-        for method in args.methods:
-            searcher, early_stopping = METHODS[method]
-            name = f"se-{method.replace('+', '-')}-seed{seed}"
-            shutil.rmtree(work / "results" / name, ignore_errors=True)  # else Tune would mix
-            print(f"{name}: searching for {args.budget:g} s", file=sys.stderr, flush=True)
-            result = run_job(
-                *("--root", str(work), "--name", name, "--seed", str(seed)),
-                *("--searcher", searcher, "--early-stopping", early_stopping),
-                *("--time-budget", str(args.budget), "--num-samples", str(args.num_samples)),
-                *passthrough,
-                log=work / "logs" / f"{name}.log",
-            )
-            # The job names its folder; with a budget that ends the search before every
-            # sample ran, it reports the search as interrupted but still names it.
-            experiment = Path(result.get("experiment") or work / "results" / name)
-            points = read_points(experiment)
-            curve = best_so_far(points)
-            trials = read_trials(experiment)
-            run = {
-                "method": method,
-                "seed": seed,
-                "experiment": str(experiment),
-                "trials": len(trials),
-                "pruned": sum(bool(t and t[0].get("pruned")) for t in trials),
-                "epochs": len(points),
-                "time_to_threshold_s": time_to_reach(curve, args.threshold),
-                "best_at_budget": best_at(curve, args.budget),
-                "curve": curve,
-            }
-            runs.append(run)
-            shown = {k: v for k, v in run.items() if k != "curve"}
-            print(f"{name}: {shown}", file=sys.stderr, flush=True)
-
-    plot(runs, args.budget, args.threshold, out_png)
-    summary: dict = {"budget_s": args.budget, "threshold": args.threshold, "chance": CHANCE}
-    methods = {}
-    for method in args.methods:
-        searcher, early_stopping = METHODS[method]
-        mine = [r for r in runs if r["method"] == method]
-        times = [r["time_to_threshold_s"] for r in mine]
-        bests = [r["best_at_budget"] for r in mine]
-        methods[method] = {
-            "searcher": searcher,
-            "early_stopping": early_stopping,
-            "seeds": [r["seed"] for r in mine],
-            "time_to_threshold_s": times,
-            "best_at_budget": bests,
-            "trials": [r["trials"] for r in mine],
-            "epochs": [r["epochs"] for r in mine],
-            "median_time_to_threshold_s": median_with_missing(times, math.inf),
-            "median_best_at_budget": median_with_missing(bests, -math.inf),
-            "experiments": [r["experiment"] for r in mine],
-        }
-        print(f"\n### {method} (--searcher {searcher} --early-stopping {early_stopping})\n")
-        reach, at = f"seconds to {args.threshold:g}", f"best at {args.budget:g} s"
-        print(f"| seed | trials (pruned) | epochs | {reach} | {at} |")
-        print("|---|---|---|---|---|")
-        for r in mine:
-            print(
-                f"| {r['seed']} | {r['trials']} ({r['pruned']}) | {r['epochs']} | "
-                f"{seconds_text(r['time_to_threshold_s'])} | {score_text(r['best_at_budget'])} |"
-            )
-        m = methods[method]
-        print(
-            f"| median | | | {seconds_text(m['median_time_to_threshold_s'])} | "
-            f"{score_text(m['median_best_at_budget'])} |"
-        )
-    ratio, bound = None, False
-    if {"tpe+asha", "random+none"} <= set(methods):
-        a = methods["tpe+asha"]["median_time_to_threshold_s"]
-        c = methods["random+none"]["median_time_to_threshold_s"]
-        ratio, bound = time_ratio(a, c, args.budget)
-        shown = ratio_text(ratio, bound)
-        print(f"\nmedian seconds to {args.threshold:g}, tpe+asha / random+none: {shown}")
-    print(f"plot: {out_png}")
-    summary |= {
-        "methods": methods,
-        "ratio_time_to_threshold_tpe_asha_over_random_none": ratio,
-        "ratio_is_upper_bound": bound,
-        "plot": str(out_png),
-    }
-    print(json.dumps(summary))
-    return summary
+    if args.mode == "live":
+        return live(args, passthrough)
+    if args.mode == "record":
+        return record(args)
+    return replay(args)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ from raylab.tune.space import SearchSpace
 # better half: through the clip pipeline, on whole-side crops, T3D-121 was at 0.22-0.50 after
 # 3 epochs but at 0.15-0.29 after 2, so an earlier decision stops learners. At most 8
 # epochs: what a T3D started after one STM trains in the budget, so that its learning rate
-# has decayed. 360 s of search keeps the whole demo under 8 minutes on slower VMs too.
+# has decayed. The search ends after 14 trial-epochs: an STM stopped at 3 epochs twice and a
+# T3D's 8, about 8 minutes of make demo on 2 cores, and the same search on any machine.
 # Learning rates 1.5e-3 to 2.5e-3: at 1e-3 T3D-121 was at 0.41 after 3 epochs, and in memory
 # (benchmarks/demo_learnability.py) one of two initialisations stayed at chance from 2.5e-3.
 # Training crops are squares of the whole short side, at one of TSN's five places: with 7/8
@@ -70,7 +71,7 @@ CPU_DEFAULT = {
     "batch_size": 8,
     "crop_scales": (1.0,),
     "stop_at_chance_after": 3,
-    "time_budget": 360,
+    "budget_epochs": 14,
 }
 # The demo set of the embedded search: 48 videos a class, each in a scene of its own (the
 # 8 classes share it), so that 36 training scenes teach what generalises to unseen ones.
@@ -151,6 +152,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="stop a trial still within 1.5x chance after this many epochs (default: off)",
     )
     method.add_argument(
+        "--budget-epochs",
+        type=int,
+        metavar="EPOCHS",
+        help="end the search once its trials have trained this many epochs in all "
+        "(the trial running then is stopped); the same search on any machine",
+    )
+    method.add_argument(
         "--time-budget",
         type=float,
         metavar="SECONDS",
@@ -228,6 +236,7 @@ def build_options(args: argparse.Namespace, shards: str, use_gpu: bool, embedded
         seed=args.seed,
         searcher=args.searcher,
         early_stopping=args.early_stopping,
+        budget_epochs=value(args.budget_epochs, "budget_epochs", None),
         time_budget_s=value(args.time_budget, "time_budget", None),
         stop_at_chance_after=value(args.stop_at_chance_after, "stop_at_chance_after", None),
         dropout=value(args.dropout, "dropout", None),
@@ -241,7 +250,16 @@ def main(argv: list[str] | None = None) -> dict:
     from raylab.report import write_report
     from raylab.tune.console import route_ray_logs
     from raylab.tune.results import local_dir, options_dir, upload_outputs
-    from raylab.tune.runner import NoTrialScored, build_tuner, load_options, save_options, summarise
+    from raylab.tune.runner import (
+        NoTrialScored,
+        build_tuner,
+        close_study,
+        epochs_spent,
+        load_options,
+        resolve_memory,
+        save_options,
+        summarise,
+    )
 
     args = parse_args(argv)
     root = Path(args.root).expanduser().resolve()
@@ -278,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
         options = build_options(args, shards, use_gpu, embedded)
         if embedded:
             print("no --data and no GPU: the embedded CPU-sized search", file=sys.stderr)
+        options.memory_gib = options.memory_gib or resolve_memory(options)
         save_options(options)
     print(
         f"experiment {options.experiment_dir}\n"
@@ -290,7 +309,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.monotonic()
     results = build_tuner(options, resume=args.resume).fit()
     out_of_time = options.time_budget_s and time.monotonic() - start >= options.time_budget_s
-    if results.num_terminated + results.num_errors < options.num_samples and not out_of_time:
+    out_of_work = options.budget_epochs and epochs_spent(results) >= options.budget_epochs
+    ended = results.num_terminated + results.num_errors >= options.num_samples
+    if not (ended or out_of_time or out_of_work):
         # Interrupted (Ctrl-C, SIGUSR1): Tune saved the experiment; say how to go on.
         resume = f"python jobs/tune_t3d.py --resume --name {options.name}"
         resume += f" --storage-path {options.storage_path} --root {root}"
@@ -298,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"interrupted; continue with: {resume}", file=sys.stderr)
         print(json.dumps(summary))
         return summary
+    close_study(options)
     try:
         summary = summarise(options, results)
     except NoTrialScored as err:

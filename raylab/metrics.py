@@ -35,3 +35,18 @@ def folder_trial_id(folder: str) -> str:
     for a trial that ended before its first result said it; else the name itself."""
     named = re.search(r"_([0-9a-f]{8})_\d+_", folder)
     return named.group(1) if named else folder
+
+
+def folder_trial_number(folder: str) -> int:
+    """The ``<n>`` of a Tune trial's folder name: Tune counts its trials as it creates them
+    (a restored experiment goes on counting), so it orders trials as the search made them."""
+    named = re.search(r"_[0-9a-f]{8}_(\d+)_", folder)
+    return int(named.group(1)) if named else 0
+
+
+def epoch_of(result: dict) -> int:
+    """The epoch a trial's result closed (1-based), as its run reports it. Not Tune's
+    ``training_iteration``: a trial restored after its search's driver stopped counts that
+    from 1 again while its Train run goes on from its checkpoint, and a resumed run reports
+    its checkpoint's epoch once more (``restored``)."""
+    return int(result.get("epoch", result.get("training_iteration", 0)) or 0)

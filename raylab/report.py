@@ -23,7 +23,7 @@ import math
 import warnings
 from pathlib import Path
 
-from raylab.metrics import METRIC, TRIAL_STATUSES, folder_trial_id, trial_status
+from raylab.metrics import METRIC, TRIAL_STATUSES, epoch_of, folder_trial_id, trial_status
 
 ARCH = ("family", "depth", "stm_stages", "stm_blocks")
 KNOBS = (*ARCH, "frames", "size", "stride", "lr", "weight_decay")
@@ -102,8 +102,8 @@ def rows_from_folders(exp: Path) -> list[dict]:
         if scored:
             best = max(scored, key=lambda line: line[METRIC])  # the first best, like idxmax
             row |= {k: best[k] for k in AT_BEST if k in best}
-            row["best_epoch"] = best.get("training_iteration")
-            row["epochs"] = max(line.get("training_iteration", 0) for line in lines)
+            row["best_epoch"] = epoch_of(best)
+            row["epochs"] = max(epoch_of(line) for line in lines)
             speeds = [s for s in (_num(x.get("clips_per_s")) for x in scored) if s is not None]
             row["clips_per_s"] = sum(speeds) / len(speeds) if speeds else None
         pruned = any(line.get("pruned") for line in lines)
@@ -356,7 +356,7 @@ def _curves_section(exp: Path, rows: list[dict], figure: _Figures) -> str:
             if x:
                 name = f"{trial_id} {row.get('family', '')}".strip()
                 fig.add_scatter(x=x, y=y, name=name)
-        fig.update_layout(title=key, xaxis_title="epoch (training_iteration)", yaxis_title=key)
+        fig.update_layout(title=key, xaxis_title="epoch", yaxis_title=key)
         _epoch_ticks(fig, every)
         out.append(figure(fig) if fig.data else f"<p class='note'>No trial has reported {key}.</p>")
     return "\n".join(out)
@@ -460,14 +460,14 @@ def _chance(classes: int) -> str:
 
 def _curve(lines: list[dict], key: str) -> tuple[list, list]:
     """Epochs and values of ``key`` in a trial's results, where both are numbers."""
-    xy = [(_num(x.get("training_iteration")), _num(x.get(key))) for x in lines]
+    xy = [(_num(epoch_of(x)), _num(x.get(key))) for x in lines if not x.get("restored")]
     xy = [(i, v) for i, v in xy if i is not None and v is not None]
     return [i for i, _ in xy], [v for _, v in xy]
 
 
 def _epoch_ticks(fig, lines: list[dict]) -> None:
     """Whole epochs on the x axes: plotly's own ticks fall between epochs (1.2, 1.4, ...)."""
-    last = max((_num(x.get("training_iteration")) or 0 for x in lines), default=0)
+    last = max((epoch_of(x) for x in lines), default=0)
     _whole_ticks(fig, first=1, last=last)
 
 

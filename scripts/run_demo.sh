@@ -2,6 +2,7 @@
 # The main job end to end on the embedded default: a local Ray head with token auth (started
 # if none is running), then `ray job submit -- python jobs/tune_t3d.py`, which generates and
 # ingests the demo set and runs a CPU-sized architecture search, then writes its report.
+# Arguments go to the job (make demo SEED=3: --seed 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"  # `ray`, and the job's `python`, are the project's
@@ -24,7 +25,7 @@ JOB="raylab-demo-$(date +%Y%m%d-%H%M%S)"
 # Submits the working directory (.gitignore'd paths such as .demo/ stay behind), then
 # follows the job's own output; the submission's Ray messages go to a file.
 ray job submit --no-wait --submission-id "$JOB" --working-dir . \
-  -- python jobs/tune_t3d.py --root "$ROOT" >"$ROOT/last-submit.log" 2>&1 \
+  -- python jobs/tune_t3d.py --root "$ROOT" "$@" >"$ROOT/last-submit.log" 2>&1 \
   || { cat "$ROOT/last-submit.log"; exit 1; }
 echo "submitted job $JOB (ray job logs $JOB; ray job stop $JOB)"
 # Following the logs ends with the job's final status ("Job '...' succeeded"); asking
@@ -44,7 +45,7 @@ top1, chance = r["metrics"]["val_video_top1"], 1 / r["num_classes"]
 t = r["trials"]
 verdict = "" if top1 > 1.5 * chance else "  -- at chance level: no network learned"
 print(f"""
-best: {r['model']} {r['best_config']}
+seed {r['seed']}, best: {r['model']} {r['best_config']}
   val video top-1 {top1:.3f} (chance {chance:.3f}){verdict}, {r['metrics']['gmacs']:.2f} GMACs/clip
 trials: {t['total']} ({t['done']} done, {t['stopped']} stopped early, {t['pruned']} pruned, {t['error']} failed)
 report:      {r['report']}

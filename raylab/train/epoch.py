@@ -458,12 +458,19 @@ def run_epochs(run: dict, task: Task) -> None:
     parts["scheduler"] = scheduler
     ordered = run["data"].get("ordered", True)
     store = MidEpochStore(run["mid_epoch_dir"]) if run.get("mid_epoch_dir") and ordered else None
-    start_epoch, start_step, sums, rng_state = _resume(parts, store, run_dir, rank, world)
+    start_epoch, start_step, sums, rng_state, restored = _resume(parts, store, run_dir, rank, world)
 
     env = environment(device, world) | {"seed_drawn": run["seed_drawn"]}
     if rank == 0 and start_epoch == 0 and start_step == 0:
         append_history(run_dir, {"event": "started", "environment": env})
     reporter = EpochReporter(run["config"], run_dir, rank, environment=env)
+    if restored is not None:
+        # The epoch resumed from, reported again: a search restored after its driver stopped
+        # may not have received it before (its report died with the driver), and the
+        # search's rules and budget count epochs by their number, so a repeat is harmless.
+        import ray.train
+
+        ray.train.report(restored | {"restored": True})
     data = EpochData(DataOptions(**run["data"]), run["groups"], config, rank, world)
     compiled = torch.compile(model) if config.compile else model
     step_log = _StepLog(run_dir, rank) if run.get("log_steps") else None
@@ -603,7 +610,7 @@ def _save_mid_epoch(store, parts, sums, epoch, step, rank, world, run_dir) -> No
 def _resume(parts: dict, store, run_dir, rank: int, world: int):
     """Restore the run's newest state: a mid-epoch checkpoint newer than the latest epoch
     checkpoint, or that epoch checkpoint, or nothing. Returns (epoch, step, sums, generator
-    state) to start from."""
+    state) to start from, and the metrics of the latest epoch checkpoint (None: none)."""
     import ray.train
 
     start_epoch, state = 0, None
@@ -633,14 +640,15 @@ def _resume(parts: dict, store, run_dir, rank: int, world: int):
             append_history(
                 run_dir, {"event": "resumed", "from_epoch": start_epoch, "step": marker["step"]}
             )
-        return start_epoch, marker["step"], Sums(**own["sums"]), own["rng"]
+        restored = state["metrics"] if state is not None else None
+        return start_epoch, marker["step"], Sums(**own["sums"]), own["rng"], restored
     if state is not None:
         for name, part in parts.items():
             part.load_state_dict(state[name])
         if rank == 0:
             print(f"resumed from the checkpoint of epoch {start_epoch}")
             append_history(run_dir, {"event": "resumed", "from_epoch": start_epoch})
-    return start_epoch, 0, Sums(), None
+    return start_epoch, 0, Sums(), None, state["metrics"] if state is not None else None
 
 
 class _StepLog:

@@ -96,6 +96,7 @@ def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
             "val_clip_acc": float("nan"),
             "val_video_top1": float("nan"),
             "val_video_top5": float("nan"),
+            "val_loss": float("nan"),
             "val_videos": 0,
             "val_decode_failures": failed,
             "val_first_error": first_error,
@@ -106,6 +107,10 @@ def evaluate_views(model, batches, device, mean, std, amp_ctx) -> dict:
         "val_clip_acc": clip_acc,
         "val_video_top1": topk_accuracy(scores, video_labels, 1),
         "val_video_top5": topk_accuracy(scores, video_labels, 5),
+        # Cross-entropy of the video scores: unlike top-1, no single video moves it by a step.
+        "val_loss": float(
+            -np.log(np.maximum(scores[np.arange(len(video_labels)), video_labels], 1e-12)).mean()
+        ),
         "val_videos": len(video_labels),
         "val_decode_failures": failed,
         "val_first_error": first_error,

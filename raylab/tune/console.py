@@ -22,7 +22,7 @@ from typing import TextIO
 
 from ray.tune import Callback
 
-from raylab.metrics import METRIC, trial_status
+from raylab.metrics import METRIC, epoch_of, trial_status
 from raylab.tune.space import knobs
 
 # Loggers of Ray's (and Optuna's) that print INFO records on a driver's console.
@@ -76,8 +76,10 @@ class TrialConsole(Callback):
         value = result.get(METRIC)
         if not isinstance(value, int | float) or not math.isfinite(value):
             return  # no score this round
+        if result.get("restored"):
+            return  # an epoch a resumed run reports again
         self.best[trial.trial_id] = max(value, self.best.get(trial.trial_id, -1.0))
-        epoch = result.get("training_iteration")
+        epoch = epoch_of(result)
         self._print(
             f"trial {trial.trial_id} epoch {epoch}/{self.max_epochs}: val top-1 {value:.3f}  "
             f"loss {result.get('train_loss', float('nan')):.3f}  "
@@ -89,13 +91,10 @@ class TrialConsole(Callback):
         last = trial.last_result or {}
         if last.get("pruned"):
             return
-        epochs = last.get("training_iteration", 0)
+        epochs = epoch_of(last)
         tail = self._best_tail(trial.trial_id)
         if self.stopper is not None and trial.trial_id in self.stopper.stopped:
-            self._print(
-                f"trial {trial.trial_id} stopped after epoch {epochs}: not learning "
-                f"(val top-1 at most {self.stopper.floor:.3f}, 1.5x chance)"
-            )
+            self._print(f"trial {trial.trial_id} stopped after epoch {epochs}: {self.stopper.why}")
         elif epochs < self.max_epochs:
             self._print(f"trial {trial.trial_id} stopped early after epoch {epochs}{tail}")
         else:
@@ -106,27 +105,17 @@ class TrialConsole(Callback):
         self._print(f"trial {trial.trial_id} failed; the error is in {trial.error_file}")
 
     def on_experiment_end(self, trials, **info) -> None:
-        # Tune stops the trials still running when the search ends (its time budget) without
+        # Tune stops the trials still running when the search ends (its budget) without
         # a completion event: say so, or the table's "stopped" reads as an early stop.
         for trial in trials:
             last = trial.last_result or {}
             if trial.trial_id not in self.started - self.ended or last.get("pruned"):
                 continue
-            epochs = last.get("training_iteration", 0)
+            epochs = epoch_of(last)
             done = f"after epoch {epochs}" if epochs else "before its first epoch"
             tail = self._best_tail(trial.trial_id)
             self._print(f"trial {trial.trial_id} was running when the search ended: {done}{tail}")
         self._print(trial_table(trials, self.max_epochs, self.best))
-
-
-def late_epoch_line(row: dict) -> str:
-    """The line for a trial whose best checkpoint is an epoch Tune never recorded (the time
-    budget ended the trial after its Train run saved the epoch, before the report arrived),
-    so the console's table and the result do not seem to disagree."""
-    return (
-        f"trial {row['trial_id']} epoch {row['best_epoch']}: val top-1 {row[METRIC]:.3f}, "
-        "saved as the search ended and missing from the table above; the result counts it"
-    )
 
 
 def status_of(trial, max_epochs: int) -> str:
@@ -136,7 +125,7 @@ def status_of(trial, max_epochs: int) -> str:
         pruned=bool(last.get("pruned")),
         failed=trial.status == "ERROR",
         ended=trial.status == "TERMINATED",
-        epochs=last.get("training_iteration", 0),
+        epochs=epoch_of(last),
         max_epochs=max_epochs,
     )
     return trial.status.lower() if status == "running" else status  # pending, running, paused
@@ -153,7 +142,7 @@ def trial_table(trials, max_epochs: int, best: dict[str, float]) -> str:
                 t.trial_id,
                 status_of(t, max_epochs),
                 describe(t.config),
-                str(last.get("training_iteration", 0) if not last.get("pruned") else 0),
+                str(epoch_of(last) if not last.get("pruned") else 0),
                 f"{best[t.trial_id]:.3f}" if t.trial_id in best else "",
             )
         )

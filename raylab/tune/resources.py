@@ -33,7 +33,11 @@ def trial_concurrency(options: TuneOptions, resources: dict) -> int:
 
 
 def memory_budget(options: TuneOptions, resources: dict, concurrency: int) -> float:
-    """GiB a worker may use: the flag, the GPU's memory, or half the free RAM per trial."""
+    """GiB a worker may use: the flag, the GPU's memory, or half the machine's RAM per trial.
+
+    The machine's total, not what is free now: the batch cap it sets decides a trial's
+    numbers, and a search must not change with what else happens to run beside it.
+    """
     if options.memory_gib:
         return options.memory_gib
     if options.use_gpu:
@@ -42,15 +46,15 @@ def memory_budget(options: TuneOptions, resources: dict, concurrency: int) -> fl
             if key.startswith("accelerator_type:") and kind in ACCELERATOR_GIB:
                 return 0.9 * ACCELERATOR_GIB[kind]
         return 0.9 * 16
-    return 0.5 * available_ram_gib() / (concurrency * options.workers)
+    return 0.5 * total_ram_gib() / (concurrency * options.workers)
 
 
-def available_ram_gib() -> float:
-    """Memory the kernel could hand out now (MemAvailable), in GiB; free pages elsewhere."""
+def total_ram_gib() -> float:
+    """The machine's memory (MemTotal), in GiB."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith("MemTotal:"):
                 return int(line.split()[1]) / 2**20
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30

@@ -24,9 +24,14 @@ from pathlib import Path
 
 from raylab.config import ClipConfig, TrainConfig
 from raylab.data.decode import TSN_SCALES
-from raylab.metrics import METRIC, TRIAL_STATUSES, folder_trial_id, trial_status
+from raylab.metrics import (
+    METRIC,
+    TRIAL_STATUSES,
+    folder_trial_id,
+    folder_trial_number,
+    trial_status,
+)
 from raylab.train.worker import STATE_FILE, save_state
-from raylab.tune.console import late_epoch_line
 from raylab.tune.resources import memory_budget, trial_concurrency
 from raylab.tune.results import local_experiment, options_dir
 from raylab.tune.space import Budget, DataLimits, Pruned, SearchSpace, plan_trial
@@ -61,6 +66,10 @@ class TuneOptions:
     seed: int = 0
     searcher: str = "tpe"  # Optuna's sampler: "tpe" or "random"
     early_stopping: str = "asha"  # "asha", or "none": every trial trains max_epochs
+    # The search ends once its trials have trained this many epochs in all (the epoch that
+    # reaches it counts; the trial running then is stopped): work, not seconds, so a search
+    # run one trial at a time is a function of its seed and data, whatever the machine's pace.
+    budget_epochs: int | None = None
     time_budget_s: float | None = None  # stop starting and running trials after this long
     dropout: float | None = None  # before every network's classifier; None: the model's
     stop_at_chance_after: int | None = None  # epochs; a trial still at chance then stops
@@ -74,6 +83,8 @@ class TuneOptions:
                 f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}"
             )
         self.crop_scales = tuple(self.crop_scales)
+        if self.budget_epochs is not None and self.budget_epochs < 1:
+            raise ValueError(f"budget_epochs must be at least 1, got {self.budget_epochs}")
 
     @property
     def experiment_dir(self) -> str:
@@ -192,14 +203,14 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.stopper import CombinedStopper
 
     from raylab.tune.console import TrialConsole
-    from raylab.tune.stopping import NotLearningStopper
+    from raylab.tune.stopping import ChanceRule, NotLearningStopper, WorkBudget
 
-    resources = ray.cluster_resources()
-    concurrency = trial_concurrency(options, resources)
+    concurrency = trial_concurrency(options, ray.cluster_resources())
     budget = Budget(
-        memory_gib=memory_budget(options, resources, concurrency),
+        memory_gib=options.memory_gib or resolve_memory(options),
         max_batch=options.max_batch,
         width=options.width,
     )
@@ -242,10 +253,17 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
     )
     stopper = None
     if options.stop_at_chance_after and options.early_stopping != "none":
-        stopper = NotLearningStopper(limits.num_classes, options.stop_at_chance_after)
+        stopper = NotLearningStopper(ChanceRule(limits.num_classes, options.stop_at_chance_after))
+    stoppers = [stopper] if stopper else []
+    if options.budget_epochs:
+        stoppers.append(WorkBudget(options.budget_epochs, options.experiment_dir))
     if options.early_stopping == "asha":
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
+            # Rungs compare validation loss, not top-1: on the demo's 96 videos one video
+            # moves top-1 by a step of 0.01, and rungs of few trials are decided by such steps.
+            metric="val_loss",
+            mode="min",
+            time_attr="epoch",  # the run's own count: see stopping.epoch_of
             # One past the last epoch: a trial that trains every epoch then ends on its own
             # and its Train run shuts down cleanly. One that Tune stops is killed with its
             # Train controller, whose request to the autoscaler lingers until it expires.
@@ -257,9 +275,9 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
         scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
+        # The searcher maximises top-1 and ASHA minimises validation loss, each named in its
+        # own constructor, so the Tuner names no metric of its own.
         tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode="max",
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=options.num_samples,
@@ -274,9 +292,48 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
             # tables of every config and result.
             verbose=0,
             callbacks=[TrialConsole(options.max_epochs, stopper)],
-            stop=stopper,
+            stop=CombinedStopper(*stoppers) if stoppers else None,
         ),
     )
+
+
+def resolve_memory(options: TuneOptions) -> float:
+    """The memory per worker the batch estimate plans for (:func:`memory_budget`), read from
+    the cluster; a search records it in its options so that a resumed one plans the same."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return memory_budget(options, resources, trial_concurrency(options, resources))
+
+
+def epochs_spent(results) -> int:
+    """Epochs the trials of a finished ``fit()`` trained in all: the work budget's unit."""
+    spent = 0
+    for r in results:
+        frame = r.metrics_dataframe
+        if frame is not None and METRIC in frame and frame[METRIC].notna().any():
+            epochs = frame["epoch"] if "epoch" in frame else frame["training_iteration"]
+            spent += int(epochs[frame[METRIC].notna()].max())
+    return spent
+
+
+def close_study(options: TuneOptions) -> list[int]:
+    """End the study's trials that Tune stopped without telling the searcher (those the
+    search's budget cut, and any it had drawn but not started), so that the study, and
+    optuna-dashboard, show a search that has ended. A trial that reported epochs is PRUNED
+    (its value the last one reported), one that never did FAILs; both say why in the
+    ``ended_by`` attribute. Returns the trial numbers closed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=options.name, storage=f"sqlite:///{options.study_path}")
+    closed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "ended_by", "the search's budget")
+        state = TrialState.PRUNED if trial.intermediate_values else TrialState.FAIL
+        study.tell(trial.number, state=state)
+        closed.append(trial.number)
+    return closed
 
 
 def save_options(options: TuneOptions) -> None:
@@ -300,7 +357,9 @@ def trial_table(results, max_epochs: int) -> list[dict]:
     """One row per trial: its knobs, status (done, stopped early by ASHA, pruned before it
     started, error), best accuracy (and epoch) and cost side by side."""
     rows = []
-    for r in results:
+    # In the order the search created them: Tune's result grid has its own order, which a
+    # restored experiment changes.
+    for r in sorted(results, key=lambda r: folder_trial_number(Path(r.path).name)):
         frame = r.metrics_dataframe
         last = r.metrics or {}
         row = {"trial_id": last.get("trial_id") or folder_trial_id(Path(r.path).name)}
@@ -324,8 +383,9 @@ def trial_table(results, max_epochs: int) -> list[dict]:
             ):
                 if key in frame:
                     row[key] = _plain(frame[key][best])
-            row["best_epoch"] = int(frame["training_iteration"][best])
-            row["epochs"] = int(frame["training_iteration"].max())
+            epochs = frame["epoch"] if "epoch" in frame else frame["training_iteration"]
+            row["best_epoch"] = int(epochs[best])
+            row["epochs"] = int(epochs.max())
             row["clips_per_s"] = float(frame["clips_per_s"].mean())
             row["best_checkpoint"] = _plain(frame.get("checkpoint_path", {}).get(best))
         # Every result here has ended; one the time budget ended before its first epoch
@@ -347,10 +407,10 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def best_checkpoint_in(run_dir: str | Path) -> tuple[str, dict]:
+def best_checkpoint_in(run_dir: str | Path, epoch: int | None = None) -> tuple[str, dict]:
     """The checkpoint of a Train run (a folder or a URI such as s3://) with the highest
-    validation video top-1, the later epoch on ties: ``(its location, its state)``, read
-    from the checkpoints themselves."""
+    validation video top-1, the later epoch on ties, or the one of ``epoch``:
+    ``(its location, its state)``, read from the checkpoints themselves."""
     import io
 
     import pyarrow.fs
@@ -369,33 +429,17 @@ def best_checkpoint_in(run_dir: str | Path) -> tuple[str, dict]:
             continue
         with fs.open_input_file(file) as f:
             state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        if epoch is not None and state["epoch"] != epoch:
+            continue
         score = state["metrics"].get(METRIC)
         score = -1.0 if score is None or math.isnan(score) else score
         location = f"{str(run_dir).rstrip('/')}/{info.base_name}"
         ranked.append((score, state["epoch"], location, state))
     if not ranked:
-        raise FileNotFoundError(f"no checkpoint in the Train run {run_dir}")
+        of = f" of epoch {epoch}" if epoch is not None else ""
+        raise FileNotFoundError(f"no checkpoint{of} in the Train run {run_dir}")
     best = max(ranked, key=lambda r: (r[0], r[1]))
     return best[2], best[3]
-
-
-def with_checkpoint_metrics(row: dict, metrics: dict, max_epochs: int) -> dict:
-    """``row``, a trial's best as Tune recorded it, brought up to its best checkpoint's
-    ``metrics`` when the checkpoint is ahead: the time budget can end a trial after its Train
-    run saved an epoch and before Tune recorded that epoch's report."""
-    score = metrics.get(METRIC)
-    if score is None or math.isnan(score) or score <= row[METRIC]:
-        return row
-    seen = {k: metrics[k] for k in (METRIC, "val_video_top5", "val_clip_acc") if k in metrics}
-    epochs = max(row.get("epochs") or 0, metrics.get("epoch") or 0)
-    status = trial_status(
-        pruned=False,  # a scored trial ran
-        failed=row.get("status") == "error",
-        ended=True,
-        epochs=epochs,
-        max_epochs=max_epochs,
-    )
-    return row | seen | {"best_epoch": metrics.get("epoch"), "epochs": epochs, "status": status}
 
 
 def reproduce_command(config: TrainConfig, shards: str, epochs: int) -> str:
@@ -476,12 +520,10 @@ def summarise(options: TuneOptions, results) -> dict:
         )
     best = max(scored, key=lambda r: (r[METRIC], -(r.get("gmacs") or 0)))
     run = f"{options.experiment_dir}/train_runs/train-{best['trial_id']}"
-    location, state = best_checkpoint_in(run)
-    # Its checkpoint may be an epoch ahead of Tune's record (and so change its status).
-    ahead = with_checkpoint_metrics(best, state["metrics"], options.max_epochs)
-    if ahead is not best:
-        print(late_epoch_line(ahead), flush=True)
-    rows[rows.index(best)] = best = ahead
+    # The checkpoint of the epoch Tune recorded as the best. A trial stopped by the budget
+    # may have saved a later epoch before it was stopped; whether it did is a matter of
+    # timing, so the result never reads it.
+    location, state = best_checkpoint_in(run, epoch=best["best_epoch"])
     counts = {s: sum(r["status"] == s for r in rows) for s in TRIAL_STATUSES}
     (exp / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     out = exp / "best"
@@ -516,6 +558,9 @@ def summarise(options: TuneOptions, results) -> dict:
             "eval_mean_class_acc": evaluation["mean_class_acc"],
         },
         "trials": counts | {"total": len(rows)},
+        "seed": options.seed,
+        # The work the search spent: the epochs its trials trained, in all.
+        "trial_epochs": sum(r.get("epochs") or 0 for r in rows),
         "num_classes": len(classes),
         "best_trial": best["trial_id"],
         "model": config.model,

@@ -1,4 +1,5 @@
-"""benchmarks/search_efficiency.py: the curves it reads from an experiment folder."""
+"""benchmarks/search_efficiency.py: curves in work (trial-epochs), the recorded table and its
+replay, and the chance rules scored on recorded curves."""
 
 from __future__ import annotations
 
@@ -25,103 +26,103 @@ def load_benchmark():
 se = load_benchmark()
 
 
-def write_trial(experiment: Path, name: str, lines: list[dict]) -> None:
-    folder = experiment / name
+def write_trial(experiment: Path, n: int, lines: list[dict]) -> None:
+    folder = experiment / f"run_trial_{n:08x}_{n}_family=t3d"
     folder.mkdir(parents=True)
     # json.dumps writes NaN as Tune does: a bare NaN token.
     (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    (folder / "params.json").write_text("{}")
 
 
-def epoch(trial: str, iteration: int, at: float, started: float, top1: float) -> dict:
-    """A result line reported ``at`` seconds after START by a trial that began at ``started``."""
+def epoch(i: int, at: float, top1: float, loss: float = 2.0, config: dict | None = None) -> dict:
     return {
         "val_video_top1": top1,
-        "training_iteration": iteration,
+        "val_loss": loss,
+        "train_loss": loss,
+        "training_iteration": i,
         "timestamp": START + at,
-        "time_total_s": at - started,
-        "trial_id": trial,
         "pruned": False,
+        "config": config or {"family": "t3d", "depth": 121, "lr": 2e-3},
     }
 
 
 @pytest.fixture
 def experiment(tmp_path: Path) -> Path:
-    """Five trials, one at a time: a pruned one at the start, a slow climber, one whose
-    second epoch is NaN, a late good one, and one cut off before its first epoch. The
-    search starts at START (the first trial pruned there)."""
+    """Trials one at a time: one pruned at the start, a slow climber, one whose second epoch
+    is NaN, a late good one, and one cut off before its first epoch."""
     exp = tmp_path / "se-tpe-asha-seed0"
-    # A pruned trial trained nothing: even a score on its line must not count.
-    pruned = {"pruned": True, "prune_reason": "too few frames", "training_iteration": 1}
-    pruned[se.METRIC] = 0.9
-    write_trial(exp, "a_pruned", [pruned | {"timestamp": START + 2, "time_total_s": 2.0}])
-    write_trial(
-        exp,
-        "b_climber",
-        [epoch("b", 1, 20, 5, 0.25), epoch("b", 2, 35, 5, 0.5), epoch("b", 3, 50, 5, 0.45)],
-    )
-    write_trial(exp, "c_nan", [epoch("c", 1, 70, 55, 0.3), epoch("c", 2, 85, 55, math.nan)])
-    write_trial(exp, "d_late", [epoch("d", 1, 110, 90, 0.6), epoch("d", 2, 130, 90, 0.75)])
-    write_trial(exp, "e_unreported", [])  # started; the budget ran out before its first epoch
-    (exp / "trials.json").write_text("[]")  # the job's own table, no trial folder
+    pruned = {"pruned": True, "training_iteration": 1, se.METRIC: 0.9, "timestamp": START}
+    write_trial(exp, 1, [pruned])  # a score on a pruned line must not count
+    write_trial(exp, 2, [epoch(1, 20, 0.25), epoch(2, 35, 0.5), epoch(3, 50, 0.45)])
+    write_trial(exp, 3, [epoch(1, 70, 0.3), epoch(2, 85, math.nan)])
+    write_trial(exp, 4, [epoch(1, 110, 0.6), epoch(2, 130, 0.75)])
+    write_trial(exp, 5, [])  # started; the budget ran out before its first epoch
     return exp
 
 
-def test_every_trial_folder_is_a_trial(experiment):
-    trials = se.read_trials(experiment)
-    assert [len(lines) for lines in trials] == [1, 3, 2, 2, 0]
-
-
-def test_points_leave_out_pruned_trials_and_nan(experiment):
+def test_points_count_work_in_trial_epochs_not_seconds(experiment):
+    assert [len(lines) for lines in se.read_trials(experiment)] == [1, 3, 2, 2, 0]
     points = se.read_points(experiment)
-    assert points == [(20, 0.25), (35, 0.5), (50, 0.45), (70, 0.3), (110, 0.6), (130, 0.75)]
+    assert points == [(1, 0.25), (2, 0.5), (3, 0.45), (4, 0.3), (5, 0.6), (6, 0.75)]
+    curve = se.best_so_far(points)
+    assert curve == [(1, 0.25), (2, 0.5), (5, 0.6), (6, 0.75)]
+    assert se.work_to_reach(curve, 0.6) == 5  # an equal value reaches it
+    assert se.work_to_reach(curve, 0.8) is None
+    assert (se.best_at(curve, 0), se.best_at(curve, 4), se.best_at(curve, 99)) == (None, 0.5, 0.75)
+    assert se.read_points(experiment.parent / "none") == []
 
 
-def test_best_so_far_steps_up_only(experiment):
-    curve = se.best_so_far(se.read_points(experiment))
-    assert curve == [(20, 0.25), (35, 0.5), (110, 0.6), (130, 0.75)]
-    assert se.best_at(curve, 10) is None
-    assert se.best_at(curve, 60) == 0.5
-    assert se.best_at(curve, 110) == 0.6
-    assert se.best_at(curve, 300) == 0.75
-
-
-def test_time_to_reach_counts_an_equal_value(experiment):
-    curve = se.best_so_far(se.read_points(experiment))
-    assert se.time_to_reach(curve, 0.6) == 110  # 0.6 exactly reaches 0.6
-    assert se.time_to_reach(curve, 0.5) == 35
-    assert se.time_to_reach(curve, 0.1) == 20
-    assert se.time_to_reach(curve, 0.8) is None
-    assert se.time_to_reach([], 0.1) is None
-
-
-def test_start_is_tunes_controller_start_when_recorded(experiment):
-    state = {"trial_data": [], "stats": {"start_time": START - 4.5}}
-    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
-    later = {"stats": {"start_time": START + 600.0}}  # a resumed session's state
-    (experiment / "experiment_state-2026-01-01_01-00-00.json").write_text(json.dumps(later))
-    points = se.read_points(experiment)
-    assert points[0] == (24.5, 0.25) and points[-1] == (134.5, 0.75)
-
-
-def test_an_experiment_without_results_has_no_curve(tmp_path):
-    assert se.read_points(tmp_path) == []
-    assert se.best_so_far([]) == []
-    assert se.best_at([], 60) is None
-
-
-def test_median_counts_not_reached_as_never():
-    assert se.median_with_missing([10.0, 30.0], math.inf) == 20.0
-    assert se.median_with_missing([10.0, None], math.inf) is None
+def test_median_and_ratio_count_never_as_beyond_the_budget():
     assert se.median_with_missing([10.0, None, 40.0], math.inf) == 40.0
-    assert se.median_with_missing([None, None], math.inf) is None
+    assert se.median_with_missing([10.0, None], math.inf) is None
     assert se.median_with_missing([0.5, None, 0.7], -math.inf) == 0.5
+    assert se.work_ratio(4.0, 10.0, 14) == (0.4, False)
+    assert se.work_ratio(4.0, None, 14) == (4.0 / 14, True)
+    assert se.work_ratio(None, 10.0, 14) == (None, False)
 
 
-def test_a_baseline_that_never_reaches_the_threshold_bounds_the_ratio():
-    assert se.time_ratio(120.0, 300.0, 390) == (0.4, False)
-    # (c) never reached it within 390 s: its time is beyond the budget, so the ratio is below
-    # 120 / 390, and said to be a bound.
-    assert se.time_ratio(120.0, None, 390) == (120.0 / 390, True)
-    assert se.time_ratio(None, 300.0, 390) == (None, False)
-    assert se.ratio_text(120.0 / 390, True).startswith("< 0.31")
+def table() -> dict:
+    """Three recorded configurations of 4 epochs: a learner whose top-1 stays at chance until
+    epoch 3 while its loss falls, a flat one, and an early learner."""
+
+    def curve(tops, losses):
+        return [
+            {se.METRIC: t, "val_loss": loss, "train_loss": loss}
+            for t, loss in zip(tops, losses, strict=True)
+        ]
+
+    return {
+        "max_epochs": 4,
+        "configs": [
+            {"config": {"family": "t3d", "depth": 121, "lr": 2e-3},
+             "curve": curve([0.125, 0.15, 0.5, 0.7], [2.07, 1.95, 1.6, 1.2])},
+            {"config": {"family": "stm", "stm_stages": [4, 5], "lr": 2e-3},
+             "curve": curve([0.125, 0.13, 0.14, 0.12], [2.2, 2.1, 2.09, 2.08])},
+            {"config": {"family": "t3d", "depth": 169, "lr": 1.5e-3},
+             "curve": curve([0.3, 0.65, 0.7, 0.8], [1.9, 1.5, 1.2, 1.0])},
+        ],
+    }  # fmt: skip
+
+
+def test_the_chance_rules_are_scored_on_the_recorded_curves():
+    rules = {
+        "alone": se.ChanceRule(8, 2, loss_fraction=None),
+        "with loss": se.ChanceRule(8, 2),
+    }
+    scores = se.rule_scores(table(), rules)
+    # Top-1 alone stops the late learner (index 0) after epoch 2; with the loss it goes on.
+    assert scores["alone"] == {"stopped": 2, "learners_stopped": [0], "epochs_saved": 4}
+    assert scores["with loss"] == {"stopped": 1, "learners_stopped": [], "epochs_saved": 2}
+
+
+def test_a_replayed_search_is_a_function_of_its_seed_and_spends_exactly_its_budget():
+    one = se.replay_search(table(), sampler="tpe", pruner="asha", seed=3, budget=9, rule=None)
+    assert one == se.replay_search(
+        table(), sampler="tpe", pruner="asha", seed=3, budget=9, rule=None
+    )
+    assert one and one[-1][0] <= 9 and all(0 < v <= 0.8 for _, v in one)
+    # Other seeds draw other configurations in another order.
+    others = [
+        se.replay_search(table(), sampler="random", pruner="none", seed=s, budget=12, rule=None)
+        for s in range(10)
+    ]
+    assert any(c != others[0] for c in others)

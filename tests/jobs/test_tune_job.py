@@ -322,30 +322,128 @@ def history(experiment: Path) -> dict[str, list[dict]]:
     }
 
 
-def test_interrupted_search_resumes_without_rerunning_finished_trials(
-    demo_shards, ray_head, tmp_path
+# One search, run uninterrupted and interrupted: random draws with seed 2 (sizes 128, 48,
+# 128, ...: a crop of 128 cannot be cut from shards stored at short side 64, so those draws
+# are pruned), trials of 2 epochs one at a time, ended by a budget of 3 trial-epochs.
+SEEDED = [
+    "--num-samples", "8", "--max-epochs", "2", "--concurrency", "1", "--budget-epochs", "3",
+    "--size", "48", "128", *[a for a in TINY if a not in ("--size", "48")],
+    "--searcher", "random",
+]  # fmt: skip
+# What two runs of one search may differ in: ids, places and speeds.
+UNTIMED = {"trial_id", "path", "best_checkpoint", "clips_per_s"}
+
+
+def table(experiment: Path) -> list[dict]:
+    rows = json.loads((experiment / "trials.json").read_text())
+    return [{k: v for k, v in row.items() if k not in UNTIMED} for row in rows]
+
+
+def epoch_figures(experiment: Path) -> list[list[dict]]:
+    """Each trained trial's epochs as its Train run recorded them, in the order the trials
+    ran, without the clock: the epochs the search counted (a trial the budget stops may
+    train on until it is stopped, as timing has it), the last line of an epoch trained
+    again after a resume."""
+    rows = {r["trial_id"]: r for r in json.loads((experiment / "trials.json").read_text())}
+    # Tune names a trial's folder run_trial_<id>_<n>_...: n counts the trials as created.
+    number = {
+        m.group(1): int(m.group(2))
+        for d in experiment.glob("run_trial_*")
+        if (m := re.match(r"run_trial_([0-9a-f]{8})_(\d+)_", d.name))
+    }
+    timed = {"clips_per_s", "data_wait_frac"}
+    figures = []
+    for trial, lines in sorted(history(experiment).items(), key=lambda kv: number[kv[0]]):
+        epochs = {
+            r["epoch"]: {k: v for k, v in r.items() if k not in timed}
+            for r in lines
+            if r["event"] == "epoch" and r["epoch"] <= rows[trial]["epochs"]
+        }
+        figures.append([epochs[e] for e in sorted(epochs)])
+    return figures
+
+
+@pytest.fixture(scope="module")
+def seeded_searches(demo_shards, ray_head, tmp_path_factory) -> dict[int, tuple[Path, dict, str]]:
+    """The seeded search with seed 2 and with seed 3: (experiment, result, console)."""
+    root = tmp_path_factory.mktemp("seeded")
+    env = ray_head["env"] | {"RAY_ADDRESS": ray_head["address"]}
+    out = {}
+    for seed in (2, 3):
+        name = f"seed{seed}"
+        args = ["--data", str(demo_shards), "--root", str(root), "--name", name]
+        job = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), *args, *SEEDED]
+        done = subprocess.run(
+            [*job, "--seed", str(seed)], env=env, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[seed] = (root / "results" / name, last_json(done.stdout), done.stdout + done.stderr)
+    return out
+
+
+def test_a_search_ends_after_exactly_its_budget_and_prunes_what_the_data_cannot_feed(
+    seeded_searches,
 ):
-    """Interrupted: the Tune driver (`python jobs/tune_t3d.py` on the head), with SIGINT,
-    once one trial has trained all its epochs and a later one has started. Checked: it
-    prints how to resume; `--resume` completes the 4 trials in the same study (earlier
-    states unchanged, none left RUNNING) without training the finished trials again."""
+    """Draws of a crop the shards cannot give are PRUNED before they start, with the reason
+    in the study, trials.json and the report; the others train until the trials have trained
+    3 epochs in all, and the trial running then is stopped and closed in the study."""
+    experiment, result, console = seeded_searches[2]
+    rows = json.loads((experiment / "trials.json").read_text())
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    trained = [r for r in rows if r["status"] != "pruned"]
+    assert pruned and sum(r.get("epochs", 0) for r in trained) == 3, rows
+    assert [r["epochs"] for r in trained] == [2, 1] and trained[-1]["status"] == "stopped"
+    reason = "resolution 128 is cropped from frames at short side 146, above the stored"
+    assert all(r["size"] == 128 and r["prune_reason"].startswith(reason) for r in pruned)
+    assert all(r["size"] == 48 for r in trained)
+    assert result["trials"]["pruned"] == len(pruned)
+    assert f"trial {pruned[0]['trial_id']} pruned before it started" in console
+    with sqlite3.connect(f"file:{experiment / 'optuna.db'}?mode=ro", uri=True) as con:
+        states = con.execute(
+            "SELECT t.state, a.value_json FROM trials t JOIN trial_user_attributes a "
+            "ON a.trial_id = t.trial_id AND a.key = 'prune_reason'"
+        ).fetchall()
+    assert len(states) == len(pruned) and {s for s, _ in states} == {"PRUNED"}
+    assert all(json.loads(v).startswith(reason) for _, v in states)
+    # The study has ended with the search: the trial the budget cut is PRUNED, none RUNNING.
+    now = study_trials(experiment / "optuna.db")
+    assert "RUNNING" not in dict(now).values() and len(now) == len(rows), now
+    assert reason in Path(result["report"]).read_text()
+
+
+def test_the_same_seed_gives_the_same_search_and_another_seed_another(seeded_searches):
+    two, three = seeded_searches[2][0], seeded_searches[3][0]
+    assert table(two) != table(three)
+    assert epoch_figures(two) != epoch_figures(three)
+    # The same seed again: see the interrupted search below, whose table is this one's.
+
+
+def test_interrupted_search_resumes_into_the_same_search(
+    seeded_searches, demo_shards, ray_head, tmp_path
+):
+    """The seeded search again, interrupted: the Tune driver (`python jobs/tune_t3d.py` on
+    the head) gets SIGINT once one trial has trained all its epochs and the next one has
+    started training. It prints how to resume; `--resume` finishes it in the same study
+    (earlier states unchanged, none left RUNNING) without training the finished trial
+    again, and its budget counts the epochs trained before. What it ends with is the
+    uninterrupted search's: every trial, status, figure and epoch."""
     args = ["--data", str(demo_shards), "--root", str(tmp_path), "--name", "resumable"]
-    search = ["--num-samples", "4", "--max-epochs", "2", "--concurrency", "1", *TINY]
     # A driver of its own on the head (as `python jobs/tune_t3d.py` on a cluster's head node).
     env = ray_head["env"] | {"RAY_ADDRESS": ray_head["address"]}
     job = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), *args]
     # Output to files: an unread pipe fills up and blocks the job.
     out_file, err_file = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out_file, "w") as out, open(err_file, "w") as err:
-        proc = subprocess.Popen(job + search, env=env, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [*job, *SEEDED, "--seed", "2"], env=env, stdout=out, stderr=err, text=True
+        )
     experiment = tmp_path / "results" / "resumable"
     db = experiment / "optuna.db"
 
-    # Ctrl-C once a trial has trained all its epochs and a later one has started.
     def trained_and_more():
         runs = history(experiment)
         full = {t for t, h in runs.items() if any(r.get("epoch") == 2 for r in h)}
-        return full if full and len(study_trials(db)) > len(full) else None
+        return full if full and len(runs) > len(full) else None
 
     full = wait_for("a fully trained trial and a later one", trained_and_more, 600)
     before, states = history(experiment), dict(study_trials(db))
@@ -355,58 +453,23 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(
     interrupted = last_json(out_file.read_text())
     assert interrupted["interrupted"] is True
     assert "--resume --name resumable" in interrupted["resume"]
-    assert len(study_trials(db)) < 4  # the search really was cut short
 
     done = subprocess.run(job + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = last_json(done.stdout)
     after = history(experiment)
-    # Four trials in all, each sampled once: the study was continued, not restarted.
-    assert result["trials"]["total"] == 4
     now = dict(study_trials(db))
-    assert len(now) == 4 and "RUNNING" not in now.values(), now
+    assert "RUNNING" not in now.values(), now
     assert {n: s for n, s in states.items() if s != "RUNNING"}.items() <= now.items()
     for trial in full:
         # A finished trial is not trained again: the same epochs, no resume event.
         assert after[trial] == before[trial], trial
+    uninterrupted, expected = seeded_searches[2][0], seeded_searches[2][1]
+    assert table(experiment) == table(uninterrupted)
+    assert epoch_figures(experiment) == epoch_figures(uninterrupted)
+    assert result["best_config"] == expected["best_config"]
+    assert result["metrics"] | {"clips_per_s": 0} == expected["metrics"] | {"clips_per_s": 0}
     assert Path(result["report"]).exists()
-
-
-def test_configurations_the_data_cannot_feed_are_pruned_with_their_reason(
-    demo_shards, ray_head, tmp_path
-):
-    """A crop of 128 from shards stored at short side 64 cannot be cut: such draws are
-    PRUNED before they start, with the reason in the study, trials.json and the report,
-    and the search goes on to score the others."""
-    name = "pruning"
-    args = ["--data", str(demo_shards), "--root", str(tmp_path), "--name", name]
-    tiny = [*TINY[: TINY.index("--size")], *TINY[TINY.index("--size") + 2 :]]
-    # Random draws with seed 2: sizes 128, 48, 128 (whatever the trials score).
-    search = ["--num-samples", "3", "--max-epochs", "1", "--size", "48", "128", *tiny]
-    search += ["--searcher", "random", "--seed", "2"]
-    env = ray_head["env"] | {"RAY_ADDRESS": ray_head["address"]}
-    job = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), *args, *search]
-    done = subprocess.run(job, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = last_json(done.stdout)
-    experiment = tmp_path / "results" / name
-    rows = json.loads((experiment / "trials.json").read_text())
-    pruned = [r for r in rows if r["status"] == "pruned"]
-    assert len(pruned) == 2 and len(rows) == 3, rows
-    reason = "resolution 128 is cropped from frames at short side 146, above the stored"
-    assert all(r["size"] == 128 and r["prune_reason"].startswith(reason) for r in pruned)
-    assert all(r["size"] == 48 for r in rows if r["status"] != "pruned")
-    assert result["trials"]["pruned"] == len(pruned)
-    assert f"trial {pruned[0]['trial_id']} pruned before it started" in done.stdout + done.stderr
-    with sqlite3.connect(f"file:{experiment / 'optuna.db'}?mode=ro", uri=True) as con:
-        states = con.execute(
-            "SELECT t.state, a.value_json FROM trials t JOIN trial_user_attributes a "
-            "ON a.trial_id = t.trial_id AND a.key = 'prune_reason'"
-        ).fetchall()
-    assert len(states) == len(pruned) and {s for s, _ in states} == {"PRUNED"}
-    assert all(json.loads(v).startswith(reason) for _, v in states)
-    report = Path(result["report"]).read_text()
-    assert reason in report
 
 
 def test_the_documented_command_runs_the_embedded_search():

@@ -288,6 +288,8 @@ def test_two_workers_learn_like_one(worker_runs, colour_shards):
         assert [r["epoch"] for r in epochs] == [1, 2, 3, 4, 5]
         assert losses[-1] < 0.6 * chance and losses[-1] < losses[0], (name, losses)
         assert epochs[-1]["val_video_top1"] >= 0.75, (name, epochs[-1])
+        # The video scores' cross-entropy, which the search's ASHA rungs compare.
+        assert epochs[-1]["val_loss"] < min(0.6 * chance, epochs[0]["val_loss"]), (name, epochs)
     # The same number of clips per epoch, split over the workers.
     assert [r["train_clips"] for r in _epochs(root / "one")] == [
         r["train_clips"] for r in _epochs(root / "two")

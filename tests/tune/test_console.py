@@ -7,7 +7,7 @@ import io
 from ray.tune.experiment import Trial
 
 from raylab.tune.console import TrialConsole, describe
-from raylab.tune.stopping import NotLearningStopper
+from raylab.tune.stopping import ChanceRule, NotLearningStopper
 
 STM = {"family": "stm", "stm_stages": "45", "stm_blocks": "all", "frames": 8, "size": 48,
        "stride": 4, "stride_8f": 4, "lr": 3e-3, "weight_decay": 1e-4}  # fmt: skip
@@ -29,7 +29,7 @@ def test_describe_names_the_architecture_and_clip_by_their_plain_names():
 
 def test_one_line_per_event_and_a_table_at_the_end():
     out = io.StringIO()
-    stopper = NotLearningStopper(num_classes=8, patience=4)
+    stopper = NotLearningStopper(ChanceRule(num_classes=8, patience=4))
     console = TrialConsole(max_epochs=12, stopper=stopper, out=out)
     good = trial("aaaa0001", STM, "TERMINATED", {"training_iteration": 12})
     flat = trial("aaaa0002", T3D, "TERMINATED", {"training_iteration": 4})

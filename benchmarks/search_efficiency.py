@@ -4,7 +4,8 @@
     python benchmarks/search_efficiency.py live [--seeds 0 1 2 3 4] [--budget-epochs 14] \
         [--methods tpe+asha random+asha random+none] [--work DIR] [-- JOB ARGS...]
     # record: every configuration of one random search trained to its last epoch
-    python benchmarks/search_efficiency.py record [--num-samples 14] [--work DIR]
+    python benchmarks/search_efficiency.py record [--num-samples 14] [--work DIR] \
+        [--experiment DIR]
     # replay: hundreds of searches simulated on the recorded curves, in seconds
     python benchmarks/search_efficiency.py replay CURVES.json [--searches 200] \
         [--budget-epochs 14 40]
@@ -217,15 +218,17 @@ def record(args: argparse.Namespace) -> dict:
     work = Path(args.work).resolve()
     name = f"record-seed{args.seed}"
     max_epochs = embedded("max_epochs")
-    shutil.rmtree(work / "results" / name, ignore_errors=True)
-    run_job(
-        *("--root", str(work), "--name", name, "--seed", str(args.seed)),
-        *("--searcher", "random", "--early-stopping", "none"),
-        *("--num-samples", str(args.num_samples)),
-        *("--budget-epochs", str(args.num_samples * max_epochs)),
-        log=work / "logs" / f"{name}.log",
-    )
-    table = curves_of(work / "results" / name, max_epochs)
+    experiment = Path(args.experiment).resolve() if args.experiment else work / "results" / name
+    if not args.experiment:
+        shutil.rmtree(experiment, ignore_errors=True)
+        run_job(
+            *("--root", str(work), "--name", name, "--seed", str(args.seed)),
+            *("--searcher", "random", "--early-stopping", "none"),
+            *("--num-samples", str(args.num_samples)),
+            *("--budget-epochs", str(args.num_samples * max_epochs)),
+            log=work / "logs" / f"{name}.log",
+        )
+    table = curves_of(experiment, max_epochs)
     out = work / "curves.json"
     out.write_text(json.dumps(table, indent=1))
     print(f"{len(table['configs'])} configurations recorded in {out}")
@@ -468,6 +471,11 @@ def main(argv: list[str] | None = None) -> dict:
     rec = modes.add_parser("record", help="every configuration of a random search, in full")
     rec.add_argument("--num-samples", type=int, default=14)
     rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument(
+        "--experiment",
+        help="read the curves of this finished experiment (one run by record's own job "
+        "command: --searcher random --early-stopping none) instead of running it",
+    )
     rep = modes.add_parser("replay", help="searches simulated on recorded curves")
     rep.add_argument("curves", help="curves.json written by record")
     rep.add_argument("--searches", type=int, default=200, help="per method (seeds 0..N-1)")

@@ -695,24 +695,44 @@ def ingest(
         error = error.strip().splitlines()[0][:300] if error.strip() else type(err).__name__
         unprocessed.append({"path": entry.path, "split": entry.split, "error": error})
 
+    # Rows are stored in ``todo``'s order whatever order the tasks finish in: a video's
+    # result waits until every earlier one has come back (at most ``limit`` are in flight),
+    # so the same videos make the same parts and row groups, and the epoch plan, which
+    # walks row groups, draws the same clips from a seed on every ingest of them.
+    arrived: dict[int, tuple[str, dict] | None] = {}
+    next_row = 0
+
+    def store_in_order() -> None:
+        nonlocal next_row
+        while next_row in arrived:
+            row = arrived.pop(next_row)
+            next_row += 1
+            if row is not None:
+                split_name, result = row
+                buffers.setdefault(split_name, []).append(result)
+                if len(buffers[split_name]) >= rows_per_part:
+                    flush(split_name)
+
     pending: dict = {}
-    queue = list(reversed(todo))
+    queue = list(reversed(list(enumerate(todo))))
     stopped = False
     try:
         while pending or (queue and not stopped):
             while queue and not stopped and len(pending) < limit:
-                entry, label = queue.pop()
-                pending[remote.remote(str(source), entry, label, params)] = entry
+                index, (entry, label) = queue.pop()
+                pending[remote.remote(str(source), entry, label, params)] = (index, entry)
             try:
                 ready, _ = ray.wait(list(pending), num_returns=1)
             except Exception as err:  # the driver lost the cluster
-                for entry in pending.values():
+                for index, entry in pending.values():
                     not_processed(entry, err)
+                    arrived[index] = None
                 pending.clear()
                 stopped = True
                 continue
             for ref in ready:
-                entry = pending.pop(ref)
+                index, entry = pending.pop(ref)
+                arrived[index] = None
                 try:
                     result = ray.get(ref)
                 except Exception as err:
@@ -722,12 +742,15 @@ def ingest(
                 if "reject" in result:
                     reject(entry, result["reject"])
                 else:
-                    buffers.setdefault(entry.split, []).append(result)
+                    arrived[index] = (entry.split, result)
                     summary.encoded += 1
-                    if len(buffers[entry.split]) >= rows_per_part:
-                        flush(entry.split)
                 bar.update(1)
-        for entry, _ in queue:  # never started: the run stopped
+            store_in_order()
+        # Rows held behind one that never came back (the run stopped): stored, in order.
+        for index in sorted(arrived):
+            next_row = index
+            store_in_order()
+        for _, (entry, _) in queue:  # never started: the run stopped
             not_processed(entry, "not started: the run stopped after a cluster failure")
         for split_name in list(buffers):
             flush(split_name)

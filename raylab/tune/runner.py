@@ -409,8 +409,8 @@ def _plain(value):
 
 def best_checkpoint_in(run_dir: str | Path, epoch: int | None = None) -> tuple[str, dict]:
     """The checkpoint of a Train run (a folder or a URI such as s3://) with the highest
-    validation video top-1, the later epoch on ties, or the one of ``epoch``:
-    ``(its location, its state)``, read from the checkpoints themselves."""
+    validation video top-1, the later epoch on ties, or the one of ``epoch`` (1-based, as runs
+    report it): ``(its location, its state)``, read from the checkpoints themselves."""
     import io
 
     import pyarrow.fs
@@ -429,7 +429,7 @@ def best_checkpoint_in(run_dir: str | Path, epoch: int | None = None) -> tuple[s
             continue
         with fs.open_input_file(file) as f:
             state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-        if epoch is not None and state["epoch"] != epoch:
+        if epoch is not None and state["epoch"] + 1 != epoch:  # a state counts from 0
             continue
         score = state["metrics"].get(METRIC)
         score = -1.0 if score is None or math.isnan(score) else score

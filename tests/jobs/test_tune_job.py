@@ -409,6 +409,10 @@ def test_a_search_ends_after_exactly_its_budget_and_prunes_what_the_data_cannot_
     now = study_trials(experiment / "optuna.db")
     assert "RUNNING" not in dict(now).values() and len(now) == len(rows), now
     assert reason in Path(result["report"]).read_text()
+    # The result's checkpoint is the best epoch's, as Tune recorded it.
+    best = next(r for r in rows if r["trial_id"] == result["best_trial"])
+    state = torch.load(f"{result['best_checkpoint']}/state.pt", weights_only=True)
+    assert state["epoch"] + 1 == best["best_epoch"] == result["metrics"]["best_epoch"]
 
 
 def test_the_same_seed_gives_the_same_search_and_another_seed_another(seeded_searches):

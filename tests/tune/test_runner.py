@@ -71,7 +71,8 @@ def test_best_checkpoint_is_read_from_the_checkpoints(tmp_path):
         best_checkpoint_in(tmp_path / "none")
     # The epoch Tune recorded as best, even where a later one scored higher: a trial the
     # budget stopped may or may not have saved its next epoch, as timing has it.
-    location, state = best_checkpoint_in(tmp_path, epoch=1)
+    # Epochs as runs report them, from 1; a checkpoint's state counts from 0.
+    location, state = best_checkpoint_in(tmp_path, epoch=2)
     assert Path(location).name == "checkpoint_1" and state["epoch"] == 1
     with pytest.raises(FileNotFoundError, match="no checkpoint of epoch 7"):
         best_checkpoint_in(tmp_path, epoch=7)

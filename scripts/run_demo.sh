@@ -24,9 +24,16 @@ LOG="$ROOT/last-job.log"
 JOB="raylab-demo-$(date +%Y%m%d-%H%M%S)"
 # Submits the working directory (.gitignore'd paths such as .demo/ stay behind), then
 # follows the job's own output; the submission's Ray messages go to a file.
-ray job submit --no-wait --submission-id "$JOB" --working-dir . \
-  -- python jobs/tune_t3d.py --root "$ROOT" "$@" >"$ROOT/last-submit.log" 2>&1 \
-  || { cat "$ROOT/last-submit.log"; exit 1; }
+# A head just started answers before its job agent is up, refusing submissions until then.
+for attempt in $(seq 30); do
+  if ray job submit --no-wait --submission-id "$JOB" --working-dir . \
+    -- python jobs/tune_t3d.py --root "$ROOT" "$@" >"$ROOT/last-submit.log" 2>&1; then
+    break
+  fi
+  grep -q "No available agent" "$ROOT/last-submit.log" && [ "$attempt" -lt 30 ] \
+    || { cat "$ROOT/last-submit.log"; exit 1; }
+  sleep 2
+done
 echo "submitted job $JOB (ray job logs $JOB; ray job stop $JOB)"
 # Following the logs ends with the job's final status ("Job '...' succeeded"); asking
 # again (`ray job status`) would only cost another CLI start.

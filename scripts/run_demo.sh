@@ -13,7 +13,9 @@ mkdir -p "$ROOT"
 ROOT=$(cd "$ROOT" && pwd)
 
 [ -f ~/.ray/auth_token ] || ray get-auth-token --generate >/dev/null
-if ray status >/dev/null 2>&1; then
+# The head this script starts listens on Ray's default port; ask that one, not whichever
+# cluster Ray last recorded as current on this machine.
+if ray status --address 127.0.0.1:6379 >/dev/null 2>&1; then
   echo "using the running Ray cluster"
 else
   ray start --head --dashboard-host=127.0.0.1 --disable-usage-stats >/dev/null

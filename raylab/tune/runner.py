@@ -254,9 +254,12 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
     stopper = None
     if options.stop_at_chance_after and options.early_stopping != "none":
         stopper = NotLearningStopper(ChanceRule(limits.num_classes, options.stop_at_chance_after))
-    stoppers = [stopper] if stopper else []
-    if options.budget_epochs:
-        stoppers.append(WorkBudget(options.budget_epochs, options.experiment_dir))
+    # The budget first: Tune's CombinedStopper asks its stoppers with any(), which stops
+    # asking at the first True, and the budget must count every epoch, a trial's last too.
+    stoppers = (
+        [WorkBudget(options.budget_epochs, options.experiment_dir)] if options.budget_epochs else []
+    )
+    stoppers += [stopper] if stopper else []
     if options.early_stopping == "asha":
         scheduler = ASHAScheduler(
             # Rungs compare validation loss, not top-1: on the demo's 96 videos one video

@@ -95,3 +95,17 @@ def test_a_resumed_search_counts_the_epochs_its_trials_trained_before(tmp_path):
     budget("aaaa0002", {"training_iteration": 3, "val_video_top1": 0.3})  # its epoch 3 again
     assert budget.stop_all()
     assert WorkBudget(6, str(tmp_path / "new")).spent == 0
+
+
+def test_the_budget_counts_the_epoch_another_stopper_ends_a_trial_on():
+    """As the search combines them (budget first): Tune's CombinedStopper stops asking at the
+    first stopper that says stop, so a budget asked after the chance rule would miss the
+    epoch the rule stops a trial on."""
+    from ray.tune.stopper import CombinedStopper
+
+    budget = WorkBudget(4)
+    combined = CombinedStopper(budget, NotLearningStopper(ChanceRule(num_classes=8, patience=3)))
+    stops = [combined("flat", r) for r in results("flat")[:3]]
+    assert stops == [False, False, True] and budget.spent == 3
+    combined("late", results("late")[0])
+    assert combined.stop_all()

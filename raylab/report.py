@@ -100,7 +100,8 @@ def rows_from_folders(exp: Path) -> list[dict]:
         row |= _read_json(params) or {}
         scored = [line for line in lines if _num(line.get(METRIC)) is not None]
         if scored:
-            best = max(scored, key=lambda line: line[METRIC])  # the first best, like idxmax
+            # The later epoch on ties, as the search's trial table takes it.
+            best = max(reversed(scored), key=lambda line: line[METRIC])
             row |= {k: best[k] for k in AT_BEST if k in best}
             row["best_epoch"] = epoch_of(best)
             row["epochs"] = max(epoch_of(line) for line in lines)

@@ -374,7 +374,9 @@ def trial_table(results, max_epochs: int) -> list[dict]:
         elif r.error:
             row["error"] = str(r.error).splitlines()[0][:300]
         if frame is not None and METRIC in frame and frame[METRIC].notna().any():
-            best = frame[METRIC].astype(float).idxmax()
+            # The later epoch on ties, as the Train run keeps its checkpoints (the best
+            # ones by score, the newer of equals) and as best_checkpoint_in ranks them.
+            best = frame[METRIC].astype(float)[::-1].idxmax()
             for key in (
                 METRIC,
                 "val_video_top5",

@@ -193,3 +193,26 @@ def test_a_trial_the_budget_ended_before_its_first_result_has_a_row():
         "status": "stopped",
     }
     assert rows[1] == {"trial_id": "237a0d1f", "path": unreported.path, "status": "stopped"}
+
+
+def test_the_best_epoch_is_the_later_of_equal_scores():
+    """As the Train run keeps checkpoints (the best by score, the newer of equals): the
+    table's best epoch must be one whose checkpoint is still there."""
+    import pandas as pd
+    from ray.tune import Result
+
+    tied = Result(
+        metrics={"trial_id": "181c6039", "config": {"family": "t3d"}},
+        checkpoint=None,
+        error=None,
+        path="/x/run_trial_181c6039_1_family=t3d_2026-12-03_20-46-17",
+        metrics_dataframe=pd.DataFrame(
+            {
+                "val_video_top1": [0.5, 0.823, 0.823, 0.8],
+                "epoch": [1, 2, 3, 4],
+                "training_iteration": [1, 2, 3, 4],
+                "clips_per_s": 11,
+            }
+        ),
+    )
+    assert trial_table([tied], max_epochs=4)[0]["best_epoch"] == 3

@@ -37,6 +37,8 @@ for attempt in $(seq 30); do
   sleep 2
 done
 echo "submitted job $JOB (ray job logs $JOB; ray job stop $JOB)"
+# Interrupted here, the job would go on running on the head and hold its CPUs: stop it too.
+trap 'echo "stopping job $JOB"; ray job stop "$JOB" >/dev/null 2>&1; exit 130' INT TERM
 # Following the logs ends with the job's final status ("Job '...' succeeded"); asking
 # again (`ray job status`) would only cost another CLI start.
 ray job logs --follow "$JOB" | tee "$LOG"

@@ -109,3 +109,14 @@ def test_the_budget_counts_the_epoch_another_stopper_ends_a_trial_on():
     assert stops == [False, False, True] and budget.spent == 3
     combined("late", results("late")[0])
     assert combined.stop_all()
+
+
+def test_a_restored_trial_counts_by_the_epoch_its_run_reports():
+    """Tune counts a restored trial's results from 1 again while its Train run goes on from
+    its checkpoint: the budget and the rule read the run's own epoch."""
+    budget = WorkBudget(10)
+    budget("t", {"training_iteration": 1, "epoch": 3, "val_video_top1": 0.2})
+    assert budget.spent == 3
+    rule = ChanceRule(num_classes=8, patience=3)
+    assert rule.stops([{"training_iteration": 1, "epoch": 3, "val_video_top1": 0.1,
+                        "train_loss": 2.2}])  # fmt: skip

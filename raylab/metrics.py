@@ -4,6 +4,9 @@ import re
 
 # What checkpoints are ranked by, the search maximises and the report leads with.
 METRIC = "val_video_top1"
+# An epoch's figures that measure the clock, not the training (``at``: when its line of
+# history.jsonl was written): two runs of one seed agree on everything else.
+TIMED = frozenset({"clips_per_s", "pairs_per_s", "data_wait_frac", "train_s", "val_s", "at"})
 # How a search trial ended: trained every epoch, stopped early (ASHA, a chance-level stop or
 # the time budget), pruned before it started, or failed.
 TRIAL_STATUSES = ("done", "stopped", "pruned", "error")

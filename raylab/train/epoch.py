@@ -38,6 +38,7 @@ from raylab.data.pipeline import clip_dataset, error_text, planned_batches, row_
 from raylab.data.plan import eval_plan, train_plan
 from raylab.train.worker import (
     EpochReporter,
+    StartClock,
     append_history,
     gather,
     load_state,
@@ -402,13 +403,15 @@ def loop_config(
     mid_epoch_dir: str | None = None,
     log_steps: bool = False,
     seed_drawn: bool = False,
+    started_at: float | None = None,
 ) -> dict:
     """What a per-worker loop is given: the run's config (as plain values, the form every
     checkpoint keeps), where its clips come from and the splits' row groups (their footers
     read here, once), optimiser steps per worker and epoch (for the schedule), the folder for its files (rank 0; None: no files), constants reported with
     every epoch (a search trial's cost), where mid-epoch checkpoints go, whether each step's
-    video ids are logged (``run_dir/steps/rank-N.jsonl``) and whether the seed was drawn
-    from fresh entropy (recorded)."""
+    video ids are logged (``run_dir/steps/rank-N.jsonl``), whether the seed was drawn
+    from fresh entropy (recorded) and when the run began (``started_at``, Unix time; now by
+    default), which its start-up timings count from (:class:`~raylab.train.worker.StartClock`)."""
     groups = {"train": row_groups(data.shards, "train")}
     groups["val"] = row_groups(data.shards, data.val_split)
     videos = sum(g["rows"] for g in groups["train"])
@@ -423,6 +426,7 @@ def loop_config(
         "mid_epoch_dir": mid_epoch_dir,
         "log_steps": log_steps,
         "seed_drawn": seed_drawn,
+        "started_at": time.time() if started_at is None else started_at,
     }
 
 
@@ -435,6 +439,8 @@ def run_epochs(run: dict, task: Task) -> None:
     run_dir = run["run_dir"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    clock = StartClock(run.get("started_at"), active=rank == 0)
+    clock.mark("loop_entered")
     device = worker_device()
     set_determinism(config.deterministic, device)
 
@@ -459,6 +465,8 @@ def run_epochs(run: dict, task: Task) -> None:
     ordered = run["data"].get("ordered", True)
     store = MidEpochStore(run["mid_epoch_dir"]) if run.get("mid_epoch_dir") and ordered else None
     start_epoch, start_step, sums, rng_state, restored = _resume(parts, store, run_dir, rank, world)
+    clock.active = clock.active and start_epoch == 0 and start_step == 0  # a fresh run's start
+    clock.mark("model_ready")
 
     env = environment(device, world) | {"seed_drawn": run["seed_drawn"]}
     if rank == 0 and start_epoch == 0 and start_step == 0:
@@ -496,6 +504,7 @@ def run_epochs(run: dict, task: Task) -> None:
         began = tick = time.perf_counter()
         for batch in data.train(epoch, plan, sums.position):
             sums.wait += time.perf_counter() - tick
+            clock.mark("first_batch")
             ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
             sums.failed += int((~ok).sum())
             sums.videos += int(ok.sum())
@@ -521,6 +530,7 @@ def run_epochs(run: dict, task: Task) -> None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+            clock.mark("first_step")
             if ok.any():
                 sums.loss += loss.item() * len(y)
                 sums.correct += (logits.argmax(1) == y).sum().item()
@@ -538,8 +548,12 @@ def run_epochs(run: dict, task: Task) -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         metrics = _train_metrics(task, sums, epoch, config, optimizer)
+        clock.mark("trained")
         model.eval()
+        val_began = time.perf_counter()
         val = task.evaluate(unwrap(model), data.val())
+        metrics["val_s"] = time.perf_counter() - val_began  # the validation pass, in seconds
+        clock.mark("validated")
         if "val_decode_failures" in val:
             failed_val = val["val_decode_failures"]
             check_decode_failures(
@@ -552,6 +566,7 @@ def run_epochs(run: dict, task: Task) -> None:
             )
         metrics |= val | run["extra_metrics"]
         reporter.end_epoch(epoch, metrics, task.line(metrics, config.epochs), epoch_state)
+        clock.write(run_dir)
         if store and rank == 0:
             store.clear()  # the epoch's checkpoint supersedes its mid-epoch ones
     reporter.close()
@@ -576,6 +591,7 @@ def _train_metrics(task: Task, sums: Sums, epoch: int, config: TrainConfig, opti
         f"train_{task.unit}": seen,
         f"{task.unit}_per_s": seen / max(1e-9, max(t[4] for t in totals)),
         "data_wait_frac": sum(t[3] for t in totals) / max(1e-9, sum(t[4] for t in totals)),
+        "train_s": max(t[4] for t in totals),  # the training pass, in seconds
         "lr": optimizer.param_groups[0]["lr"],
         "decode_failures": failed,  # training videos lost this epoch
     }

@@ -143,6 +143,7 @@ def build_trainer(
     extra_metrics: dict | None = None,
     log_steps: bool = False,
     seed_drawn: bool = False,
+    started_at: float | None = None,
 ):
     """A TorchTrainer that trains ``config`` on the shards in ``data``, in ``config.workers``
     workers with a GPU each when ``use_gpu``.
@@ -155,7 +156,8 @@ def build_trainer(
     ``log_steps``) go beside the checkpoints, in ``storage_path/name``, unless that is a
     URI; mid-epoch checkpoints (``config.checkpoint_every``) go to
     ``storage_path/name/mid_epoch``, a URI too. ``seed_drawn``: the seed came from fresh
-    entropy (it is recorded as such).
+    entropy (it is recorded as such). ``started_at``: when the run began (Unix time; a
+    search's trial passes its own start), which its start-up timings count from.
     """
     manifest = load_manifest(data.shards)
     n_train = manifest["splits"].get("train", 0)
@@ -180,6 +182,7 @@ def build_trainer(
         mid_epoch_dir=f"{str(storage_path).rstrip('/')}/{name}/mid_epoch",
         log_steps=log_steps,
         seed_drawn=seed_drawn,
+        started_at=started_at,
     )
     return torch_trainer(
         train_loop,

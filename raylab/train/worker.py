@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -104,6 +105,46 @@ def load_state(directory: str | Path) -> dict:
     return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def process_created_at() -> float | None:
+    """When this process was created (Unix time, to 10 ms), from Linux's ``/proc``; None
+    elsewhere."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+class StartClock:
+    """Where a run's start goes: seconds from ``started_at`` (when the driver built the run;
+    in a search, when the trial began) to each named point of the first epoch on this
+    worker, from the creation of its process on. Rank 0 of a run that starts from scratch
+    appends them to ``history.jsonl`` as a ``"startup"`` event once its first epoch is
+    reported (``benchmarks/trial_start.py`` reads them); elsewhere the clock does nothing."""
+
+    def __init__(self, started_at: float | None, active: bool) -> None:
+        self.started_at, self.active = started_at, active and started_at is not None
+        self.points: dict[str, float] = {}
+        created = process_created_at()
+        if self.active and created is not None:
+            self.points["worker_process"] = created - started_at
+
+    def mark(self, point: str) -> None:
+        """Record ``point`` the first time it is reached."""
+        if self.active and point not in self.points:
+            self.points[point] = time.time() - self.started_at
+
+    def write(self, run_dir: str | None) -> None:
+        if self.active:
+            self.mark("reported")
+            record = {"event": "startup", "started_at": self.started_at, "seconds": self.points}
+            append_history(run_dir, record)
+            self.active = False
+
+
 class EpochReporter:
     """The end of each epoch, the same in every loop. Rank 0 keeps the run's record: the
     checkpoint, one console line, TensorBoard scalars (``run_dir/tensorboard``) and a line of
@@ -137,7 +178,7 @@ class EpochReporter:
                 self.log(metrics, line)
             ray.train.report(metrics, checkpoint=checkpoint)
         if self.rank == 0:  # after the report: every worker finished the epoch and it is saved
-            append_history(self.run_dir, {"event": "epoch"} | metrics)
+            append_history(self.run_dir, {"event": "epoch"} | metrics | {"at": time.time()})
 
     def save(
         self, directory: str | Path, epoch: int, metrics: dict, state: Callable[[int], dict]

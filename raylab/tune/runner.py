@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import sys
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ class TuneOptions:
 
 def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Budget) -> None:
     """One trial: plan the configuration, then train it with Ray Train, or report the pruning."""
+    began = time.time()  # the run's start-up timings count from here
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -155,6 +157,7 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
         keep_checkpoints=2,
         callbacks=[TuneReportCallback()],
         extra_metrics=plan.cost | {"batch_size": plan.batch_size, "pruned": False},
+        started_at=began,
     )
     result = trainer.fit()
     if result.error:

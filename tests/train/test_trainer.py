@@ -16,6 +16,7 @@ import torch
 
 from raylab.config import ClipConfig, TrainConfig
 from raylab.data.storage import load_manifest
+from raylab.metrics import TIMED
 from raylab.train.trainer import DataOptions, build_trainer, check_model
 
 TINY = TrainConfig(
@@ -97,10 +98,6 @@ def test_one_builder_sets_backend_workers_and_the_checkpoints_kept(tmp_path):
     cpu = torch_trainer(loop, {}, {}, storage_path=tmp_path, name="cpu", cpus_per_worker=2)
     assert cpu.backend_config.backend == "gloo"
     assert cpu.scaling_config.resources_per_worker == {"CPU": 2}
-
-
-# What a run's numbers are, without the clock: two runs with one seed must agree on these.
-TIMED = {"clips_per_s", "data_wait_frac"}
 
 
 def _epochs(run: Path) -> list[dict]:
@@ -199,6 +196,18 @@ def test_the_same_seed_trains_the_same_run_and_another_seed_another(seeded_runs)
     started = [r for r in _history(root / "once") if r["event"] == "started"]
     assert len(started) == 1 and started[0]["environment"]["threads_per_worker"] >= 1
     assert started[0]["environment"]["seed_drawn"] is False
+    # And where its start went: each point of the first epoch once, in the order reached,
+    # the last after the first epoch's line; the killed run's resumption records none.
+    startup = [r for r in _history(root / "once") if r["event"] == "startup"]
+    assert len(startup) == 1, startup
+    points = startup[0]["seconds"]
+    order = ["worker_process", "loop_entered", "model_ready", "first_batch", "first_step"]
+    order += ["trained", "validated", "reported"]
+    assert list(points) == order
+    assert [points[p] for p in order] == sorted(points.values()) and points["worker_process"] > 0
+    first_epoch = next(r for r in _history(root / "once") if r["event"] == "epoch")
+    assert first_epoch["at"] <= startup[0]["started_at"] + points["reported"]
+    assert len([r for r in _history(root / "killed") if r["event"] == "startup"]) == 1
 
 
 def test_a_worker_killed_mid_epoch_trains_exactly_the_clips_it_had_not(seeded_runs, demo_shards):

@@ -11,7 +11,15 @@ Measured side by side in one run, on the same videos and the same number of proc
       as MMAction2- and PyTorchVideo-style loaders do.
 Prints clips/s for each, the ratios (b)/(a) and (b)/(c), and how many cores each kind of
 process used during (b) (decode tasks, this consuming process, Ray's own processes), which
-says whether (b) is short of decode CPU or of something else. Nothing here is a test.
+says whether (b) is short of decode CPU or of something else.
+
+And what a clip costs in CPU, apart from how many cores there are: CPU-seconds per clip of
+(a) and (b), from the machine's busy time in ``/proc/stat`` over the timed passes (every
+process, those that ended meanwhile too: decode tasks, Ray Data's operators, this consuming
+process), less the busy time of the same machine idle for as long just before (for (b) with
+Ray up and nothing running: its daemons' own). The ratio (b)/(a) of CPU per clip bounds the
+clips/s ratio on a machine where decoding has cores of its own. Run it alone on the machine:
+anything else running counts too. Nothing here is a test.
 """
 
 from __future__ import annotations
@@ -45,8 +53,43 @@ def _raw_worker(args) -> int:
     return len(rows)
 
 
-def raw_bound(shards: Path, spec: ClipSpec, workers: int, passes: int) -> float:
-    """Clips/s of decord alone on the shard bytes, ``workers`` processes."""
+def busy_seconds() -> float:
+    """CPU-seconds the whole machine has been busy since boot (all cores; Linux)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is in user
+
+
+def idle_rate(seconds: float = 5.0) -> float:
+    """Cores busy on average while nothing of this benchmark runs, over ``seconds``."""
+    before, start = busy_seconds(), time.perf_counter()
+    time.sleep(seconds)
+    return (busy_seconds() - before) / (time.perf_counter() - start)
+
+
+class CpuPerClip:
+    """CPU-seconds per clip of a timed stretch: the machine's busy time, less ``baseline``
+    cores (its idle rate) over the stretch, per clip."""
+
+    def __init__(self, baseline: float) -> None:
+        self.baseline = baseline
+
+    def __enter__(self) -> CpuPerClip:
+        self.busy, self.start = busy_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.elapsed = time.perf_counter() - self.start
+        self.cpu = busy_seconds() - self.busy - self.baseline * self.elapsed
+
+    def per_clip(self, clips: int) -> float:
+        return self.cpu / max(1, clips)
+
+
+def raw_bound(shards: Path, spec: ClipSpec, workers: int, passes: int) -> tuple[float, float]:
+    """Clips/s of decord alone on the shard bytes, ``workers`` processes, and CPU-seconds
+    per clip."""
     import pyarrow.parquet as pq
 
     column = rendition_column(choose_rendition(_renditions(shards), spec.working_short_side))
@@ -62,12 +105,12 @@ def raw_bound(shards: Path, spec: ClipSpec, workers: int, passes: int) -> float:
     chunks = [rows[i::workers] for i in range(workers)]
     with mp.get_context("spawn").Pool(workers) as pool:
         pool.map(_raw_worker, [(c[:1], spec.frames, spec.stride, 128, 0) for c in chunks])
-        start = time.perf_counter()
         n = 0
-        for p in range(passes):
-            jobs = [(c, spec.frames, spec.stride, spec.working_short_side, p) for c in chunks]
-            n += sum(pool.map(_raw_worker, jobs))
-        return n / (time.perf_counter() - start)
+        with CpuPerClip(idle_rate()) as cost:
+            for p in range(passes):
+                jobs = [(c, spec.frames, spec.stride, spec.working_short_side, p) for c in chunks]
+                n += sum(pool.map(_raw_worker, jobs))
+        return n / cost.elapsed, cost.per_clip(n)
 
 
 def _renditions(shards: Path) -> list[int]:
@@ -113,9 +156,12 @@ def cpu_split(before: dict, after: dict, seconds: float) -> dict[str, float]:
     return dict(sorted(cores.items(), key=lambda kv: -kv[1]))
 
 
-def ray_pipeline(shards: Path, spec: ClipSpec, passes: int) -> tuple[float, dict[str, float]]:
+def ray_pipeline(
+    shards: Path, spec: ClipSpec, passes: int
+) -> tuple[float, dict[str, float], float]:
     """Clips/s through clip_dataset, decode tasks as the CPUs allow, after a warm-up pass,
-    and the cores each kind of process used meanwhile.
+    the cores each kind of process used meanwhile, and CPU-seconds per clip (Ray's idle
+    rate, measured after the warm-up, taken off).
 
     No cap on decode tasks (as jobs/train.py runs it): Ray Data counts a finished task
     against the cap until it has collected its output, so a cap of one task per core kept
@@ -134,17 +180,18 @@ def ray_pipeline(shards: Path, spec: ClipSpec, passes: int) -> tuple[float, dict
     )
     for _ in ds.iter_torch_batches(batch_size=16, collate_fn=ClipTensors()):
         pass
-    before, start = _cpu_seconds(), time.perf_counter()
+    baseline = idle_rate()
+    before = _cpu_seconds()
     n = 0
-    for _ in range(passes):
-        for batch in ds.iter_torch_batches(
-            batch_size=16, collate_fn=ClipTensors(), prefetch_batches=4
-        ):
-            n += len(batch["label"])
-    elapsed = time.perf_counter() - start
-    cores = cpu_split(before, _cpu_seconds(), elapsed)
+    with CpuPerClip(baseline) as cost:
+        for _ in range(passes):
+            for batch in ds.iter_torch_batches(
+                batch_size=16, collate_fn=ClipTensors(), prefetch_batches=4
+            ):
+                n += len(batch["label"])
+    cores = cpu_split(before, _cpu_seconds(), cost.elapsed)
     ray.shutdown()
-    return n / elapsed, cores
+    return n / cost.elapsed, cores, cost.per_clip(n)
 
 
 class PerFileDataset:
@@ -275,12 +322,12 @@ def main() -> None:
     paths = [str(next(src.glob(f"{v}.*"))) for v in ids.to_pylist()]  # repeats included
     spec = ClipSpec(frames=args.frames, stride=1, size=args.size, train=True)
 
-    a = raw_bound(shards, spec, args.workers, args.passes)
+    a, a_cpu = raw_bound(shards, spec, args.workers, args.passes)
     # One logical CPU more than cores: Ray Data's read tasks ask for a whole CPU,
     # and a decode task holds its CPU until its output is collected (see ray_pipeline).
     ray.init(num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    b, cores = ray_pipeline(shards, spec, args.passes)
+    b, cores, b_cpu = ray_pipeline(shards, spec, args.passes)
     c = per_file(paths, spec, args.workers, args.passes)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
@@ -295,12 +342,28 @@ def main() -> None:
     print(f"(b) Ray Data pipeline     {b:8.1f} clips/s")
     print(f"(c) per-file DataLoader   {c:8.1f} clips/s")
     print(f"(b)/(a) = {b / a:.2f}   (b)/(c) = {b / c:.2f}")
+    print(
+        f"CPU per clip: (a) {a_cpu * 1e3:.1f} ms  (b) {b_cpu * 1e3:.1f} ms  "
+        f"(b)/(a) = {b_cpu / a_cpu:.2f}   (machine's idle busy time taken off)"
+    )
     print(f"cores in use during (b), of {os.cpu_count()}:")
     for kind, used in cores.items():
         if used >= 0.01:
             print(f"    {kind:36s} {used:5.2f}")
     print(
-        json.dumps({"a": a, "b": b, "c": c, "b_over_a": b / a, "b_over_c": b / c, "b_cores": cores})
+        json.dumps(
+            {
+                "a": a,
+                "b": b,
+                "c": c,
+                "b_over_a": b / a,
+                "b_over_c": b / c,
+                "b_cores": cores,
+                "a_cpu_s_per_clip": a_cpu,
+                "b_cpu_s_per_clip": b_cpu,
+                "cpu_b_over_a": b_cpu / a_cpu,
+            }
+        )
     )
 
 

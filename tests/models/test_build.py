@@ -200,7 +200,8 @@ R50, R101 = (3, 4, 6, 3), (3, 4, 23, 3)
 D121, D169, D201 = (6, 12, 24, 16), (6, 12, 32, 32), (6, 12, 48, 32)
 TTL = [(1, 3, 3), (3, 3, 3), (4, 3, 3)]
 
-# name, options, classes, count from the table, the published figure (millions, 2 decimals)
+# name, options, classes, count from the layer table, the published figure (millions, 2
+# decimals; None where none is published: then the table's count is the whole check)
 COUNTS = [
     ("c3d", {}, 487, c3d_params(487), 79.99),
     ("c3d", {}, 101, c3d_params(101), 78.41),  # C3D with a 101-way classifier: ~78.4M
@@ -210,11 +211,12 @@ COUNTS = [
     ("densenet3d169", {}, 400, densenet3d_params(D169, 400), 19.21),
     ("stm", {}, 174, resnet_params(R50, 174, stm=True), 24.04),  # paper: 24.0M
     ("tsn", {}, 174, resnet_params(R50, 174), 23.86),
-    # No published T3D figure; ours (DenseNet widths after each TTL):
-    ("t3d121", {}, 400, densenet3d_params(D121, 400, TTL), 27.84),
-    ("t3d169", {}, 400, densenet3d_params(D169, 400, TTL), 37.51),
-    ("t3d201", {}, 400, densenet3d_params(D201, 400, TTL), 48.43),
-    ("t3d121", {"ttl_out": 384}, 400, densenet3d_params(D121, 400, TTL, 384), 31.96),
+    # No published T3D figure at these widths (DenseNet widths after each TTL); the authors'
+    # code's is checked below.
+    ("t3d121", {}, 400, densenet3d_params(D121, 400, TTL), None),
+    ("t3d169", {}, 400, densenet3d_params(D169, 400, TTL), None),
+    ("t3d201", {}, 400, densenet3d_params(D201, 400, TTL), None),
+    ("t3d121", {"ttl_out": 384}, 400, densenet3d_params(D121, 400, TTL, 384), None),
     ("densenet3d201", {}, 400, densenet3d_params(D201, 400), 26.11),
     ("stm", {"depth": 101}, 174, resnet_params(R101, 174, stm=True), 43.18),
     ("tsn", {"depth": 101}, 174, resnet_params(R101, 174), 42.86),
@@ -229,7 +231,8 @@ def test_full_width_parameter_counts(name, options, classes, expected, figure):
         else:
             model = build_model(name, classes, **options)
     assert sum(p.numel() for p in model.parameters()) == expected
-    assert round(expected / 1e6, 2) == figure
+    if figure is not None:
+        assert round(expected / 1e6, 2) == figure
 
 
 def test_authors_t3d_count_differs_from_ours_by_the_depth1_branch_kernel():

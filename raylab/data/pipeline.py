@@ -15,6 +15,7 @@ evaluation pass is the same.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -328,12 +329,27 @@ def planned_rows(blocks, start: int, end: int, views: int = 1):
 
 
 def planned_batches(
-    ds, batch_size: int, start: int, end: int, views: int = 1, prefetch_blocks: int = 2
+    ds,
+    batch_size: int,
+    start: int,
+    end: int,
+    views: int = 1,
+    prefetch_blocks: int = 2,
+    on_delivered: Callable[[], None] | None = None,
 ):
     """:func:`clip_dataset`'s pass as numpy batches of ``batch_size`` rows in plan order, from
     video position ``start`` to ``end`` (the last batch may be shorter); ``views`` rows a
-    video."""
+    video. ``on_delivered`` is called once every decode task's rows have arrived, before
+    the last batches are handed over (the moment to start the next pass's decoding)."""
     blocks = ds.iter_batches(
         batch_size=None, batch_format="numpy", prefetch_batches=prefetch_blocks
     )
+    if on_delivered is not None:
+        blocks = _then(blocks, on_delivered)
     return batches_of(planned_rows(blocks, start, end, views), batch_size)
+
+
+def _then(items, call: Callable[[], None]):
+    """``items``, then ``call()`` once they are exhausted."""
+    yield from items
+    call()

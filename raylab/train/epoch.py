@@ -125,6 +125,11 @@ class DataOptions:
     # another order each run, no mid-epoch checkpoints (no position to resume from). For
     # measuring what the plan's order costs (benchmarks/determinism_cost.py).
     ordered: bool = True
+    # Start each pass's pipeline before the trainer asks for it: the validation pass's once
+    # the training pass has all its clips, the next epoch's once validation has all its
+    # clips (while the epoch is checkpointed and reported). The same clips in the same
+    # order, sooner. False: each pass starts when its first batch is asked for.
+    lookahead: bool = True
 
 
 class EpochData:
@@ -161,7 +166,9 @@ class EpochData:
             window=max(1, self.config.shuffle_buffer),
         )
 
-    def _batches(self, ds, start: int, end: int, views: int = 1) -> Iterator[dict]:
+    def _batches(
+        self, ds, start: int, end: int, views: int = 1, on_delivered=None
+    ) -> Iterator[dict]:
         ds.context.enable_progress_bars = False  # a bar per rank would garble the console
         if not self.data.ordered:  # as decoded, through Ray Data's local shuffle buffer
             return ds.iter_batches(
@@ -170,10 +177,13 @@ class EpochData:
                 prefetch_batches=2,
                 local_shuffle_buffer_size=self.config.shuffle_buffer or None,
             )
-        return planned_batches(ds, self.config.batch_size, start, end, views)
+        return planned_batches(
+            ds, self.config.batch_size, start, end, views, on_delivered=on_delivered
+        )
 
-    def train(self, epoch: int, plan: list, start: int) -> Iterator[dict]:
-        """Epoch ``epoch``'s training batches (numpy) from video ``start`` of ``plan``."""
+    def train(self, epoch: int, plan: list, start: int, on_delivered=None) -> Iterator[dict]:
+        """Epoch ``epoch``'s training batches (numpy) from video ``start`` of ``plan``;
+        ``on_delivered()`` once all its clips have arrived (ordered passes only)."""
         ds = clip_dataset(
             self.data.shards,
             "train",
@@ -185,7 +195,7 @@ class EpochData:
             groups=self.train_groups,
             **self._common(),
         )
-        return self._batches(ds, start, len(plan))
+        return self._batches(ds, start, len(plan), on_delivered=on_delivered)
 
     def val(self) -> Iterator[dict]:
         """This rank's part of the validation videos, the same every time."""
@@ -213,6 +223,36 @@ def quiet_data_console() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.ERROR)
+
+
+class Ahead:
+    """A pass's batches, read by a thread from the moment this is made, up to ``depth``
+    ahead of the consumer; its errors are raised to the consumer where they arose."""
+
+    _END = object()
+
+    def __init__(self, batches: Iterator[dict], depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._read, args=(batches,), daemon=True)
+        self._thread.start()
+
+    def _read(self, batches: Iterator[dict]) -> None:
+        try:
+            for batch in batches:
+                self._queue.put(batch)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            self._queue.put(err)
+            return
+        self._queue.put(self._END)
+
+    def __iter__(self) -> Iterator[dict]:
+        while (item := self._queue.get()) is not self._END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -444,6 +484,23 @@ def run_epochs(run: dict, task: Task) -> None:
     device = worker_device()
     set_determinism(config.deterministic, device)
 
+    ordered = run["data"].get("ordered", True)
+    store = MidEpochStore(run["mid_epoch_dir"]) if run.get("mid_epoch_dir") and ordered else None
+    data = EpochData(DataOptions(**run["data"]), run["groups"], config, rank, world)
+    # Passes started ahead of the trainer (DataOptions.lookahead): a fresh run's first pass
+    # while the model is built; the validation pass once the training pass's clips have all
+    # arrived; the next epoch's once validation is done.
+    ahead = data.data.lookahead and data.data.ordered
+    upcoming: dict[str, Ahead] = {}
+
+    def start_validation() -> None:
+        upcoming["val"] = Ahead(data.val())
+
+    if ahead and ray.train.get_checkpoint() is None and not (store and store.latest()):
+        upcoming["train"] = Ahead(
+            data.train(0, data.train_plan(0), 0, on_delivered=start_validation)
+        )
+
     torch.manual_seed(config.seed)  # every rank builds the same initial weights
     model = task.build(config, device)
     model = ray.train.torch.prepare_model(model, move_to_device=device)  # device + DDP
@@ -462,8 +519,6 @@ def run_epochs(run: dict, task: Task) -> None:
     )
     parts = {"model": unwrap(model), **task.parts(), "optimizer": optimizer}
     parts["scheduler"] = scheduler
-    ordered = run["data"].get("ordered", True)
-    store = MidEpochStore(run["mid_epoch_dir"]) if run.get("mid_epoch_dir") and ordered else None
     start_epoch, start_step, sums, rng_state, restored = _resume(parts, store, run_dir, rank, world)
     clock.active = clock.active and start_epoch == 0 and start_step == 0  # a fresh run's start
     clock.mark("model_ready")
@@ -479,7 +534,6 @@ def run_epochs(run: dict, task: Task) -> None:
         import ray.train
 
         ray.train.report(restored | {"restored": True})
-    data = EpochData(DataOptions(**run["data"]), run["groups"], config, rank, world)
     compiled = torch.compile(model) if config.compile else model
     step_log = _StepLog(run_dir, rank) if run.get("log_steps") else None
 
@@ -502,7 +556,10 @@ def run_epochs(run: dict, task: Task) -> None:
         write_progress(run_dir, rank, epoch, step)
         optimizer.zero_grad(set_to_none=True)
         began = tick = time.perf_counter()
-        for batch in data.train(epoch, plan, sums.position):
+        batches = upcoming.pop("train", None) or data.train(
+            epoch, plan, sums.position, on_delivered=start_validation if ahead else None
+        )
+        for batch in batches:
             sums.wait += time.perf_counter() - tick
             clock.mark("first_batch")
             ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
@@ -551,9 +608,13 @@ def run_epochs(run: dict, task: Task) -> None:
         clock.mark("trained")
         model.eval()
         val_began = time.perf_counter()
-        val = task.evaluate(unwrap(model), data.val())
+        val = task.evaluate(unwrap(model), upcoming.pop("val", None) or data.val())
         metrics["val_s"] = time.perf_counter() - val_began  # the validation pass, in seconds
         clock.mark("validated")
+        if ahead and epoch + 1 < config.epochs:  # decoding while the epoch is saved
+            upcoming["train"] = Ahead(
+                data.train(epoch + 1, data.train_plan(epoch + 1), 0, on_delivered=start_validation)
+            )
         if "val_decode_failures" in val:
             failed_val = val["val_decode_failures"]
             check_decode_failures(

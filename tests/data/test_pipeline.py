@@ -92,6 +92,17 @@ def test_a_seeded_epoch_replays_exactly_in_the_same_order(demo_shards, ray_sessi
     a, b = run(), run()
     assert [list(x["video_id"]) for x in a] == [list(x["video_id"]) for x in b]
     assert all(np.array_equal(x["clip"], y["clip"]) for x, y in zip(a, b, strict=True))
+    # Told once every decode task's rows have arrived, before the last batch is handed on
+    # (when a run starts its next pass); the batches are the same.
+    ds = clip_dataset(
+        demo_shards, "train", ClipConfig(frames=8, size=56), train=True, seed=3, epoch=1
+    )
+    handed: list[int] = []
+    told: list[int] = []
+    end = load_manifest(demo_shards)["splits"]["train"]
+    for batch in planned_batches(ds, 4, 0, end, on_delivered=lambda: told.append(len(handed))):
+        handed.append(len(batch["video_id"]))
+    assert len(told) == 1 and told[0] < len(handed) == len(a), (told, handed)
 
 
 def test_crop_scales_reach_the_decoder(demo_shards, ray_session):

@@ -1,10 +1,13 @@
 """Pieces of the training loop that need no cluster: normalisation, schedules, scores."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 
 from raylab.config import TrainConfig
+from raylab.train.epoch import Ahead
 from raylab.train.loop import (
     DecodeFailures,
     check_decode_failures,
@@ -83,3 +86,20 @@ def test_an_epoch_stops_when_no_video_or_too_many_fail_to_decode():
         check_decode_failures(1, "training", 128, 128, first, 1.0)
     with pytest.raises(DecodeFailures, match=r"^epoch 1: 0 of 0 validation videos"):
         check_decode_failures(1, "validation", 0, 0, "", 0.05)
+
+
+def test_a_pass_read_ahead_starts_before_it_is_asked_and_keeps_its_order_and_errors():
+    first_taken = threading.Event()
+
+    def batches():
+        first_taken.set()
+        yield from range(5)
+        raise RuntimeError("epoch 1: 3 of 8 training videos could not be decoded")
+
+    ahead = Ahead(batches(), depth=2)
+    assert first_taken.wait(timeout=30)  # reading before anyone iterates
+    seen = []
+    with pytest.raises(RuntimeError, match="could not be decoded"):
+        for item in ahead:
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]  # every batch before the error, in order

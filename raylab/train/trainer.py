@@ -9,6 +9,7 @@ worker's plan, and names the run so that calling ``fit()`` again with the same
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -82,6 +83,14 @@ def run_config(
     )
 
 
+def quick_start() -> bool:
+    """Whether runs cut their start-up work (no preemption watcher; in a search, Ray Data's
+    statistics actor shared and each pass's pipeline started ahead): yes unless the
+    environment says ``RAYLAB_QUICK_START=0``, which ``benchmarks/trial_start.py`` sets to
+    measure the difference."""
+    return os.environ.get("RAYLAB_QUICK_START", "1") != "0"
+
+
 def torch_trainer(
     loop: Callable[[dict], None],
     config: dict,
@@ -105,6 +114,12 @@ def torch_trainer(
     import torch
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # Ray Train's preemption watcher (an actor more per run, which only relays cloud
+    # preemption notices to the workers; a lost node is recovered by max_failures all the
+    # same) is off unless the environment turns it on: a search's trials are short runs,
+    # each of which would start one. Read from this process when the run starts.
+    if quick_start():
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     # NCCL when this torch build has it (CUDA builds, even on a CPU-only head); gloo
     # otherwise, e.g. on a simulated cluster whose GPU resources are only advertised.

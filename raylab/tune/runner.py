@@ -113,7 +113,7 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raylab.train.trainer import DataOptions, build_trainer
+    from raylab.train.trainer import DataOptions, build_trainer, quick_start
 
     # Tune's trial table is the progress display; per-trial data bars would garble it.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -145,6 +145,7 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
         shards=options.shards,
         decoder_cpus=options.decoder_cpus,
         decoder_resource=options.decoder_resource,
+        lookahead=quick_start(),
     )
     trainer = build_trainer(
         train_config,
@@ -196,6 +197,22 @@ def _searcher_class():
     return StudySearch
 
 
+def share_across_trials() -> None:
+    """Start in the search's driver what every trial would otherwise start again: Ray Data's
+    statistics actor. A trial's first dataset creates it inside the trial's placement group
+    (Tune's trial groups take in what their actors start), so it dies with the trial and
+    the next trial starts another process; created here, outside any group, one serves them
+    all. ``RAYLAB_QUICK_START=0`` leaves it to the trials (``benchmarks/trial_start.py``
+    compares the two)."""
+    from raylab.train.trainer import quick_start
+
+    if not quick_start():
+        return
+    from ray.data._internal.stats import get_or_create_stats_actor
+
+    get_or_create_stats_actor()
+
+
 def build_tuner(options: TuneOptions, *, resume: bool = False):
     """The ``Tuner`` of an experiment, new or restored from ``options.experiment_dir``.
 
@@ -211,6 +228,7 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
     from raylab.tune.console import TrialConsole
     from raylab.tune.stopping import ChanceRule, NotLearningStopper, WorkBudget
 
+    share_across_trials()
     concurrency = trial_concurrency(options, ray.cluster_resources())
     budget = Budget(
         memory_gib=options.memory_gib or resolve_memory(options),

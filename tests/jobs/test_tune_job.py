@@ -415,6 +415,33 @@ def test_a_search_ends_after_exactly_its_budget_and_prunes_what_the_data_cannot_
     assert state["epoch"] + 1 == best["best_epoch"] == result["metrics"]["best_epoch"]
 
 
+def load_trial_start():
+    """benchmarks/trial_start.py, by path: benchmarks/ is not a package."""
+    spec = importlib.util.spec_from_file_location(
+        "trial_start", REPO / "benchmarks" / "trial_start.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_trial_says_where_its_start_went(seeded_searches):
+    """benchmarks/trial_start.py reads a search's trials: for each trained one, its first
+    epoch against its later ones, the points of its start in the order reached, and the
+    search's time between one trial's last epoch and the next one's start."""
+    rows = load_trial_start().trial_starts(seeded_searches[2][0])
+    assert [r["epochs"] for r in rows] == [2, 1]
+    for row in rows:
+        points = [row["points"][p] for p in ("process", "loop", "model", "batch", "step")]
+        points += [row["points"][p] for p in ("train", "val", "report")]
+        assert points == sorted(points), row
+        # Tune times the first epoch from before the trial's own clock starts.
+        assert row["first"] >= row["points"]["train"]
+        assert row["train_s"][0] > 0 and row["val_s"][0] > 0
+    assert rows[0]["steady"] is not None and rows[1]["steady"] is None  # 2 epochs, then 1
+    assert "gap" not in rows[0] and rows[1]["gap"] > 0
+
+
 def test_the_same_seed_gives_the_same_search_and_another_seed_another(seeded_searches):
     two, three = seeded_searches[2][0], seeded_searches[3][0]
     assert table(two) != table(three)

@@ -1,0 +1,242 @@
+"""Where a search trial's start goes, and how long the search waits between trials.
+
+    # the embedded search (jobs/tune_t3d.py on its demo set) with the start-up work as it
+    # was and as it is, alternately, and each one's breakdown, side by side
+    python benchmarks/trial_start.py run [--budget-epochs 8] [--seed 0] [--rounds 1] \
+        [--work DIR]
+    # the breakdown of an experiment already run (make demo's, for one)
+    python benchmarks/trial_start.py read EXPERIMENT_DIR
+
+For every trial that trained, from its Tune ``result.json`` and its Train run's
+``history.jsonl`` (the ``startup`` event a fresh run's rank 0 writes after its first epoch,
+:class:`raylab.train.worker.StartClock`):
+
+* ``first``: Tune's ``time_this_iter_s`` of the trial's first result; ``steady``: the
+  median of its later ones; ``extra`` = first - steady (the issue's goal: at most 5 s).
+* When each point of the first epoch was reached, in seconds from the trial's start:
+  ``process`` (the Train worker's process created: the Train run's controller and worker
+  group placed; before 0 when Ray gave the actor a process it had started earlier), ``loop`` (the per-worker function entered: imports, process group),
+  ``model`` (network built and wrapped, optimiser, checkpoint looked up), ``batch`` (the
+  first training batch decoded and handed over), ``step`` (the first step done), ``train``
+  and ``val`` (the first training and validation passes done), ``report``.
+* ``train_s`` / ``val_s``: the first epoch's training and validation passes against the
+  median of the later epochs'; ``wait``: the first epoch's ``data_wait_frac`` and the
+  median of the later ones' (goals: <= 10% and <= 2%).
+* ``gap``: seconds from the previous trial's last epoch to this trial's start (the search's
+  own time between trials; goal at most 2 s).
+
+The last line is the JSON of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from raylab.metrics import TIMED, folder_trial_number  # noqa: E402
+
+# The start-up work as it was and as it is, for the side-by-side run: each variant's
+# environment. RAYLAB_QUICK_START=0 turns off what raylab does to start trials sooner (see
+# raylab.tune.runner.share_across_trials and raylab.train.trainer.torch_trainer).
+VARIANTS = {
+    "before": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1", "RAYLAB_QUICK_START": "0"},
+    "after": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAYLAB_QUICK_START": "1"},
+}
+
+POINTS = {
+    "process": "worker_process",
+    "loop": "loop_entered",
+    "model": "model_ready",
+    "batch": "first_batch",
+    "step": "first_step",
+    "train": "trained",
+    "val": "validated",
+    "report": "reported",
+}
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def first_and_later(epochs: list[dict], key: str) -> tuple[float | None, float | None]:
+    """``key`` of the first epoch, and its median over the later ones."""
+    values = [e[key] for e in epochs if key in e]
+    if not values:
+        return None, None
+    return values[0], (statistics.median(values[1:]) if len(values) > 1 else None)
+
+
+def trial_starts(experiment: Path) -> list[dict]:
+    """One row per trial that trained, in the order the search created them."""
+    rows = []
+    folders = sorted(experiment.glob("run_trial_*"), key=lambda d: folder_trial_number(d.name))
+    for folder in folders:
+        results = [r for r in _lines(folder / "result.json") if "epoch" in r]
+        if not results:
+            continue  # pruned before it started: no Train run
+        trial = results[0]["trial_id"]
+        history_file = experiment / "train_runs" / f"train-{trial}" / "history.jsonl"
+        history = _lines(history_file) if history_file.exists() else []
+        startup = next((h for h in history if h["event"] == "startup"), None)
+        epochs = [h for h in history if h["event"] == "epoch"]
+        fresh = [r for r in results if not r.get("restored")]
+        times = [r["time_this_iter_s"] for r in fresh]
+        later = times[1:]
+
+        row = {
+            "trial": trial,
+            "epochs": len(fresh),
+            "first": times[0],
+            "steady": statistics.median(later) if later else None,
+            "train_s": first_and_later(epochs, "train_s"),
+            "val_s": first_and_later(epochs, "val_s"),
+            "wait": first_and_later(epochs, "data_wait_frac"),
+            "started_at": startup["started_at"] if startup else None,
+            "ended_at": epochs[-1].get("at") if epochs else None,
+            "points": {short: startup["seconds"].get(name) for short, name in POINTS.items()}
+            if startup
+            else {},
+        }
+        row["extra"] = row["first"] - row["steady"] if row["steady"] is not None else None
+        rows.append(row)
+    for before, row in zip(rows, rows[1:], strict=False):
+        if before["ended_at"] and row["started_at"]:
+            row["gap"] = row["started_at"] - before["ended_at"]
+    return rows
+
+
+def _f(value, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+    """The breakdown as a text table, a trial a line."""
+    head = (
+        f"{'trial':9s} {'ep':>2s} {'first':>6s} {'steady':>6s} {'extra':>6s} "
+        + " ".join(f"{p:>6s}" for p in POINTS)
+        + f" {'train_s':>11s} {'val_s':>11s} {'wait':>9s} {'gap':>5s}"
+    )
+    lines = [head]
+    for r in rows:
+        pair = lambda v, spec=".1f": f"{_f(v[0], spec)}/{_f(v[1], spec)}"  # noqa: E731
+        lines.append(
+            f"{r['trial']:9s} {r['epochs']:2d} {_f(r['first']):>6s} {_f(r['steady']):>6s} "
+            f"{_f(r['extra']):>6s} "
+            + " ".join(f"{_f(r['points'].get(p)):>6s}" for p in POINTS)
+            + f" {pair(r['train_s']):>11s} {pair(r['val_s']):>11s}"
+            f" {pair(r['wait'], '.0%'):>9s} {_f(r.get('gap')):>5s}"
+        )
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> dict:
+    extras = [r["extra"] for r in rows if r["extra"] is not None]
+    gaps = [r["gap"] for r in rows if r.get("gap") is not None]
+    waits_first = [r["wait"][0] for r in rows if r["wait"][0] is not None]
+    waits_later = [r["wait"][1] for r in rows if r["wait"][1] is not None]
+    median = lambda v: statistics.median(v) if v else None  # noqa: E731
+    return {
+        "trials": len(rows),
+        "extra_first_epoch_s": median(extras),
+        "max_extra_first_epoch_s": max(extras, default=None),
+        "gap_s": median(gaps),
+        "max_gap_s": max(gaps, default=None),
+        "data_wait_first": median(waits_first),
+        "data_wait_later": median(waits_later),
+    }
+
+
+def read(experiment: Path) -> dict:
+    rows = trial_starts(experiment)
+    print(f"{experiment}: {len(rows)} trials trained (seconds; points from the trial's start)")
+    print(table(rows))
+    out = summary(rows) | {"experiment": str(experiment), "rows": rows}
+    return out
+
+
+def search(work: Path, name: str, seed: int, budget: int, env: dict) -> Path:
+    """The embedded search (jobs/tune_t3d.py, its demo set under ``work``), ``env`` added."""
+    experiment = work / "results" / name
+    shutil.rmtree(experiment, ignore_errors=True)
+    log = work / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    job_env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": path} | env
+    command = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), "--root", str(work)]
+    command += ["--name", name, "--seed", str(seed), "--budget-epochs", str(budget)]
+    print(f"{name}: searching for {budget} trial-epochs ({env})", file=sys.stderr, flush=True)
+    with log.open("w") as err:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True, env=job_env)
+    if done.returncode:
+        raise SystemExit(f"{name} failed (log {log}):\n{log.read_text()[-3000:]}")
+    return experiment
+
+
+def untimed_table(experiment: Path) -> list[dict]:
+    """The search's trial table without ids, paths and speeds: equal between variants when
+    the start-up work changed nothing but time."""
+    rows = json.loads((experiment / "trials.json").read_text())
+    skip = {"trial_id", "path", "best_checkpoint"} | TIMED
+    return [{k: v for k, v in row.items() if k not in skip} for row in rows]
+
+
+def run(args: argparse.Namespace) -> dict:
+    work = Path(args.work).resolve()
+    out: dict = {"seed": args.seed, "budget_epochs": args.budget_epochs, "rounds": []}
+    for r in range(args.rounds):  # variants alternate, so a slow phase of the VM hits both
+        figures = {}
+        for variant in args.variants:
+            experiment = search(
+                work, f"ts-{variant}-{r}", args.seed, args.budget_epochs, VARIANTS[variant]
+            )
+            print(f"\n## {variant}, round {r + 1}")
+            rows = read(experiment)["rows"]
+            figures[variant] = summary(rows) | {"table": untimed_table(experiment)}
+        tables = [f.pop("table") for f in figures.values()]
+        same = all(t == tables[0] for t in tables)
+        out["rounds"].append({"figures": figures, "same_trial_table": same})
+    print("\n## side by side (medians over a search's trials; seconds)")
+    keys = ["extra_first_epoch_s", "max_extra_first_epoch_s", "gap_s", "max_gap_s"]
+    keys += ["data_wait_first", "data_wait_later"]
+    print(f"{'round':5s} {'variant':8s} " + " ".join(f"{k:>24s}" for k in keys))
+    for r, entry in enumerate(out["rounds"], start=1):
+        for variant, f in entry["figures"].items():
+            cells = " ".join(f"{_f(f[k], '.3f'):>24s}" for k in keys)
+            print(f"{r:5d} {variant:8s} {cells}")
+        print(f"      same trial table in every variant: {entry['same_trial_table']}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    r = sub.add_parser("read", help="the breakdown of an experiment folder")
+    r.add_argument("experiment", type=Path)
+    s = sub.add_parser("run", help="the embedded search per variant, side by side")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--budget-epochs", type=int, default=8)
+    s.add_argument("--rounds", type=int, default=1)
+    s.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    s.add_argument("--work", default=str(Path.home() / "raylab"), help="the demo set's root")
+    args = parser.parse_args(argv)
+    if args.mode == "read":
+        out = read(args.experiment.resolve())
+        print(json.dumps({k: v for k, v in out.items() if k != "rows"}))
+    else:
+        out = run(args)
+        print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -25,8 +25,10 @@ from raylab.infer.evaluate import (
     predict,
     report_metrics,
 )
+from raylab.jobs import one_line_errors
 
 
+@one_line_errors("evaluate")
 def main(argv: list[str] | None = None) -> dict:
     import ray
 
@@ -54,10 +56,10 @@ def main(argv: list[str] | None = None) -> dict:
             evaluation_clip(load_checkpoint(checkpoint)[1])
         except (FileNotFoundError, ValueError) as err:
             raise SystemExit(f"evaluate: {err}") from None
+    classes = load_manifest(args.data)["classes"]
 
     ray.init(ignore_reinit_error=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    classes = load_manifest(args.data)["classes"]
     out = Path(args.out or Path(args.checkpoint).parent / "eval").resolve()
     resources = InferenceResources(
         predictors=args.predictors,

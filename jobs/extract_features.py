@@ -26,6 +26,7 @@ from raylab.data.storage import load_manifest, resolve_location
 from raylab.infer.analysis import analyse
 from raylab.infer.batch import InferenceResources
 from raylab.infer.features import ModelSource, extract_features, write_features
+from raylab.jobs import one_line_errors
 from raylab.models import MODEL_INFO, MODEL_NAMES, input_contract, parse_option
 
 
@@ -97,16 +98,17 @@ def model_options(args: argparse.Namespace, frames: int, size: int) -> dict:
     return opts
 
 
+@one_line_errors("extract_features")
 def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from raylab.infer.evaluate import load_checkpoint
 
     args = parse_args(argv)
+    shards = resolve_location(args.data)
+    classes = load_manifest(shards)["classes"]  # a mistaken --data ends the job before Ray
     ray.init(ignore_reinit_error=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    shards = resolve_location(args.data)
-    classes = load_manifest(shards)["classes"]
     out = Path(args.out).resolve()
 
     if args.checkpoint:

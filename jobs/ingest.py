@@ -18,8 +18,10 @@ import sys
 
 from raylab.data.annotations import FORMATS
 from raylab.data.ingest import EncodeParams, IngestIncomplete, ingest
+from raylab.jobs import one_line_errors
 
 
+@one_line_errors("ingest")
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--source", required=True, help="root folder of the source videos")

@@ -13,8 +13,10 @@ import argparse
 import json
 
 from raylab.data.synthetic import make_demo_dataset
+from raylab.jobs import one_line_errors
 
 
+@one_line_errors("make_demo_data")
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="folder to write videos and lists into")

@@ -20,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 
+from raylab.jobs import one_line_errors
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -42,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@one_line_errors("predict")
 def main(argv: list[str] | None = None) -> dict:
     from raylab.infer.batch import InferenceResources
     from raylab.infer.evaluate import evaluation_clip, load_checkpoint

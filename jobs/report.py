@@ -15,9 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
+from raylab.jobs import one_line_errors
 from raylab.report import load_trials, write_report
 
 
+@one_line_errors("report")
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("experiment_dir", help="storage_path/name of a tune experiment")

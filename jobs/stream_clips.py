@@ -18,8 +18,10 @@ from tqdm import tqdm
 from raylab.config import ClipConfig
 from raylab.data.pipeline import ClipTensors, clip_dataset
 from raylab.data.storage import load_manifest
+from raylab.jobs import one_line_errors
 
 
+@one_line_errors("stream_clips")
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
@@ -36,10 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
+    total = load_manifest(args.data)["splits"].get(args.split, 0)  # before Ray starts
 
     ray.init(log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    total = load_manifest(args.data)["splits"].get(args.split, 0)
     clip = ClipConfig(frames=args.frames, stride=args.stride, size=args.size, scheme=args.scheme)
     ds = clip_dataset(
         args.data,

@@ -20,9 +20,10 @@ import sys
 from pathlib import Path
 
 from raylab.config import ClipConfig, TrainConfig
-from raylab.data.storage import resolve_location
+from raylab.data.storage import load_manifest, resolve_location
+from raylab.jobs import one_line_errors
 from raylab.models import parse_option
-from raylab.train.trainer import DataOptions, build_trainer, decode_failure
+from raylab.train.trainer import DataOptions, build_trainer, check_model, decode_failure
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -211,6 +212,7 @@ def data_options(args: argparse.Namespace) -> DataOptions:
     )
 
 
+@one_line_errors("train")
 def main(argv: list[str] | None = None) -> dict:
     import ray
 
@@ -222,10 +224,13 @@ def main(argv: list[str] | None = None) -> dict:
         args.seed = secrets.randbelow(2**31)
         print(f"seed {args.seed}, drawn from fresh entropy (--seed {args.seed} repeats this run)")
     out = Path(args.out).resolve()
-    ray.init(ignore_reinit_error=True, log_to_driver=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     config = train_config(args)
     data = data_options(args)
+    # A mistaken --data, model or clip ends the job here, before Ray starts.
+    load_manifest(data.shards)
+    check_model(config)
+    ray.init(ignore_reinit_error=True, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     trainer = build_trainer(
         config,
         data,

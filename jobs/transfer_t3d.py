@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 
 from raylab.config import ClipConfig
-from raylab.data.storage import resolve_location
+from raylab.data.storage import load_manifest, resolve_location
+from raylab.jobs import one_line_errors
 from raylab.models import MODEL_INFO
 from raylab.train.transfer import STUDENTS, TransferOptions, transfer_config
 
@@ -86,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@one_line_errors("transfer_t3d")
 def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     sgd = args.optimizer == "sgd"
     lr = args.lr if args.lr is not None else (0.1 if sgd else 1e-3)
     weight_decay = args.weight_decay if args.weight_decay is not None else (1e-4 if sgd else 0.05)
+    load_manifest(resolve_location(args.data))  # a mistaken --data ends the job before Ray
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     options = TransferOptions(

@@ -29,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from raylab.data.storage import resolve_location
+from raylab.data.storage import load_manifest, resolve_location
+from raylab.jobs import one_line_errors
 from raylab.tune.runner import EARLY_STOPPING, SEARCHERS
 from raylab.tune.space import SearchSpace
 
@@ -244,6 +245,7 @@ def build_options(args: argparse.Namespace, shards: str, use_gpu: bool, embedded
     )
 
 
+@one_line_errors("tune_t3d")
 def main(argv: list[str] | None = None) -> dict:
     import ray
 
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     args = parse_args(argv)
+    if args.data:  # a mistaken path ends the job here, before Ray starts
+        load_manifest(resolve_location(args.data))
     root = Path(args.root).expanduser().resolve()
     os.environ["RAYLAB_HOME"] = str(root)  # where a URI experiment's study is kept (tune.results)
     # Trials pruned before they start report no accuracy (Optuna marks them PRUNED); Tune

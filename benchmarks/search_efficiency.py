@@ -173,8 +173,7 @@ def run_job(*args: str, log: Path) -> dict:
 
 def embedded(key: str):
     """A setting of the embedded search's preset."""
-    sys.path.insert(0, str(REPO / "jobs"))
-    from tune_t3d import CPU_DEFAULT
+    from raylab.tune.presets import CPU_DEFAULT
 
     return CPU_DEFAULT[key]
 

@@ -31,59 +31,9 @@ from pathlib import Path
 
 from raylab.data.storage import load_manifest, resolve_location
 from raylab.jobs import one_line_errors
+from raylab.tune.presets import CPU_DEFAULT, demo_shards
 from raylab.tune.runner import EARLY_STOPPING, SEARCHERS
 from raylab.tune.space import SearchSpace
-
-# The embedded CPU-sized default: a search for a network that learns the demo set within a
-# few minutes on a 2-core laptop. Tiny networks (width 1/8), no dropout (before a classifier
-# of 128 features it keeps T3D at chance). Crops are 64 px: T3D's stem divides the side by
-# 4 before its first block, and at 48 px T3D-121 left chance late and only from some seeds,
-# at 64 from every seed tried. T3D takes 32-frame clips (its pooling needs 29+, and the demo
-# videos have 32 frames); STM its paper's 8 or 16, whose epochs take a third to a half as
-# long as on 32, so that an STM drawn first leaves the budget to a T3D drawn after it. Depth
-# 201 is left out: on two cores it cannot train the epochs a T3D needs within the budget. A
-# trial still at chance after 3 epochs stops (STM never leaves it in the budget, and an epoch
-# of it is one the T3D after it lacks), and ASHA compares trials at epoch 4 and keeps the
-# better half: through the clip pipeline, on whole-side crops, T3D-121 was at 0.22-0.50 after
-# 3 epochs but at 0.15-0.29 after 2, so an earlier decision stops learners. At most 8
-# epochs: what a T3D started after one STM trains in the budget, so that its learning rate
-# has decayed. The search ends after 14 trial-epochs: an STM stopped at 3 epochs twice and a
-# T3D's 8, about 8 minutes of make demo on 2 cores, and the same search on any machine.
-# Learning rates 1.5e-3 to 2.5e-3: at 1e-3 T3D-121 was at 0.41 after 3 epochs, and in memory
-# (benchmarks/demo_learnability.py) one of two initialisations stayed at chance from 2.5e-3.
-# Training crops are squares of the whole short side, at one of TSN's five places: with 7/8
-# crops as well, T3D-121 was still near chance after 3 epochs in memory (0.32 and 0.29 from
-# two seeds, against 0.63 and 0.42 with whole-side crops alone), and the object crosses the
-# frame, so that smaller crops lose it.
-CPU_DEFAULT = {
-    "depth": [121, 169],
-    "frames": [32],
-    "stm_frames": [8, 16],
-    "size": [64],
-    "stride": [1, 2, 4],
-    "lr": [1.5e-3, 2.5e-3],
-    "weight_decay": [1e-5, 1e-3],
-    "width": 0.125,
-    "dropout": 0.0,
-    "num_samples": 20,
-    "max_epochs": 8,
-    "grace_period": 4,
-    "reduction_factor": 2,
-    "batch_size": 8,
-    "crop_scales": (1.0,),
-    "stop_at_chance_after": 3,
-    "budget_epochs": 14,
-}
-# The demo set of the embedded search: 48 videos a class, each in a scene of its own (the
-# 8 classes share it), so that 36 training scenes teach what generalises to unseen ones.
-DEMO_VIDEOS_PER_CLASS = 48
-DEMO_CLIPS_PER_GROUP = 1
-# One rendition at short side 80, from which 64 px crops are cut at short side 73 (x 8/7).
-# Full chroma (4:2:0 keeps colour at 40 x 50 here, and the bar and its background differ
-# mostly in colour texture): in the search T3D-121 stayed at chance in one of two runs on
-# 4:2:0 and passed 0.88 in each of four on 4:4:4; in memory, on two seeds, neither led.
-DEMO_SHORT_SIDES = (80,)
-DEMO_PIX_FMT = "yuv444p"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -166,25 +116,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="end the search after this long (trials running then are stopped)",
     )
     return p.parse_args(argv)
-
-
-def demo_shards(root: Path) -> Path:
-    """The demo set under ``root/demo``, generated and ingested on first use."""
-    from raylab.data.ingest import EncodeParams, ingest
-    from raylab.data.synthetic import make_demo_dataset
-
-    videos, shards = root / "demo" / "videos", root / "demo" / "shards"
-    if not (videos / "classInd.txt").exists():
-        print(f"generating the demo set in {videos}", file=sys.stderr)
-        make_demo_dataset(
-            videos, videos_per_class=DEMO_VIDEOS_PER_CLASS, clips_per_group=DEMO_CLIPS_PER_GROUP
-        )
-    if not (shards / "manifest.json").exists():
-        print(f"ingesting it into {shards}", file=sys.stderr)
-    # Resumes (a no-op when complete), so an interrupted first run heals itself.
-    params = EncodeParams(short_sides=DEMO_SHORT_SIDES, pix_fmt=DEMO_PIX_FMT)
-    ingest(videos, "ucf101", shards, params=params)
-    return shards
 
 
 def build_options(args: argparse.Namespace, shards: str, use_gpu: bool, embedded: bool):

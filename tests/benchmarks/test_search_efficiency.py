@@ -3,27 +3,16 @@ replay, and the chance rules scored on recorded curves."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+from benchmarks import search_efficiency as se
+
 REPO = Path(__file__).resolve().parents[2]
 START = 1_700_000_000  # unix seconds at which the made-up search starts
-
-
-def load_benchmark():
-    """The benchmark module, by path: benchmarks/ is not a package."""
-    path = REPO / "benchmarks" / "search_efficiency.py"
-    spec = importlib.util.spec_from_file_location("search_efficiency", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-se = load_benchmark()
 
 
 def write_trial(experiment: Path, n: int, lines: list[dict]) -> None:

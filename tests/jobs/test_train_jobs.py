@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -12,24 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from jobs import train as train_job
 from raylab.data.decode import TSN_SCALES
 from raylab.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def train_job():
-    """jobs/train.py as a module."""
-    spec = importlib.util.spec_from_file_location("train_job", REPO / "jobs" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_train_flags_reach_the_clips_it_trains_on():
     """What the job hands the trainer (whose datasets cut ``config.clip``), not the config
     it echoes back."""
-    job = train_job()
+    job = train_job
     flags = ["--data", "shards", "--model", "c3d", "--out", "run", "--size", "32"]
     args = job.parse_args([*flags, "--crop-scales", "1.0", "0.875", "--flip", "--workers", "2"])
     config = job.train_config(args)

@@ -3,7 +3,6 @@ Optuna dashboard and the Ray dashboard read while it runs, and interrupt + resum
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -25,6 +24,8 @@ import pyarrow.fs
 import pytest
 import torch
 
+from benchmarks import trial_start
+from jobs import tune_t3d as tune_job
 from raylab.data.storage import storage
 from raylab.metrics import TIMED
 
@@ -415,21 +416,11 @@ def test_a_search_ends_after_exactly_its_budget_and_prunes_what_the_data_cannot_
     assert state["epoch"] + 1 == best["best_epoch"] == result["metrics"]["best_epoch"]
 
 
-def load_trial_start():
-    """benchmarks/trial_start.py, by path: benchmarks/ is not a package."""
-    spec = importlib.util.spec_from_file_location(
-        "trial_start", REPO / "benchmarks" / "trial_start.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_each_trial_says_where_its_start_went(seeded_searches):
     """benchmarks/trial_start.py reads a search's trials: for each trained one, its first
     epoch against its later ones, the points of its start in the order reached, and the
     search's time between one trial's last epoch and the next one's start."""
-    rows = load_trial_start().trial_starts(seeded_searches[2][0])
+    rows = trial_start.trial_starts(seeded_searches[2][0])
     assert [r["epochs"] for r in rows] == [2, 1]
     for row in rows:
         points = [row["points"][p] for p in ("process", "loop", "model", "batch", "step")]
@@ -506,9 +497,7 @@ def test_interrupted_search_resumes_into_the_same_search(
 
 def test_the_documented_command_runs_the_embedded_search():
     """docs/search.md's command line, given shards, runs the search `make demo` runs."""
-    spec = importlib.util.spec_from_file_location("tune_job", REPO / "jobs" / "tune_t3d.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = tune_job
     doc = (REPO / "docs" / "search.md").read_text()
     block = re.search(r"The same search from the command line.*?```bash\n(.*?)```", doc, re.S)
     words = shlex.split(block.group(1).replace("\\\n", " "))

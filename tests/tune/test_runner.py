@@ -3,7 +3,6 @@ retrains it, no placement group still held."""
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from jobs import train as train_job
 from raylab.tune.runner import (
     TuneOptions,
     best_checkpoint_in,
@@ -24,17 +24,9 @@ from raylab.tune.space import SearchSpace
 REPO = Path(__file__).resolve().parents[2]
 
 
-def train_job():
-    """jobs/train.py as a module."""
-    spec = importlib.util.spec_from_file_location("train_job", REPO / "jobs" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def train_args(argv: list[str]):
     """jobs/train.py's own argument parser."""
-    return train_job().parse_args(argv)
+    return train_job.parse_args(argv)
 
 
 def options(**kw) -> TuneOptions:
@@ -108,7 +100,7 @@ def test_reproduce_command_parses_as_a_train_job():
     assert words[:2] == ["python", "jobs/train.py"]
     args = train_args(words[2:])
     assert (args.model, args.width) == ("stm", 0.125)
-    rebuilt = train_job().train_config(args)
+    rebuilt = train_job.train_config(args)
     assert rebuilt.clip == clips
     assert (args.epochs, args.batch_size, args.lr) == (10, 8, 0.00123)
     assert rebuilt == replace(config, epochs=10)

@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from checkout import REPO
 from optuna.exceptions import ExperimentalWarning
 
 from raylab.report import (
@@ -27,7 +28,6 @@ from raylab.report import (
     write_report,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 NAME = "exp_report"
 PRUNE_REASON = "t3d121 cannot take a 8x64x64 clip: needs T >= 29"
 ERROR = "RuntimeError: out of memory while allocating the batch"

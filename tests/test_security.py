@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import ast
 import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from checkout import REPO
 
 
 def torch_loads_without_weights_only(source: str) -> list[int]:

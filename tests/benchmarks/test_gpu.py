@@ -6,9 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from checkout import REPO
 
 
 def test_gpu_benchmark_runs_on_cpu_at_tiny_sizes(tmp_path):

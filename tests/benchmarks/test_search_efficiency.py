@@ -11,7 +11,6 @@ import pytest
 
 from benchmarks import search_efficiency as se
 
-REPO = Path(__file__).resolve().parents[2]
 START = 1_700_000_000  # unix seconds at which the made-up search starts
 
 

@@ -17,6 +17,7 @@ import decord
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from checkout import REPO
 from processes import session_workers_running
 from videos import (
     counter_frames,
@@ -28,8 +29,6 @@ from videos import (
 
 from raylab.data.ingest import EncodeParams, ingest
 from raylab.data.storage import load_manifest
-
-REPO = Path(__file__).resolve().parents[2]
 
 # path -> (label, expected outcome: None = stored, else the start of the reject reason)
 GOOD = {

@@ -14,11 +14,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
+from checkout import REPO
 from processes import raylet_pid, workers_running
 
-REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 3
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from checkout import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 MISSING = "/nonexistent/raylab-input"
 
 # job, its arguments with one input that is not there, what the line must say.

@@ -15,8 +15,6 @@ from jobs import train as train_job
 from raylab.data.decode import TSN_SCALES
 from raylab.models import build_model
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def test_train_flags_reach_the_clips_it_trains_on():
     """What the job hands the trainer (whose datasets cut ``config.clip``), not the config

@@ -23,13 +23,13 @@ from pathlib import Path
 import pyarrow.fs
 import pytest
 import torch
+from checkout import REPO
 
 from benchmarks import trial_start
 from jobs import tune_t3d as tune_job
 from raylab.data.storage import storage
 from raylab.metrics import TIMED
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SEARCHED = {"family", "frames", "size", "stride", "lr", "weight_decay"}
 # Tiny trials: 1/16-width STM on 4-8 frame 48 px clips of the 24-frame demo shards (T3D's

@@ -21,8 +21,6 @@ from raylab.tune.runner import (
 )
 from raylab.tune.space import SearchSpace
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def train_args(argv: list[str]):
     """jobs/train.py's own argument parser."""

@@ -187,3 +187,17 @@ def s3_shards(demo_shards, s3_store, tmp_path_factory) -> str:
         else:
             os.environ["RAYLAB_HOME"] = old
     return summary.out
+
+
+# One meaning for `slow`: the test needs a Ray cluster (the session's, a test's own head, or
+# the simulated autoscaling cluster), which is what takes the suite's minutes. Marked here
+# from the fixtures a test uses, so no test can forget it; `pytest -m "not slow"` runs the
+# rest (models, data logic, search rules, the report, the jobs' argument and error handling).
+RAY_FIXTURES = {"ray_session", "ray_head"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        uses_ray = RAY_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if uses_ray or "cluster" in Path(item.fspath).parts:
+            item.add_marker(pytest.mark.slow)

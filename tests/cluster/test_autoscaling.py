@@ -21,8 +21,6 @@ from pathlib import Path
 import pytest
 from ray.cluster_utils import AutoscalingCluster
 
-pytestmark = pytest.mark.slow
-
 IDLE_TIMEOUT_MIN = 0.1  # 6 s: how long an idle worker node lives
 NODE_TYPES = {
     "gpu_trainer": {

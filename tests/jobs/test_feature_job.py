@@ -7,10 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 
-@pytest.mark.slow
 def test_extract_features_then_svm(demo_shards, run_job, tmp_path):
     out = tmp_path / "features"
     got = run_job(

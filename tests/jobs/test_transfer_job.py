@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 import torch
 
 from raylab.models import build_model
 
 
-@pytest.mark.slow
 def test_transfer_then_fine_tune(demo_shards, run_job, tmp_path):
     run = tmp_path / "transfer"
     tiny = ("--frames", "32", "--size", "32", "--width", "0.0625", "--cpus-per-worker", "0.5")

@@ -43,8 +43,6 @@ TINY = [
     "--batch-size", "8",
 ]  # fmt: skip
 
-pytestmark = pytest.mark.slow
-
 
 def free_port() -> int:
     """A port free now; another process may take it before the caller binds it, so servers

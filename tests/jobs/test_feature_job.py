@@ -34,6 +34,17 @@ def test_extract_features_then_svm(demo_shards, run_job, tmp_path):
     feats = np.asarray(table["feature"].to_pylist(), np.float32)
     assert feats.shape == (table.num_rows, 64)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    # The SVM's score again, from the written features alone, by scikit-learn: the job's
+    # figure is that of its own features, not of anything else.
+    from sklearn.svm import LinearSVC
+
+    split = np.asarray(table["split"].to_pylist())
+    labels = np.asarray(table["label"].to_pylist())
+    scored = m.get("test_split") or ("test" if "test" in split else "val")
+    svm = LinearSVC(C=m["svm_C"], max_iter=20000, random_state=0)
+    svm.fit(feats[split == "train"], labels[split == "train"])
+    again = float((svm.predict(feats[split == scored]) == labels[split == scored]).mean())
+    assert got["svm_accuracy"] == again
 
     record = json.loads((out / "features.json").read_text())
     assert record["layer"] == got["layer"] and record["clip"]["test_clips"] == 2

@@ -398,11 +398,24 @@ def test_a_damaged_video_fails_only_its_sample(damaged_shards, ray_session, tmp_
         assert f"skipping video {video_id}: cannot decode its clip" in text
 
 
-def test_a_run_stored_on_s3_writes_no_local_files(demo_shards, s3_store, ray_session):
-    """Checkpoints on s3:// go there through Ray Train; the loop's own files (history,
-    TensorBoard) have no folder, rather than one named after the URI (``s3:/...``)."""
-    trainer = build_trainer(TINY, _data(demo_shards), storage_path=f"{s3_store}/runs", name="x")
-    assert trainer.train_loop_config["run_dir"] is None
+def test_a_run_stored_on_s3_writes_no_local_files(
+    demo_shards, s3_store, ray_session, tmp_path, monkeypatch
+):
+    """Checkpoints on s3:// go there through Ray Train, the best one with its weights; the
+    loop's own files (history, TensorBoard) have no folder, rather than one named after the
+    URI (``s3:/...``) in the working directory."""
+    import pyarrow.fs
+
+    monkeypatch.chdir(tmp_path)  # where a folder named after the URI would appear
+    location = f"{s3_store}/runs"
+    config = replace(TINY, epochs=1, batch_size=8)
+    result = build_trainer(config, _data(demo_shards), storage_path=location, name="s3run").fit()
+    assert result.error is None and result.metrics["epoch"] == 1
+    assert result.checkpoint.path.startswith(location.removeprefix("s3://") + "/s3run/")
+    fs, root = pyarrow.fs.FileSystem.from_uri(f"{location}/s3run")
+    stored = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    assert any(i.base_name == "state.pt" for i in stored), [i.path for i in stored]
+    assert list(tmp_path.iterdir()) == []  # nothing written here
 
 
 def new_text(path: Path, offset: int) -> str:

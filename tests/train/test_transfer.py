@@ -26,13 +26,7 @@ from raylab.train.transfer import (
     transfer_config,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pairs(ids: list[str], seed: int = 3, hard: float = 0.5) -> list[tuple[str, str, int]]:

@@ -26,7 +26,7 @@ test: $(STAMP)
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser tests will be skipped (with CI=true they fail)"; }
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest --ignore=tests/cluster
+	$(BIN)/python -m pytest --ignore=tests/cluster --durations=15
 	$(BIN)/python -m pytest tests/cluster
 
 lint: $(STAMP)

@@ -26,8 +26,8 @@ from raylab.data.storage import load_manifest, resolve_location
 from raylab.infer.analysis import analyse
 from raylab.infer.batch import InferenceResources
 from raylab.infer.features import ModelSource, extract_features, write_features
-from raylab.jobs import one_line_errors
-from raylab.models import MODEL_INFO, MODEL_NAMES, input_contract, parse_option
+from raylab.jobs import model_option_flags, one_line_errors
+from raylab.models import MODEL_INFO, MODEL_NAMES, input_contract
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,12 +86,7 @@ def model_options(args: argparse.Namespace, frames: int, size: int) -> dict:
     16 x 112 x 112 (its input contract); at others C3D gets its pooled head unless
     --model-option says otherwise."""
     opts = {"width": 1.0 if args.width is None else args.width}
-    for item in args.model_option:
-        try:
-            key, value = parse_option(item)
-        except ValueError as err:
-            raise SystemExit(f"--model-option: {err}") from err
-        opts[key] = value
+    opts |= model_option_flags(args.model_option)
     if args.model == "c3d" and "head" not in opts and input_contract("c3d").refusal(frames, size):
         opts["head"] = "pooled"
         print(f"c3d at {frames}x{size}x{size}: using its pooled head (no fc6)", file=sys.stderr)

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from raylab.config import ClipConfig, TrainConfig
 from raylab.data.storage import load_manifest, resolve_location
-from raylab.jobs import one_line_errors
-from raylab.models import parse_option
+from raylab.jobs import model_option_flags, one_line_errors
 from raylab.train.trainer import DataOptions, build_trainer, check_model, decode_failure
 
 
@@ -145,12 +144,7 @@ def model_options(args: argparse.Namespace) -> dict:
         opts["in_channels"] = 2
     if args.dropout is not None:
         opts["dropout"] = args.dropout
-    for item in args.model_option:
-        try:
-            key, value = parse_option(item)
-        except ValueError as err:
-            raise SystemExit(f"--model-option: {err}") from err
-        opts[key] = value
+    opts |= model_option_flags(args.model_option)
     return opts
 
 

@@ -36,3 +36,18 @@ def one_line_errors(job: str) -> Callable[[Main], Main]:
         return run  # type: ignore[return-value]
 
     return wrap
+
+
+def model_option_flags(items: list[str]) -> dict:
+    """``--model-option KEY=VALUE`` flags as ``build_model`` options; a malformed one is a
+    user's mistake (ValueError naming it)."""
+    from raylab.models import parse_option
+
+    options = {}
+    for item in items:
+        try:
+            key, value = parse_option(item)
+        except ValueError as err:
+            raise ValueError(f"--model-option {item}: {err}") from None
+        options[key] = value
+    return options

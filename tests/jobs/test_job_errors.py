@@ -45,8 +45,9 @@ def test_a_missing_input_ends_the_job_in_one_line(job, args, says, tmp_path):
     [
         (["--model", "c3dx"], "unknown model 'c3dx'; valid names: c3d,"),
         (["--model", "c3d", "--frames", "2", "--size", "8"], "is too small; needs T >= 16"),
+        (["--model", "c3d", "--model-option", "head"], "--model-option head: "),
     ],
-    ids=["unknown-model", "impossible-clip"],
+    ids=["unknown-model", "impossible-clip", "malformed-model-option"],
 )
 def test_a_wrong_model_or_clip_ends_training_in_one_line(args, says, demo_shards, tmp_path):
     done = subprocess.run(

@@ -28,8 +28,15 @@ from raylab.train.trainer import DataOptions, build_trainer, check_model, decode
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
-    p.add_argument("--model", required=True, help="a name from raylab.models.MODEL_NAMES")
+    p.add_argument("--model", help="a name from raylab.models.MODEL_NAMES")
     p.add_argument("--out", required=True, help="run folder (checkpoints, weights, events)")
+    p.add_argument(
+        "--config",
+        metavar="RECORD.json",
+        help="train exactly a recorded run (a run's or a search trial's config.json, the "
+        "search's best/config.json): model, clips, recipe and seed; the flags that describe a "
+        "run are then left out",
+    )
     p.add_argument("--frames", type=int, default=ClipConfig.frames)
     p.add_argument("--stride", type=int, default=ClipConfig.stride, help="dense clips' stride")
     p.add_argument("--size", type=int, default=ClipConfig.size, help="crop size (square)")
@@ -121,7 +128,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="stop when more than this share of an epoch's training or validation videos "
         "cannot be decoded (or none can)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not (args.model or args.config):
+        p.error("--model or --config is required")
+    if args.config:
+        given = [
+            f"--{dest.replace('_', '-')}"
+            for dest in RUN_FLAGS
+            if getattr(args, dest) != p.get_default(dest)
+        ]
+        if given:
+            p.error(f"--config trains the recorded run as it was: leave out {' '.join(given)}")
+    return args
+
+
+# The flags that describe a run, all of which a --config record holds.
+RUN_FLAGS = (
+    "model", "frames", "stride", "size", "scheme", "modality", "width", "dropout",
+    "model_option", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
+    "warmup_epochs", "label_smoothing", "grad_accum", "clip_grad", "compile", "seed",
+    "checkpoint_every", "deterministic", "init_from", "val_clips", "val_crops", "flip",
+    "crop_scales", "workers", "max_decode_failures",
+)  # fmt: skip
 
 
 def seed_flag(text: str) -> int | None:
@@ -172,7 +200,9 @@ def clip_config(args: argparse.Namespace) -> ClipConfig:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The run the flags describe."""
+    """The run the flags describe, or the one ``--config`` recorded."""
+    if args.config:
+        return TrainConfig.from_record(json.loads(Path(args.config).read_text()))
     return TrainConfig(
         model=args.model,
         model_options=model_options(args),

@@ -9,6 +9,7 @@ worker's plan, and names the run so that calling ``fit()`` again with the same
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +20,8 @@ from raylab.data.storage import load_manifest
 from raylab.metrics import METRIC
 from raylab.train.epoch import DataOptions, DecodeFailures, loop_config
 from raylab.train.loop import train_loop
+
+CONFIG_FILE = "config.json"  # a run's TrainConfig record, beside its checkpoints
 
 __all__ = ["DataOptions", "build_trainer", "check_model", "decode_failure", "torch_trainer"]
 
@@ -170,7 +173,8 @@ def build_trainer(
     epoch. Files (history, TensorBoard, progress, and each step's video ids when
     ``log_steps``) go beside the checkpoints, in ``storage_path/name``, unless that is a
     URI; mid-epoch checkpoints (``config.checkpoint_every``) go to
-    ``storage_path/name/mid_epoch``, a URI too. ``seed_drawn``: the seed came from fresh
+    ``storage_path/name/mid_epoch``, a URI too; the run's config record goes to
+    ``storage_path/name/config.json`` (local folders). ``seed_drawn``: the seed came from fresh
     entropy (it is recorded as such). ``started_at``: when the run began (Unix time; a
     search's trial passes its own start), which its start-up timings count from.
     """
@@ -189,6 +193,9 @@ def build_trainer(
     check_model(config)
     # A URI (s3://) is no folder to write files in.
     run_dir = None if "://" in str(storage_path) else str(Path(storage_path) / name)
+    if run_dir:  # the run whole, as `jobs/train.py --config` trains it again
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / CONFIG_FILE).write_text(json.dumps(config.record(), indent=1) + "\n")
     run = loop_config(
         config,
         data,

@@ -468,33 +468,6 @@ def best_checkpoint_in(run_dir: str | Path, epoch: int | None = None) -> tuple[s
     return best[2], best[3]
 
 
-def reproduce_command(config: TrainConfig, shards: str, epochs: int) -> str:
-    """The ``jobs/train.py`` command line that trains a checkpoint's configuration alone."""
-    clip, options = config.clip, dict(config.model_options)
-    width = options.pop("width", 1.0)
-    parts = [
-        "python jobs/train.py",
-        f"--data {shards}",
-        f"--model {config.model}",
-        f"--frames {clip.frames} --stride {clip.stride} --size {clip.size}",
-        f"--scheme {clip.scheme} --modality {clip.modality}",
-        "--crop-scales " + " ".join(f"{s:g}" for s in clip.crop_scales),
-        *(["--flip"] if clip.flip else []),
-        f"--val-clips {clip.test_clips} --val-crops {clip.test_crops}",
-        f"--width {width}",
-        f"--epochs {epochs} --workers {config.workers} --batch-size {config.batch_size}",
-        f"--optimizer {config.optimizer} --lr {config.lr:.3g}",
-        f"--weight-decay {config.weight_decay:.3g}",
-        f"--seed {config.seed}",  # the same initialisation, clips and order as the trial
-    ]
-    parts += [
-        f"--model-option {k}={v}" if isinstance(v, str) else f"--model-option {k}='{json.dumps(v)}'"
-        for k, v in options.items()
-    ]
-    parts.append(f"--out runs/{config.model}-best")
-    return " ".join(parts)
-
-
 class NoTrialScored(RuntimeError):
     """The search ended before any trial was scored."""
 
@@ -565,8 +538,13 @@ def summarise(options: TuneOptions, results) -> dict:
     evaluation = report_metrics(pred, classes) | {"clip_acc": pred["clip_acc"]}
     plot_confusion(evaluation["confusion"], classes, out / "confusion.png")
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-    config = TrainConfig.from_record(state["config"])
-    command = reproduce_command(config, options.shards, options.max_epochs)
+    # The best trial's run whole, and the command that trains it again exactly.
+    record = TrainConfig.from_record(state["config"]).record()
+    (out / "config.json").write_text(json.dumps(record, indent=1) + "\n")
+    command = (
+        f"python jobs/train.py --data {options.shards} --config {out / 'config.json'} "
+        f"--out runs/{record['model']}-best"
+    )
     (out / "command.txt").write_text(command + "\n")
     knobs = {k: best[k] for k in options.space.to_dict() if k in best}
     return {
@@ -589,7 +567,7 @@ def summarise(options: TuneOptions, results) -> dict:
         "trial_epochs": sum(r.get("epochs") or 0 for r in rows),
         "num_classes": len(classes),
         "best_trial": best["trial_id"],
-        "model": config.model,
+        "model": record["model"],
         "experiment": options.experiment_dir,
         "best_checkpoint": location,
         "weights": f"{options.experiment_dir}/best/weights.pt",

@@ -423,6 +423,33 @@ def test_a_search_ends_after_exactly_its_budget_and_prunes_what_the_data_cannot_
     assert state["epoch"] + 1 == best["best_epoch"] == result["metrics"]["best_epoch"]
 
 
+def test_the_best_trial_trains_again_exactly_from_its_record(seeded_searches, run_job, tmp_path):
+    """The search's reproduce command (best/command.txt: ``jobs/train.py --config
+    best/config.json``) trains the best trial's run again, alone: every figure of every
+    epoch as the trial had it."""
+    experiment, result, _ = seeded_searches[2]
+    command = shlex.split((experiment / "best" / "command.txt").read_text())
+    assert command[:2] == ["python", "jobs/train.py"] and "--config" in command
+    out = command.index("--out")
+    command[out + 1] = str(tmp_path / "again")
+    again = run_job("train.py", *command[2:])
+    assert again["metrics"]["epoch"] == result["metrics"]["epochs"]
+    trial = history(experiment)[result["best_trial"]]
+
+    def figures(lines: list[dict]) -> list[dict]:
+        epochs = [r for r in lines if r["event"] == "epoch"]
+        shared = set.intersection(*(set(r) for r in epochs)) - TIMED
+        return [{k: r[k] for k in sorted(shared)} for r in epochs]
+
+    searched = figures(trial)
+    alone = figures([json.loads(x) for x in (tmp_path / "again" / "history.jsonl").open()])
+    common = set(searched[0]) & set(alone[0])
+    assert {"train_loss", "val_video_top1", "val_loss", "lr"} <= common
+    assert [{k: r[k] for k in common} for r in alone] == [
+        {k: r[k] for k in common} for r in searched
+    ]
+
+
 def test_each_trial_says_where_its_start_went(seeded_searches):
     """benchmarks/trial_start.py reads a search's trials: for each trained one, its first
     epoch against its later ones, the points of its start in the order reached, and the

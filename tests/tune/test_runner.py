@@ -3,8 +3,6 @@ retrains it, no placement group still held."""
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ from raylab.tune.runner import (
     TuneOptions,
     best_checkpoint_in,
     load_options,
-    reproduce_command,
     save_options,
     trial_table,
 )
@@ -68,9 +65,12 @@ def test_best_checkpoint_is_read_from_the_checkpoints(tmp_path):
         best_checkpoint_in(tmp_path, epoch=7)
 
 
-def test_reproduce_command_parses_as_a_train_job():
-    """The command trains the checkpoint's own clips: the job's clip settings from the
-    command's flags are the ones the checkpoint recorded."""
+def test_a_recorded_config_trains_the_same_run(tmp_path):
+    """``jobs/train.py --config RECORD.json`` (a run's config.json, the search's
+    best/config.json) trains the run the record holds, seed included; a flag that would
+    change it is refused."""
+    import json
+
     from raylab.config import ClipConfig, TrainConfig
 
     clips = ClipConfig(
@@ -86,6 +86,7 @@ def test_reproduce_command_parses_as_a_train_job():
     config = TrainConfig(
         model="stm",
         model_options={"width": 0.125, "stm_stages": [4, 5], "stm_blocks": "first"},
+        classes=("a", "b"),
         clip=clips,
         workers=2,
         batch_size=8,
@@ -94,14 +95,14 @@ def test_reproduce_command_parses_as_a_train_job():
         weight_decay=3e-4,
         seed=3,
     )
-    words = shlex.split(reproduce_command(config, "/data/shards", 10))
-    assert words[:2] == ["python", "jobs/train.py"]
-    args = train_args(words[2:])
-    assert (args.model, args.width) == ("stm", 0.125)
-    rebuilt = train_job.train_config(args)
-    assert rebuilt.clip == clips
-    assert (args.epochs, args.batch_size, args.lr) == (10, 8, 0.00123)
-    assert rebuilt == replace(config, epochs=10)
+    record = tmp_path / "config.json"
+    record.write_text(json.dumps(config.record()))
+    args = train_args(["--data", "/data/shards", "--config", str(record), "--out", "/o"])
+    assert train_job.train_config(args) == config
+    with pytest.raises(SystemExit):
+        train_args(["--data", "/d", "--config", str(record), "--out", "/o", "--lr", "0.1"])
+    with pytest.raises(SystemExit):
+        train_args(["--data", "/d", "--out", "/o"])  # neither --model nor --config
 
 
 def test_search_methods_are_checked_and_travel_with_the_options(tmp_path):

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from raylab.data.storage import load_manifest, resolve_location
 from raylab.jobs import one_line_errors
+from raylab.tune.options import EARLY_STOPPING, SEARCHERS
 from raylab.tune.presets import CPU_DEFAULT, demo_shards
-from raylab.tune.runner import EARLY_STOPPING, SEARCHERS
 from raylab.tune.space import SearchSpace
 
 
@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_options(args: argparse.Namespace, shards: str, use_gpu: bool, embedded: bool):
     """TuneOptions from the flags; the embedded CPU default fills what the flags leave open."""
     from raylab.data.decode import TSN_SCALES
-    from raylab.tune.runner import TuneOptions
+    from raylab.tune.options import TuneOptions
 
     preset = CPU_DEFAULT if embedded else {}
 
@@ -182,15 +182,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from raylab.report import write_report
     from raylab.tune.console import route_ray_logs
-    from raylab.tune.results import local_dir, options_dir, upload_outputs
+    from raylab.tune.options import load_options, options_dir, save_options
+    from raylab.tune.results import local_dir, upload_outputs
     from raylab.tune.runner import (
         NoTrialScored,
         build_tuner,
         close_study,
         epochs_spent,
-        load_options,
         resolve_memory,
-        save_options,
         summarise,
     )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from raylab.tune.runner import TuneOptions
+    from raylab.tune.options import TuneOptions
 
 # Device memory (GiB) by the accelerator type Ray advertises, for the batch-size estimate.
 ACCELERATOR_GIB = {"H100": 80, "H200": 141, "A100": 40, "A10G": 24, "L4": 24, "T4": 16, "V100": 16}

@@ -1,27 +1,19 @@
 """Where an experiment's results are kept on this machine, and sending them to a URI.
 
 With a local ``storage_path`` an experiment is one folder and nothing is copied. With a URI
-(s3://...) its Optuna study and options stay on this machine (:func:`options_dir`); the
+(s3://...) its Optuna study and options stay on this machine
+(:func:`raylab.tune.options.options_dir`); the
 summary and report are written there, beside a copy of Tune's trial folders
 (:func:`local_experiment`), and then uploaded (:func:`upload_outputs`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from raylab.tune.runner import TuneOptions
-
-
-def options_dir(storage_path: str, name: str) -> Path:
-    """The local folder of an experiment's study and options: the experiment folder, or
-    ``$RAYLAB_HOME/studies/NAME`` (``~/raylab``) when results go to a URI."""
-    if "://" not in storage_path:
-        return Path(storage_path) / name
-    return Path(os.environ.get("RAYLAB_HOME") or Path.home() / "raylab") / "studies" / name
+    from raylab.tune.options import TuneOptions
 
 
 def local_dir(options: TuneOptions) -> Path:

@@ -190,7 +190,7 @@ def placement(kinds: dict[str, str]) -> dict[str, list[str]]:
 
 
 def tune_options(root: Path, name: str, **kw):
-    from raylab.tune.runner import TuneOptions
+    from raylab.tune.options import TuneOptions
     from raylab.tune.space import SearchSpace
 
     space = SearchSpace(

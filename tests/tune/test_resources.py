@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from raylab.tune.options import TuneOptions
 from raylab.tune.resources import memory_budget, trial_concurrency
-from raylab.tune.runner import TuneOptions
 
 
 def options(**kw) -> TuneOptions:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from raylab.tune.options import TuneOptions
 from raylab.tune.results import local_experiment, upload_outputs
-from raylab.tune.runner import TuneOptions
 
 
 def test_results_on_s3_are_summarised_locally_and_sent_back(s3_store, tmp_path, monkeypatch):

@@ -9,13 +9,8 @@ import pytest
 import torch
 
 from jobs import train as train_job
-from raylab.tune.runner import (
-    TuneOptions,
-    best_checkpoint_in,
-    load_options,
-    save_options,
-    trial_table,
-)
+from raylab.tune.options import TuneOptions, load_options, save_options
+from raylab.tune.runner import best_checkpoint_in, trial_table
 from raylab.tune.space import SearchSpace
 
 

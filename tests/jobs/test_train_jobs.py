@@ -158,3 +158,33 @@ def test_a_run_whose_videos_cannot_be_decoded_stops_with_one_line(
     assert not done.stdout.strip()  # no JSON result line
     history = (run / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["event"] for line in history] == ["started"]  # no epoch reported
+
+
+def test_published_weights_start_a_run_converted_on_the_driver(tmp_path):
+    """``--pretrained c3d-sports1m=FILE``: a file in DavideA/c3d-pytorch's key names (written
+    here from a 1/8-width C3D, 487 Sports-1M classes) converted into the run's 8-class C3D
+    before any worker starts: every convolution and fc6/fc7 as the file has them, the
+    classifier (another class count) left at its initialisation; the run starts from it."""
+    import torch
+
+    from raylab.config import ClipConfig, TrainConfig
+
+    source = build_model("c3d", 487, width=0.125)
+    published = {}
+    for key, value in source.state_dict().items():
+        name = key.removeprefix("features.").removeprefix("classifier.")
+        published[name.replace(".conv.", ".").replace(".fc.", ".")] = value
+    assert "conv1.weight" in published and "fc8.weight" in published
+    path = tmp_path / "c3d.pickle"
+    torch.save(published, path)
+    config = TrainConfig(model="c3d", model_options={"width": 0.125}, clip=ClipConfig())
+    started = train_job.pretrained_init(config, f"c3d-sports1m={path}", 8, tmp_path / "run")
+    assert started.init_from == str(tmp_path / "run" / "pretrained.pt")
+    state = torch.load(started.init_from, weights_only=True)
+    assert torch.equal(state["features.conv1.conv.weight"], published["conv1.weight"])
+    assert torch.equal(state["classifier.fc6.fc.weight"], published["fc6.weight"])
+    assert state["classifier.fc8.weight"].shape[0] == 8  # its own head, not the 487-way one
+    with pytest.raises(ValueError, match="needs a I3D model"):
+        train_job.pretrained_init(config, f"i3d-piergiaj={path}", 8, tmp_path / "x")
+    with pytest.raises(ValueError, match="FORMAT one of c3d-sports1m, i3d-piergiaj"):
+        train_job.pretrained_init(config, f"vgg={path}", 8, tmp_path / "x")

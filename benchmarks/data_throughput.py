@@ -5,7 +5,8 @@
 Measured side by side in one run, on the same videos and the same number of processes:
   (a) raw bound: decord decoding exactly the sampled frames from the shard bytes, in a
       tight loop in ``workers`` processes (no crops, no Ray, no transfer);
-  (b) the Ray Data pipeline: row-group decode tasks -> iter_torch_batches;
+  (b) the Ray Data pipeline as training reads it: decode tasks -> batches in the epoch
+      plan's order (``planned_batches``);
   (c) per-file baseline: a torch DataLoader whose ``workers`` open each source video,
       decode the clip's frames at source resolution and resize + crop them per sample,
       as MMAction2- and PyTorchVideo-style loaders do.
@@ -169,7 +170,8 @@ def ray_pipeline(
     """
     import ray
 
-    from raylab.data.pipeline import ClipTensors, clip_dataset
+    from raylab.data.pipeline import clip_dataset, planned_batches
+    from raylab.data.storage import load_manifest
 
     ds = clip_dataset(
         shards,
@@ -178,16 +180,19 @@ def ray_pipeline(
         train=True,
         videos_per_batch=16,
     )
-    for _ in ds.iter_torch_batches(batch_size=16, collate_fn=ClipTensors()):
+    videos = load_manifest(shards)["splits"]["train"]
+
+    def one_pass():  # as a training worker reads it: batches of 16 in the plan's order
+        yield from planned_batches(ds, 16, 0, videos, prefetch_blocks=4)
+
+    for _ in one_pass():
         pass
     baseline = idle_rate()
     before = _cpu_seconds()
     n = 0
     with CpuPerClip(baseline) as cost:
         for _ in range(passes):
-            for batch in ds.iter_torch_batches(
-                batch_size=16, collate_fn=ClipTensors(), prefetch_batches=4
-            ):
+            for batch in one_pass():
                 n += len(batch["label"])
     cores = cpu_split(before, _cpu_seconds(), cost.elapsed)
     ray.shutdown()

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from raylab.config import ClipConfig
-from raylab.data.decode import ClipSpec, choose_rendition, open_video, scaled_size
+from raylab.data.clips import choose_rendition
+from raylab.data.decode import open_video, scaled_size
 from raylab.data.ingest import EncodeParams, ingest
 from raylab.data.sampling import dense_clip_indices
 from raylab.data.storage import rendition_column
@@ -88,7 +89,7 @@ class CpuPerClip:
         return self.cpu / max(1, clips)
 
 
-def raw_bound(shards: Path, spec: ClipSpec, workers: int, passes: int) -> tuple[float, float]:
+def raw_bound(shards: Path, spec: ClipConfig, workers: int, passes: int) -> tuple[float, float]:
     """Clips/s of decord alone on the shard bytes, ``workers`` processes, and CPU-seconds
     per clip."""
     import pyarrow.parquet as pq
@@ -158,7 +159,7 @@ def cpu_split(before: dict, after: dict, seconds: float) -> dict[str, float]:
 
 
 def ray_pipeline(
-    shards: Path, spec: ClipSpec, passes: int
+    shards: Path, spec: ClipConfig, passes: int
 ) -> tuple[float, dict[str, float], float]:
     """Clips/s through clip_dataset, decode tasks as the CPUs allow, after a warm-up pass,
     the cores each kind of process used meanwhile, and CPU-seconds per clip (Ray's idle
@@ -202,7 +203,7 @@ def ray_pipeline(
 class PerFileDataset:
     """What per-file loaders do: open the source, decode full frames, resize, crop."""
 
-    def __init__(self, paths: list[str], spec: ClipSpec) -> None:
+    def __init__(self, paths: list[str], spec: ClipConfig) -> None:
         self.paths, self.spec = paths, spec
 
     def __len__(self) -> int:
@@ -225,7 +226,7 @@ class PerFileDataset:
         return torch.from_numpy(multiscale_crop(frames, self.spec.size, rng))
 
 
-def per_file(paths: list[str], spec: ClipSpec, workers: int, passes: int) -> float:
+def per_file(paths: list[str], spec: ClipConfig, workers: int, passes: int) -> float:
     """Clips/s of a torch DataLoader over the source files, ``workers`` worker processes."""
     import torch
 
@@ -325,7 +326,7 @@ def main() -> None:
         "video_id"
     ]
     paths = [str(next(src.glob(f"{v}.*"))) for v in ids.to_pylist()]  # repeats included
-    spec = ClipSpec(frames=args.frames, stride=1, size=args.size, train=True)
+    spec = ClipConfig(frames=args.frames, stride=1, size=args.size)
 
     a, a_cpu = raw_bound(shards, spec, args.workers, args.passes)
     # One logical CPU more than cores: Ray Data's read tasks ask for a whole CPU,

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from raylab.data import synthetic
-from raylab.data.decode import center_crop, default_short_side, multiscale_crop
+from raylab.data.clips import default_short_side
+from raylab.data.decode import center_crop, multiscale_crop
 from raylab.models import build_model
 
 VIDEOS_PER_CLASS = 48
@@ -93,7 +94,8 @@ def decoded_set(
 
     import pyarrow.parquet as pq
 
-    from raylab.data.decode import choose_rendition, decode_frames, open_video, scaled_size
+    from raylab.data.clips import choose_rendition
+    from raylab.data.decode import decode_frames, open_video, scaled_size
     from raylab.data.storage import load_manifest, rendition_column
 
     column = rendition_column(choose_rendition(load_manifest(shards)["renditions"], short_side))

@@ -65,11 +65,11 @@ def dataset_before(shards: Path, frames: int, size: int):
     """The pipeline as it was: read_parquet, 16-row blocks, an all-to-all block shuffle."""
     import ray
 
-    from raylab.data.decode import ClipSpec, choose_rendition
+    from raylab.data.clips import ClipConfig, choose_rendition
     from raylab.data.pipeline import ClipDecoder
     from raylab.data.storage import load_manifest, rendition_column
 
-    spec = ClipSpec(frames=frames, stride=1, size=size, train=True)
+    spec = ClipConfig(frames=frames, stride=1, size=size)
     rendition = choose_rendition(load_manifest(shards)["renditions"], spec.working_short_side)
     column = rendition_column(rendition)
     ctx = ray.data.DataContext.get_current()
@@ -83,7 +83,7 @@ def dataset_before(shards: Path, frames: int, size: int):
         ctx.use_datasource_v2 = v2
     ds = ds.repartition(target_num_rows_per_block=ROWS_PER_GROUP).randomize_block_order()
     return ds.map_batches(
-        ClipDecoder(spec, column, None),
+        ClipDecoder(spec, True, column, None),
         batch_size=ROWS_PER_GROUP,
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=None),

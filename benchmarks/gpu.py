@@ -168,16 +168,17 @@ def _decode_worker(item: tuple) -> int:
     """Decode every test clip of the given renditions in this process; returns clips cut."""
     import numpy as np
 
-    from raylab.data.decode import ClipSpec, open_video, sample_views, scaled_size
+    from raylab.data.clips import ClipConfig
+    from raylab.data.decode import open_video, sample_views, scaled_size
 
     renditions, short_side, size, repeat = item
-    spec = ClipSpec(frames=16, stride=1, size=size, train=False, short_side=short_side)
+    spec = ClipConfig(frames=16, stride=1, size=size, short_side=short_side)
     clips = 0
     torch.set_num_threads(1)
     for _ in range(repeat):
         for data, height, width in renditions:
             h, w = scaled_size(height, width, short_side)
-            views = sample_views(open_video(data, h, w), spec, np.random.default_rng(0))
+            views = sample_views(open_video(data, h, w), spec, np.random.default_rng(0), False)
             clips += len(views)
     return clips
 

@@ -30,20 +30,26 @@ def test_record_round_trips_through_json_and_refuses_what_it_lacks():
         ClipConfig.from_record(record)
 
 
-def test_the_decoder_sees_every_setting():
-    clip = ClipConfig(frames=8, stride=2, size=56, flip=True, crop_scales=(1.0,), test_clips=2)
-    train, test = clip.spec(train=True), clip.spec(train=False)
-    assert (train.frames, train.stride, train.size, train.flip, train.scales) == (
-        8,
-        2,
-        56,
-        True,
-        (1.0,),
-    )
-    assert train.views == 1 and test.views == 2 == clip.test_views
-    assert clip.with_test_views(3, 3).spec(train=False).views == 9
-    with pytest.raises(ValueError, match="crops must be 1"):
-        ClipConfig(test_crops=2)
+def test_one_clip_type_checks_itself_and_counts_its_views():
+    """The decoder reads the ClipConfig itself: its checks are the clip's own, raised where
+    the clip is described, and a pass's views follow from it and whether it trains."""
+    clip = ClipConfig(frames=8, stride=2, size=56, test_clips=2)
+    assert clip.views(train=True) == 1 and clip.views(train=False) == 2 == clip.test_views
+    assert clip.with_test_views(3, 3).views(train=False) == 9
+    assert ClipConfig(size=112).working_short_side == 128
+    assert ClipConfig(size=224).working_short_side == 256
+    assert ClipConfig(modality="flow").channels == 2 and clip.channels == 3
+    for bad, message in [
+        ({"test_crops": 2}, "crops must be 1"),
+        ({"short_side": 100}, "smaller than the crop"),
+        ({"crop_scales": ()}, "crop scales must lie in"),
+        ({"crop_scales": (0.0,)}, "crop scales must lie in"),
+        ({"crop_scales": (1.0, 1.2)}, "crop scales must lie in"),
+        ({"modality": "depth"}, "modality must be"),
+        ({"scheme": "sparse"}, "scheme must be"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ClipConfig(size=112, **bad)
 
 
 def test_a_training_config_round_trips_whole_and_refuses_what_it_lacks():

@@ -1,15 +1,41 @@
 """What a run's clips are (:class:`ClipConfig`): the data layer's own description of them,
 which :class:`raylab.config.TrainConfig` holds and the decode tasks read.
 
-The values derived from it (the frames a clip spans, the short side frames are decoded at,
-the stored rendition they come from) are computed here and nowhere else.
+One type from the flags to the decoder: the decode tasks read it with whether they decode a
+training pass (one random view a video) or a test pass (``test_clips`` x ``test_crops``
+fixed views). Its checks, and the values derived from it (the frames a clip spans, the
+short side frames are decoded at, the stored rendition they come from), are here and
+nowhere else.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from raylab.data.decode import TSN_SCALES, ClipSpec, choose_rendition, default_short_side
+# Scales of TSN's multi-scale crop (relative to the short side).
+TSN_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
+
+
+def default_short_side(size: int) -> int:
+    """The short side crops of ``size`` are cut from when none is given: ``size * 8 / 7``
+    (128 for 112, 256 for 224), the ratio C3D and I3D use."""
+    return round(size * 8 / 7)
+
+
+def choose_rendition(renditions: list[int] | tuple[int, ...], short_side: int) -> int:
+    """The smallest stored rendition whose short side is at least ``short_side``.
+
+    Raises ValueError naming the stored renditions when none is large enough: upscaling
+    a small rendition would train on blurred frames without anyone noticing.
+    """
+    fitting = sorted(r for r in renditions if r >= short_side)
+    if not fitting:
+        raise ValueError(
+            f"frames at short side {short_side} need a rendition of at least that size; the "
+            f"shards store {sorted(renditions)}: re-ingest with --short-side {short_side} or "
+            "use a smaller --size"
+        )
+    return fitting[0]
 
 
 @dataclass(frozen=True)
@@ -29,7 +55,18 @@ class ClipConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_scales", tuple(self.crop_scales))
-        self.spec(train=False)  # the decoder's own checks, raised where the clip is described
+        if self.modality not in ("rgb", "flow"):
+            raise ValueError(f"modality must be 'rgb' or 'flow', got {self.modality!r}")
+        if self.test_crops not in (1, 3):
+            raise ValueError(f"crops must be 1 (centre) or 3 (three-crop), got {self.test_crops}")
+        if self.scheme not in ("dense", "segments"):
+            raise ValueError(f"scheme must be 'dense' or 'segments', got {self.scheme!r}")
+        if self.size < 8 or self.frames < 1 or self.stride < 1 or self.test_clips < 1:
+            raise ValueError(f"invalid clip {self}")
+        if not self.crop_scales or not all(0 < s <= 1 for s in self.crop_scales):
+            raise ValueError(f"crop scales must lie in (0, 1], got {self.crop_scales}")
+        if self.short_side is not None and self.short_side < self.size:
+            raise ValueError(f"short_side {self.short_side} is smaller than the crop {self.size}")
 
     @property
     def span(self) -> int:
@@ -53,22 +90,14 @@ class ClipConfig:
         """The stored rendition the clips are decoded from (a clear error when none fits)."""
         return choose_rendition(renditions, self.working_short_side)
 
-    def spec(self, train: bool) -> ClipSpec:
-        """The decoder's view of these clips: one random view per video when training, the
-        ``test_clips`` x ``test_crops`` fixed views otherwise."""
-        return ClipSpec(
-            frames=self.frames,
-            stride=self.stride,
-            size=self.size,
-            scheme=self.scheme,
-            train=train,
-            clips=self.test_clips,
-            crops=self.test_crops,
-            flip=self.flip,
-            short_side=self.short_side,
-            scales=self.crop_scales,
-            modality=self.modality,
-        )
+    @property
+    def channels(self) -> int:
+        """3 for RGB, 2 for flow (x, y)."""
+        return 2 if self.modality == "flow" else 3
+
+    def views(self, train: bool) -> int:
+        """Views per video a pass decodes: 1 in training, ``test_views`` otherwise."""
+        return 1 if train else self.test_views
 
     def with_test_views(self, clips: int, crops: int) -> ClipConfig:
         """The same clips tested on ``clips`` x ``crops`` views a video."""

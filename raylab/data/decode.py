@@ -22,84 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raylab.data.clips import TSN_SCALES, ClipConfig
 from raylab.data.sampling import clip_indices
-
-# Scales of TSN's multi-scale crop (relative to the short side).
-TSN_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """What one sample of a video is: its frames, their size and how views are cut.
-
-    ``short_side`` is the side the frames are scaled to before cropping; by default
-    ``size * 8 / 7`` (128 for 112, 256 for 224), the ratio C3D and I3D use.
-    ``clips`` x ``crops`` views per video at test; one view in training.
-    """
-
-    frames: int
-    stride: int
-    size: int
-    scheme: str = "dense"  # "dense" clips or TSN "segments"
-    train: bool = True
-    clips: int = 1
-    crops: int = 1  # 1 = centre crop, 3 = three crops along the long side
-    flip: bool = False  # off for direction-sensitive data (the demo set, Something-Something)
-    short_side: int | None = None
-    scales: tuple[float, ...] = TSN_SCALES
-    corner_crops: bool = True  # positions from the 5 fixed corners/centre, as TSN does
-    modality: str = "rgb"  # "rgb" (T, H, W, 3) or "flow" (T, H, W, 2: x and y)
-
-    def __post_init__(self) -> None:
-        if self.modality not in ("rgb", "flow"):
-            raise ValueError(f"modality must be 'rgb' or 'flow', got {self.modality!r}")
-        if self.crops not in (1, 3):
-            raise ValueError(f"crops must be 1 (centre) or 3 (three-crop), got {self.crops}")
-        if self.scheme not in ("dense", "segments"):
-            raise ValueError(f"scheme must be 'dense' or 'segments', got {self.scheme!r}")
-        if self.size < 8 or self.frames < 1 or self.stride < 1 or self.clips < 1:
-            raise ValueError(f"invalid clip spec {self}")
-        if not self.scales or not all(0 < s <= 1 for s in self.scales):
-            raise ValueError(f"crop scales must lie in (0, 1], got {self.scales}")
-        if self.short_side is not None and self.short_side < self.size:
-            raise ValueError(f"short_side {self.short_side} is smaller than the crop {self.size}")
-
-    @property
-    def working_short_side(self) -> int:
-        """The short side frames are decoded at before cropping."""
-        return self.short_side or default_short_side(self.size)
-
-    @property
-    def channels(self) -> int:
-        """3 for RGB, 2 for flow (x, y)."""
-        return 2 if self.modality == "flow" else 3
-
-    @property
-    def views(self) -> int:
-        """Views per video: 1 in training, clips x crops at test."""
-        return 1 if self.train else self.clips * self.crops
-
-
-def default_short_side(size: int) -> int:
-    """The short side crops of ``size`` are cut from when none is given: ``size * 8 / 7``
-    (128 for 112, 256 for 224), the ratio C3D and I3D use."""
-    return round(size * 8 / 7)
-
-
-def choose_rendition(renditions: list[int] | tuple[int, ...], short_side: int) -> int:
-    """The smallest stored rendition whose short side is at least ``short_side``.
-
-    Raises ValueError naming the stored renditions when none is large enough: upscaling
-    a small rendition would train on blurred frames without anyone noticing.
-    """
-    fitting = sorted(r for r in renditions if r >= short_side)
-    if not fitting:
-        raise ValueError(
-            f"frames at short side {short_side} need a rendition of at least that size; the "
-            f"shards store {sorted(renditions)}: re-ingest with --short-side {short_side} or "
-            "use a smaller --size"
-        )
-    return fitting[0]
 
 
 def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -264,31 +188,36 @@ def multiscale_crop(
     return resize(clip[:, top : top + ch, left : left + cw], size)
 
 
-def sample_views(reader, spec: ClipSpec, rng: np.random.Generator) -> list[np.ndarray]:
-    """All views of one video as uint8 (T, size, size, C) arrays, in view order.
+def sample_views(
+    reader, clip: ClipConfig, rng: np.random.Generator, train: bool, corner_crops: bool = True
+) -> list[np.ndarray]:
+    """All views of one video as uint8 (T, size, size, C) arrays, in view order: one random
+    view when ``train`` (a multi-scale crop, at TSN's fixed corner and centre positions
+    unless ``corner_crops`` is off), else ``clip.test_clips`` x ``clip.test_crops`` fixed
+    ones.
 
     ``reader`` yields frames at the working short side (see :func:`open_video`). View ``v``
-    at test is clip ``v // crops``, crop ``v % crops``.
+    at test is clip ``v // test_crops``, crop ``v % test_crops``.
     """
     idx = clip_indices(
         len(reader),
-        spec.frames,
-        spec.stride,
-        scheme=spec.scheme,
-        train=spec.train,
-        num_clips=1 if spec.train else spec.clips,
+        clip.frames,
+        clip.stride,
+        scheme=clip.scheme,
+        train=train,
+        num_clips=1 if train else clip.test_clips,
         rng=rng,
     )
     clips = decode_frames(reader, idx)  # (clips, T, H, W, 3)
-    if spec.train:
-        view = multiscale_crop(clips[0], spec.size, rng, spec.scales, spec.corner_crops)
-        if spec.flip and rng.random() < 0.5:
+    if train:
+        view = multiscale_crop(clips[0], clip.size, rng, clip.crop_scales, corner_crops)
+        if clip.flip and rng.random() < 0.5:
             view = view[:, :, ::-1]
-            if spec.modality == "flow":  # mirrored motion: x flips sign (255 - q ~ -x)
+            if clip.modality == "flow":  # mirrored motion: x flips sign (255 - q ~ -x)
                 view = np.concatenate([255 - view[..., :1], view[..., 1:]], axis=-1)
         return [np.ascontiguousarray(view)]
     views = []
     for c in clips:
-        crops = [center_crop(c, spec.size)] if spec.crops == 1 else three_crop(c, spec.size)
+        crops = [center_crop(c, clip.size)] if clip.test_crops == 1 else three_crop(c, clip.size)
         views.extend(np.ascontiguousarray(v) for v in crops)
     return views

@@ -17,25 +17,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from raylab.data.decode import (
-    ClipSpec,
-    open_flow,
-    open_video,
-    sample_views,
-    scaled_size,
-)
+from raylab.data.clips import ClipConfig
+from raylab.data.decode import open_flow, open_video, sample_views, scaled_size
 from raylab.data.plan import Slot, batches_of, decode_units, eval_plan, train_plan
 from raylab.data.sampling import sample_rng
 from raylab.data.storage import flow_column, load_manifest, rendition_column, storage
-
-if TYPE_CHECKING:
-    from raylab.data.clips import ClipConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +89,14 @@ class ClipDecoder:
     an all-zero ``error``.
     """
 
-    def __init__(self, spec: ClipSpec, column: str, seed: int, epoch: int = 0) -> None:
-        self.spec, self.column, self.seed, self.epoch = spec, column, seed, epoch
+    def __init__(
+        self, clip: ClipConfig, train: bool, column: str, seed: int, epoch: int = 0
+    ) -> None:
+        self.clip, self.train, self.column = clip, train, column
+        self.seed, self.epoch = seed, epoch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        spec = self.spec
+        clip = self.clip
         clips, labels, ids, views, errors, positions = [], [], [], [], [], []
         # A video's place in its epoch's plan (see raylab.data.plan), on each of its rows.
         position = batch.get("position", np.full(len(batch["video_id"]), -1, np.int64))
@@ -110,29 +104,29 @@ class ClipDecoder:
         for i, video_id in enumerate(batch["video_id"]):
             video_id = str(video_id)
             h, w = scaled_size(
-                int(batch["height"][i]), int(batch["width"][i]), spec.working_short_side
+                int(batch["height"][i]), int(batch["width"][i]), clip.working_short_side
             )
             try:
-                if spec.modality == "flow":  # x | y side by side: twice as wide
+                if clip.modality == "flow":  # x | y side by side: twice as wide
                     reader = open_flow(batch[self.column][i], height=h, width=w)
                 else:
                     reader = open_video(batch[self.column][i], height=h, width=w)
                 rng = sample_rng(self.seed, self.epoch, video_id)
-                out = sample_views(reader, spec, rng)
+                out = sample_views(reader, clip, rng, self.train)
             except Exception as err:  # damaged bytes: lose this sample, not the epoch
                 log.warning("skipping video %s: cannot decode its clip (%s)", video_id, err)
-                blank = np.zeros((spec.frames, spec.size, spec.size, spec.channels), np.uint8)
+                blank = np.zeros((clip.frames, clip.size, clip.size, clip.channels), np.uint8)
                 out, label, error = [blank], FAILED, error_row(describe_error(video_id, err))
             else:
                 label, error = int(batch["label"][i]), no_error
-            for v, clip in enumerate(out):
-                clips.append(clip)
+            for v, view in enumerate(out):
+                clips.append(view)
                 labels.append(label)
                 ids.append(video_id)
                 views.append(v if label != FAILED else FAILED)
                 errors.append(error)
                 positions.append(position[i])
-        shape = (0, spec.frames, spec.size, spec.size, spec.channels)
+        shape = (0, clip.frames, clip.size, clip.size, clip.channels)
         return {
             "clip": np.stack(clips) if clips else np.zeros(shape, np.uint8),
             "label": np.asarray(labels, dtype=np.int64),
@@ -274,7 +268,6 @@ def clip_dataset(
     import ray
 
     manifest = load_manifest(shards)
-    spec = clip.spec(train=train)
     rendition = clip.rendition(manifest["renditions"])
     column = rendition_column(rendition)
     if clip.modality == "flow":
@@ -294,7 +287,7 @@ def clip_dataset(
     # workers on two cores, 25% fewer clips/s; benchmarks/determinism_cost.py).
     columns = ["video_id", "label", "height", "width", column]
     return ds.map_batches(
-        UnitDecoder(ClipDecoder(spec, column, seed, epoch), columns),
+        UnitDecoder(ClipDecoder(clip, train, column, seed, epoch), columns),
         batch_size=max(1, videos_per_batch // 8),  # units (of up to 8 videos) per task
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=decoders),

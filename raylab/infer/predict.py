@@ -22,7 +22,6 @@ import numpy as np
 
 from raylab.config import ClipConfig
 from raylab.data.annotations import VIDEO_EXTENSIONS
-from raylab.data.decode import ClipSpec
 from raylab.data.ingest import EncodeParams, Rejected, encode_video
 from raylab.data.pipeline import (
     ERROR_BYTES,
@@ -75,7 +74,7 @@ class SourceClips:
     from shards. A file that is no video, or one FFmpeg cannot decode, yields one
     placeholder row (``label`` -1) whose ``error`` says why."""
 
-    spec: ClipSpec
+    clip: ClipConfig  # decoded as a test pass: clip.test_clips x clip.test_crops views
     params: EncodeParams
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -98,7 +97,7 @@ class SourceClips:
             rows["height"].append(encoded["height"])
             rows["width"].append(encoded["width"])
             rows[column].append(encoded[column])
-        out = ClipDecoder(self.spec, column, seed=0)(
+        out = ClipDecoder(self.clip, False, column, seed=0)(
             {
                 k: np.asarray(v, dtype=object if k in ("video_id", column) else None)
                 for k, v in rows.items()
@@ -107,7 +106,7 @@ class SourceClips:
         if not failed:
             return out
         blank = np.zeros(
-            (len(failed), self.spec.frames, self.spec.size, self.spec.size, 3), np.uint8
+            (len(failed), self.clip.frames, self.clip.size, self.clip.size, 3), np.uint8
         )
         return {
             "clip": np.concatenate([out["clip"], blank]),
@@ -148,7 +147,7 @@ def source_clip_dataset(
     params = EncodeParams(short_sides=(side,))
     ds = ray.data.from_items([{"path": v} for v in videos])
     return ds.map_batches(
-        SourceClips(clip.spec(train=False), params),
+        SourceClips(clip, params),
         batch_size=videos_per_batch,
         batch_format="numpy",
         num_cpus=decoder_cpus,

@@ -4,9 +4,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from videos import counter_frames, frame_index, write_video
 
+from raylab.data.clips import ClipConfig, choose_rendition
 from raylab.data.decode import (
-    ClipSpec,
-    choose_rendition,
     decodable_width,
     decode_frames,
     decord_keeps_width,
@@ -91,8 +90,8 @@ def test_whole_height_crops_keep_every_row():
 
 def test_train_views_jitter_and_eval_views_are_fixed(counter_mp4):
     reader = open_video(counter_mp4, height=64, width=86)
-    train = ClipSpec(frames=8, stride=2, size=56, train=True)
-    views = [sample_views(reader, train, np.random.default_rng(s))[0] for s in range(6)]
+    clip = ClipConfig(frames=8, stride=2, size=56)
+    views = [sample_views(reader, clip, np.random.default_rng(s), True)[0] for s in range(6)]
     assert all(v.shape == (8, 56, 56, 3) and v.dtype == np.uint8 for v in views)
     starts = {frame_index(v[0]) for v in views}
     assert len(starts) > 1  # random offsets
@@ -100,10 +99,10 @@ def test_train_views_jitter_and_eval_views_are_fixed(counter_mp4):
         ids = [frame_index(f) for f in v]
         assert np.all(np.diff(ids) == 2)
 
-    test = ClipSpec(frames=8, stride=2, size=56, train=False, clips=2, crops=3)
-    assert test.views == 6
-    a = sample_views(reader, test, np.random.default_rng(1))
-    b = sample_views(reader, test, np.random.default_rng(2))
+    test = ClipConfig(frames=8, stride=2, size=56, test_clips=2, test_crops=3)
+    assert test.views(train=False) == 6
+    a = sample_views(reader, test, np.random.default_rng(1), False)
+    b = sample_views(reader, test, np.random.default_rng(2), False)
     assert len(a) == 6
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
@@ -114,30 +113,16 @@ def test_train_views_jitter_and_eval_views_are_fixed(counter_mp4):
 def test_flip_mirrors_when_enabled(real_videos):
     data = encode_video(real_videos["bikes"], EncodeParams(short_sides=(64,)))["video_64"]
     reader = open_video(data)
-    spec = ClipSpec(
-        frames=4, stride=1, size=48, train=True, flip=True, scales=(1.0,), corner_crops=False
-    )
-    no_flip = ClipSpec(frames=4, stride=1, size=48, train=True, scales=(1.0,), corner_crops=False)
+    spec = ClipConfig(frames=4, stride=1, size=48, flip=True, crop_scales=(1.0,))
+    no_flip = ClipConfig(frames=4, stride=1, size=48, crop_scales=(1.0,))
     flipped = 0
     for seed in range(8):
-        a = sample_views(reader, spec, np.random.default_rng(seed))[0]
-        b = sample_views(reader, no_flip, np.random.default_rng(seed))[0]
+        a = sample_views(reader, spec, np.random.default_rng(seed), True, corner_crops=False)[0]
+        b = sample_views(reader, no_flip, np.random.default_rng(seed), True, corner_crops=False)[0]
         if not np.array_equal(a, b):
             np.testing.assert_array_equal(a, b[:, :, ::-1])
             flipped += 1
     assert 0 < flipped < 8
-
-
-def test_spec_validation():
-    with pytest.raises(ValueError, match="crops must be 1"):
-        ClipSpec(frames=16, stride=1, size=112, crops=2)
-    with pytest.raises(ValueError, match="smaller than the crop"):
-        ClipSpec(frames=16, stride=1, size=112, short_side=100)
-    for scales in [(), (0.0,), (1.0, 1.2)]:
-        with pytest.raises(ValueError, match="crop scales must lie in"):
-            ClipSpec(frames=16, stride=1, size=112, scales=scales)
-    assert ClipSpec(frames=16, stride=1, size=112).working_short_side == 128
-    assert ClipSpec(frames=16, stride=1, size=224).working_short_side == 256
 
 
 # Stored geometries: every video the pipeline decodes was written by ingest's encoder at
@@ -164,7 +149,9 @@ def stored(tmp_path_factory):
     return get
 
 
-def _decode_rows(row: dict, spec: ClipSpec, column: str, seed: int = 0) -> dict:
+def _decode_rows(
+    row: dict, spec: ClipConfig, column: str, seed: int = 0, train: bool = True
+) -> dict:
     """The pipeline's per-row decode (ClipDecoder, no Ray) of one stored video."""
     batch = {
         "video_id": np.array(["v"], dtype=object),
@@ -173,12 +160,12 @@ def _decode_rows(row: dict, spec: ClipSpec, column: str, seed: int = 0) -> dict:
         "width": np.array([row["width"]]),
         column: np.array([row[column]], dtype=object),
     }
-    return ClipDecoder(spec, column, seed=seed, epoch=1)(batch)
+    return ClipDecoder(spec, train, column, seed=seed, epoch=1)(batch)
 
 
 @st.composite
 def geometries(draw):
-    """(source height, width, rendition, ClipSpec): even source sides 16-160 (square, portrait,
+    """(source height, width, rendition, ClipConfig, train): even source sides 16-160 (square, portrait,
     landscape, up to 10:1), an even rendition 16-128 and a crop that fits it, either scheme,
     train or multi-view test, RGB or flow."""
     height, width = (2 * draw(st.integers(8, 80)) for _ in range(2))
@@ -186,29 +173,30 @@ def geometries(draw):
     size = draw(st.integers(8, max(8, rendition * 7 // 8)))
     short_side = draw(st.none() | st.integers(size, rendition))  # None: size * 8 / 7
     train = draw(st.booleans())
-    spec = ClipSpec(
+    spec = ClipConfig(
         frames=draw(st.integers(1, 8)),
         stride=draw(st.integers(1, 3)),
         size=size,
         scheme=draw(st.sampled_from(["dense", "segments"])),
-        train=train,
-        clips=1 if train else draw(st.integers(1, 2)),
-        crops=1 if train else draw(st.sampled_from([1, 3])),
+        test_clips=1 if train else draw(st.integers(1, 2)),
+        test_crops=1 if train else draw(st.sampled_from([1, 3])),
         short_side=short_side,
         modality=draw(st.sampled_from(["rgb", "flow"])),
     )
-    return height, width, rendition, spec
+    return height, width, rendition, spec, train
 
 
 @settings(derandomize=True, max_examples=30, deadline=None)
 @given(geometries())
 # The run that skipped every video: 80 x 80 sources, crop 64 (decoded 73 x 72).
-@example((80, 80, 128, ClipSpec(frames=4, stride=1, size=64)))
+@example((80, 80, 128, ClipConfig(frames=4, stride=1, size=64), True))
 # Renditions whose own width decord mangles (72, 48), decoded at it and scaled from it.
-@example((80, 80, 72, ClipSpec(frames=4, stride=1, size=63, train=False, crops=3)))
-@example((96, 48, 48, ClipSpec(frames=4, stride=1, size=42, scheme="segments", modality="flow")))
+@example((80, 80, 72, ClipConfig(frames=4, stride=1, size=63, test_crops=3), False))
+@example(
+    (96, 48, 48, ClipConfig(frames=4, stride=1, size=42, scheme="segments", modality="flow"), True)
+)
 def test_every_stored_geometry_decodes_to_its_views(stored, geometry):
-    height, width, rendition, spec = geometry
+    height, width, rendition, spec, train = geometry
     row = stored(height, width, rendition, spec.modality == "flow")
     assert choose_rendition([rendition], spec.working_short_side) == rendition
     column = (flow_column if spec.modality == "flow" else rendition_column)(rendition)
@@ -222,22 +210,23 @@ def test_every_stored_geometry_decodes_to_its_views(stored, geometry):
     assert frames.shape[:2] == (1, h) and frames.shape[3] == spec.channels
     assert w <= frames.shape[2] <= w + 2
 
-    out = _decode_rows(row, spec, column)
+    out = _decode_rows(row, spec, column, train=train)
     assert FAILED not in out["label"]  # the log says why
-    assert out["clip"].shape == (spec.views, spec.frames, spec.size, spec.size, spec.channels)
-    assert list(out["view"]) == list(range(spec.views))
+    views = spec.views(train)
+    assert out["clip"].shape == (views, spec.frames, spec.size, spec.size, spec.channels)
+    assert list(out["view"]) == list(range(views))
     if spec.modality == "rgb":  # and they hold the sampled frames, in order
         idx = clip_indices(
             FRAMES,
             spec.frames,
             spec.stride,
             scheme=spec.scheme,
-            train=spec.train,
-            num_clips=1 if spec.train else spec.clips,
+            train=train,
+            num_clips=1 if train else spec.test_clips,
             rng=sample_rng(0, 1, "v"),
         )
         got = [[frame_index(f) for f in view] for view in out["clip"]]
-        assert got == [idx[v // spec.crops].tolist() for v in range(spec.views)]
+        assert got == [idx[v // spec.test_crops].tolist() for v in range(views)]
 
 
 def test_a_square_80_pixel_video_decodes_at_crop_64(tmp_path):
@@ -247,9 +236,10 @@ def test_a_square_80_pixel_video_decodes_at_crop_64(tmp_path):
     src = write_video(tmp_path / "square.mp4", counter_frames(24, 80, 80))
     row = encode_video(src, EncodeParams())
     column = rendition_column(EncodeParams().short_sides[0])
-    train = _decode_rows(row, ClipSpec(frames=16, stride=1, size=64), column)
+    train = _decode_rows(row, ClipConfig(frames=16, stride=1, size=64), column)
     assert train["clip"].shape == (1, 16, 64, 64, 3) and list(train["label"]) == [3]
-    test = _decode_rows(row, ClipSpec(frames=16, stride=1, size=64, train=False, crops=3), column)
+    clip = ClipConfig(frames=16, stride=1, size=64, test_crops=3)
+    test = _decode_rows(row, clip, column, train=False)
     assert test["clip"].shape == (3, 16, 64, 64, 3) and list(test["label"]) == [3] * 3
     assert [frame_index(f) for f in test["clip"][0]] == list(range(4, 20))  # the centre clip
 

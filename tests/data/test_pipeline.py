@@ -13,7 +13,8 @@ import pytest
 from processes import session_workers_running
 
 from raylab.config import ClipConfig
-from raylab.data.decode import ClipSpec, choose_rendition, open_video, sample_views, scaled_size
+from raylab.data.clips import choose_rendition
+from raylab.data.decode import open_video, sample_views, scaled_size
 from raylab.data.pipeline import (
     ClipTensors,
     clip_dataset,
@@ -117,7 +118,7 @@ def test_crop_scales_reach_the_decoder(demo_shards, ray_session):
     rows = _collect(ds)
     got = dict(zip(rows["video_id"], rows["clip"], strict=True))
     # The same views made directly from the shard bytes with the same draws.
-    spec = ClipSpec(frames=8, stride=1, size=56, train=True, scales=(1.0,))
+    spec = ClipConfig(frames=8, stride=1, size=56, crop_scales=(1.0,))
     column = rendition_column(
         choose_rendition(load_manifest(demo_shards)["renditions"], spec.working_short_side)
     )
@@ -125,7 +126,7 @@ def test_crop_scales_reach_the_decoder(demo_shards, ray_session):
     for row in table[:3]:
         h, w = scaled_size(row["height"], row["width"], spec.working_short_side)
         reader = open_video(row[column], height=h, width=w)
-        (want,) = sample_views(reader, spec, sample_rng(3, 1, row["video_id"]))
+        (want,) = sample_views(reader, spec, sample_rng(3, 1, row["video_id"]), train=True)
         np.testing.assert_array_equal(got[row["video_id"]], want)
 
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from raylab.data.decode import ClipSpec, choose_rendition
+from raylab.data.clips import ClipConfig, choose_rendition
 from raylab.models import build_model, input_contract
 from raylab.tune.space import (
     STM_STAGE_SETS,
@@ -185,7 +185,7 @@ def _check_runnable(plan: TrialPlan, limits: DataLimits, classes: int) -> None:
     """The plan's model takes the plan's clips and the shards can serve them."""
     frames, stride, size = plan.clip.frames, plan.clip.stride, plan.clip.size
     assert (frames - 1) * stride + 1 <= limits.min_frames
-    spec = ClipSpec(frames=frames, stride=stride, size=size)
+    spec = ClipConfig(frames=frames, stride=stride, size=size)
     assert choose_rendition(limits.renditions, spec.working_short_side) in limits.renditions
     with torch.device("meta"):
         model = build_model(plan.model, classes, **plan.model_options).eval()

@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
     # Trials pruned before they start report no accuracy (Optuna marks them PRUNED); Tune
     # reads this when its controller starts.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune's newer console output prints its own experiment table and paths whatever the
+    # verbosity; the older one is silent at verbose=0, leaving the console to TrialConsole.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     args.name = args.name or time.strftime("tune_t3d-%Y%m%d-%H%M%S")
     storage = args.storage_path or str(root / "results")
     # Workers' output (each Train worker's epoch lines, Ray Data's plans) stays in the Ray

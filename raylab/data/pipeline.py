@@ -296,14 +296,18 @@ def clip_dataset(
     )
 
 
-def planned_rows(blocks, start: int, end: int, views: int = 1):
+def planned_rows(
+    blocks, start: int, end: int, views: int = 1, on_delivered: Callable[[], None] | None = None
+):
     """The rows of an epoch's pass (numpy batches of :func:`clip_dataset`'s rows, in any
     order), one by one in plan order from video position ``start`` to ``end``: a video's
     ``views`` rows together, in view order (a video that failed to decode has one
     placeholder row), each video held back until every earlier one has been handed over. A
-    position that never arrives is an error, not a silent skip."""
+    position that never arrives is an error, not a silent skip. ``on_delivered`` is called
+    once a row of every video has arrived, before the rows still held are handed over."""
     held: dict[int, list[dict]] = {}
     nxt = start
+    arrived: set[int] = set()
 
     def whole(pos: int) -> bool:
         rows = held.get(pos, ())
@@ -312,6 +316,10 @@ def planned_rows(blocks, start: int, end: int, views: int = 1):
     for block in blocks:
         for i, pos in enumerate(block["position"]):
             held.setdefault(int(pos), []).append({k: v[i] for k, v in block.items()})
+            arrived.add(int(pos))
+        if on_delivered is not None and len(arrived) == end - start:
+            on_delivered()
+            on_delivered = None
         while whole(nxt):
             yield from sorted(held.pop(nxt), key=lambda r: int(r["view"]))
             nxt += 1
@@ -337,12 +345,4 @@ def planned_batches(
     blocks = ds.iter_batches(
         batch_size=None, batch_format="numpy", prefetch_batches=prefetch_blocks
     )
-    if on_delivered is not None:
-        blocks = _then(blocks, on_delivered)
-    return batches_of(planned_rows(blocks, start, end, views), batch_size)
-
-
-def _then(items, call: Callable[[], None]):
-    """``items``, then ``call()`` once they are exhausted."""
-    yield from items
-    call()
+    return batches_of(planned_rows(blocks, start, end, views, on_delivered), batch_size)

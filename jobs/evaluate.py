@@ -52,10 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     # The checkpoints are checked before Ray starts: a wrong path costs a second.
     for checkpoint in filter(None, (args.checkpoint, args.flow_checkpoint)):
-        try:
-            evaluation_clip(load_checkpoint(checkpoint)[1])
-        except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"evaluate: {err}") from None
+        evaluation_clip(load_checkpoint(checkpoint)[1])
     classes = load_manifest(args.data)["classes"]
 
     ray.init(ignore_reinit_error=True, log_to_driver=False)

@@ -61,8 +61,6 @@ def main(argv: list[str] | None = None) -> dict:
     except IngestIncomplete as err:
         print(json.dumps(vars(err.summary) | {"error": str(err)}))
         raise SystemExit(str(err)) from err
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"ingest: {err}") from err
     result = vars(summary)
     print(
         f"ingested {summary.encoded} videos, rejected {summary.rejected}, skipped "

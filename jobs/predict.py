@@ -53,12 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_args(argv)
     # Every input is checked before Ray starts: a wrong path costs a second, not a cluster.
-    try:
-        _, config = load_checkpoint(args.checkpoint)
-        clip = rgb_clip(evaluation_clip(config, args.clips, args.crops))
-        videos = find_videos(args.videos)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"predict: {err}") from None
+    _, config = load_checkpoint(args.checkpoint)
+    clip = rgb_clip(evaluation_clip(config, args.clips, args.crops))
+    videos = find_videos(args.videos)
     out = Path(args.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -566,7 +566,7 @@ def ingest(
     skipped. Different encoding parameters for an existing ``out`` raise ValueError.
     Uses the running Ray cluster, or starts a local one.
     """
-    import ray
+    import ray  # noqa: F401  (before the clock: ``seconds`` times the ingest, not this import)
 
     start = time.time()
     params = params or EncodeParams()
@@ -575,14 +575,50 @@ def ingest(
         raise FileNotFoundError(f"video root {source} is not a folder")
     anns: Annotations = read_annotations(fmt, source, annotations, split)
     out.mkdir(parents=True, exist_ok=True)
+    manifest = _open_manifest(out, fmt, source, split, anns.classes, params)
+    stored, rejected, next_part = _prepare_resume(out)
 
+    summary = IngestSummary(str(out), str(out / "manifest.json"), str(out / "rejects.jsonl"), {}, 0)
+    summary.not_processed_path = str(out / "not_processed.jsonl")
+    schema = shard_schema(params.short_sides, flow=bool(params.flow))
+    parts = _PartWriter(out, schema, rows_per_part, next_part, on_part_written)
+    with _RejectLedger(out / "rejects.jsonl", summary) as ledger:
+        todo = _videos_to_encode(anns, source, stored, rejected, ledger, summary)
+        submit, limit = _start_encoder(todo, source, params, max_in_flight)
+        bar = progress_bar(
+            total=len(anns.entries),
+            initial=len(anns.entries) - len(todo),
+            desc=f"ingest {source.name}",
+            unit="video",
+            disable=not progress,
+        )
+        with bar:
+            unprocessed = _encode_in_order(todo, submit, limit, parts, ledger, bar, summary)
+
+    _record_outcome(out, manifest, summary, unprocessed)
+    summary.seconds = round(time.time() - start, 2)
+    if unprocessed:
+        raise IngestIncomplete(summary, _first_error(unprocessed))
+    return summary
+
+
+def _open_manifest(
+    out: Path, fmt: str, source: Path, split: int, classes: list[str], params: EncodeParams
+) -> dict:
+    """Write this ingest's manifest, marked not complete, and return it.
+
+    Shards already in ``out`` must come from the same encoding, classes and format, or a
+    resume would mix incompatible rows: ValueError says so before anything is touched.
+    Marking the manifest incomplete first means readers refuse the shards until the run
+    finishes.
+    """
     encoding = asdict(params) | {"short_sides": sorted(params.short_sides)}
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "format": fmt,
         "source": str(source.resolve()),
         "annotation_split": split,
-        "classes": anns.classes,
+        "classes": classes,
         "renditions": sorted(params.short_sides),
         "flow": params.flow,  # the method, or None when the shards hold no flow
         "encoding": encoding,
@@ -602,53 +638,94 @@ def ingest(
                     f"{manifest[key]}): use a new --out folder or the original arguments"
                 )
     write_manifest(out, manifest)
+    return manifest
 
+
+def _prepare_resume(
+    out: Path,
+) -> tuple[set[tuple[str, str]], set[tuple[str, str]], dict[str, int]]:
+    """What an earlier run into ``out`` already did: (split, video_id) of the stored rows,
+    (split, path) of the rejected videos, and the next free part number per split.
+
+    It also tidies what a killed run left: the ledger is rewritten without a half-written
+    last line or a reason that is no verdict on the video (:data:`_NOT_A_VERDICT`: those
+    videos are tried again), and half-written parts are deleted.
+    """
     rejects_path = out / "rejects.jsonl"
     old_rejects = [
         r for r in _read_rejects(rejects_path) if not r["reason"].startswith(_NOT_A_VERDICT)
     ]
-    # Rewrite the ledger clean: drops a half-written last line of an interrupted run.
     rejects_path.write_text("".join(json.dumps(r) + "\n" for r in old_rejects))
-    rejected_keys = {(r["split"], r["path"]) for r in old_rejects}
-    for stale in out.glob("*/part-*.parquet.tmp"):  # a part a killed run left half-written
+    rejected = {(r["split"], r["path"]) for r in old_rejects}
+    for stale in out.glob("*/part-*.parquet.tmp"):
         stale.unlink()
     stored, next_part = _existing_rows(out)
+    return stored, rejected, next_part
 
+
+class _RejectLedger:
+    """``rejects.jsonl`` open for appending, one flushed line per rejected video, so a
+    killed run keeps every verdict it reached; counts this run's rejects in the summary."""
+
+    def __init__(self, path: Path, summary: IngestSummary) -> None:
+        self.file = path.open("a")
+        self.summary = summary
+
+    def reject(self, entry: VideoEntry, reason: str) -> None:
+        """Record ``entry`` as rejected for ``reason`` (a sentence a person can act on)."""
+        self.file.write(json.dumps({"path": entry.path, "split": entry.split, "reason": reason}))
+        self.file.write("\n")
+        self.file.flush()
+        self.summary.rejected += 1
+        kind = reason.split(":")[0].split(" (")[0]
+        self.summary.reject_reasons[kind] = self.summary.reject_reasons.get(kind, 0) + 1
+
+    def __enter__(self) -> _RejectLedger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def _videos_to_encode(
+    anns: Annotations,
+    source: Path,
+    stored: set[tuple[str, str]],
+    rejected: set[tuple[str, str]],
+    ledger: _RejectLedger,
+    summary: IngestSummary,
+) -> list[tuple[VideoEntry, int]]:
+    """The listed videos left to encode, with their class index, in a fixed shuffled order.
+
+    Videos already stored or rejected are skipped (counted in ``summary.skipped``). The
+    checks that need no decoding run here, in the driver, and reject a video listed twice,
+    of an unknown class, missing, not a regular file or empty; decoding happens in tasks.
+    """
     class_index = {c: i for i, c in enumerate(anns.classes)}
-    summary = IngestSummary(str(out), str(old_path), str(rejects_path), {}, 0)
-    summary.not_processed_path = str(out / "not_processed.jsonl")
-    unprocessed: list[dict] = []
     todo: list[tuple[VideoEntry, int]] = []
     seen: set[tuple[str, str]] = set()
-    ledger = rejects_path.open("a")
-
-    def reject(entry: VideoEntry, reason: str) -> None:
-        ledger.write(json.dumps({"path": entry.path, "split": entry.split, "reason": reason}))
-        ledger.write("\n")
-        ledger.flush()
-        summary.rejected += 1
-        kind = reason.split(":")[0].split(" (")[0]
-        summary.reject_reasons[kind] = summary.reject_reasons.get(kind, 0) + 1
-
-    # Cheap checks in the driver; decoding happens in tasks.
     for entry in anns.entries:
         key = (entry.split, video_id_of(entry.path))
-        if key in stored or (entry.split, entry.path) in rejected_keys:
+        if key in stored or (entry.split, entry.path) in rejected:
             summary.skipped += 1
             continue
         if key in seen:
-            reject(entry, f"duplicate: video id {key[1]!r} is already listed in split {key[0]}")
+            ledger.reject(
+                entry, f"duplicate: video id {key[1]!r} is already listed in split {key[0]}"
+            )
             continue
         seen.add(key)
         file = source / entry.path
         if entry.label_name not in class_index:
-            reject(entry, f"unknown class {entry.label_name!r}: not among the dataset's classes")
+            ledger.reject(
+                entry, f"unknown class {entry.label_name!r}: not among the dataset's classes"
+            )
         elif not file.exists():
-            reject(entry, f"missing file: {file} does not exist")
+            ledger.reject(entry, f"missing file: {file} does not exist")
         elif not file.is_file():
-            reject(entry, f"not a video: {file} is not a regular file")
+            ledger.reject(entry, f"not a video: {file} is not a regular file")
         elif file.stat().st_size == 0:
-            reject(entry, "empty file (0 bytes)")
+            ledger.reject(entry, "empty file (0 bytes)")
         else:
             todo.append((entry, class_index[entry.label_name]))
 
@@ -656,24 +733,22 @@ def ingest(
     # go class by class): per epoch the pipeline only reorders blocks of rows and mixes them
     # in a local buffer, which cannot mix classes that every block lacks.
     random.Random(0).shuffle(todo)
-    schema = shard_schema(params.short_sides, flow=bool(params.flow))
-    buffers: dict[str, list[dict]] = {}
+    return todo
 
-    def flush(split_name: str) -> None:
-        rows = buffers.pop(split_name, [])
-        if not rows:
-            return
-        split_dir = out / split_name
-        split_dir.mkdir(exist_ok=True)
-        number = next_part.get(split_name, 0)
-        next_part[split_name] = number + 1
-        path = split_dir / f"part-{number:05d}.parquet"
-        table = pa.Table.from_pylist(rows, schema=schema)
-        # Small row groups let Ray Data read a part in parallel pieces.
-        pq.write_table(table, str(path) + ".tmp", row_group_size=16)
-        os.replace(str(path) + ".tmp", path)
-        if on_part_written is not None:
-            on_part_written(path)
+
+def _start_encoder(
+    todo: list[tuple[VideoEntry, int]],
+    source: Path,
+    params: EncodeParams,
+    max_in_flight: int | None,
+) -> tuple[Callable[[VideoEntry, int], object], int]:
+    """How to start one video's encode task, and how many may be in flight at once.
+
+    Ray is started (or joined) only when there is something to encode, so a re-run with
+    nothing left to do needs no cluster. By default twice the cluster's CPUs are in
+    flight: enough to keep every CPU busy while results travel back.
+    """
+    import ray
 
     if todo and not ray.is_initialized():
         ray.init(log_to_driver=False)
@@ -682,82 +757,155 @@ def ingest(
     remote = ray.remote(num_cpus=1, max_retries=3)(_encode_task)
     cpus = ray.available_resources().get("CPU", 1) if todo else 1  # no Ray when all is done
     limit = max_in_flight or max(2, 2 * int(cpus))
-    bar = progress_bar(
-        total=len(anns.entries),
-        initial=len(anns.entries) - len(todo),
-        desc=f"ingest {source.name}",
-        unit="video",
-        disable=not progress,
-    )
 
-    def not_processed(entry: VideoEntry, err: BaseException | str) -> None:
-        error = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
-        error = error.strip().splitlines()[0][:300] if error.strip() else type(err).__name__
-        unprocessed.append({"path": entry.path, "split": entry.split, "error": error})
+    def submit(entry: VideoEntry, label: int):
+        return remote.remote(str(source), entry, label, params)
 
-    # Rows are stored in ``todo``'s order whatever order the tasks finish in: a video's
-    # result waits until every earlier one has come back (at most ``limit`` are in flight),
-    # so the same videos make the same parts and row groups, and the epoch plan, which
-    # walks row groups, draws the same clips from a seed on every ingest of them.
-    arrived: dict[int, tuple[str, dict] | None] = {}
-    next_row = 0
+    return submit, limit
 
-    def store_in_order() -> None:
-        nonlocal next_row
-        while next_row in arrived:
-            row = arrived.pop(next_row)
-            next_row += 1
+
+class _PartWriter:
+    """Encoded rows into ``out/<split>/part-NNNNN.parquet``, ``rows_per_part`` at a time.
+
+    Rows are stored in ``todo``'s order whatever order the tasks finish in: a video's
+    result waits in ``arrived`` until every earlier one has come back (at most ``limit``
+    are in flight), so the same videos make the same parts and row groups, and the epoch
+    plan, which walks row groups, draws the same clips from a seed on every ingest of them.
+    ``arrived`` maps a video's index in ``todo`` to its (split, row), or None when it made
+    no row (rejected, or not processed).
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        schema: pa.Schema,
+        rows_per_part: int,
+        next_part: dict[str, int],
+        on_part_written: Callable[[Path], None] | None,
+    ) -> None:
+        self.out, self.schema, self.rows_per_part = out, schema, rows_per_part
+        self.next_part, self.on_part_written = next_part, on_part_written
+        self.buffers: dict[str, list[dict]] = {}
+        self.arrived: dict[int, tuple[str, dict] | None] = {}
+        self.next_row = 0
+
+    def store_in_order(self) -> None:
+        """Buffer the rows that are next in order; write a part when one is full."""
+        while self.next_row in self.arrived:
+            row = self.arrived.pop(self.next_row)
+            self.next_row += 1
             if row is not None:
                 split_name, result = row
-                buffers.setdefault(split_name, []).append(result)
-                if len(buffers[split_name]) >= rows_per_part:
-                    flush(split_name)
+                self.buffers.setdefault(split_name, []).append(result)
+                if len(self.buffers[split_name]) >= self.rows_per_part:
+                    self.flush(split_name)
 
+    def store_the_rest(self) -> None:
+        """Buffer, in order, the rows held behind one that never came back (the run
+        stopped)."""
+        for index in sorted(self.arrived):
+            self.next_row = index
+            self.store_in_order()
+
+    def flush(self, split_name: str) -> None:
+        """Write the split's buffered rows as its next part: under a temporary name, then
+        renamed, so a part on disk is always whole."""
+        rows = self.buffers.pop(split_name, [])
+        if not rows:
+            return
+        split_dir = self.out / split_name
+        split_dir.mkdir(exist_ok=True)
+        number = self.next_part.get(split_name, 0)
+        self.next_part[split_name] = number + 1
+        path = split_dir / f"part-{number:05d}.parquet"
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        # Small row groups let Ray Data read a part in parallel pieces.
+        pq.write_table(table, str(path) + ".tmp", row_group_size=16)
+        os.replace(str(path) + ".tmp", path)
+        if self.on_part_written is not None:
+            self.on_part_written(path)
+
+    def flush_all(self) -> None:
+        """Write every split's remaining rows."""
+        for split_name in list(self.buffers):
+            self.flush(split_name)
+
+
+def _encode_in_order(
+    todo: list[tuple[VideoEntry, int]],
+    submit: Callable[[VideoEntry, int], object],
+    limit: int,
+    parts: _PartWriter,
+    ledger: _RejectLedger,
+    bar,
+    summary: IngestSummary,
+) -> list[dict]:
+    """Encode ``todo`` in Ray tasks, at most ``limit`` at once, and store every row.
+
+    Each result is a row (stored in order by ``parts``) or a reject (to the ledger). A task
+    that fails for a reason not the video's own is no verdict: its video is returned as
+    not processed. A failure of the cluster stops the run: the tasks in flight and those
+    never started are not processed either, and the rows already back are still stored.
+    Returns the ``not_processed.jsonl`` lines.
+    """
+    import ray
+
+    unprocessed: list[dict] = []
     pending: dict = {}
     queue = list(reversed(list(enumerate(todo))))
     stopped = False
-    try:
-        while pending or (queue and not stopped):
-            while queue and not stopped and len(pending) < limit:
-                index, (entry, label) = queue.pop()
-                pending[remote.remote(str(source), entry, label, params)] = (index, entry)
+    while pending or (queue and not stopped):
+        while queue and not stopped and len(pending) < limit:
+            index, (entry, label) = queue.pop()
+            pending[submit(entry, label)] = (index, entry)
+        try:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+        except Exception as err:  # the driver lost the cluster
+            for index, entry in pending.values():
+                unprocessed.append(_not_processed(entry, err))
+                parts.arrived[index] = None
+            pending.clear()
+            stopped = True
+            continue
+        for ref in ready:
+            index, entry = pending.pop(ref)
+            parts.arrived[index] = None
             try:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-            except Exception as err:  # the driver lost the cluster
-                for index, entry in pending.values():
-                    not_processed(entry, err)
-                    arrived[index] = None
-                pending.clear()
-                stopped = True
+                result = ray.get(ref)
+            except Exception as err:
+                unprocessed.append(_not_processed(entry, err))
+                stopped = stopped or _cluster_failed(err)
                 continue
-            for ref in ready:
-                index, entry = pending.pop(ref)
-                arrived[index] = None
-                try:
-                    result = ray.get(ref)
-                except Exception as err:
-                    not_processed(entry, err)
-                    stopped = stopped or _cluster_failed(err)
-                    continue
-                if "reject" in result:
-                    reject(entry, result["reject"])
-                else:
-                    arrived[index] = (entry.split, result)
-                    summary.encoded += 1
-                bar.update(1)
-            store_in_order()
-        # Rows held behind one that never came back (the run stopped): stored, in order.
-        for index in sorted(arrived):
-            next_row = index
-            store_in_order()
-        for _, (entry, _) in queue:  # never started: the run stopped
-            not_processed(entry, "not started: the run stopped after a cluster failure")
-        for split_name in list(buffers):
-            flush(split_name)
-    finally:
-        bar.close()
-        ledger.close()
+            if "reject" in result:
+                ledger.reject(entry, result["reject"])
+            else:
+                parts.arrived[index] = (entry.split, result)
+                summary.encoded += 1
+            bar.update(1)
+        parts.store_in_order()
+    parts.store_the_rest()
+    for _, (entry, _) in queue:  # never started: the run stopped
+        unprocessed.append(
+            _not_processed(entry, "not started: the run stopped after a cluster failure")
+        )
+    parts.flush_all()
+    return unprocessed
 
+
+def _not_processed(entry: VideoEntry, err: BaseException | str) -> dict:
+    """The ``not_processed.jsonl`` line of a video left undone: the error's first line,
+    cut to 300 characters, or the exception's type when it says nothing."""
+    error = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    error = error.strip().splitlines()[0][:300] if error.strip() else type(err).__name__
+    return {"path": entry.path, "split": entry.split, "error": error}
+
+
+def _record_outcome(
+    out: Path, manifest: dict, summary: IngestSummary, unprocessed: list[dict]
+) -> None:
+    """Write what the run left: the list of videos not processed (or remove an earlier
+    run's, all processed now), the totals in the summary, and the final manifest, complete
+    only when every video is a row or a reject."""
     not_processed_path = Path(summary.not_processed_path)
     summary.not_processed = len(unprocessed)
     if unprocessed:
@@ -765,7 +913,7 @@ def ingest(
     elif not_processed_path.exists():
         not_processed_path.unlink()
 
-    all_rejects = _read_rejects(rejects_path)
+    all_rejects = _read_rejects(out / "rejects.jsonl")
     summary.splits = _count_rows(out)
     summary.rejected_total = len(all_rejects)
     manifest |= {
@@ -776,10 +924,11 @@ def ingest(
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_manifest(out, manifest)
-    summary.seconds = round(time.time() - start, 2)
-    if unprocessed:
-        first = next(
-            (r for r in unprocessed if not r["error"].startswith("not started")), unprocessed[0]
-        )
-        raise IngestIncomplete(summary, f"{first['path']}: {first['error']}")
-    return summary
+
+
+def _first_error(unprocessed: list[dict]) -> str:
+    """The error to show for a stopped run: the first task's own, not a "not started"."""
+    first = next(
+        (r for r in unprocessed if not r["error"].startswith("not started")), unprocessed[0]
+    )
+    return f"{first['path']}: {first['error']}"

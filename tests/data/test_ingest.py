@@ -706,3 +706,28 @@ def test_ingest_into_s3_stores_the_shards_there_and_resumes_from_them(
     assert (again.out, again.manifest) == (s3_shards, f"{s3_shards}/manifest.json")
     assert (staging_dir(s3_shards) / "val" / "part-00000.parquet").exists()
     assert load_manifest(s3_shards)["splits"] == local["splits"]
+
+
+def test_parts_keep_the_videos_order_whatever_order_they_arrive_in(tmp_path):
+    """Rows arriving out of order (tasks finish when they finish) are stored in the order of
+    the videos; a video that made no row leaves no gap, and one that never came back holds
+    the rows behind it until the run ends."""
+    from raylab.data.ingest import _PartWriter
+    from raylab.data.storage import shard_schema
+
+    written = []
+    parts = _PartWriter(tmp_path, shard_schema((32,)), 2, {"train": 3}, written.append)
+
+    def row(i: int) -> tuple[str, dict]:
+        fields = {"label": 0, "label_name": "a", "num_frames": 1, "fps": 25.0}
+        return "train", {"video_id": f"v{i}", **fields, "height": 32, "width": 32, "video_32": b""}
+
+    for index, arrived in [(2, row(2)), (1, None), (0, row(0)), (5, row(5)), (3, row(3))]:
+        parts.arrived[index] = arrived
+        parts.store_in_order()
+    assert written == [tmp_path / "train/part-00003.parquet"]  # v0, v2; v3 waits for a pair
+    parts.store_the_rest()  # video 4 never came back
+    parts.flush_all()
+    assert written[1:] == [tmp_path / "train/part-00004.parquet"]
+    ids = [pq.read_table(p)["video_id"].to_pylist() for p in written]
+    assert ids == [["v0", "v2"], ["v3", "v5"]]

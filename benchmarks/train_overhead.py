@@ -40,8 +40,9 @@ def make_batches(n: int, batch: int, frames: int, size: int) -> list[tuple]:
 
 def run_steps(config: dict, report=None) -> float:
     """Train ``config["steps"]`` steps (after ``config["warmup"]``); returns steps/s."""
+    from raylab.config import normalise
     from raylab.models import build_model
-    from raylab.train.loop import make_optimizer, normalise
+    from raylab.train.loop import make_optimizer
 
     torch.set_num_threads(config["threads"])
     torch.manual_seed(0)

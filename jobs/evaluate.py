@@ -16,22 +16,19 @@ import sys
 from pathlib import Path
 
 from raylab.data.storage import load_manifest
-from raylab.infer.batch import InferenceResources
 from raylab.infer.evaluate import (
     evaluation_clip,
     fuse,
-    load_checkpoint,
     plot_confusion,
     predict,
     report_metrics,
 )
-from raylab.jobs import one_line_errors
+from raylab.jobs import add_inference_flags, inference_resources, one_line_errors, start_ray
+from raylab.train.checkpoints import load_checkpoint
 
 
 @one_line_errors("evaluate")
 def main(argv: list[str] | None = None) -> dict:
-    import ray
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder of a training run")
@@ -40,10 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--split", default="val")
     p.add_argument("--clips", type=int, default=10, help="clips per video")
     p.add_argument("--crops", type=int, choices=[1, 3], default=3, help="crops per clip")
-    p.add_argument("--predictors", type=int, default=1, help="inference actors")
-    p.add_argument("--gpu", action="store_true", help="one GPU per predictor")
-    p.add_argument("--decoder-cpus", type=float, default=0.5)
-    p.add_argument("--predictor-cpus", type=float, default=0.5)
+    add_inference_flags(p)
     p.add_argument(
         "--decoder-resource",
         help="custom resource of the decoder nodes (cluster.yaml: decoder); decoding stays there",
@@ -55,16 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
         evaluation_clip(load_checkpoint(checkpoint)[1])
     classes = load_manifest(args.data)["classes"]
 
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray()
     out = Path(args.out or Path(args.checkpoint).parent / "eval").resolve()
-    resources = InferenceResources(
-        predictors=args.predictors,
-        use_gpu=args.gpu,
-        decoder_cpus=args.decoder_cpus,
-        decoder_resource=args.decoder_resource,
-        predictor_cpus=args.predictor_cpus,
-    )
+    resources = inference_resources(args)  # with --decoder-resource
     common = {"split": args.split, "clips": args.clips, "crops": args.crops, "resources": resources}
     rgb = predict(args.data, args.checkpoint, **common)
     metrics = {"rgb": report_metrics(rgb, classes) | {"clip_acc": rgb["clip_acc"]}}

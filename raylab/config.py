@@ -12,8 +12,12 @@ follows from them; the input normalisation of a modality is computed here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from raylab.data.clips import ClipConfig, missing_settings
+
+if TYPE_CHECKING:
+    import torch
 
 # Input normalisation of [0, 1] frames per channel: RGB as Kinetics-trained video networks
 # use it; optical flow to [-1, 1] as I3D feeds it.
@@ -21,43 +25,125 @@ RGB_MEAN, RGB_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 FLOW_MEAN, FLOW_STD = (0.5, 0.5), (0.5, 0.5)
 
 
+def normalise(clip: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, H, W, C) on the device -> normalised float (B, C, T, H, W)."""
+    x = clip.permute(0, 4, 1, 2, 3).float().div_(255.0)
+    return x.sub_(mean.view(1, -1, 1, 1, 1)).div_(std.view(1, -1, 1, 1, 1))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """What a training run is: the network, the clips it sees and the recipe."""
+    """What a training run is: the network, the clips it sees and the recipe.
 
-    model: str = "c3d"
-    model_options: dict = field(default_factory=dict)  # build_model's: width, head, dropout...
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    classes: tuple[str, ...] = ()  # the class names; () = those of the shards trained on
-    epochs: int = 10
-    workers: int = 1  # Ray Train workers (data-parallel: the batch is batch_size x workers)
-    batch_size: int = 8  # clips per worker and step
-    optimizer: str = "adamw"  # "adamw", or "sgd" (Nesterov momentum)
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 1e-4  # not on norms and biases
-    schedule: str = "cosine"  # "cosine" after a linear warm-up, or "step": lr / 10 every ...
-    warmup_epochs: float = 1.0
-    step_epochs: int = 30  # ... step_epochs (the T3D recipe)
-    label_smoothing: float = 0.0
-    grad_accum: int = 1  # an optimiser step every N batches
-    clip_grad: float = 0.0  # the largest gradient norm; 0 = no clipping
-    amp: str | bool = "auto"  # bf16 autocast; "auto" = on CUDA only
-    channels_last: str | bool = "auto"  # channels_last_3d for 3D convolutions; "auto" = CUDA
-    compile: bool = False  # torch.compile the model
-    mean: tuple[float, ...] | None = None  # per channel; None = the modality's (RGB_MEAN...)
-    std: tuple[float, ...] | None = None
-    shuffle_buffer: int = 64  # videos of a worker's epoch plan shuffled together (a window)
-    # Every random draw of the run: the initialisation, the epoch's plan of videos, each
-    # clip's start, crop and flip, and each rank's generator (raylab.train.epoch).
-    seed: int = 0
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
-    deterministic: bool = False  # CUDA: deterministic kernels where they exist, no autotuner
-    init_from: str | None = None  # a plain state dict to start from (transferred weights)
-    # The largest share of an epoch's training or validation videos that may fail to decode
-    # before the run stops: a few damaged files cost only themselves, a dataset the decoder
-    # cannot read fails loudly instead of training on nothing.
-    max_decode_failures: float = 0.05
+    Each setting's meaning is its field's ``metadata["help"]`` (with its ``choices``): the
+    jobs' flags are made from them (:func:`raylab.jobs.add_config_flags`).
+    """
+
+    model: str = field(default="c3d", metadata={"help": "a name from raylab.models.MODEL_NAMES"})
+    model_options: dict = field(
+        default_factory=dict, metadata={"help": "build_model's options: width, head, dropout..."}
+    )
+    clip: ClipConfig = field(
+        default_factory=ClipConfig, metadata={"help": "the clips the run trains and tests on"}
+    )
+    classes: tuple[str, ...] = field(
+        default=(), metadata={"help": "the class names; (): those of the shards trained on"}
+    )
+    epochs: int = field(default=10, metadata={"help": "passes over the training videos"})
+    workers: int = field(
+        default=1,
+        metadata={"help": "Ray Train workers (data-parallel: the batch is batch_size x workers)"},
+    )
+    batch_size: int = field(default=8, metadata={"help": "clips per worker and step"})
+    optimizer: str = field(
+        default="adamw",
+        metadata={"help": "adamw, or sgd (Nesterov momentum)", "choices": ("sgd", "adamw")},
+    )
+    lr: float = field(default=1e-3, metadata={"help": "learning rate at the schedule's peak"})
+    momentum: float = field(default=0.9, metadata={"help": "sgd's momentum"})
+    weight_decay: float = field(
+        default=1e-4, metadata={"help": "weight decay (not on norms and biases)"}
+    )
+    schedule: str = field(
+        default="cosine",
+        metadata={
+            "help": "cosine after a linear warm-up, or step: lr / 10 every step_epochs (the "
+            "T3D recipe)",
+            "choices": ("cosine", "step"),
+        },
+    )
+    warmup_epochs: float = field(
+        default=1.0, metadata={"help": "epochs of the cosine schedule's linear warm-up"}
+    )
+    step_epochs: int = field(
+        default=30, metadata={"help": "epochs between the step schedule's lr / 10 steps"}
+    )
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "label smoothing of the cross-entropy loss"}
+    )
+    grad_accum: int = field(
+        default=1, metadata={"help": "an optimiser step every N batches", "metavar": "N"}
+    )
+    clip_grad: float = field(
+        default=0.0, metadata={"help": "the largest gradient norm; 0: no clipping"}
+    )
+    amp: str | bool = field(default="auto", metadata={"help": "bf16 autocast; auto: on CUDA only"})
+    channels_last: str | bool = field(
+        default="auto",
+        metadata={"help": "channels_last_3d memory for 3D convolutions; auto: on CUDA only"},
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    mean: tuple[float, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "input normalisation mean per channel (default: the modality's, "
+            "RGB_MEAN or FLOW_MEAN)"
+        },
+    )
+    std: tuple[float, ...] | None = field(
+        default=None,
+        metadata={"help": "input normalisation std per channel (default: the modality's)"},
+    )
+    shuffle_buffer: int = field(
+        default=64,
+        metadata={"help": "videos of a worker's epoch plan shuffled together (a window)"},
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "every random draw of the run: the initialisation, the epoch's plan of "
+            "videos, each clip's start, crop and flip, and each rank's generator "
+            "(raylab.train.epoch)"
+        },
+    )
+    checkpoint_every: int = field(
+        default=0,
+        metadata={
+            "help": "a mid-epoch checkpoint every STEPS steps, from which a killed worker "
+            "resumes on exactly the clips it had not trained; 0: at epoch ends only",
+            "metavar": "STEPS",
+        },
+    )
+    deterministic: bool = field(
+        default=False,
+        metadata={
+            "help": "CUDA: deterministic kernels where they exist, no cuDNN autotuner (slower)"
+        },
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "plain state dict to start from (e.g. transferred T3D weights)"},
+    )
+    max_decode_failures: float = field(
+        default=0.05,
+        metadata={
+            "help": "stop when more than this share of an epoch's training or validation "
+            "videos cannot be decoded (or none can): a few damaged files cost only "
+            "themselves, a dataset the decoder cannot read fails loudly instead of training "
+            "on nothing",
+            "metavar": "FRACTION",
+        },
+    )
 
     def __post_init__(self) -> None:
         flow = self.clip.modality == "flow"

@@ -1,17 +1,30 @@
-"""What every job in ``jobs/`` shares: how a user's mistake ends it.
+"""What every job in ``jobs/`` shares: its flags, how it starts Ray, how a mistake ends it.
 
-A missing shard folder, an unknown model, a clip the videos cannot give: the job ends with
-one line on stderr naming the job, the input and what to do (the error's own message), and
-exit status 1, never a traceback. ``RAYLAB_TRACEBACK=1`` shows the traceback instead, for
-a mistake that turns out to be raylab's.
+Flags: a setting of a config dataclass (:class:`~raylab.data.clips.ClipConfig`,
+:class:`~raylab.config.TrainConfig`, :class:`~raylab.infer.batch.InferenceResources`) is a
+flag made from the field itself (:func:`add_config_flags`): its type, its default, and the
+help and choices of its ``metadata``, which are that setting's one description. The parsed
+flags become the dataclass again with :func:`config_from_flags`; a new field is a new flag of
+every job that uses them, with no edit to the jobs.
+
+Ray: :func:`start_ray` is the one place a job calls ``ray.init``.
+
+Mistakes: a missing shard folder, an unknown model, a clip the videos cannot give: the job
+ends with one line on stderr naming the job, the input and what to do (the error's own
+message), and exit status 1, never a traceback. ``RAYLAB_TRACEBACK=1`` shows the traceback
+instead, for a mistake that turns out to be raylab's.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import functools
 import os
-from collections.abc import Callable
-from typing import TypeVar
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 # What a user's input raises: a path that is not there, a value that is not allowed.
 USER_MISTAKES = (FileNotFoundError, NotADirectoryError, ValueError)
@@ -51,3 +64,189 @@ def model_option_flags(items: list[str]) -> dict:
             raise ValueError(f"--model-option {item}: {err}") from None
         options[key] = value
     return options
+
+
+# --------------------------------------------------------------------------------------------
+# Flags from config dataclasses
+# --------------------------------------------------------------------------------------------
+
+# The words of a ``str | bool`` setting such as TrainConfig.amp: "auto", or on / off.
+AUTO_OR_BOOL = {"auto": "auto", "true": True, "false": False}
+
+
+def auto_or_bool(text: str) -> str | bool:
+    """A ``str | bool`` flag's value: ``auto``, ``true`` or ``false``."""
+    try:
+        return AUTO_OR_BOOL[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"one of {', '.join(AUTO_OR_BOOL)}, not {text!r}"
+        ) from None
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    config: Any,
+    *,
+    only: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+    names: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    notes: Mapping[str, str] | None = None,
+    parsers: Mapping[str, Callable[[str], Any]] | None = None,
+) -> dict[str, str]:
+    """One flag per field of the dataclass ``config`` (a class, or an instance whose values
+    are the defaults), added to ``parser`` (or an argument group); returns ``{field: flag}``.
+
+    A field ``frames`` is the flag ``--frames`` (``names`` renames it: ``{"test_clips":
+    "--val-clips"}``), parsed into ``args.frames`` by its type hint: ``int``, ``float`` and
+    ``str`` as typed values, ``X | None`` the same, ``bool`` as a switch (``store_true``),
+    ``tuple[float, ...]`` as one or more values, ``str | bool`` as ``auto``/``true``/``false``.
+    Its help, choices and metavar come from the field's ``metadata``; ``notes`` adds a job's
+    own words to a help, ``defaults`` and ``parsers`` replace a default or a type.
+
+    Every field becomes a flag (``only``: these, in this order; ``skip``: not these) but the
+    ones no flag can say (a dict, a nested dataclass, a ``tuple[str, ...]``), which are left
+    out unless ``only`` names them (a ``tuple[str, ...]`` then takes words; the others raise
+    TypeError).
+    """
+    cls = config if isinstance(config, type) else type(config)
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    names, defaults = names or {}, defaults or {}
+    notes, parsers = notes or {}, parsers or {}
+    named = None if only is None else list(only)
+    skip = set(skip)
+    unknown = set(named or ()) | skip | set(names) | set(defaults) | set(notes) | set(parsers)
+    unknown -= set(by_name)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no setting {', '.join(sorted(unknown))}")
+
+    flags = {}
+    for name in named if named is not None else list(by_name):
+        if name in skip:
+            continue
+        field = by_name[name]
+        kwargs = flag_kind(hints[name], named=named is not None)
+        if kwargs is None:
+            if named is not None:
+                raise TypeError(f"{cls.__name__}.{name}: no flag can say a {hints[name]}")
+            continue
+        flag = names.get(name, "--" + name.replace("_", "-"))
+        default = defaults[name] if name in defaults else field_default(config, field)
+        if isinstance(default, tuple):
+            default = list(default)  # as argparse gives a flag's values
+        if default is True:  # a switch that is on: --no-NAME turns it off
+            kwargs["action"] = argparse.BooleanOptionalAction
+        for key in ("choices", "metavar"):
+            if key in field.metadata:
+                kwargs[key] = field.metadata[key]
+        if name in parsers:
+            kwargs["type"] = parsers[name]
+        if "type" in kwargs and "choices" not in kwargs and "metavar" not in kwargs:
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+        text = "; ".join(w for w in (field.metadata.get("help"), notes.get(name)) if w)
+        if not any(default is v for v in (None, False, True, dataclasses.MISSING)):
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            text = f"{text} (default: {shown})".lstrip()
+        kwargs["help"] = text.replace("%", "%%")  # argparse formats help with %
+        if default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+        parser.add_argument(flag, dest=name, **kwargs)
+        flags[name] = flag
+    return flags
+
+
+def field_default(config: Any, field: dataclasses.Field) -> Any:
+    """A field's default: the instance's value, else the class's default (MISSING: none)."""
+    if not isinstance(config, type):
+        return getattr(config, field.name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def flag_kind(hint: Any, *, named: bool = False) -> dict | None:
+    """``add_argument`` keywords for a field of type ``hint``; None when no flag says it."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if set(args) == {str, bool}:
+            return {"type": auto_or_bool, "metavar": "{" + ",".join(AUTO_OR_BOOL) + "}"}
+        values = [a for a in args if a is not type(None)]
+        if len(values) != 1 or values[0] is bool:  # X | None: as X, default None
+            return None
+        hint, args = values[0], typing.get_args(values[0])
+    if hint is bool:
+        return {"action": "store_true"}
+    if hint in (int, float, str):
+        return {"type": hint}
+    variadic = typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis
+    if variadic and (args[0] in (int, float) or (args[0] is str and named)):
+        return {"type": args[0], "nargs": "+"}
+    return None
+
+
+def is_tuple(hint: Any) -> bool:
+    """Whether a field of type ``hint`` holds a tuple (``tuple[...]``, or one ``| None``)."""
+    return tuple in map(typing.get_origin, (hint, *typing.get_args(hint)))
+
+
+def config_from_flags(config: Any, args: argparse.Namespace, **overrides: Any) -> Any:
+    """The dataclass the flags describe: each field of ``config`` (a class, or an instance
+    whose other values are kept) that ``args`` holds, a list as a tuple, then ``overrides``."""
+    cls = config if isinstance(config, type) else type(config)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        if not field.init or field.name in overrides or not hasattr(args, field.name):
+            continue
+        value = getattr(args, field.name)
+        if isinstance(value, list) and is_tuple(hints[field.name]):
+            value = tuple(value)
+        values[field.name] = value
+    values |= overrides
+    return cls(**values) if isinstance(config, type) else dataclasses.replace(config, **values)
+
+
+# --------------------------------------------------------------------------------------------
+# Inference jobs' resources, and Ray
+# --------------------------------------------------------------------------------------------
+
+# The inference jobs' own defaults: half a CPU per decode task and per model actor.
+INFERENCE_DEFAULTS = {"decoder_cpus": 0.5, "predictor_cpus": 0.5}
+
+
+def add_inference_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``--gpu``, ``--predictors``, ``--decoder-cpus``, ``--predictor-cpus``: where an
+    inference job's model actors and decode tasks run (:class:`InferenceResources`)."""
+    from raylab.infer.batch import InferenceResources
+
+    return add_config_flags(
+        parser,
+        InferenceResources,
+        only=("use_gpu", "predictors", "decoder_cpus", "predictor_cpus"),
+        names={"use_gpu": "--gpu"},
+        defaults=INFERENCE_DEFAULTS,
+    )
+
+
+def inference_resources(args: argparse.Namespace, **overrides: Any):
+    """The job's :class:`InferenceResources`: its inference flags, and any other of its
+    flags that name a setting (``--batch-size``, ``--decoder-resource``)."""
+    from raylab.infer.batch import InferenceResources
+
+    return config_from_flags(InferenceResources, args, **overrides)
+
+
+def start_ray(*, log_to_driver: bool = False, progress_bars: bool = False, **init: Any) -> None:
+    """Start Ray, or join the cluster ``RAY_ADDRESS`` names: the one place a job calls
+    ``ray.init`` (``init``: its other arguments, e.g. ``configure_logging=False``). Workers'
+    output reaches this console only with ``log_to_driver``; Ray Data's progress bars are off
+    unless ``progress_bars`` (they would bury the job's own lines)."""
+    import ray
+
+    ray.init(ignore_reinit_error=True, log_to_driver=log_to_driver, **init)
+    if not progress_bars:
+        ray.data.DataContext.get_current().enable_progress_bars = False

@@ -1,6 +1,9 @@
-"""Names the training loop, the search, evaluation and the report share."""
+"""Names the training loop, the search, evaluation and the report share, and the accuracy
+of multi-view scores that validation and evaluation compute alike."""
 
 import re
+
+import numpy as np
 
 # What checkpoints are ranked by, the search maximises and the report leads with.
 METRIC = "val_video_top1"
@@ -10,6 +13,36 @@ TIMED = frozenset({"clips_per_s", "pairs_per_s", "data_wait_frac", "train_s", "v
 # How a search trial ended: trained every epoch, stopped early (ASHA, a chance-level stop or
 # the time budget), pruned before it started, or failed.
 TRIAL_STATUSES = ("done", "stopped", "pruned", "error")
+
+
+def video_scores(
+    ids: list[str], labels: list[int], logits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Average softmax scores over each video's views -> (scores [V, K], labels [V], ids)."""
+    import torch
+
+    probs = torch.from_numpy(logits).float().softmax(-1).numpy()
+    order: dict[str, int] = {}
+    for vid in ids:
+        order.setdefault(vid, len(order))
+    sums = np.zeros((len(order), probs.shape[1]))
+    counts = np.zeros(len(order))
+    video_labels = np.zeros(len(order), dtype=np.int64)
+    for vid, lab, p in zip(ids, labels, probs, strict=True):
+        i = order[vid]
+        sums[i] += p
+        counts[i] += 1
+        video_labels[i] = lab
+    return sums / counts[:, None], video_labels, list(order)
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k highest scores."""
+    if len(labels) == 0:
+        return float("nan")
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
 
 
 def trial_status(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from raylab.config import FLOW_MEAN, RGB_MEAN, ClipConfig, TrainConfig
+from raylab.config import FLOW_MEAN, RGB_MEAN, ClipConfig, TrainConfig, normalise
 
 
 def test_derived_values():
@@ -84,3 +85,15 @@ def test_normalisation_follows_the_modality_and_settings_are_checked():
         TrainConfig(optimizer="lamb")
     with pytest.raises(ValueError, match="schedule must be"):
         TrainConfig(schedule="linear")
+
+
+def test_normalise_layout_and_values():
+    clip = torch.zeros(2, 4, 6, 8, 3, dtype=torch.uint8)
+    clip[..., 0] = 255
+    mean = torch.tensor([0.5, 0.5, 0.5])
+    std = torch.tensor([0.25, 0.5, 1.0])
+    x = normalise(clip, mean, std)
+    assert x.shape == (2, 3, 4, 6, 8) and x.dtype == torch.float32
+    assert torch.allclose(x[:, 0], torch.full_like(x[:, 0], 2.0))
+    assert torch.allclose(x[:, 1], torch.full_like(x[:, 1], -1.0))
+    assert torch.allclose(x[:, 2], torch.full_like(x[:, 2], -0.5))

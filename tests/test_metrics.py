@@ -1,4 +1,7 @@
-from raylab.metrics import TRIAL_STATUSES, trial_status
+import numpy as np
+import pytest
+
+from raylab.metrics import TRIAL_STATUSES, topk_accuracy, trial_status, video_scores
 
 
 def status(**facts) -> str:
@@ -36,3 +39,20 @@ def test_every_verdict_is_a_known_status():
         for n in (0, 5, 10)
     ]
     assert {status(**x) for x in facts} == set(TRIAL_STATUSES) | {"running"}
+
+
+def test_video_scores_average_views_per_video():
+    ids = ["a", "b", "a", "b", "c"]
+    labels = [0, 1, 0, 1, 2]
+    logits = np.log(
+        np.array(
+            [[0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]
+        )
+    )
+    scores, vlabels, vids = video_scores(ids, labels, logits)
+    assert vids == ["a", "b", "c"]
+    np.testing.assert_allclose(scores[0], [0.4, 0.5, 0.1], atol=1e-6)
+    np.testing.assert_array_equal(vlabels, [0, 1, 2])
+    # Clip-level, "a" is right once in two; video-level it is wrong (0.5 > 0.4).
+    assert topk_accuracy(scores, vlabels, 1) == pytest.approx(2 / 3)
+    assert topk_accuracy(scores, vlabels, 2) == 1.0

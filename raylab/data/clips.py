@@ -10,7 +10,7 @@ nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 # Scales of TSN's multi-scale crop (relative to the short side).
 TSN_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
@@ -40,18 +40,67 @@ def choose_rendition(renditions: list[int] | tuple[int, ...], short_side: int) -
 
 @dataclass(frozen=True)
 class ClipConfig:
-    """What a run's clips are, in training and at test."""
+    """What a run's clips are, in training and at test.
 
-    frames: int = 16
-    stride: int = 1  # frames between sampled frames of a dense clip
-    size: int = 112  # square crop side
-    scheme: str = "dense"  # "dense" clips, or TSN "segments" (one frame per segment)
-    modality: str = "rgb"  # "flow": 2-channel optical flow clips (ingest --flow)
-    short_side: int | None = None  # frames scaled to this before cropping; None: size * 8/7
-    crop_scales: tuple[float, ...] = TSN_SCALES  # training crop sides / short side
-    flip: bool = False  # off for direction-sensitive data (the demo set, Something-Something)
-    test_clips: int = 1  # views per video at validation and test: clips x crops
-    test_crops: int = 1  # 1: the centre crop; 3: three crops along the long side
+    Each setting's meaning is its field's ``metadata["help"]`` (with its ``choices``): the
+    jobs' flags are made from them (:func:`raylab.jobs.add_config_flags`).
+    """
+
+    frames: int = field(
+        default=16, metadata={"help": "frames a clip holds (segments: one from each segment)"}
+    )
+    stride: int = field(
+        default=1, metadata={"help": "frames between sampled frames of a dense clip"}
+    )
+    size: int = field(default=112, metadata={"help": "crop side in pixels (square crops)"})
+    scheme: str = field(
+        default="dense",
+        metadata={
+            "help": "dense clips, or TSN segments (one frame per segment)",
+            "choices": ("dense", "segments"),
+        },
+    )
+    modality: str = field(
+        default="rgb",
+        metadata={
+            "help": "rgb, or flow: the 2-channel optical flow stored by ingest --flow (e.g. "
+            "I3D's flow stream)",
+            "choices": ("rgb", "flow"),
+        },
+    )
+    short_side: int | None = field(
+        default=None,
+        metadata={
+            "help": "short side frames are scaled to before cropping (default: size x 8/7); "
+            "the shards need a rendition at least this large"
+        },
+    )
+    crop_scales: tuple[float, ...] = field(
+        default=TSN_SCALES,
+        metadata={
+            "help": "training crop sides relative to the short side (TSN multi-scale crop)",
+            "metavar": "S",
+        },
+    )
+    flip: bool = field(
+        default=False,
+        metadata={
+            "help": "random horizontal flips in training (off for direction-sensitive data: "
+            "the demo set, Something-Something)"
+        },
+    )
+    test_clips: int = field(
+        default=1,
+        metadata={"help": "clips per video at validation and test (views: clips x crops)"},
+    )
+    test_crops: int = field(
+        default=1,
+        metadata={
+            "help": "crops per clip at validation and test: 1, the centre crop; 3, three "
+            "crops along the long side",
+            "choices": (1, 3),
+        },
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_scales", tuple(self.crop_scales))

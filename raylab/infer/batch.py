@@ -9,7 +9,7 @@ model run is one object, :class:`InferenceResources`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +19,24 @@ from raylab.config import ClipConfig
 
 @dataclass(frozen=True)
 class InferenceResources:
-    """Where and how batch inference runs."""
+    """Where and how batch inference runs (each field's ``metadata["help"]`` says, and is
+    its flag's help: :func:`raylab.jobs.add_inference_flags`)."""
 
-    predictors: int = 1  # model actors
-    use_gpu: bool = False  # one GPU per actor
-    batch_size: int = 16  # clips per forward pass
-    decoders: int | None = None  # concurrent decode tasks; None: as free CPUs allow
-    decoder_cpus: float = 1.0  # per decode task
-    decoder_resource: str | None = None  # custom resource of decoder nodes, e.g. "decoder"
-    predictor_cpus: float = 1.0  # per model actor
+    predictors: int = field(default=1, metadata={"help": "model actors"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per model actor"})
+    batch_size: int = field(default=16, metadata={"help": "clips per forward pass"})
+    decoders: int | None = field(
+        default=None, metadata={"help": "concurrent decode tasks (default: as CPUs allow)"}
+    )
+    decoder_cpus: float = field(default=1.0, metadata={"help": "CPUs per decode task"})
+    decoder_resource: str | None = field(
+        default=None,
+        metadata={
+            "help": "custom resource of the decoder nodes (cluster.yaml: decoder); decoding "
+            "stays there"
+        },
+    )
+    predictor_cpus: float = field(default=1.0, metadata={"help": "CPUs per model actor"})
 
 
 def test_views(shards: str | Path, split: str, clip: ClipConfig, resources: InferenceResources):

@@ -13,57 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raylab.config import ClipConfig, TrainConfig
+from raylab.config import ClipConfig, TrainConfig, normalise
 from raylab.infer.batch import InferenceResources, batches, test_views, through_model
 from raylab.infer.figures import pyplot, save_figure
-from raylab.metrics import METRIC
-from raylab.train.loop import normalise, topk_accuracy, video_scores
-from raylab.train.worker import STATE_FILE, load_state
-
-
-def best_checkpoint(result, metric: str = METRIC):
-    """The checkpoint with the highest ``metric`` of a Train result (latest on ties)."""
-    ranked = [
-        (m.get(metric, float("-inf")), m.get("epoch", 0), c)
-        for c, m in (result.best_checkpoints or [])
-    ]
-    if not ranked:
-        if result.checkpoint is None:
-            raise ValueError(f"the run at {result.path} reported no checkpoint")
-        return result.checkpoint
-    ranked.sort(key=lambda r: (np.nan_to_num(r[0], nan=-1.0), r[1]))
-    return ranked[-1][2]
-
-
-def save_best_weights(result, path: str | Path, metric: str = METRIC):
-    """Save the model weights of ``result``'s best checkpoint (:func:`best_checkpoint`) to
-    ``path`` as a plain state dict; returns ``(that checkpoint, its whole state)``."""
-    best = best_checkpoint(result, metric)
-    with best.as_directory() as d:
-        state = load_state(d)
-    torch.save(state["model"], path)
-    return best, state
-
-
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
-    """The model and config of a checkpoint folder written by the training loop."""
-    from raylab.models import build_model
-
-    file = Path(path) / STATE_FILE if Path(path).is_dir() else Path(path)
-    if not file.exists():
-        raise FileNotFoundError(f"{file} not found: pass a checkpoint folder of a training run")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        config = state["config"]
-    except Exception as err:  # a JSON file, a plain state dict, a truncated save...
-        raise ValueError(
-            f"{path} is not a checkpoint of a training run (state.pt with its config): pass a "
-            f"checkpoint folder such as RUN/checkpoint_... ({type(err).__name__})"
-        ) from err
-    config = TrainConfig.from_record(config)
-    model = build_model(config.model, config.num_classes, **config.model_options)
-    model.load_state_dict(state["model"])
-    return model.eval(), config
+from raylab.metrics import topk_accuracy, video_scores
+from raylab.train.checkpoints import load_checkpoint
 
 
 def evaluation_clip(config: TrainConfig, clips: int = 1, crops: int = 1) -> ClipConfig:

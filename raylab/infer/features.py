@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from raylab.config import RGB_MEAN, RGB_STD, ClipConfig
+from raylab.config import RGB_MEAN, RGB_STD, ClipConfig, normalise
 from raylab.infer.batch import InferenceResources, batches, test_views, through_model
-from raylab.train.loop import normalise
+from raylab.train.checkpoints import load_checkpoint, read_weights
 
 _CAPTURES = ("input", "pool")
 
@@ -79,18 +79,6 @@ class ModelSource:
         }
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain state dict from ``path`` (loaded with ``weights_only=True``). A training
-    checkpoint's ``state.pt`` (``{"model": ...}``), ``{"state_dict": ...}`` and DataParallel's
-    ``module.`` prefix are unwrapped."""
-    from raylab.models.checkpoints import read_state
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    return read_state(state)
-
-
 def load_model(source: ModelSource) -> tuple[nn.Module, dict]:
     """The model of ``source`` in eval mode, and its config: ``model``, ``model_options``,
     ``num_classes``, ``mean``, ``std`` (the input normalisation) and ``data`` (the clip geometry
@@ -98,8 +86,6 @@ def load_model(source: ModelSource) -> tuple[nn.Module, dict]:
     from raylab.models import build_model
 
     if source.checkpoint is not None:
-        from raylab.infer.evaluate import load_checkpoint
-
         model, config = load_checkpoint(source.checkpoint)
         return model.eval(), {
             "model": config.model,

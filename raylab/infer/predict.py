@@ -33,7 +33,7 @@ from raylab.data.pipeline import (
 )
 from raylab.data.storage import rendition_column
 from raylab.infer.batch import InferenceResources, batches, through_model
-from raylab.train.loop import video_scores
+from raylab.metrics import video_scores
 
 
 def find_videos(source: str | Path) -> list[str]:
@@ -167,7 +167,8 @@ def predict_videos(
 ) -> list[dict]:
     """One result per video, in ``videos``' order: ``{"video", "top": [{"class", "score"},
     ...]}`` (the ``top`` classes by averaged score) or ``{"video", "error"}``."""
-    from raylab.infer.evaluate import Predictor, evaluation_clip, load_checkpoint
+    from raylab.infer.evaluate import Predictor, evaluation_clip
+    from raylab.train.checkpoints import load_checkpoint
 
     resources = resources or InferenceResources()
     _, config = load_checkpoint(checkpoint)

@@ -36,12 +36,12 @@ import torch
 from raylab.config import TrainConfig
 from raylab.data.pipeline import clip_dataset, error_text, planned_batches, row_groups
 from raylab.data.plan import eval_plan, train_plan
+from raylab.train.checkpoints import load_state
 from raylab.train.worker import (
     EpochReporter,
     StartClock,
     append_history,
     gather,
-    load_state,
     unwrap,
     worker_device,
     write_progress,

@@ -16,8 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raylab.config import TrainConfig
+from raylab.config import TrainConfig, normalise
 from raylab.data.pipeline import error_text
+from raylab.metrics import topk_accuracy, video_scores
+from raylab.train.checkpoints import read_weights
 from raylab.train.epoch import (  # noqa: F401 - the recipe's pieces, imported from here too
     DecodeFailures,
     check_decode_failures,
@@ -27,40 +29,6 @@ from raylab.train.epoch import (  # noqa: F401 - the recipe's pieces, imported f
     run_epochs,
 )
 from raylab.train.worker import autocast, gather, on_cuda
-
-
-def normalise(clip: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, T, H, W, C) on the device -> normalised float (B, C, T, H, W)."""
-    x = clip.permute(0, 4, 1, 2, 3).float().div_(255.0)
-    return x.sub_(mean.view(1, -1, 1, 1, 1)).div_(std.view(1, -1, 1, 1, 1))
-
-
-def video_scores(
-    ids: list[str], labels: list[int], logits: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Average softmax scores over each video's views -> (scores [V, K], labels [V], ids)."""
-    probs = torch.from_numpy(logits).float().softmax(-1).numpy()
-    order: dict[str, int] = {}
-    for vid in ids:
-        order.setdefault(vid, len(order))
-    sums = np.zeros((len(order), probs.shape[1]))
-    counts = np.zeros(len(order))
-    video_labels = np.zeros(len(order), dtype=np.int64)
-    for vid, lab, p in zip(ids, labels, probs, strict=True):
-        i = order[vid]
-        sums[i] += p
-        counts[i] += 1
-        video_labels[i] = lab
-    return sums / counts[:, None], video_labels, list(order)
-
-
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Fraction of rows whose label is among the k highest scores."""
-    if len(labels) == 0:
-        return float("nan")
-    k = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1)[:, :k]
-    return float((top == labels[:, None]).any(axis=1).mean())
 
 
 @torch.no_grad()
@@ -131,7 +99,7 @@ class Classification:
 
         model = build_model(config.model, config.num_classes, **config.model_options)
         if config.init_from:
-            state = torch.load(config.init_from, map_location="cpu", weights_only=True)
+            state = read_weights(config.init_from)
             missing, unexpected = model.load_state_dict(state, strict=False)
             if self.rank == 0:
                 print(f"init from {config.init_from}: missing {missing}, unexpected {unexpected}")

@@ -52,10 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raylab.config import TrainConfig
+from raylab.config import TrainConfig, normalise
 from raylab.data.pipeline import FAILED, error_text
 from raylab.train.epoch import DataOptions, loop_config, run_epochs
-from raylab.train.loop import normalise
 from raylab.train.worker import autocast, gather, unwrap
 
 STUDENTS = ("t3d121", "densenet3d121")

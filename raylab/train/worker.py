@@ -1,9 +1,9 @@
 """The parts of a per-worker Ray Train loop below its epoch skeleton
 (:mod:`raylab.train.epoch`): the worker's device and autocast, gathering over ranks, the
-progress and history files, checkpoint files, and the end of an epoch
-(:class:`EpochReporter`: checkpoint, Ray Train report, console line, TensorBoard scalars,
-``history.jsonl``). Files are written by rank 0 only, under the run's ``run_dir`` when it
-has one. The helpers take plain values, not a loop's config.
+progress and history files, and the end of an epoch (:class:`EpochReporter`: the
+checkpoint, as :mod:`raylab.train.checkpoints` writes them, Ray Train report, console line,
+TensorBoard scalars, ``history.jsonl``). Files are written by rank 0 only, under the run's
+``run_dir`` when it has one. The helpers take plain values, not a loop's config.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-STATE_FILE = "state.pt"  # the one file of every checkpoint
+from raylab.train.checkpoints import plain_config, save_state
 
 
 def worker_device() -> torch.device:
@@ -61,22 +61,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def plain_config(config: dict) -> dict:
-    """A copy of the config that ``torch.load(weights_only=True)`` can read back: tuples as
-    lists, anything but plain values (a Path, ...) as its text."""
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out[k] = plain_config(v)
-        elif isinstance(v, tuple):
-            out[k] = list(v)
-        elif v is None or isinstance(v, str | int | float | bool | list):
-            out[k] = v
-        else:
-            out[k] = str(v)
-    return out
-
-
 def write_progress(run_dir: str | None, rank: int, epoch: int, step: int = 0) -> None:
     """Where each worker is (``run_dir/progress/rank-N``: epoch, step, pid): for people and
     for fault tests, which kill a worker mid-epoch by its pid."""
@@ -93,16 +77,6 @@ def append_history(run_dir: str | None, record: dict) -> None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         with open(Path(run_dir) / "history.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def save_state(directory: str | Path, state: dict) -> None:
-    """Write a checkpoint's state into ``directory`` (as :func:`load_state` reads it)."""
-    torch.save(state, Path(directory) / STATE_FILE)
-
-
-def load_state(directory: str | Path) -> dict:
-    """The state a checkpoint directory holds, on the CPU."""
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def process_created_at() -> float | None:
@@ -184,7 +158,8 @@ class EpochReporter:
         self, directory: str | Path, epoch: int, metrics: dict, state: Callable[[int], dict]
     ) -> None:
         """Write the checkpoint of ``epoch`` into ``directory``: the loop's ``state(epoch)``,
-        the epoch, the config (plain: see :func:`plain_config`) and the metrics."""
+        the epoch, the config (plain: see :func:`~raylab.train.checkpoints.plain_config`) and
+        the metrics."""
         meta = {"epoch": epoch, "config": plain_config(self.config), "metrics": metrics}
         meta["environment"] = plain_config(self.environment)
         save_state(directory, state(epoch) | meta)

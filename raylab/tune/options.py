@@ -14,7 +14,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from raylab.data.decode import TSN_SCALES
+from raylab.config import ClipConfig, TrainConfig
+from raylab.data.clips import TSN_SCALES
 from raylab.tune.space import SearchSpace
 
 STUDY_FILE = "optuna.db"
@@ -80,6 +81,18 @@ class TuneOptions:
         """The SQLite study (and ``options.json`` beside it): see :func:`options_dir`."""
         return options_dir(self.storage_path, self.name) / STUDY_FILE
 
+    def trial_template(self) -> TrainConfig:
+        """What every trial trains but the drawn knobs (network, frames, stride, size, lr,
+        weight decay) and the batch its memory allows: ``space.plan_trial`` fills those in."""
+        return TrainConfig(
+            model_options={} if self.dropout is None else {"dropout": self.dropout},
+            clip=ClipConfig(crop_scales=self.crop_scales, test_clips=self.val_clips),
+            epochs=self.max_epochs,
+            workers=self.workers,
+            optimizer="adamw",
+            seed=self.seed,
+        )
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["space"] = self.space.to_dict()
@@ -98,7 +111,10 @@ def save_options(options: TuneOptions) -> None:
     """``options.json`` beside the study: what ``--resume`` and the report read back."""
     path = options.study_path.parent / "options.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(options.to_dict(), indent=2))
+    # The trials' template is derived from the options, saved for the reader who asks what
+    # a trial trains; loading ignores it.
+    record = options.to_dict() | {"trial_template": options.trial_template().record()}
+    path.write_text(json.dumps(record, indent=2))
 
 
 def load_options(storage_path: str, name: str) -> TuneOptions:
@@ -107,5 +123,6 @@ def load_options(storage_path: str, name: str) -> TuneOptions:
     if not path.exists():
         raise FileNotFoundError(f"no experiment {name!r} under {storage_path} ({path} is missing)")
     raw = json.loads(path.read_text())
+    raw.pop("trial_template", None)
     space = SearchSpace(**{k: tuple(v) for k, v in raw.pop("space").items()})
     return TuneOptions(space=space, **raw)

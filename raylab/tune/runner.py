@@ -22,7 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
-from raylab.config import ClipConfig, TrainConfig
+from raylab.config import TrainConfig
 from raylab.metrics import (
     METRIC,
     TRIAL_STATUSES,
@@ -30,7 +30,7 @@ from raylab.metrics import (
     folder_trial_number,
     trial_status,
 )
-from raylab.train.worker import STATE_FILE, save_state
+from raylab.train.checkpoints import best_checkpoint_in, save_state
 from raylab.tune.options import TuneOptions
 from raylab.tune.resources import memory_budget, trial_concurrency
 from raylab.tune.results import local_experiment
@@ -49,29 +49,12 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
     # Tune's trial table is the progress display; per-trial data bars would garble it.
     ray.data.DataContext.get_current().enable_progress_bars = False
     trial_id = tune.get_context().get_trial_id()
-    # The experiment's fixed clip settings; the trial draws frames, stride and size.
-    clips = ClipConfig(crop_scales=options.crop_scales, test_clips=options.val_clips)
-    plan = plan_trial(config, limits, budget, clips)
+    plan = plan_trial(config, limits, budget, options.trial_template())
     if isinstance(plan, Pruned):
         print(f"trial {trial_id} pruned before it started: {plan.reason}", file=sys.stderr)
         tune.report({"pruned": True, "prune_reason": plan.reason})
         return
     runs = f"{options.experiment_dir}/train_runs"
-    model_options = dict(plan.model_options)
-    if options.dropout is not None:
-        model_options["dropout"] = options.dropout
-    train_config = TrainConfig(
-        model=plan.model,
-        model_options=model_options,
-        clip=plan.clip,
-        epochs=options.max_epochs,
-        workers=options.workers,
-        batch_size=plan.batch_size,
-        optimizer="adamw",
-        lr=plan.lr,
-        weight_decay=plan.weight_decay,
-        seed=options.seed,
-    )
     data = DataOptions(
         shards=options.shards,
         decoder_cpus=options.decoder_cpus,
@@ -79,7 +62,7 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
         lookahead=quick_start(),
     )
     trainer = build_trainer(
-        train_config,
+        plan.run,
         data,
         storage_path=runs,
         name=f"train-{trial_id}",  # a restored trial resumes its own Train run
@@ -88,7 +71,7 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
         max_failures=1,
         keep_checkpoints=2,
         callbacks=[TuneReportCallback()],
-        extra_metrics=plan.cost | {"batch_size": plan.batch_size, "pruned": False},
+        extra_metrics=plan.cost | {"batch_size": plan.run.batch_size, "pruned": False},
         started_at=began,
     )
     result = trainer.fit()
@@ -310,7 +293,7 @@ def trial_table(results, max_epochs: int) -> list[dict]:
             row["error"] = str(r.error).splitlines()[0][:300]
         if frame is not None and METRIC in frame and frame[METRIC].notna().any():
             # The later epoch on ties, as the Train run keeps its checkpoints (the best
-            # ones by score, the newer of equals) and as best_checkpoint_in ranks them.
+            # ones by score, the newer of equals) and as raylab.train.checkpoints ranks them.
             best = frame[METRIC].astype(float)[::-1].idxmax()
             for key in (
                 METRIC,
@@ -345,41 +328,6 @@ def _plain(value):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return value.item() if hasattr(value, "item") else value
-
-
-def best_checkpoint_in(run_dir: str | Path, epoch: int | None = None) -> tuple[str, dict]:
-    """The checkpoint of a Train run (a folder or a URI such as s3://) with the highest
-    validation video top-1, the later epoch on ties, or the one of ``epoch`` (1-based, as runs
-    report it): ``(its location, its state)``, read from the checkpoints themselves."""
-    import io
-
-    import pyarrow.fs
-    import torch
-
-    from raylab.data.storage import storage
-
-    fs, root = storage(run_dir)
-    listing = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    ranked = []
-    for info in listing:
-        if not info.base_name.startswith("checkpoint_"):
-            continue
-        file = f"{info.path}/{STATE_FILE}"
-        if fs.get_file_info(file).type != pyarrow.fs.FileType.File:
-            continue
-        with fs.open_input_file(file) as f:
-            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-        if epoch is not None and state["epoch"] + 1 != epoch:  # a state counts from 0
-            continue
-        score = state["metrics"].get(METRIC)
-        score = -1.0 if score is None or math.isnan(score) else score
-        location = f"{str(run_dir).rstrip('/')}/{info.base_name}"
-        ranked.append((score, state["epoch"], location, state))
-    if not ranked:
-        of = f" of epoch {epoch}" if epoch is not None else ""
-        raise FileNotFoundError(f"no checkpoint{of} in the Train run {run_dir}")
-    best = max(ranked, key=lambda r: (r[0], r[1]))
-    return best[2], best[3]
 
 
 class NoTrialScored(RuntimeError):

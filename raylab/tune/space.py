@@ -27,10 +27,11 @@ Optuna draws them under a name of that family's own (``t3d_frames``), since one 
 name has one set of choices in a study; the trial's config carries the value under
 ``frames`` all the same.
 
-:func:`plan_trial` turns a sampled configuration into a model, a pipeline and a batch size,
-or into a :class:`Pruned` reason when the data or the machine cannot serve it: a clip
-longer than the shortest video, a crop larger than the stored renditions, or a memory
-estimate above the device.
+:func:`plan_trial` turns a sampled configuration into the run it trains (a ``TrainConfig``:
+the experiment's template with the drawn network, clips and batch size), or into a
+:class:`Pruned` reason when the data or the machine cannot serve it: a clip longer than the
+shortest video, a crop larger than the stored renditions, or a memory estimate above the
+device.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from raylab.config import ClipConfig
+from raylab.config import ClipConfig, TrainConfig
 from raylab.models import build_model, input_contract
 from raylab.models.common import measure
 
@@ -280,17 +281,13 @@ class Pruned:
 
 @dataclass
 class TrialPlan:
-    """What a valid configuration runs: the model, its clips, its batch and its cost."""
+    """What a valid configuration runs (``run``: the experiment's template with the drawn
+    network, clips, batch and optimiser settings) and what it costs."""
 
-    model: str
-    model_options: dict
-    clip: ClipConfig
-    batch_size: int
-    lr: float
-    weight_decay: float
+    run: TrainConfig
     gmacs: float  # multiply-adds per clip, forward
     params_m: float
-    memory_gib: float  # estimated training memory per worker at batch_size
+    memory_gib: float  # estimated training memory per worker at the run's batch size
     knobs: dict = field(default_factory=dict)
 
     @property
@@ -309,9 +306,11 @@ def model_of(config: dict, width: float) -> tuple[str, dict]:
 
 
 def plan_trial(
-    config: dict, limits: DataLimits, budget: Budget, clips: ClipConfig | None = None
+    config: dict, limits: DataLimits, budget: Budget, template: TrainConfig | None = None
 ) -> TrialPlan | Pruned:
-    """A runnable plan for a sampled ``config`` (``clips`` with its frames, stride and size),
+    """The run a sampled ``config`` trains: ``template`` (the experiment's fixed settings:
+    epochs, workers, seed, crop scales, test clips, dropout) with the drawn network, clip
+    (frames, stride, size), learning rate and weight decay, and the largest batch that fits;
     or the reason the data or the machine cannot serve it. A clip the model itself cannot
     take raises ValueError: the space draws none (:meth:`SearchSpace.define`).
 
@@ -319,8 +318,9 @@ def plan_trial(
     training memory (weights, gradients and AdamW state, plus twice the activations per clip
     for their gradients) fits ``budget.memory_gib``.
     """
+    template = template or TrainConfig(optimizer="adamw")
     frames, size = config["frames"], config["size"]
-    clip = replace(clips or ClipConfig(), frames=frames, stride=config["stride"], size=size)
+    clip = replace(template.clip, frames=frames, stride=config["stride"], size=size)
     if clip.span > limits.min_frames:
         return Pruned(
             f"clip span {clip.span} frames ({frames} frames x stride {clip.stride}) is longer "
@@ -349,13 +349,17 @@ def plan_trial(
             f"{frames}x{size}x{size} clip is above the device's {budget.memory_gib:.1f} GiB"
         )
     batch = 2 ** int(math.log2(min(fits, budget.max_batch)))
-    return TrialPlan(
+    run = replace(
+        template,
         model=name,
-        model_options=options,
+        model_options=options | template.model_options,
         clip=clip,
         batch_size=batch,
         lr=config["lr"],
         weight_decay=config["weight_decay"],
+    )
+    return TrialPlan(
+        run=run,
         gmacs=gmacs,
         params_m=params_m,
         memory_gib=fixed_gib + batch * per_clip_gib,

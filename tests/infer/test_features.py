@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raylab.config import RGB_MEAN, RGB_STD, ClipConfig
+from raylab.config import RGB_MEAN, RGB_STD, ClipConfig, normalise
 from raylab.infer.batch import InferenceResources
 from raylab.infer.features import (
     ClipAverager,
@@ -23,7 +23,6 @@ from raylab.infer.features import (
     write_features,
 )
 from raylab.models import build_model
-from raylab.train.loop import normalise
 
 
 def _source(tmp_path, name: str, num_classes: int = 8, **options) -> tuple[ModelSource, object]:

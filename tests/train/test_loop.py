@@ -1,8 +1,8 @@
-"""Pieces of the training loop that need no cluster: normalisation, schedules, scores."""
+"""Pieces of the training loop that need no cluster: schedules, optimisers, decode failures,
+the read-ahead."""
 
 import threading
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,22 +13,7 @@ from raylab.train.loop import (
     check_decode_failures,
     lr_factor,
     make_optimizer,
-    normalise,
-    topk_accuracy,
-    video_scores,
 )
-
-
-def test_normalise_layout_and_values():
-    clip = torch.zeros(2, 4, 6, 8, 3, dtype=torch.uint8)
-    clip[..., 0] = 255
-    mean = torch.tensor([0.5, 0.5, 0.5])
-    std = torch.tensor([0.25, 0.5, 1.0])
-    x = normalise(clip, mean, std)
-    assert x.shape == (2, 3, 4, 6, 8) and x.dtype == torch.float32
-    assert torch.allclose(x[:, 0], torch.full_like(x[:, 0], 2.0))
-    assert torch.allclose(x[:, 1], torch.full_like(x[:, 1], -1.0))
-    assert torch.allclose(x[:, 2], torch.full_like(x[:, 2], -0.5))
 
 
 def test_cosine_with_warmup_and_step_schedules():
@@ -51,23 +36,6 @@ def test_optimizers_skip_decay_on_norms_and_biases():
     assert isinstance(make_optimizer(model, "adamw", 1e-3, 1e-4), torch.optim.AdamW)
     with pytest.raises(ValueError, match="optimizer must be"):
         make_optimizer(model, "lamb", 1e-3, 1e-4)
-
-
-def test_video_scores_average_views_per_video():
-    ids = ["a", "b", "a", "b", "c"]
-    labels = [0, 1, 0, 1, 2]
-    logits = np.log(
-        np.array(
-            [[0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]
-        )
-    )
-    scores, vlabels, vids = video_scores(ids, labels, logits)
-    assert vids == ["a", "b", "c"]
-    np.testing.assert_allclose(scores[0], [0.4, 0.5, 0.1], atol=1e-6)
-    np.testing.assert_array_equal(vlabels, [0, 1, 2])
-    # Clip-level, "a" is right once in two; video-level it is wrong (0.5 > 0.4).
-    assert topk_accuracy(scores, vlabels, 1) == pytest.approx(2 / 3)
-    assert topk_accuracy(scores, vlabels, 2) == 1.0
 
 
 def test_an_epoch_stops_when_no_video_or_too_many_fail_to_decode():

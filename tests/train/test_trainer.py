@@ -119,8 +119,11 @@ def _epoch_ids(steps: dict, epoch: int) -> list[str]:
     return [v for (e, _), ids in sorted(steps.items()) if e == epoch for v in ids]
 
 
-def _plan_ids(shards: Path, seed: int, epoch: int, window: int) -> list[str]:
-    """The video ids of one worker's plan of an epoch, read from the shards themselves."""
+def _plan_ids(
+    shards: Path, seed: int, epoch: int, window: int, rank: int = 0, world: int = 1
+) -> list[str]:
+    """The video ids of rank ``rank``'s plan of an epoch among ``world`` workers, read from
+    the shards themselves."""
     import pyarrow.parquet as pq
 
     from raylab.data.pipeline import row_groups
@@ -131,7 +134,9 @@ def _plan_ids(shards: Path, seed: int, epoch: int, window: int) -> list[str]:
         pq.ParquetFile(g["file"]).read_row_group(g["row_group"], columns=["video_id"])
         for g in groups
     ]
-    plan = train_plan([g["rows"] for g in groups], seed=seed, epoch=epoch, window=window)
+    plan = train_plan(
+        [g["rows"] for g in groups], seed=seed, epoch=epoch, rank=rank, world=world, window=window
+    )
     return [str(ids[s.group].column(0)[s.row]) for s in plan]
 
 
@@ -237,7 +242,8 @@ def test_a_worker_killed_mid_epoch_trains_exactly_the_clips_it_had_not(seeded_ru
 @pytest.fixture(scope="module")
 def worker_runs(colour_shards, ray_session, tmp_path_factory) -> dict:
     """One recipe that learns (the colour set, batch-normed C3D) on one worker with 8 videos
-    a step and on two with 4 each, 5 epochs; and the two-worker run again."""
+    a step and on two with 4 each, 5 epochs; and the two-worker run again for its first
+    epoch (a warm-up epoch: its learning rates do not depend on the epochs that follow)."""
     root = tmp_path_factory.mktemp("workers")
     recipe = replace(
         TINY,
@@ -262,21 +268,25 @@ def worker_runs(colour_shards, ray_session, tmp_path_factory) -> dict:
         "root": root,
         "one": fit("one", batch_size=8),
         "two": fit("two", workers=2, batch_size=4),
-        "two_again": fit("two_again", workers=2, batch_size=4),
+        "two_again": fit("two_again", workers=2, batch_size=4, epochs=1),
     }
 
 
 def test_two_workers_take_the_same_clips_every_run(worker_runs, colour_shards):
     root = worker_runs["root"]
     assert worker_runs["two"].error is None and worker_runs["two_again"].error is None
-    # The same seed again: every figure of its epochs, and each rank's clips of every step.
-    assert _epochs(root / "two_again") == _epochs(root / "two")
+    # The same seed again: every figure of its epoch, and each rank's clips of every step.
+    again = _epochs(root / "two_again")
+    assert [r["epoch"] for r in again] == [1] and again == _epochs(root / "two")[:1]
     for rank in (0, 1):
-        again = _steps(root / "two_again", rank)
-        assert again and again == _steps(root / "two", rank)
-    # The ranks split each epoch between them: together, every training video once.
-    for epoch in (1, 2):
+        steps = _steps(root / "two_again", rank)
+        assert steps and steps == {k: v for k, v in _steps(root / "two", rank).items() if k[0] == 1}
+    # Each rank trains its plan, a function of seed, epoch and rank (as DistributedSampler's
+    # order is), in the plan's order; together the ranks take every training video once.
+    for epoch in range(1, 6):
         ranks = [_epoch_ids(_steps(root / "two", rank), epoch) for rank in (0, 1)]
+        for rank, trained in enumerate(ranks):
+            assert trained == _plan_ids(colour_shards, 1, epoch - 1, 64, rank, world=2), rank
         assert ranks[0] != ranks[1]
         plan = _plan_ids(colour_shards, seed=1, epoch=epoch - 1, window=64)
         assert sorted(ranks[0] + ranks[1]) == sorted(plan) == sorted(set(plan))
@@ -310,7 +320,7 @@ def test_the_best_checkpoint_is_kept_and_its_weights_saved(ray_session, tmp_path
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raylab.infer.evaluate import save_best_weights
+    from raylab.train.checkpoints import save_best_weights
     from raylab.train.trainer import run_config
 
     def report_scores(config: dict) -> None:
@@ -352,7 +362,7 @@ def test_rerunning_the_same_run_resumes_and_keeps_the_best(demo_shards, ray_sess
     history = _history(tmp_path / "again")
     assert [r["epoch"] for r in history if r["event"] == "epoch"] == [1, 2]
     assert {"event": "resumed", "from_epoch": 1} in history
-    from raylab.infer.evaluate import best_checkpoint
+    from raylab.train.checkpoints import best_checkpoint
 
     best = best_checkpoint(second)
     with best.as_directory() as d:

@@ -13,11 +13,11 @@ import torch
 from tensorboardX.proto.event_pb2 import Event
 
 from raylab.config import TrainConfig
+from raylab.train.checkpoints import load_state
 from raylab.train.worker import (
     EpochReporter,
     append_history,
     autocast,
-    load_state,
     on_cuda,
     unwrap,
     write_progress,

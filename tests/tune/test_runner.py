@@ -3,14 +3,14 @@ retrains it, no placement group still held."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import pytest
-import torch
 
 from jobs import train as train_job
+from raylab.config import TrainConfig
 from raylab.tune.options import TuneOptions, load_options, save_options
-from raylab.tune.runner import best_checkpoint_in, trial_table
+from raylab.tune.runner import trial_table
 from raylab.tune.space import SearchSpace
 
 
@@ -30,6 +30,9 @@ def test_options_round_trip(tmp_path):
     save_options(opts)
     back = load_options(str(tmp_path), "e")
     assert back == opts and back.space.frames == (16, 32)
+    # Beside them, what every trial trains but the drawn knobs, as a run record.
+    saved = json.loads((tmp_path / "e" / "options.json").read_text())["trial_template"]
+    assert TrainConfig.from_record(saved) == opts.trial_template()
     with pytest.raises(FileNotFoundError, match="no experiment 'other'"):
         load_options(str(tmp_path), "other")
 
@@ -38,26 +41,6 @@ def test_study_of_an_s3_experiment_stays_local():
     opts = TuneOptions(shards="/d", storage_path="s3://bucket/results", name="e")
     assert opts.experiment_dir == "s3://bucket/results/e"
     assert "://" not in str(opts.study_path) and opts.study_path.name == "optuna.db"
-
-
-def test_best_checkpoint_is_read_from_the_checkpoints(tmp_path):
-    for i, score in enumerate([0.5, 0.75, 0.75, float("nan")]):
-        d = tmp_path / f"checkpoint_{i}"
-        d.mkdir()
-        torch.save({"epoch": i, "metrics": {"val_video_top1": score}}, d / "state.pt")
-    location, state = best_checkpoint_in(tmp_path)
-    assert Path(location).name == "checkpoint_2" and state["epoch"] == 2  # the later tie
-    # The same through a URI, as for results on s3://.
-    assert best_checkpoint_in(f"file://{tmp_path}")[0] == f"file://{tmp_path}/checkpoint_2"
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        best_checkpoint_in(tmp_path / "none")
-    # The epoch Tune recorded as best, even where a later one scored higher: a trial the
-    # budget stopped may or may not have saved its next epoch, as timing has it.
-    # Epochs as runs report them, from 1; a checkpoint's state counts from 0.
-    location, state = best_checkpoint_in(tmp_path, epoch=2)
-    assert Path(location).name == "checkpoint_1" and state["epoch"] == 1
-    with pytest.raises(FileNotFoundError, match="no checkpoint of epoch 7"):
-        best_checkpoint_in(tmp_path, epoch=7)
 
 
 def test_a_recorded_config_trains_the_same_run(tmp_path):

@@ -8,6 +8,7 @@ import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+from raylab.config import TrainConfig
 from raylab.data.clips import ClipConfig, choose_rendition
 from raylab.models import build_model, input_contract
 from raylab.tune.space import (
@@ -183,15 +184,16 @@ def test_bad_space_is_refused_with_the_knob_named(field, value, message):
 
 def _check_runnable(plan: TrialPlan, limits: DataLimits, classes: int) -> None:
     """The plan's model takes the plan's clips and the shards can serve them."""
-    frames, stride, size = plan.clip.frames, plan.clip.stride, plan.clip.size
+    run = plan.run
+    frames, stride, size = run.clip.frames, run.clip.stride, run.clip.size
     assert (frames - 1) * stride + 1 <= limits.min_frames
     spec = ClipConfig(frames=frames, stride=stride, size=size)
     assert choose_rendition(limits.renditions, spec.working_short_side) in limits.renditions
     with torch.device("meta"):
-        model = build_model(plan.model, classes, **plan.model_options).eval()
-        out = model(torch.empty(plan.batch_size, 3, frames, size, size))
-    assert tuple(out.shape) == (plan.batch_size, classes)
-    assert plan.batch_size >= 1 and plan.gmacs > 0 and plan.params_m > 0
+        model = build_model(run.model, classes, **run.model_options).eval()
+        out = model(torch.empty(run.batch_size, 3, frames, size, size))
+    assert tuple(out.shape) == (run.batch_size, classes)
+    assert run.batch_size >= 1 and plan.gmacs > 0 and plan.params_m > 0
 
 
 configs = st.fixed_dictionaries(
@@ -257,7 +259,7 @@ def test_every_draw_is_runnable_or_pruned_with_a_reason(config, limits, budget):
     else:
         _check_runnable(plan, limits, limits.num_classes)
         assert plan.memory_gib <= budget.memory_gib
-        assert plan.batch_size <= budget.max_batch
+        assert plan.run.batch_size <= budget.max_batch
 
 
 LIMITS = DataLimits(renditions=(128,), min_frames=32, num_classes=8, train_videos=64)
@@ -287,10 +289,10 @@ def test_a_clip_the_model_cannot_take_is_an_error_not_a_pruning():
 def test_memory_estimate_lowers_the_batch_then_prunes():
     config = {"family": "t3d", "depth": 121} | BASE
     roomy = plan_trial(config, LIMITS, TINY)
-    assert isinstance(roomy, TrialPlan) and roomy.batch_size == 8
+    assert isinstance(roomy, TrialPlan) and roomy.run.batch_size == 8
     per_clip = (roomy.memory_gib - plan_trial(config, LIMITS, Budget(4.0, 1, 0.125)).memory_gib) / 7
     tight = plan_trial(config, LIMITS, Budget(roomy.memory_gib - 5 * per_clip, 8, 0.125))
-    assert isinstance(tight, TrialPlan) and tight.batch_size == 2  # 3 fit -> a power of two
+    assert isinstance(tight, TrialPlan) and tight.run.batch_size == 2  # 3 fit -> a power of two
     none = plan_trial(config, LIMITS, Budget(0.001, 8, 0.125))
     assert isinstance(none, Pruned) and "estimated memory" in none.reason
 
@@ -303,3 +305,26 @@ def test_cost_grows_with_the_clip():
     assert big.params_m == small.params_m
     first = plan_trial(stm | {"stm_blocks": "first"}, LIMITS, TINY)
     assert first.params_m < small.params_m  # fewer STM blocks, fewer CMM weights
+
+
+def test_a_plan_is_the_experiments_template_with_the_drawn_knobs():
+    """What a trial trains: every setting of the experiment's template (seed, epochs,
+    workers, crop scales, test clips, dropout), the drawn network, clip and optimiser
+    settings in place of the template's, and the batch its memory allows."""
+    template = TrainConfig(
+        model="c3d",
+        model_options={"dropout": 0.3},
+        clip=ClipConfig(crop_scales=(1.0, 0.875), test_clips=3, size=64, frames=4),
+        epochs=7,
+        workers=2,
+        seed=5,
+    )
+    stm = {"family": "stm", "stm_stages": "45", "stm_blocks": "first"} | BASE | {"frames": 8}
+    run = plan_trial(stm, LIMITS, TINY, template).run
+    assert run.model == "stm" and run.batch_size == 8
+    assert run.model_options == {
+        "width": 0.125, "stm_stages": [4, 5], "stm_blocks": "first", "dropout": 0.3
+    }  # fmt: skip
+    assert (run.clip.frames, run.clip.stride, run.clip.size) == (8, 1, 112)
+    assert (run.clip.crop_scales, run.clip.test_clips) == ((1.0, 0.875), 3)
+    assert (run.epochs, run.workers, run.seed, run.lr, run.weight_decay) == (7, 2, 5, 1e-3, 1e-4)

@@ -1,0 +1,137 @@
+"""raylab.jobs: flags made from the config dataclasses, and back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field, fields
+
+import pytest
+
+from jobs import train as train_job
+from raylab.config import ClipConfig, TrainConfig
+from raylab.infer.batch import InferenceResources
+from raylab.jobs import (
+    add_config_flags,
+    add_inference_flags,
+    config_from_flags,
+    flag_kind,
+    inference_resources,
+)
+
+
+@dataclass(frozen=True)
+class Inner:
+    x: int = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    count: int = 3
+    rate: float = field(default=0.5, metadata={"help": "how fast, in %"})
+    mode: str = field(default="a", metadata={"help": "the mode", "choices": ("a", "b")})
+    limit: int | None = None
+    on: bool = False
+    kept: bool = True
+    scales: tuple[float, ...] = (1.0, 0.5)
+    auto: str | bool = "auto"
+    extra: dict = field(default_factory=dict)
+    inner: Inner = field(default_factory=Inner)
+    names: tuple[str, ...] = ()
+
+
+def parser_for(config, **kw) -> tuple[argparse.ArgumentParser, dict]:
+    p = argparse.ArgumentParser()
+    return p, add_config_flags(p, config, **kw)
+
+
+def test_a_flag_per_field_by_its_type():
+    p, flags = parser_for(Settings)
+    # What no flag can say is left out: a dict, a nested dataclass, words.
+    assert list(flags) == ["count", "rate", "mode", "limit", "on", "kept", "scales", "auto"]
+    assert config_from_flags(Settings, p.parse_args([])) == Settings()
+    args = p.parse_args(
+        ["--count", "4", "--rate", "0.25", "--mode", "b", "--limit", "7", "--on", "--no-kept"]
+        + ["--scales", "1", "0.75", "0.5", "--auto", "false"]
+    )
+    back = config_from_flags(Settings, args, names=("z",))
+    assert back == Settings(4, 0.25, "b", 7, True, False, (1.0, 0.75, 0.5), False, names=("z",))
+    for bad in (["--mode", "c"], ["--auto", "maybe"], ["--count", "x"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+    text = p.format_help()
+    assert "how fast, in % (default: 0.5)" in text and "the mode (default: a)" in text
+
+
+def test_renamed_chosen_and_defaulted_flags():
+    p, flags = parser_for(
+        Settings(count=9),  # an instance: its values are the defaults
+        only=("scales", "count", "names"),
+        names={"count": "--n"},
+        defaults={"scales": None},
+        notes={"scales": "default: none"},
+    )
+    assert flags == {"scales": "--scales", "count": "--n", "names": "--names"}
+    args = p.parse_args(["--names", "p", "q"])
+    assert (args.count, args.scales, args.names) == (9, None, ["p", "q"])
+    assert config_from_flags(Settings(rate=0.1), args).names == ("p", "q")
+    assert config_from_flags(Settings(rate=0.1), args).rate == 0.1
+    with pytest.raises(TypeError, match="Settings.extra"):
+        parser_for(Settings, only=("extra",))
+    with pytest.raises(ValueError, match="no setting nope"):
+        parser_for(Settings, skip=("nope",))
+    assert flag_kind(dict) is None and flag_kind(bool | None) is None
+
+
+@dataclass(frozen=True)
+class WiderClip(ClipConfig):
+    jitter: float = field(default=0.0, metadata={"help": "colour jitter strength"})
+
+
+@dataclass(frozen=True)
+class WiderRun(TrainConfig):
+    ema: float = field(default=0.0, metadata={"help": "weight EMA decay; 0: none"})
+
+
+def test_a_new_setting_is_a_flag_of_the_train_job(monkeypatch, tmp_path, capsys):
+    """A field added to ClipConfig or TrainConfig is a flag of jobs/train.py, refused with
+    --config and carried into the run's config, with no edit to the job."""
+    monkeypatch.setattr(train_job, "ClipConfig", WiderClip)
+    monkeypatch.setattr(train_job, "TrainConfig", WiderRun)
+    with pytest.raises(SystemExit):
+        train_job.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "--jitter JITTER" in text and "colour jitter strength (default: 0.0)" in text
+    assert "--ema EMA" in text and "weight EMA decay; 0: none" in text
+    flags = ["--data", "d", "--model", "c3d", "--out", "o"]
+    args = train_job.parse_args([*flags, "--jitter", "0.3", "--ema", "0.99", "--val-clips", "2"])
+    config = train_job.train_config(args)
+    assert isinstance(config, WiderRun) and isinstance(config.clip, WiderClip)
+    assert (config.ema, config.clip.jitter, config.clip.test_clips) == (0.99, 0.3, 2)
+    default = train_job.train_config(train_job.parse_args(flags))
+    assert (default.ema, default.clip.jitter) == (0.0, 0.0)
+    record = tmp_path / "config.json"
+    record.write_text(json.dumps(TrainConfig().record()))
+    for flag in (["--ema", "0.5"], ["--jitter", "0.5"], ["--val-crops", "3"], ["--lr", "1"]):
+        with pytest.raises(SystemExit):
+            train_job.parse_args(["--data", "d", "--out", "o", "--config", str(record), *flag])
+    assert f"leave out {flag[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cls", [ClipConfig, TrainConfig, InferenceResources])
+def test_every_setting_says_what_it_is(cls):
+    """The help of a setting is its field's metadata: every field has one."""
+    assert [f.name for f in fields(cls) if not f.metadata.get("help")] == []
+
+
+def test_inference_flags_make_the_resources():
+    p = argparse.ArgumentParser()
+    add_inference_flags(p)
+    p.add_argument("--batch-size", type=int, default=4)
+    assert inference_resources(p.parse_args([])) == InferenceResources(
+        batch_size=4, decoder_cpus=0.5, predictor_cpus=0.5
+    )
+    args = p.parse_args(["--gpu", "--predictors", "2", "--decoder-cpus", "2"])
+    assert inference_resources(args) == InferenceResources(
+        predictors=2, use_gpu=True, batch_size=4, decoder_cpus=2, predictor_cpus=0.5
+    )

@@ -163,19 +163,31 @@ def colour_shards(tmp_path_factory, ray_session) -> Path:
 
 @pytest.fixture(scope="session")
 def flow_shards(tmp_path_factory, ray_session) -> Path:
-    """A tiny demo set (8 classes x 2 videos, 16 frames) ingested with Farneback flow."""
-    from raylab.data.ingest import EncodeParams, ingest
+    """A tiny demo set (8 classes x 2 videos, 16 frames) ingested with Farneback flow, by
+    `jobs/ingest.py --flow` as a user runs it (joined to the session's Ray)."""
+    import json
+    import subprocess
+    import sys
+
+    from checkout import REPO
+
     from raylab.data.synthetic import make_demo_dataset
 
     root = tmp_path_factory.mktemp("flowdemo")
     make_demo_dataset(root / "videos", videos_per_class=2, seed=1, frames=16, height=96, width=128)
-    ingest(
-        root / "videos",
-        "ucf101",
-        root / "shards",
-        params=EncodeParams(short_sides=(64,), flow="farneback"),
-        progress=False,
-    )
+    done = subprocess.run(
+        [
+            sys.executable, str(REPO / "jobs" / "ingest.py"),
+            "--source", str(root / "videos"), "--format", "ucf101", "--out", str(root / "shards"),
+            "--short-side", "64", "--flow", "farneback", "--no-progress",
+        ],
+        env=os.environ | {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1])["rejected_total"] == 0
     return root / "shards"
 
 

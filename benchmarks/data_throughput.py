@@ -172,16 +172,17 @@ def ray_pipeline(
     import ray
 
     from raylab.data.pipeline import clip_dataset, planned_batches
-    from raylab.data.storage import load_manifest
+    from raylab.data.storage import Shards
 
+    source = Shards.open(shards)
     ds = clip_dataset(
-        shards,
+        source,
         "train",
         ClipConfig(frames=spec.frames, stride=spec.stride, size=spec.size),
         train=True,
         videos_per_batch=16,
     )
-    videos = load_manifest(shards)["splits"]["train"]
+    videos = source.manifest.splits["train"]
 
     def one_pass():  # as a training worker reads it: batches of 16 in the plan's order
         yield from planned_batches(ds, 16, 0, videos, prefetch_blocks=4)

@@ -96,9 +96,10 @@ def decoded_set(
 
     from raylab.data.clips import choose_rendition
     from raylab.data.decode import decode_frames, open_video, scaled_size
-    from raylab.data.storage import load_manifest, rendition_column
+    from raylab.data.storage import Shards, rendition_column
 
-    column = rendition_column(choose_rendition(load_manifest(shards)["renditions"], short_side))
+    renditions = Shards.open(shards).manifest.renditions
+    column = rendition_column(choose_rendition(renditions, short_side))
     videos, labels, is_val = [], [], []
     for split in ("train", "val"):
         for part in sorted((Path(shards) / split).glob("*.parquet")):

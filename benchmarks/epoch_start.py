@@ -42,7 +42,7 @@ def build_split(source: Path, out: Path, videos: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raylab.data.storage import load_manifest
+    from raylab.data.storage import Shards
 
     table = pq.read_table(sorted((source / "train").glob("part-*.parquet")))
     reps = -(-videos // table.num_rows)
@@ -56,7 +56,7 @@ def build_split(source: Path, out: Path, videos: int) -> Path:
     for n, start in enumerate(range(0, videos, ROWS_PER_PART)):
         part = big.slice(start, ROWS_PER_PART)
         pq.write_table(part, out / "train" / f"part-{n:05d}.parquet", row_group_size=ROWS_PER_GROUP)
-    manifest = load_manifest(source) | {"splits": {"train": videos}}
+    manifest = dict(Shards.open(source).manifest.raw) | {"splits": {"train": videos}}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -67,10 +67,10 @@ def dataset_before(shards: Path, frames: int, size: int):
 
     from raylab.data.clips import ClipConfig, choose_rendition
     from raylab.data.pipeline import ClipDecoder
-    from raylab.data.storage import load_manifest, rendition_column
+    from raylab.data.storage import Shards, rendition_column
 
     spec = ClipConfig(frames=frames, stride=1, size=size)
-    rendition = choose_rendition(load_manifest(shards)["renditions"], spec.working_short_side)
+    rendition = choose_rendition(Shards.open(shards).manifest.renditions, spec.working_short_side)
     column = rendition_column(rendition)
     ctx = ray.data.DataContext.get_current()
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False

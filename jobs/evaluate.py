@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from raylab.data.storage import load_manifest
+from raylab.data.storage import Shards
 from raylab.infer.evaluate import (
     evaluation_clip,
     fuse,
@@ -47,17 +47,18 @@ def main(argv: list[str] | None = None) -> dict:
     # The checkpoints are checked before Ray starts: a wrong path costs a second.
     for checkpoint in filter(None, (args.checkpoint, args.flow_checkpoint)):
         evaluation_clip(load_checkpoint(checkpoint)[1])
-    classes = load_manifest(args.data)["classes"]
+    shards = Shards.open(args.data)
+    classes = list(shards.manifest.classes)
 
     start_ray()
     out = Path(args.out or Path(args.checkpoint).parent / "eval").resolve()
     resources = inference_resources(args)  # with --decoder-resource
     common = {"split": args.split, "clips": args.clips, "crops": args.crops, "resources": resources}
-    rgb = predict(args.data, args.checkpoint, **common)
+    rgb = predict(shards, args.checkpoint, **common)
     metrics = {"rgb": report_metrics(rgb, classes) | {"clip_acc": rgb["clip_acc"]}}
     final = rgb
     if args.flow_checkpoint:
-        flow = predict(args.flow_data or args.data, args.flow_checkpoint, **common)
+        flow = predict(args.flow_data or shards, args.flow_checkpoint, **common)
         final = fuse(rgb, flow)
         metrics["flow"] = report_metrics(flow, classes) | {"clip_acc": flow["clip_acc"]}
         metrics["fused"] = report_metrics(final, classes)

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from raylab.config import ClipConfig
-from raylab.data.storage import load_manifest, resolve_location
+from raylab.data.storage import Shards
 from raylab.infer.analysis import analyse
 from raylab.infer.features import ModelSource, extract_features, write_features
 from raylab.jobs import (
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     from raylab.train.checkpoints import load_checkpoint
 
     args = parse_args(argv)
-    shards = resolve_location(args.data)
-    classes = load_manifest(shards)["classes"]  # a mistaken --data ends the job before Ray
+    shards = Shards.open(args.data)
+    classes = list(shards.manifest.classes)  # a mistaken --data ends the job before Ray
     start_ray()
     out = Path(args.out).resolve()
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     meta = source.describe() | {
         "model": name,
-        "shards": shards,
+        "shards": shards.location,
         "clip": clip.record(),
     }
     parquet = write_features(features, out, meta)

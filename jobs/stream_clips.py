@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from raylab.config import ClipConfig
 from raylab.data.pipeline import ClipTensors, clip_dataset
-from raylab.data.storage import load_manifest
+from raylab.data.storage import Shards
 from raylab.jobs import add_config_flags, config_from_flags, one_line_errors, start_ray
 
 
@@ -38,12 +38,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch")
     args = p.parse_args(argv)
-    total = load_manifest(args.data)["splits"].get(args.split, 0)  # before Ray starts
+    shards = Shards.open(args.data)
+    total = shards.manifest.videos(args.split)  # before Ray starts
 
     start_ray()
     clip = config_from_flags(ClipConfig, args)
     ds = clip_dataset(
-        args.data,
+        shards,
         args.split,
         clip,
         train=args.split == "train",

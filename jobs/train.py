@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from raylab.config import ClipConfig, TrainConfig
-from raylab.data.storage import load_manifest, resolve_location
+from raylab.data.storage import Shards, resolve_location
 from raylab.jobs import (
     add_config_flags,
     config_from_flags,
@@ -206,14 +206,15 @@ def main(argv: list[str] | None = None) -> dict:
     config = train_config(args)
     data = data_options(args)
     # A mistaken --data, model or clip ends the job here, before Ray starts.
-    manifest = load_manifest(data.shards)
+    shards = Shards.open(data.shards)
+    manifest = shards.manifest
     check_model(config)
     if args.pretrained:
-        config = pretrained_init(config, args.pretrained, len(manifest["classes"]), out)
+        config = pretrained_init(config, args.pretrained, len(manifest.classes), out)
     start_ray(log_to_driver=True)
     trainer = build_trainer(
         config,
-        data,
+        replace(data, shards=shards),  # the manifest read above, not again
         storage_path=out.parent,
         name=out.name,
         use_gpu=args.gpu,

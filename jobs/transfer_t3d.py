@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from raylab.config import ClipConfig
-from raylab.data.storage import load_manifest, resolve_location
+from raylab.data.storage import Shards
 from raylab.jobs import add_config_flags, config_from_flags, one_line_errors, start_ray
 from raylab.models import MODEL_INFO
 from raylab.train.transfer import STUDENTS, TransferOptions, transfer_config
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     sgd = args.optimizer == "sgd"
     lr = args.lr if args.lr is not None else (0.1 if sgd else 1e-3)
     weight_decay = args.weight_decay if args.weight_decay is not None else (1e-4 if sgd else 0.05)
-    load_manifest(resolve_location(args.data))  # a mistaken --data ends the job before Ray
+    shards = Shards.open(args.data).check()  # a mistaken --data ends the job before Ray
     start_ray(log_to_driver=True)
     options = TransferOptions(
         teacher_frames=args.teacher_frames,
@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             lr=lr,
             weight_decay=weight_decay,
         )
-        data = DataOptions(
-            shards=resolve_location(args.data), decoders=args.decoders, val_split=args.val_split
-        )
+        data = DataOptions(shards=shards, decoders=args.decoders, val_split=args.val_split)
         trainer = build_transfer_trainer(
             config,
             options,

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from raylab.data.storage import load_manifest, resolve_location
+from raylab.data.storage import Shards, raylab_home
 from raylab.jobs import one_line_errors, start_ray
 from raylab.tune.options import EARLY_STOPPING, SEARCHERS
 from raylab.tune.presets import CPU_DEFAULT, demo_shards
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", help="shards written by jobs/ingest.py (default: the demo set)")
     p.add_argument(
         "--root",
-        default=os.environ.get("RAYLAB_HOME", str(Path.home() / "raylab")),
+        default=str(raylab_home()),
         help="home of the demo set, of the studies of results on s3://, and by default of "
         "results ($RAYLAB_HOME, ~/raylab)",
     )
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     args = parse_args(argv)
-    if args.data:  # a mistaken path ends the job here, before Ray starts
-        load_manifest(resolve_location(args.data))
+    # A mistaken path ends the job here, before Ray starts.
+    data = Shards.open(args.data).check() if args.data else None
     root = Path(args.root).expanduser().resolve()
     os.environ["RAYLAB_HOME"] = str(root)  # where a URI experiment's study is kept (tune.results)
     # Trials pruned before they start report no accuracy (Optuna marks them PRUNED); Tune
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         use_gpu = args.gpu or ray.cluster_resources().get("GPU", 0) > 0
         embedded = args.data is None and not use_gpu
-        shards = resolve_location(args.data) if args.data else str(demo_shards(root))
+        shards = data.location if data else str(demo_shards(root))
         options = build_options(args, shards, use_gpu, embedded)
         if embedded:
             print("no --data and no GPU: the embedded CPU-sized search", file=sys.stderr)

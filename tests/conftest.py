@@ -191,6 +191,53 @@ def flow_shards(tmp_path_factory, ray_session) -> Path:
     return root / "shards"
 
 
+@pytest.fixture
+def tiny_shards(tmp_path) -> Path:
+    """A shard folder written by hand, without Ray or videos: a complete manifest (3 classes,
+    short side 32), a train split of two parts (5 rows in row groups of 2, then 3 rows) and a
+    val split of one part (2 rows); the video bytes are placeholders."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raylab.data.storage import shard_schema, write_manifest
+
+    out = tmp_path / "tiny"
+
+    def part(split: str, name: str, first: int, frames: list[int], group: int) -> None:
+        rows = [
+            {
+                "video_id": f"{split}{first + i}",
+                "label": (first + i) % 3,
+                "label_name": "abc"[(first + i) % 3],
+                "num_frames": n,
+                "fps": 25.0,
+                "height": 24,
+                "width": 32,
+                "video_32": f"bytes of {split}{first + i}".encode(),
+            }
+            for i, n in enumerate(frames)
+        ]
+        (out / split).mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist(rows, schema=shard_schema([32]))
+        pq.write_table(table, out / split / name, row_group_size=group)
+
+    part("train", "part-00000.parquet", 0, [40, 30, 50, 60, 45], 2)
+    part("train", "part-00001.parquet", 5, [20, 70, 35], 3)
+    part("val", "part-00000.parquet", 0, [33, 44], 2)
+    (out / "rejects.jsonl").write_text("")
+    manifest = {
+        "schema_version": 1,
+        "format": "ucf101",
+        "classes": ["a", "b", "c"],
+        "renditions": [32],
+        "flow": None,
+        "complete": True,
+        "splits": {"train": 8, "val": 2},
+    }
+    write_manifest(out, manifest)
+    return out
+
+
 @pytest.fixture(scope="session")
 def s3_shards(demo_shards, s3_store, tmp_path_factory) -> str:
     """The demo set's videos ingested straight into the S3 bucket: the same shards as

@@ -47,6 +47,7 @@ from raylab.data.storage import (
     copy_file,
     finished_files,
     flow_column,
+    is_uri,
     rendition_column,
     shard_schema,
     staging_dir,
@@ -489,7 +490,7 @@ def _ingests_to_uris(ingest_fn: Callable[..., IngestSummary]) -> Callable[..., I
 
     @functools.wraps(ingest_fn)
     def wrapper(source, fmt, out, *args, **kwargs) -> IngestSummary:
-        if "://" not in str(out):
+        if not is_uri(out):
             return ingest_fn(source, fmt, out, *args, **kwargs)
         import pyarrow.fs
 

@@ -26,7 +26,7 @@ from raylab.data.clips import ClipConfig
 from raylab.data.decode import open_flow, open_video, sample_views, scaled_size
 from raylab.data.plan import Slot, batches_of, decode_units, eval_plan, train_plan
 from raylab.data.sampling import sample_rng
-from raylab.data.storage import flow_column, load_manifest, rendition_column, storage
+from raylab.data.storage import Shards, flow_column, rendition_column
 
 log = logging.getLogger(__name__)
 
@@ -137,53 +137,21 @@ class ClipDecoder:
         }
 
 
-def shard_files(shards: str | Path, split: str) -> list[str]:
+def shard_files(shards: str | Path | Shards, split: str) -> list[str]:
     """The Parquet parts of one split, sorted (URIs when ``shards`` is one); a clear error
-    when the split is absent."""
-    import pyarrow.fs
-
-    fs, root = storage(shards)
-    scheme = str(shards).split("://")[0] + "://" if "://" in str(shards) else ""
-    scheme = "" if scheme == "file://" else scheme  # local paths for the local filesystem
-    listing = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    folders = sorted(i.base_name for i in listing if i.type == pyarrow.fs.FileType.Directory)
-    parts = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{split}", allow_not_found=True))
-    files = sorted(
-        scheme + i.path
-        for i in parts
-        if i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
-    )
-    if not files:
-        raise FileNotFoundError(
-            f"no shards for split {split!r} under {shards}: the ingest stored {folders}"
-        )
-    return files
+    when the split is absent (:meth:`~raylab.data.storage.Shards.files`)."""
+    return Shards.open(shards).files(split)
 
 
-def _filesystem(path: str):
-    """The pyarrow filesystem for ``path`` (local unless it has a scheme such as s3://)."""
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)[0]
-    return pyarrow.fs.LocalFileSystem()
-
-
-def _in_filesystem(path: str) -> str:
-    """``path`` as its filesystem names it: a URI without its scheme."""
-    return path.split("://", 1)[1] if "://" in path else path
-
-
-def row_groups(shards: str | Path, split: str) -> list[dict]:
+def row_groups(shards: str | Path | Shards, split: str) -> list[dict]:
     """``{"file", "row_group", "rows"}`` for every Parquet row group of a split: the unit a
     decode task reads (ingest writes 16 videos a group). Reads only the parts' footers."""
     import pyarrow.parquet as pq
 
-    files = shard_files(shards, split)
-    fs = _filesystem(files[0])  # one for all parts: inferring it costs a lookup
+    shards = Shards.open(shards)
     groups = []
-    for file in files:
-        with fs.open_input_file(_in_filesystem(file)) as f:
+    for file in shards.files(split):
+        with shards.open_file(file) as f:
             meta = pq.ParquetFile(f).metadata
         groups.extend(
             {"file": file, "row_group": g, "rows": meta.row_group(g).num_rows}
@@ -203,9 +171,9 @@ class UnitDecoder:
     decoded: a resumed epoch never decodes the clips it trained before it stopped.
     """
 
-    def __init__(self, decoder: ClipDecoder, columns: list[str]) -> None:
-        self.decoder, self.columns = decoder, columns
-        self._fs = None
+    def __init__(self, decoder: ClipDecoder, columns: list[str], shards: Shards) -> None:
+        """``shards``: the folder of the units' files (its filesystem, opened once a task)."""
+        self.decoder, self.columns, self.shards = decoder, columns, shards
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pyarrow as pa
@@ -216,8 +184,7 @@ class UnitDecoder:
             batch["file"], batch["row_group"], batch["rows"], batch["positions"], strict=True
         )
         for file, group, rows, pos in units:
-            self._fs = self._fs or _filesystem(str(file))
-            with self._fs.open_input_file(_in_filesystem(str(file))) as f:
+            with self.shards.open_file(str(file)) as f:
                 table = pq.ParquetFile(f).read_row_group(int(group), columns=self.columns)
             tables.append(table.take(pa.array(np.asarray(rows, dtype=np.int64))))
             positions.extend(int(p) for p in pos)
@@ -227,7 +194,7 @@ class UnitDecoder:
 
 
 def clip_dataset(
-    shards: str | Path,
+    shards: str | Path | Shards,
     split: str,
     clip: ClipConfig,
     *,
@@ -244,7 +211,9 @@ def clip_dataset(
     videos_per_batch: int = 8,
 ):
     """A ``ray.data.Dataset`` of ``clip``'s rows of one epoch's pass over one split of an
-    ingested shard folder, delivered in the order of the decode units of its plan.
+    ingested shard folder (a location, or the :class:`~raylab.data.storage.Shards` opened
+    from it, whose manifest is then not read again), delivered in the order of the decode
+    units of its plan.
 
     ``train=True``: one sampled, scale-jittered view per video, drawn from ``(seed, epoch,
     video)`` (:func:`~raylab.data.sampling.sample_rng`); ``plan`` (see
@@ -267,11 +236,12 @@ def clip_dataset(
     """
     import ray
 
-    manifest = load_manifest(shards)
-    rendition = clip.rendition(manifest["renditions"])
+    shards = Shards.open(shards)
+    manifest = shards.manifest
+    rendition = clip.rendition(manifest.renditions)
     column = rendition_column(rendition)
     if clip.modality == "flow":
-        if not manifest.get("flow"):
+        if not manifest.flow:
             raise ValueError(f"{shards} holds no optical flow: ingest it with --flow tvl1")
         column = flow_column(rendition)
     groups = groups if groups is not None else row_groups(shards, split)
@@ -287,7 +257,7 @@ def clip_dataset(
     # workers on two cores, 25% fewer clips/s; benchmarks/determinism_cost.py).
     columns = ["video_id", "label", "height", "width", column]
     return ds.map_batches(
-        UnitDecoder(ClipDecoder(clip, train, column, seed, epoch), columns),
+        UnitDecoder(ClipDecoder(clip, train, column, seed, epoch), columns, shards),
         batch_size=max(1, videos_per_batch // 8),  # units (of up to 8 videos) per task
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=decoders),

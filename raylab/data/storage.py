@@ -6,16 +6,21 @@ A shard folder (the ``--out`` of an ingest)::
     SHARDS/manifest.json            classes, renditions, encoding, rows per split, complete
     SHARDS/rejects.jsonl            the videos left out, each with its reason
 
-A location is a local folder or a URI (s3://, gs://, file://); either is read and written
-through a pyarrow filesystem (:func:`storage`). An ingest into a URI stages its shards in
-a local folder (:func:`staging_dir`) and uploads them (:func:`upload_shards`).
+A location is a local folder or a URI (s3://, gs://, file://, :func:`is_uri`); either is
+read and written through a pyarrow filesystem (:func:`storage`). :class:`Shards` is a shard
+folder opened once: its location, filesystem, manifest and parts. An ingest into a URI
+stages its shards in a local folder (:func:`staging_dir`) and uploads them
+(:func:`upload_shards`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pyarrow as pa
@@ -52,36 +57,161 @@ def shard_schema(short_sides: Iterable[int], flow: bool = False) -> pa.Schema:
     return pa.schema(fields)
 
 
+def raylab_home() -> Path:
+    """raylab's folder on this machine: ``$RAYLAB_HOME``, else ``~/raylab``. It holds the
+    demo set, the studies of experiments whose results go to a URI, and the staging
+    folders of ingests into a URI."""
+    return Path(os.environ.get("RAYLAB_HOME") or Path.home() / "raylab")
+
+
+def is_uri(location: str | Path) -> bool:
+    """Whether ``location`` is a URI (s3://, gs://, file://) rather than a local path."""
+    return "://" in str(location)
+
+
 def storage(location: str | Path):
     """``(pyarrow filesystem, path in it)`` of a local folder or a URI (s3://, gs://, file://),
     so that shards written locally can be read from shared storage on a cluster."""
     import pyarrow.fs
 
     location = str(location)
-    if "://" in location:
+    if is_uri(location):
         return pyarrow.fs.FileSystem.from_uri(location)
     return pyarrow.fs.LocalFileSystem(), str(Path(location).resolve())
 
 
 def resolve_location(location: str | Path) -> str:
     """A local folder made absolute; a URI as it is."""
-    return str(location) if "://" in str(location) else str(Path(location).resolve())
+    return str(location) if is_uri(location) else str(Path(location).resolve())
 
 
-def load_manifest(shards: str | Path) -> dict:
-    """The manifest of a shard folder (local or a URI); a clear error when it is missing or
-    unfinished."""
-    import pyarrow.fs
+@dataclass(frozen=True)
+class Manifest:
+    """What an ingest recorded in ``manifest.json`` (see :func:`raylab.data.ingest.ingest`)."""
 
-    fs, root = storage(shards)
-    path = f"{root.rstrip('/')}/manifest.json"
-    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
-        raise FileNotFoundError(f"{path} not found: is {shards} the --out folder of an ingest?")
-    with fs.open_input_stream(path) as f:
-        manifest = json.loads(f.read())
-    if not manifest.get("complete"):
-        raise ValueError(f"the ingest into {shards} did not finish: re-run it to complete it")
-    return manifest
+    classes: tuple[str, ...]  # label i is classes[i]
+    splits: Mapping[str, int] = field(hash=False)  # videos (rows) per split
+    renditions: tuple[int, ...]  # the stored short sides
+    flow: str | None  # the optical flow method, None when the shards hold no flow
+    format: str | None  # the annotation format of the source (ucf101, hmdb51, ...)
+    raw: Mapping = field(hash=False, repr=False)  # the whole record (encoding, source, ...)
+
+    @classmethod
+    def from_record(cls, record: dict) -> Manifest:
+        return cls(
+            classes=tuple(record.get("classes", ())),
+            splits=dict(record.get("splits") or {}),
+            renditions=tuple(record.get("renditions", ())),
+            flow=record.get("flow") or None,  # shards from before flow existed have no key
+            format=record.get("format"),
+            raw=record,
+        )
+
+    def videos(self, split: str) -> int:
+        """The videos of ``split`` (0 when the ingest stored none)."""
+        return self.splits.get(split, 0)
+
+
+@dataclass(frozen=True)
+class Shards:
+    """A shard folder (the ``--out`` of an ingest), local or a URI, opened once.
+
+    ``location`` is resolved: an absolute local folder, or a URI as given. The filesystem
+    and the manifest are opened and read on first use, then kept. Pickled (into Ray tasks
+    and actors), a Shards keeps its manifest but not its filesystem, which the receiving
+    process opens again from the location: a pickled pyarrow S3 filesystem would carry
+    credentials given to it, where one opened from the URI takes the receiver's own.
+    """
+
+    location: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "location", resolve_location(self.location))
+
+    @classmethod
+    def open(cls, location: str | Path | Shards) -> Shards:
+        """``location`` as a Shards (itself when it is one already)."""
+        return location if isinstance(location, Shards) else cls(location)
+
+    def __str__(self) -> str:
+        return self.location
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_storage"}
+
+    @property
+    def is_uri(self) -> bool:
+        return is_uri(self.location)
+
+    @cached_property
+    def _storage(self) -> tuple:
+        fs, root = storage(self.location)
+        return fs, root.rstrip("/")
+
+    @property
+    def fs(self):
+        """The pyarrow filesystem of the location."""
+        return self._storage[0]
+
+    @property
+    def root(self) -> str:
+        """The location as its filesystem names it (a URI without its scheme)."""
+        return self._storage[1]
+
+    def path(self, *parts: str) -> str:
+        """``parts`` joined under the root, as the filesystem names them."""
+        return "/".join((self.root, *parts))
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        """The manifest, read once; a clear error when it is missing or unfinished."""
+        import pyarrow.fs
+
+        path = self.path("manifest.json")
+        if self.fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+            raise FileNotFoundError(f"{path} not found: is {self} the --out folder of an ingest?")
+        with self.fs.open_input_stream(path) as f:
+            record = json.loads(f.read())
+        if not record.get("complete"):
+            raise ValueError(f"the ingest into {self} did not finish: re-run it to complete it")
+        return Manifest.from_record(record)
+
+    def check(self) -> Shards:
+        """Itself, once its manifest is read: a location that holds no finished ingest fails
+        here (a job's mistaken --data, before Ray starts)."""
+        _ = self.manifest
+        return self
+
+    def files(self, split: str) -> list[str]:
+        """The Parquet parts of one split, sorted: URIs when the location is one (but
+        ``file://``: local paths); a clear error when the split is absent."""
+        import pyarrow.fs
+
+        scheme = self.location.split("://")[0] + "://" if self.is_uri else ""
+        scheme = "" if scheme == "file://" else scheme  # local paths for the local filesystem
+        listing = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
+        folders = sorted(i.base_name for i in listing if i.type == pyarrow.fs.FileType.Directory)
+        selector = pyarrow.fs.FileSelector(self.path(split), allow_not_found=True)
+        files = sorted(
+            scheme + i.path
+            for i in self.fs.get_file_info(selector)
+            if i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
+        )
+        if not files:
+            raise FileNotFoundError(
+                f"no shards for split {split!r} under {self}: the ingest stored {folders}"
+            )
+        return files
+
+    def open_file(self, file: str):
+        """A random-access pyarrow file of one of :meth:`files`."""
+        return self.fs.open_input_file(file.split("://", 1)[1] if is_uri(file) else file)
+
+
+def load_manifest(shards: str | Path | Shards) -> dict:
+    """The manifest of a shard folder (local or a URI) as the record it is stored as; a clear
+    error when it is missing or unfinished. :attr:`Shards.manifest` is the same, typed."""
+    return copy.deepcopy(dict(Shards.open(shards).manifest.raw))
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
@@ -94,8 +224,7 @@ def write_manifest(out: Path, manifest: dict) -> None:
 def staging_dir(location: str) -> Path:
     """The local folder in which an ingest into a URI writes, and resumes, its shards before
     they are uploaded: ``$RAYLAB_HOME/staging/<scheme>/<bucket>/<path>`` (``~/raylab``)."""
-    home = Path(os.environ.get("RAYLAB_HOME") or Path.home() / "raylab")
-    return home / "staging" / location.replace("://", "/", 1).rstrip("/")
+    return raylab_home() / "staging" / location.replace("://", "/", 1).rstrip("/")
 
 
 def finished_files(fs, root: str) -> dict[str, int]:

@@ -11,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from raylab.config import ClipConfig
+
+if TYPE_CHECKING:
+    from raylab.data.storage import Shards
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,9 @@ class InferenceResources:
     predictor_cpus: float = field(default=1.0, metadata={"help": "CPUs per model actor"})
 
 
-def test_views(shards: str | Path, split: str, clip: ClipConfig, resources: InferenceResources):
+def test_views(
+    shards: str | Path | Shards, split: str, clip: ClipConfig, resources: InferenceResources
+):
     """The ``clip.test_clips`` x ``clip.test_crops`` test views of every video of ``split``."""
     from raylab.data.pipeline import clip_dataset
 

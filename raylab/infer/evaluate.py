@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from raylab.config import ClipConfig, TrainConfig, normalise
+from raylab.data.storage import Shards
 from raylab.infer.batch import InferenceResources, batches, test_views, through_model
 from raylab.infer.figures import pyplot, save_figure
 from raylab.metrics import topk_accuracy, video_scores
@@ -58,7 +59,7 @@ class Predictor:
 
 
 def predict(
-    shards: str | Path,
+    shards: str | Path | Shards,
     checkpoint: str | Path,
     *,
     split: str = "val",

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from raylab.config import RGB_MEAN, RGB_STD, ClipConfig, normalise
+from raylab.data.storage import Shards
 from raylab.infer.batch import InferenceResources, batches, test_views, through_model
 from raylab.train.checkpoints import load_checkpoint, read_weights
 
@@ -438,7 +439,7 @@ def _tag_split(batch: dict[str, np.ndarray], split: str) -> dict[str, np.ndarray
 
 
 def extract_features(
-    shards: str | Path,
+    shards: str | Path | Shards,
     source: ModelSource,
     clip: ClipConfig,
     *,
@@ -455,11 +456,9 @@ def extract_features(
     and listed in ``decode_failures``. The layer and the clip geometry are checked on the
     driver (one forward of a blank clip) before any Ray work starts.
     """
-    from raylab.data.storage import load_manifest
-
     resources = resources or InferenceResources()
-    manifest = load_manifest(shards)
-    present = [s for s, n in (manifest.get("splits") or {}).items() if n]
+    shards = Shards.open(shards)
+    present = [s for s, n in shards.manifest.splits.items() if n]
     splits = list(splits) if splits else present
     missing = [s for s in splits if s not in present]
     if missing or not splits:

@@ -26,7 +26,7 @@ import os
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +36,7 @@ import torch
 from raylab.config import TrainConfig
 from raylab.data.pipeline import clip_dataset, error_text, planned_batches, row_groups
 from raylab.data.plan import eval_plan, train_plan
+from raylab.data.storage import Shards
 from raylab.train.checkpoints import load_state
 from raylab.train.worker import (
     EpochReporter,
@@ -115,7 +116,8 @@ class DataOptions:
     """Where a run's clips come from and how they are decoded; what they are is the run's
     :class:`~raylab.config.ClipConfig`."""
 
-    shards: str
+    # A folder or a URI, or the Shards opened from it (its manifest then read only once).
+    shards: str | Shards
     val_split: str = "val"
     decoders: int | None = None  # concurrent decode tasks; None = as CPUs allow
     decoder_cpus: float = 1.0
@@ -142,6 +144,7 @@ class EpochData:
         """``groups``: the ``"train"`` and ``"val"`` splits' row groups, read once on the
         driver (:func:`loop_config`), not by every worker as it starts."""
         self.data, self.config, self.rank, self.world = data, config, rank, world
+        self.shards = Shards.open(data.shards)
         quiet_data_console()
         self.train_groups, self.val_groups = groups["train"], groups["val"]
 
@@ -185,7 +188,7 @@ class EpochData:
         """Epoch ``epoch``'s training batches (numpy) from video ``start`` of ``plan``;
         ``on_delivered()`` once all its clips have arrived (ordered passes only)."""
         ds = clip_dataset(
-            self.data.shards,
+            self.shards,
             "train",
             self.config.clip,
             train=True,
@@ -201,7 +204,7 @@ class EpochData:
         """This rank's part of the validation videos, the same every time."""
         plan = eval_plan([g["rows"] for g in self.val_groups], rank=self.rank, world=self.world)
         ds = clip_dataset(
-            self.data.shards,
+            self.shards,
             self.data.val_split,
             self.config.clip,
             train=False,
@@ -452,12 +455,14 @@ def loop_config(
     video ids are logged (``run_dir/steps/rank-N.jsonl``), whether the seed was drawn
     from fresh entropy (recorded) and when the run began (``started_at``, Unix time; now by
     default), which its start-up timings count from (:class:`~raylab.train.worker.StartClock`)."""
-    groups = {"train": row_groups(data.shards, "train")}
-    groups["val"] = row_groups(data.shards, data.val_split)
+    shards = Shards.open(data.shards)
+    groups = {"train": row_groups(shards, "train")}
+    groups["val"] = row_groups(shards, data.val_split)
     videos = sum(g["rows"] for g in groups["train"])
     return {
         "config": config.record(),
-        "data": asdict(data),
+        "data": asdict(replace(data, shards=shards.location)),
+        "shards": shards,  # with its manifest: the workers read it from here
         "groups": groups,
         # Every rank takes the same number of steps: its equal part of the plan.
         "steps_per_epoch": max(1, math.ceil(videos / config.workers / config.batch_size)),
@@ -486,7 +491,8 @@ def run_epochs(run: dict, task: Task) -> None:
 
     ordered = run["data"].get("ordered", True)
     store = MidEpochStore(run["mid_epoch_dir"]) if run.get("mid_epoch_dir") and ordered else None
-    data = EpochData(DataOptions(**run["data"]), run["groups"], config, rank, world)
+    options = DataOptions(**run["data"] | {"shards": run["shards"]})
+    data = EpochData(options, run["groups"], config, rank, world)
     # Passes started ahead of the trainer (DataOptions.lookahead): a fresh run's first pass
     # while the model is built; the validation pass once the training pass's clips have all
     # arrived; the next epoch's once validation is done.

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from raylab.config import TrainConfig
-from raylab.data.storage import load_manifest
+from raylab.data.storage import Shards, is_uri
 from raylab.metrics import METRIC
 from raylab.train.epoch import DataOptions, DecodeFailures, loop_config
 from raylab.train.loop import train_loop
@@ -178,21 +178,21 @@ def build_trainer(
     entropy (it is recorded as such). ``started_at``: when the run began (Unix time; a
     search's trial passes its own start), which its start-up timings count from.
     """
-    manifest = load_manifest(data.shards)
-    n_train = manifest["splits"].get("train", 0)
-    if n_train == 0:
-        raise ValueError(f"{data.shards} holds no training videos")
-    classes = tuple(manifest["classes"])
+    shards = Shards.open(data.shards)  # read once: the workers are given it
+    data = replace(data, shards=shards)
+    manifest = shards.manifest
+    if manifest.videos("train") == 0:
+        raise ValueError(f"{shards} holds no training videos")
+    classes = manifest.classes
     if not config.classes:
         config = replace(config, classes=classes)
     elif config.classes != classes:
         raise ValueError(
-            f"the config's classes {list(config.classes)} are not those of {data.shards} "
-            f"{list(classes)}"
+            f"the config's classes {list(config.classes)} are not those of {shards} {list(classes)}"
         )
     check_model(config)
     # A URI (s3://) is no folder to write files in.
-    run_dir = None if "://" in str(storage_path) else str(Path(storage_path) / name)
+    run_dir = None if is_uri(storage_path) else str(Path(storage_path) / name)
     if run_dir:  # the run whole, as `jobs/train.py --config` trains it again
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / CONFIG_FILE).write_text(json.dumps(config.record(), indent=1) + "\n")

@@ -54,6 +54,7 @@ from torch import nn
 
 from raylab.config import TrainConfig, normalise
 from raylab.data.pipeline import FAILED, error_text
+from raylab.data.storage import Shards, is_uri
 from raylab.train.epoch import DataOptions, loop_config, run_epochs
 from raylab.train.worker import autocast, gather, unwrap
 
@@ -277,7 +278,7 @@ def calibrate_teacher(
 
 
 def calibrated_teacher_file(
-    config: TrainConfig, options: TransferOptions, shards: str, run_dir: Path
+    config: TrainConfig, options: TransferOptions, shards: str | Shards, run_dir: Path
 ) -> Path:
     """``run_dir/teacher.pt``: the seeded random teacher with BN statistics calibrated on
     ``teacher_frames`` frames of the first 16 training clips of the seed's first epoch
@@ -497,26 +498,24 @@ def build_transfer_trainer(
     ``fit()`` again with the same storage path and name resumes, mid-epoch too when
     ``config.checkpoint_every`` is set.
     """
-    from raylab.data.storage import load_manifest
     from raylab.train.trainer import torch_trainer
 
-    manifest = load_manifest(data.shards)
-    n_train = manifest["splits"].get("train", 0)
-    if n_train == 0:
-        raise ValueError(f"{data.shards} holds no training videos")
-    if manifest["splits"].get(data.val_split, 0) == 0:
-        raise ValueError(
-            f"{data.shards} holds no {data.val_split!r} videos for the held-out accuracy"
-        )
-    config = replace(config, classes=tuple(manifest["classes"]))
+    shards = Shards.open(data.shards)  # read once: the workers are given it
+    data = replace(data, shards=shards)
+    manifest = shards.manifest
+    if manifest.videos("train") == 0:
+        raise ValueError(f"{shards} holds no training videos")
+    if manifest.videos(data.val_split) == 0:
+        raise ValueError(f"{shards} holds no {data.val_split!r} videos for the held-out accuracy")
+    config = replace(config, classes=manifest.classes)
     check_networks(config, options)
-    run_dir = None if "://" in str(storage_path) else str(Path(storage_path) / name)
+    run_dir = None if is_uri(storage_path) else str(Path(storage_path) / name)
     if not options.teacher_weights:  # a random teacher: BN statistics from training frames
         if run_dir is None:
             raise ValueError(
                 "a calibrated random teacher needs a local run folder: give --teacher-weights"
             )
-        teacher = calibrated_teacher_file(config, options, data.shards, Path(run_dir))
+        teacher = calibrated_teacher_file(config, options, shards, Path(run_dir))
         options = replace(options, teacher_weights=str(teacher), teacher_calibrated=True)
     run = loop_config(
         config,

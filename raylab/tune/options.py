@@ -10,12 +10,12 @@ With results on a URI (s3://...) the study and options stay on this machine, und
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from raylab.config import ClipConfig, TrainConfig
 from raylab.data.clips import TSN_SCALES
+from raylab.data.storage import is_uri, raylab_home
 from raylab.tune.space import SearchSpace
 
 STUDY_FILE = "optuna.db"
@@ -74,7 +74,7 @@ class TuneOptions:
 
     @property
     def local(self) -> bool:
-        return "://" not in self.storage_path
+        return not is_uri(self.storage_path)
 
     @property
     def study_path(self) -> Path:
@@ -102,9 +102,9 @@ class TuneOptions:
 def options_dir(storage_path: str, name: str) -> Path:
     """The local folder of an experiment's study and options: the experiment folder, or
     ``$RAYLAB_HOME/studies/NAME`` (``~/raylab``) when results go to a URI."""
-    if "://" not in storage_path:
+    if not is_uri(storage_path):
         return Path(storage_path) / name
-    return Path(os.environ.get("RAYLAB_HOME") or Path.home() / "raylab") / "studies" / name
+    return raylab_home() / "studies" / name
 
 
 def save_options(options: TuneOptions) -> None:

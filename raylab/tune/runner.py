@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 from raylab.config import TrainConfig
+from raylab.data.storage import Shards
 from raylab.metrics import (
     METRIC,
     TRIAL_STATUSES,
@@ -37,8 +38,15 @@ from raylab.tune.results import local_experiment
 from raylab.tune.space import Budget, DataLimits, Pruned, plan_trial
 
 
-def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Budget) -> None:
-    """One trial: plan the configuration, then train it with Ray Train, or report the pruning."""
+def run_trial(
+    config: dict,
+    options: TuneOptions,
+    limits: DataLimits,
+    budget: Budget,
+    shards: Shards | None = None,
+) -> None:
+    """One trial: plan the configuration, then train it with Ray Train, or report the pruning.
+    ``shards``: ``options.shards`` as the search's driver opened it (its manifest read)."""
     began = time.time()  # the run's start-up timings count from here
     import ray
     from ray import tune
@@ -56,7 +64,7 @@ def run_trial(config: dict, options: TuneOptions, limits: DataLimits, budget: Bu
         return
     runs = f"{options.experiment_dir}/train_runs"
     data = DataOptions(
-        shards=options.shards,
+        shards=shards or options.shards,
         decoder_cpus=options.decoder_cpus,
         decoder_resource=options.decoder_resource,
         lookahead=quick_start(),
@@ -149,13 +157,16 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
         max_batch=options.max_batch,
         width=options.width,
     )
-    limits = DataLimits.of(options.shards)
+    shards = Shards.open(options.shards)  # its manifest read once, for every trial
+    limits = DataLimits.of(shards)
     # The driver only waits on its Train run, which reserves the workers' resources itself;
     # a CPU share here would leave the last decoder without the whole CPU it asks for. It
     # runs on the head, with its Train controller: losing a worker node (a reclaimed spot
     # instance) then costs a worker-group restart from the checkpoint, never the trial.
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, options=options, limits=limits, budget=budget),
+        tune.with_parameters(
+            run_trial, options=options, limits=limits, budget=budget, shards=shards
+        ),
         {"CPU": 0, "memory": 256 * 2**20, "node:__internal_head__": 0.001},
     )
     if resume:
@@ -361,7 +372,6 @@ def summarise(options: TuneOptions, results) -> dict:
     split (confusion matrix in ``best/``), and return the job's result."""
     import torch
 
-    from raylab.data.storage import load_manifest
     from raylab.infer.evaluate import plot_confusion, predict, report_metrics
 
     release_placement_groups()
@@ -395,8 +405,9 @@ def summarise(options: TuneOptions, results) -> dict:
         checkpoint = out / "checkpoint"
         checkpoint.mkdir(exist_ok=True)
         save_state(checkpoint, state)
-    classes = load_manifest(options.shards)["classes"]
-    pred = predict(options.shards, checkpoint, split="val", clips=options.val_clips)
+    shards = Shards.open(options.shards)
+    classes = list(shards.manifest.classes)
+    pred = predict(shards, checkpoint, split="val", clips=options.val_clips)
     evaluation = report_metrics(pred, classes) | {"clip_acc": pred["clip_acc"]}
     plot_confusion(evaluation["confusion"], classes, out / "confusion.png")
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))

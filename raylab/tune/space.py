@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from raylab.config import ClipConfig, TrainConfig
+from raylab.data.storage import Shards
 from raylab.models import build_model, input_contract
 from raylab.models.common import measure
 
@@ -241,23 +242,20 @@ class DataLimits:
     train_videos: int
 
     @classmethod
-    def of(cls, shards: str | Path) -> DataLimits:
+    def of(cls, shards: str | Path | Shards) -> DataLimits:
         """Read the manifest and the ``num_frames`` column of the training split."""
         import pyarrow.parquet as pq
 
-        from raylab.data.pipeline import shard_files
-        from raylab.data.storage import load_manifest
-
-        manifest = load_manifest(shards)
-        frames = [
-            n
-            for f in shard_files(shards, "train")
-            for n in pq.read_table(f, columns=["num_frames"]).column(0).to_pylist()
-        ]
+        shards = Shards.open(shards)
+        manifest = shards.manifest
+        frames = []
+        for file in shards.files("train"):
+            with shards.open_file(file) as f:
+                frames += pq.read_table(f, columns=["num_frames"]).column(0).to_pylist()
         return cls(
-            renditions=tuple(manifest["renditions"]),
+            renditions=manifest.renditions,
             min_frames=min(frames),
-            num_classes=len(manifest["classes"]),
+            num_classes=len(manifest.classes),
             train_videos=len(frames),
         )
 

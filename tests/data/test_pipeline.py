@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import threading
 import time
@@ -17,18 +18,49 @@ from raylab.data.clips import choose_rendition
 from raylab.data.decode import open_video, sample_views, scaled_size
 from raylab.data.pipeline import (
     ClipTensors,
+    UnitDecoder,
     clip_dataset,
     planned_batches,
     planned_rows,
     row_groups,
 )
+from raylab.data.plan import decode_units, eval_plan
 from raylab.data.sampling import sample_rng
-from raylab.data.storage import load_manifest, rendition_column
+from raylab.data.storage import Shards, load_manifest, rendition_column
 
 
 def _collect(ds) -> dict[str, np.ndarray]:
     batches = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def _as_read(rows: dict) -> dict:
+    return rows
+
+
+def test_decode_units_read_their_rows_through_the_shards_filesystem(tiny_shards):
+    """Without Ray: the row groups of a split (a file:// URI: local paths), and a decode task's
+    read of its units (sent pickled, as Ray sends it) hands the decoder the rows they name,
+    each with its place in the plan."""
+    shards = Shards.open(f"file://{tiny_shards}")
+    groups = row_groups(shards, "train")
+    assert [(g["file"][-12:], g["row_group"], g["rows"]) for g in groups] == [
+        ("0000.parquet", 0, 2),
+        ("0000.parquet", 1, 2),
+        ("0000.parquet", 2, 1),
+        ("0001.parquet", 0, 3),
+    ]
+    assert groups == row_groups(tiny_shards, "train")
+    units = decode_units(eval_plan([g["rows"] for g in groups]), groups, start=0, window=8)
+    batch = {k: np.empty(len(units), dtype=object) for k in units[0]}
+    for i, unit in enumerate(units):  # as Ray Data hands a task its units: object columns
+        for k, v in unit.items():
+            batch[k][i] = v
+    task = pickle.loads(pickle.dumps(UnitDecoder(_as_read, ["video_id", "label"], shards)))
+    rows = task(batch)
+    assert sorted(rows["video_id"]) == [f"train{i}" for i in range(8)]
+    assert list(rows["position"]) == sorted(rows["position"]) == list(range(8))
+    assert [int(v[5:]) % 3 for v in rows["video_id"]] == list(rows["label"])
 
 
 def test_train_rows_shapes_dtypes_and_one_view_per_video(demo_shards, ray_session):

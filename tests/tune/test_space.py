@@ -328,3 +328,9 @@ def test_a_plan_is_the_experiments_template_with_the_drawn_knobs():
     assert (run.clip.frames, run.clip.stride, run.clip.size) == (8, 1, 112)
     assert (run.clip.crop_scales, run.clip.test_clips) == ((1.0, 0.875), 3)
     assert (run.epochs, run.workers, run.seed, run.lr, run.weight_decay) == (7, 2, 5, 1e-3, 1e-4)
+
+
+def test_data_limits_are_read_from_the_manifest_and_the_training_split(tiny_shards):
+    assert DataLimits.of(tiny_shards) == DataLimits(
+        renditions=(32,), min_frames=20, num_classes=3, train_videos=8
+    )

@@ -18,15 +18,18 @@ SEED ?= 0
 demo: $(STAMP)
 	bash scripts/run_demo.sh --seed $(SEED)
 
-# Lint, then the whole test suite. The simulated autoscaling cluster stops every Ray
-# process on the machine when it starts, so its tests run in a pytest of their own.
+# Lint, then the whole test suite. Two pytest workers, a file each at a time, each with its
+# own local Ray: one by one, the tests' waits for processes and Ray leave a core idle (on 2
+# cores the main part took 18:27 alone, 14:37 with two workers; docs/results.md). The
+# simulated autoscaling cluster stops every Ray process on the machine when it starts, so
+# its tests run in a pytest of their own.
 # The report is checked in headless Chromium: installed here where apt-get can (root, as
 # in CI), else those tests are skipped, or fail when CI=true.
 test: $(STAMP)
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser tests will be skipped (with CI=true they fail)"; }
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest --ignore=tests/cluster --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --ignore=tests/cluster --durations=15
 	$(BIN)/python -m pytest tests/cluster
 
 lint: $(STAMP)

@@ -25,14 +25,24 @@ def options(**kw) -> TuneOptions:
 
 def test_options_round_trip(tmp_path):
     opts = TuneOptions(
-        shards="/d", storage_path=str(tmp_path), name="e", space=SearchSpace(frames=(16, 32))
+        shards="/d",
+        storage_path=str(tmp_path),
+        name="e",
+        space=SearchSpace(frames=(16, 32)),
+        seed=3,
+        max_epochs=4,
+        val_clips=2,
+        dropout=0.2,
     )
     save_options(opts)
     back = load_options(str(tmp_path), "e")
     assert back == opts and back.space.frames == (16, 32)
     # Beside them, what every trial trains but the drawn knobs, as a run record.
     saved = json.loads((tmp_path / "e" / "options.json").read_text())["trial_template"]
-    assert TrainConfig.from_record(saved) == opts.trial_template()
+    template = TrainConfig.from_record(saved)
+    assert template == opts.trial_template()
+    assert (template.seed, template.epochs, template.clip.test_clips) == (3, 4, 2)
+    assert template.model_options == {"dropout": 0.2} and template.optimizer == "adamw"
     with pytest.raises(FileNotFoundError, match="no experiment 'other'"):
         load_options(str(tmp_path), "other")
 

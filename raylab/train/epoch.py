@@ -510,19 +510,7 @@ def run_epochs(run: dict, task: Task) -> None:
     torch.manual_seed(config.seed)  # every rank builds the same initial weights
     model = task.build(config, device)
     model = ray.train.torch.prepare_model(model, move_to_device=device)  # device + DDP
-    optimizer = make_optimizer(
-        model, config.optimizer, config.lr, config.weight_decay, config.momentum
-    )
-    updates_per_epoch = max(1, run["steps_per_epoch"] // config.grad_accum)
-    schedule = {
-        "epochs": config.epochs,
-        "schedule": config.schedule,
-        "warmup_epochs": config.warmup_epochs,
-        "step_epochs": config.step_epochs,
-    }
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda update: lr_factor(update / updates_per_epoch, **schedule)
-    )
+    optimizer, scheduler = optimiser_and_schedule(model, config, run["steps_per_epoch"])
     parts = {"model": unwrap(model), **task.parts(), "optimizer": optimizer}
     parts["scheduler"] = scheduler
     start_epoch, start_step, sums, rng_state, restored = _resume(parts, store, run_dir, rank, world)
@@ -585,14 +573,8 @@ def run_epochs(run: dict, task: Task) -> None:
             )
             if not ok.any():  # a batch of nothing else still steps, so DDP stays in step
                 loss = loss * 0.0
-            (loss / config.grad_accum).backward()
             step += 1
-            if step % config.grad_accum == 0:
-                if config.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+            learn(loss, step, model, optimizer, scheduler, config)
             clock.mark("first_step")
             if ok.any():
                 sums.loss += loss.item() * len(y)
@@ -621,22 +603,59 @@ def run_epochs(run: dict, task: Task) -> None:
             upcoming["train"] = Ahead(
                 data.train(epoch + 1, data.train_plan(epoch + 1), 0, on_delivered=start_validation)
             )
-        if "val_decode_failures" in val:
-            failed_val = val["val_decode_failures"]
-            check_decode_failures(
-                epoch + 1,
-                "validation",
-                failed_val,
-                val["val_videos"] + failed_val,
-                val.pop("val_first_error"),
-                config.max_decode_failures,
-            )
+        check_validation_failures(epoch, val, config)
         metrics |= val | run["extra_metrics"]
         reporter.end_epoch(epoch, metrics, task.line(metrics, config.epochs), epoch_state)
         clock.write(run_dir)
         if store and rank == 0:
             store.clear()  # the epoch's checkpoint supersedes its mid-epoch ones
     reporter.close()
+
+
+def optimiser_and_schedule(model: torch.nn.Module, config: TrainConfig, steps_per_epoch: int):
+    """The run's optimiser and its learning-rate schedule, stepped once per update (every
+    ``grad_accum`` batches): ``(optimizer, scheduler)``."""
+    optimizer = make_optimizer(
+        model, config.optimizer, config.lr, config.weight_decay, config.momentum
+    )
+    updates_per_epoch = max(1, steps_per_epoch // config.grad_accum)
+    schedule = {
+        "epochs": config.epochs,
+        "schedule": config.schedule,
+        "warmup_epochs": config.warmup_epochs,
+        "step_epochs": config.step_epochs,
+    }
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda update: lr_factor(update / updates_per_epoch, **schedule)
+    )
+    return optimizer, scheduler
+
+
+def learn(loss: torch.Tensor, step: int, model, optimizer, scheduler, config: TrainConfig) -> None:
+    """Backpropagate batch ``step``'s loss; every ``grad_accum`` batches, clip the gradients
+    (when asked), update the weights and step the schedule."""
+    (loss / config.grad_accum).backward()
+    if step % config.grad_accum == 0:
+        if config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+
+def check_validation_failures(epoch: int, val: dict, config: TrainConfig) -> None:
+    """Stop the run when more of the validation pass's videos failed to decode than the run
+    tolerates (:func:`check_decode_failures`); the pass's first error leaves ``val``."""
+    if "val_decode_failures" in val:
+        failed = val["val_decode_failures"]
+        check_decode_failures(
+            epoch + 1,
+            "validation",
+            failed,
+            val["val_videos"] + failed,
+            val.pop("val_first_error"),
+            config.max_decode_failures,
+        )
 
 
 def _train_metrics(task: Task, sums: Sums, epoch: int, config: TrainConfig, optimizer) -> dict:

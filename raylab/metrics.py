@@ -1,6 +1,7 @@
 """Names the training loop, the search, evaluation and the report share, and the accuracy
 of multi-view scores that validation and evaluation compute alike."""
 
+import math
 import re
 
 import numpy as np
@@ -13,6 +14,11 @@ TIMED = frozenset({"clips_per_s", "pairs_per_s", "data_wait_frac", "train_s", "v
 # How a search trial ended: trained every epoch, stopped early (ASHA, a chance-level stop or
 # the time budget), pruned before it started, or failed.
 TRIAL_STATUSES = ("done", "stopped", "pruned", "error")
+# A trial's figures as of its best epoch: the one with the highest METRIC, the later on ties,
+# as its Train run keeps its checkpoints and raylab.train.checkpoints ranks them.
+AT_BEST = (
+    METRIC, "val_video_top5", "val_clip_acc", "gmacs", "params_m", "batch_size", "memory_gib"
+)  # fmt: skip
 
 
 def video_scores(
@@ -86,3 +92,53 @@ def epoch_of(result: dict) -> int:
     from 1 again while its Train run goes on from its checkpoint, and a resumed run reports
     its checkpoint's epoch once more (``restored``)."""
     return int(result.get("epoch", result.get("training_iteration", 0)) or 0)
+
+
+def trial_row(
+    trial_id: str,
+    path: str,
+    config: dict | None,
+    results: list[dict],
+    *,
+    prune_reason: str | None = None,
+    error: str | None = None,
+    ended: bool,
+    max_epochs: int | None,
+) -> dict:
+    """One trial of a search, as the search's ``trials.json`` and the report show it: its
+    configuration, why it was pruned or failed, its figures at its best epoch (``AT_BEST``,
+    ``best_epoch``, ``best_checkpoint`` where the results name checkpoints), the epochs
+    it trained, its mean clips/s and its status. ``results`` are its reported epochs, in
+    order (Tune's result lines); a missing or NaN figure is None."""
+    row = {"trial_id": trial_id, "path": path} | (config or {})
+    if prune_reason is not None:
+        row["prune_reason"] = prune_reason
+    elif error is not None:
+        row["error"] = error
+    scored = [r for r in results if _finite(r.get(METRIC)) is not None]
+    if scored:
+        best = max(reversed(scored), key=lambda r: r[METRIC])
+        row |= {k: _finite(best[k]) for k in AT_BEST if k in best}
+        row["best_epoch"] = epoch_of(best)
+        row["epochs"] = max(epoch_of(r) for r in results)
+        speeds = [v for v in (_finite(r.get("clips_per_s")) for r in scored) if v is not None]
+        row["clips_per_s"] = sum(speeds) / len(speeds) if speeds else None
+        row["best_checkpoint"] = best.get("checkpoint_path")  # None: the results name none
+    row["status"] = trial_status(
+        pruned=prune_reason is not None,
+        failed=error is not None,
+        ended=ended,
+        epochs=row.get("epochs", 0),
+        max_epochs=max_epochs,
+    )
+    return row
+
+
+def _finite(value):
+    """A plain number (a numpy scalar's value), or None for a missing or NaN one."""
+    if value is None:
+        return None
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -23,16 +23,13 @@ import math
 import warnings
 from pathlib import Path
 
-from raylab.metrics import METRIC, TRIAL_STATUSES, epoch_of, folder_trial_id, trial_status
+from raylab.metrics import METRIC, TRIAL_STATUSES, epoch_of, folder_trial_id, trial_row
 
 ARCH = ("family", "depth", "stm_stages", "stm_blocks")
 KNOBS = (*ARCH, "frames", "size", "stride", "lr", "weight_decay")
 COSTS = ("gmacs", "params_m", "clips_per_s", "batch_size")
 RESULTS = (METRIC, "val_video_top5", *COSTS, "epochs", "best_epoch")
 STATUSES = TRIAL_STATUSES
-# Taken at a trial's best epoch, as runner.trial_table does.
-AT_BEST = (METRIC, "val_video_top5", "val_clip_acc", "gmacs", "params_m", "batch_size")
-AT_BEST += ("memory_gib",)
 RAY_DASHBOARD = "http://127.0.0.1:8265/#/jobs"
 # The best trial counts as at chance unless its accuracy is above this many times chance:
 # a network that learns nothing lands near 1 / classes, give or take the validation noise.
@@ -86,42 +83,33 @@ def load_trials(experiment_dir: str | Path) -> list[dict]:
 
 
 def rows_from_folders(exp: Path) -> list[dict]:
-    """Rows of an unsummarised experiment. A trial whose last result is not ``done`` is
-    ``running`` (or was cut off); one that ended short of ``options.json``'s max_epochs was
-    ``stopped`` by ASHA; an ``error.txt`` beside it marks an ``error``."""
+    """Rows of an unsummarised experiment (``raylab.metrics.trial_row``, as the search's
+    ``trials.json``). A trial whose last result is not ``done`` is ``running`` (or was cut
+    off); one that ended short of ``options.json``'s max_epochs was ``stopped``; an
+    ``error.txt`` beside it marks an ``error``."""
     max_epochs = (_read_json(exp / "options.json") or {}).get("max_epochs")
     rows = []
     for params in sorted(exp.glob("*/params.json")):
         folder = params.parent
         lines = read_results(folder)
         last = lines[-1] if lines else {}
-        trial_id = last.get("trial_id") or folder_trial_id(folder.name)
-        row = {"trial_id": trial_id, "path": str(folder)}
-        row |= _read_json(params) or {}
-        scored = [line for line in lines if _num(line.get(METRIC)) is not None]
-        if scored:
-            # The later epoch on ties, as the search's trial table takes it.
-            best = max(reversed(scored), key=lambda line: line[METRIC])
-            row |= {k: best[k] for k in AT_BEST if k in best}
-            row["best_epoch"] = epoch_of(best)
-            row["epochs"] = max(epoch_of(line) for line in lines)
-            speeds = [s for s in (_num(x.get("clips_per_s")) for x in scored) if s is not None]
-            row["clips_per_s"] = sum(speeds) / len(speeds) if speeds else None
         pruned = any(line.get("pruned") for line in lines)
-        failed = (folder / "error.txt").exists()
-        if pruned:
-            row["prune_reason"] = last.get("prune_reason")
-        elif failed:
-            error = [x for x in (folder / "error.txt").read_text().splitlines() if x.strip()]
-            row["error"] = (error or ["error"])[-1][:300]
-        row["status"] = trial_status(
-            pruned=pruned,
-            failed=failed,
-            ended=bool(last.get("done")),
-            epochs=row.get("epochs", 0),
-            max_epochs=max_epochs,
+        error = None
+        if not pruned and (folder / "error.txt").exists():
+            said = [x for x in (folder / "error.txt").read_text().splitlines() if x.strip()]
+            error = (said or ["error"])[-1][:300]
+        rows.append(
+            trial_row(
+                last.get("trial_id") or folder_trial_id(folder.name),
+                str(folder),
+                _read_json(params) or {},
+                lines,
+                prune_reason=(last.get("prune_reason") or "pruned") if pruned else None,
+                error=error,
+                ended=bool(last.get("done")),
+                max_epochs=max_epochs,
+            )
         )
-        rows.append(row)
     return rows
 
 

@@ -56,3 +56,34 @@ def test_video_scores_average_views_per_video():
     # Clip-level, "a" is right once in two; video-level it is wrong (0.5 > 0.4).
     assert topk_accuracy(scores, vlabels, 1) == pytest.approx(2 / 3)
     assert topk_accuracy(scores, vlabels, 2) == 1.0
+
+
+def test_one_trial_row_from_any_source():
+    """The search's trials.json and the report's rows rebuilt from trial folders are both
+    this row: figures at the best epoch (the later of equal scores, NaN never best), the
+    epochs trained, clips/s over the scored epochs, the status."""
+    from raylab.metrics import trial_row
+
+    results = [
+        {"epoch": 1, "val_video_top1": 0.5, "gmacs": 1.0, "clips_per_s": 10.0},
+        {"epoch": 2, "val_video_top1": 0.8, "gmacs": 1.0, "clips_per_s": 20.0},
+        {"epoch": 3, "val_video_top1": float("nan"), "clips_per_s": 99.0},
+        {"epoch": 4, "val_video_top1": 0.8, "gmacs": 1.0, "clips_per_s": 30.0,
+         "checkpoint_path": "/run/checkpoint_3"},
+    ]  # fmt: skip
+    row = trial_row("t1", "/x", {"family": "t3d"}, results, ended=True, max_epochs=6)
+    assert row == {
+        "trial_id": "t1", "path": "/x", "family": "t3d", "val_video_top1": 0.8, "gmacs": 1.0,
+        "best_epoch": 4, "epochs": 4, "clips_per_s": 20.0,
+        "best_checkpoint": "/run/checkpoint_3", "status": "stopped",
+    }  # fmt: skip
+    pruned = trial_row("t2", "/y", {}, [{"pruned": True}], prune_reason="too long", ended=True,
+                       max_epochs=6)  # fmt: skip
+    assert pruned == {
+        "trial_id": "t2",
+        "path": "/y",
+        "prune_reason": "too long",
+        "status": "pruned",
+    }
+    running = trial_row("t3", "/z", {}, results[:2], ended=False, max_epochs=6)
+    assert running["status"] == "running" and running["best_epoch"] == 2

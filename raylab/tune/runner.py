@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import time
 import warnings
@@ -29,7 +28,7 @@ from raylab.metrics import (
     TRIAL_STATUSES,
     folder_trial_id,
     folder_trial_number,
-    trial_status,
+    trial_row,
 )
 from raylab.train.checkpoints import best_checkpoint_in, save_state
 from raylab.tune.options import TuneOptions
@@ -286,59 +285,30 @@ def close_study(options: TuneOptions) -> list[int]:
 
 
 def trial_table(results, max_epochs: int) -> list[dict]:
-    """One row per trial: its knobs, status (done, stopped early by ASHA, pruned before it
-    started, error), best accuracy (and epoch) and cost side by side."""
+    """One row per trial (``raylab.metrics.trial_row``): its knobs, status (done, stopped
+    early, pruned before it started, error), best accuracy (and epoch) and cost."""
     rows = []
     # In the order the search created them: Tune's result grid has its own order, which a
     # restored experiment changes.
     for r in sorted(results, key=lambda r: folder_trial_number(Path(r.path).name)):
         frame = r.metrics_dataframe
         last = r.metrics or {}
-        row = {"trial_id": last.get("trial_id") or folder_trial_id(Path(r.path).name)}
-        row["path"] = r.path
-        # A trial the time budget ended before its first result has no config in it.
-        row |= r.config or {}
-        if last.get("pruned"):
-            row["prune_reason"] = last.get("prune_reason")
-        elif r.error:
-            row["error"] = str(r.error).splitlines()[0][:300]
-        if frame is not None and METRIC in frame and frame[METRIC].notna().any():
-            # The later epoch on ties, as the Train run keeps its checkpoints (the best
-            # ones by score, the newer of equals) and as raylab.train.checkpoints ranks them.
-            best = frame[METRIC].astype(float)[::-1].idxmax()
-            for key in (
-                METRIC,
-                "val_video_top5",
-                "val_clip_acc",
-                "gmacs",
-                "params_m",
-                "batch_size",
-                "memory_gib",
-            ):
-                if key in frame:
-                    row[key] = _plain(frame[key][best])
-            epochs = frame["epoch"] if "epoch" in frame else frame["training_iteration"]
-            row["best_epoch"] = int(epochs[best])
-            row["epochs"] = int(epochs.max())
-            row["clips_per_s"] = float(frame["clips_per_s"].mean())
-            row["best_checkpoint"] = _plain(frame.get("checkpoint_path", {}).get(best))
-        # Every result here has ended; one the time budget ended before its first epoch
-        # trained 0 epochs and reads as stopped.
-        row["status"] = trial_status(
-            pruned=bool(last.get("pruned")),
-            failed=bool(r.error),
-            ended=True,
-            epochs=row.get("epochs", 0),
-            max_epochs=max_epochs,
+        pruned = bool(last.get("pruned"))
+        rows.append(
+            trial_row(
+                last.get("trial_id") or folder_trial_id(Path(r.path).name),
+                r.path,
+                r.config,  # None for a trial the time budget ended before its first result
+                [] if frame is None else frame.to_dict("records"),
+                prune_reason=(last.get("prune_reason") or "pruned") if pruned else None,
+                error=str(r.error).splitlines()[0][:300] if r.error and not pruned else None,
+                # Every result here has ended; one the time budget ended before its first
+                # epoch trained 0 epochs and reads as stopped.
+                ended=True,
+                max_epochs=max_epochs,
+            )
         )
-        rows.append(row)
     return rows
-
-
-def _plain(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 class NoTrialScored(RuntimeError):

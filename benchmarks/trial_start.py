@@ -6,6 +6,9 @@
         [--work DIR]
     # the breakdown of an experiment already run (make demo's, for one)
     python benchmarks/trial_start.py read EXPERIMENT_DIR
+    # a Train run of 3 short epochs, each reported with a checkpoint, with the Train
+    # controller polling its workers every 2 s (Ray's default) and every 0.5 s, alternately
+    python benchmarks/trial_start.py poll [--runs 3]
 
 For every trial that trained, from its Tune ``result.json`` and its Train run's
 ``history.jsonl`` (the ``startup`` event a fresh run's rank 0 writes after its first epoch,
@@ -37,6 +40,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +52,16 @@ from raylab.metrics import TIMED, folder_trial_number  # noqa: E402
 # environment. RAYLAB_QUICK_START=0 turns off what raylab does to start trials sooner (see
 # raylab.tune.runner.share_across_trials and raylab.train.trainer.torch_trainer).
 VARIANTS = {
-    "before": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1", "RAYLAB_QUICK_START": "0"},
-    "after": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAYLAB_QUICK_START": "1"},
+    "before": {
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0",
+        "RAYLAB_QUICK_START": "0",
+    },
+    "after": {
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        "RAYLAB_QUICK_START": "1",
+    },
 }
 
 POINTS = {
@@ -217,6 +229,54 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
+def _three_reports(config: dict) -> None:
+    """A Train worker's loop of 3 half-second epochs, each reported with a checkpoint."""
+    import tempfile
+    import time
+
+    import ray.train
+    import torch
+
+    for epoch in range(3):
+        time.sleep(0.5)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"epoch": epoch}, Path(d) / "state.pt")
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report({"epoch": epoch + 1}, checkpoint=checkpoint)
+
+
+def poll(args: argparse.Namespace) -> dict:
+    """Seconds of a whole ``TorchTrainer.fit()`` of :func:`_three_reports` per polling
+    interval of the Train controller, in one Ray session, the intervals alternating."""
+    import tempfile
+
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
+    os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    seconds: dict[str, list[float]] = {"2.0": [], "0.5": []}
+    root = tempfile.mkdtemp()
+    for r in range(args.runs):
+        for interval, times in seconds.items():
+            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = interval  # read at fit()
+            began = time.monotonic()
+            result = TorchTrainer(
+                _three_reports,
+                scaling_config=ray.train.ScalingConfig(
+                    num_workers=1, resources_per_worker={"CPU": 0.5}
+                ),
+                run_config=ray.train.RunConfig(storage_path=root, name=f"poll-{interval}-{r}"),
+            ).fit()
+            assert result.error is None, result.error
+            times.append(time.monotonic() - began)
+            print(f"run {r + 1}: polling every {interval} s: {times[-1]:.2f} s", flush=True)
+    medians = {k: statistics.median(v) for k, v in seconds.items()}
+    print(f"median: {medians['2.0']:.2f} s at 2.0 s, {medians['0.5']:.2f} s at 0.5 s")
+    return {"seconds": seconds, "median": medians}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -228,8 +288,13 @@ def main(argv: list[str] | None = None) -> dict:
     s.add_argument("--rounds", type=int, default=1)
     s.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     s.add_argument("--work", default=str(Path.home() / "raylab"), help="the demo set's root")
+    p = sub.add_parser("poll", help="a short Train run per controller polling interval")
+    p.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
-    if args.mode == "read":
+    if args.mode == "poll":
+        out = poll(args)
+        print(json.dumps(out))
+    elif args.mode == "read":
         out = read(args.experiment.resolve())
         print(json.dumps({k: v for k, v in out.items() if k != "rows"}))
     else:

@@ -87,10 +87,11 @@ def run_config(
 
 
 def quick_start() -> bool:
-    """Whether runs cut their start-up work (no preemption watcher; in a search, Ray Data's
-    statistics actor shared and each pass's pipeline started ahead): yes unless the
-    environment says ``RAYLAB_QUICK_START=0``, which ``benchmarks/trial_start.py`` sets to
-    measure the difference."""
+    """Whether runs cut their start-up work (no preemption watcher, the Train controller
+    polling its workers every 0.5 s; in a search, Ray Data's statistics actor shared and each
+    pass's pipeline started ahead): yes unless the environment says
+    ``RAYLAB_QUICK_START=0``, which ``benchmarks/trial_start.py`` sets to measure the
+    difference."""
     return os.environ.get("RAYLAB_QUICK_START", "1") != "0"
 
 
@@ -121,8 +122,12 @@ def torch_trainer(
     # preemption notices to the workers; a lost node is recovered by max_failures all the
     # same) is off unless the environment turns it on: a search's trials are short runs,
     # each of which would start one. Read from this process when the run starts.
+    # Its controller polls the workers every 2 s by default, and a worker's report waits in
+    # a one-slot queue until the next poll: short epochs wait on it, and a run's end is seen
+    # a poll later (`benchmarks/trial_start.py poll`, docs/results.md).
     if quick_start():
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     # NCCL when this torch build has it (CUDA builds, even on a CPU-only head); gloo
     # otherwise, e.g. on a simulated cluster whose GPU resources are only advertised.

@@ -80,6 +80,33 @@ def storage(location: str | Path):
     return pyarrow.fs.LocalFileSystem(), str(Path(location).resolve())
 
 
+def write_text(location: str | Path, text: str) -> None:
+    """Write ``text`` as the file ``location`` (a local path or a URI), its folder made."""
+    fs, path = storage(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def append_text(location: str | Path, text: str) -> None:
+    """Append ``text`` to the file ``location``. An object store cannot append: a URI's
+    object is read and written again whole, which suits a run's small record files."""
+    import pyarrow.fs
+
+    if not is_uri(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        with open(location, "a") as f:
+            f.write(text)
+        return
+    fs, path = storage(location)
+    before = b""
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+        with fs.open_input_stream(path) as f:
+            before = f.read()
+    with fs.open_output_stream(path) as f:
+        f.write(before + text.encode())
+
+
 def resolve_location(location: str | Path) -> str:
     """A local folder made absolute; a URI as it is."""
     return str(location) if is_uri(location) else str(Path(location).resolve())

@@ -443,6 +443,7 @@ def loop_config(
     run_dir: str | None = None,
     extra_metrics: dict | None = None,
     *,
+    history_at: str | None = None,
     mid_epoch_dir: str | None = None,
     log_steps: bool = False,
     seed_drawn: bool = False,
@@ -450,8 +451,10 @@ def loop_config(
 ) -> dict:
     """What a per-worker loop is given: the run's config (as plain values, the form every
     checkpoint keeps), where its clips come from and the splits' row groups (their footers
-    read here, once), optimiser steps per worker and epoch (for the schedule), the folder for its files (rank 0; None: no files), constants reported with
-    every epoch (a search trial's cost), where mid-epoch checkpoints go, whether each step's
+    read here, once), optimiser steps per worker and epoch (for the schedule), the folder
+    for its files (rank 0; None: no files), constants reported with every epoch (a search
+    trial's cost), where ``history.jsonl`` goes (``history_at``, a folder or a URI; default
+    the folder), where mid-epoch checkpoints go, whether each step's
     video ids are logged (``run_dir/steps/rank-N.jsonl``), whether the seed was drawn
     from fresh entropy (recorded) and when the run began (``started_at``, Unix time; now by
     default), which its start-up timings count from (:class:`~raylab.train.worker.StartClock`)."""
@@ -467,6 +470,7 @@ def loop_config(
         # Every rank takes the same number of steps: its equal part of the plan.
         "steps_per_epoch": max(1, math.ceil(videos / config.workers / config.batch_size)),
         "run_dir": run_dir,
+        "history_at": history_at or run_dir,
         "extra_metrics": dict(extra_metrics or {}),
         "mid_epoch_dir": mid_epoch_dir,
         "log_steps": log_steps,
@@ -481,7 +485,7 @@ def run_epochs(run: dict, task: Task) -> None:
     import ray.train.torch
 
     config = TrainConfig.from_record(run["config"])
-    run_dir = run["run_dir"]
+    run_dir, history = run["run_dir"], run.get("history_at") or run["run_dir"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     clock = StartClock(run.get("started_at"), active=rank == 0)
@@ -513,14 +517,14 @@ def run_epochs(run: dict, task: Task) -> None:
     optimizer, scheduler = optimiser_and_schedule(model, config, run["steps_per_epoch"])
     parts = {"model": unwrap(model), **task.parts(), "optimizer": optimizer}
     parts["scheduler"] = scheduler
-    start_epoch, start_step, sums, rng_state, restored = _resume(parts, store, run_dir, rank, world)
+    start_epoch, start_step, sums, rng_state, restored = _resume(parts, store, history, rank, world)
     clock.active = clock.active and start_epoch == 0 and start_step == 0  # a fresh run's start
     clock.mark("model_ready")
 
     env = environment(device, world) | {"seed_drawn": run["seed_drawn"]}
     if rank == 0 and start_epoch == 0 and start_step == 0:
-        append_history(run_dir, {"event": "started", "environment": env})
-    reporter = EpochReporter(run["config"], run_dir, rank, environment=env)
+        append_history(history, {"event": "started", "environment": env})
+    reporter = EpochReporter(run["config"], run_dir, rank, environment=env, history_at=history)
     if restored is not None:
         # The epoch resumed from, reported again: a search restored after its driver stopped
         # may not have received it before (its report died with the driver), and the
@@ -587,7 +591,7 @@ def run_epochs(run: dict, task: Task) -> None:
             every = config.checkpoint_every
             boundary = step % config.grad_accum == 0 and sums.position < len(plan)
             if store and every and step % every == 0 and boundary:
-                _save_mid_epoch(store, parts, sums, epoch, step, rank, world, run_dir)
+                _save_mid_epoch(store, parts, sums, epoch, step, rank, world, history)
             tick = time.perf_counter()
         if step % config.grad_accum:  # the tail of an accumulation window
             optimizer.step()
@@ -606,7 +610,7 @@ def run_epochs(run: dict, task: Task) -> None:
         check_validation_failures(epoch, val, config)
         metrics |= val | run["extra_metrics"]
         reporter.end_epoch(epoch, metrics, task.line(metrics, config.epochs), epoch_state)
-        clock.write(run_dir)
+        clock.write(history)
         if store and rank == 0:
             store.clear()  # the epoch's checkpoint supersedes its mid-epoch ones
     reporter.close()
@@ -696,7 +700,7 @@ def _set_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_mid_epoch(store, parts, sums, epoch, step, rank, world, run_dir) -> None:
+def _save_mid_epoch(store, parts, sums, epoch, step, rank, world, history) -> None:
     """Every rank saves its sums and generator, rank 0 the shared state; once all have,
     rank 0 commits the checkpoint."""
     name = f"e{epoch}-s{step}"
@@ -706,10 +710,10 @@ def _save_mid_epoch(store, parts, sums, epoch, step, rank, world, run_dir) -> No
     gather(None)  # a barrier: every rank's file is written
     if rank == 0:
         store.commit({"epoch": epoch, "step": step, "workers": world, "dir": name})
-        append_history(run_dir, {"event": "mid_epoch_checkpoint", "epoch": epoch + 1, "step": step})
+        append_history(history, {"event": "mid_epoch_checkpoint", "epoch": epoch + 1, "step": step})
 
 
-def _resume(parts: dict, store, run_dir, rank: int, world: int):
+def _resume(parts: dict, store, history: str | None, rank: int, world: int):
     """Restore the run's newest state: a mid-epoch checkpoint newer than the latest epoch
     checkpoint, or that epoch checkpoint, or nothing. Returns (epoch, step, sums, generator
     state) to start from, and the metrics of the latest epoch checkpoint (None: none)."""
@@ -740,7 +744,7 @@ def _resume(parts: dict, store, run_dir, rank: int, world: int):
         if rank == 0:
             print(f"resumed epoch {start_epoch + 1} after step {marker['step']}")
             append_history(
-                run_dir, {"event": "resumed", "from_epoch": start_epoch, "step": marker["step"]}
+                history, {"event": "resumed", "from_epoch": start_epoch, "step": marker["step"]}
             )
         restored = state["metrics"] if state is not None else None
         return start_epoch, marker["step"], Sums(**own["sums"]), own["rng"], restored
@@ -749,7 +753,7 @@ def _resume(parts: dict, store, run_dir, rank: int, world: int):
             part.load_state_dict(state[name])
         if rank == 0:
             print(f"resumed from the checkpoint of epoch {start_epoch}")
-            append_history(run_dir, {"event": "resumed", "from_epoch": start_epoch})
+            append_history(history, {"event": "resumed", "from_epoch": start_epoch})
     return start_epoch, 0, Sums(), None, state["metrics"] if state is not None else None
 
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from raylab.config import TrainConfig
-from raylab.data.storage import Shards, is_uri
+from raylab.data.storage import Shards, is_uri, write_text
 from raylab.metrics import METRIC
 from raylab.train.epoch import DataOptions, DecodeFailures, loop_config
 from raylab.train.loop import train_loop
@@ -196,17 +196,19 @@ def build_trainer(
             f"the config's classes {list(config.classes)} are not those of {shards} {list(classes)}"
         )
     check_model(config)
-    # A URI (s3://) is no folder to write files in.
+    # The run's record (its config, as `jobs/train.py --config` trains it again, and its
+    # history) goes where its checkpoints go; its other files (TensorBoard, progress, step
+    # logs) need a local folder, which a run stored on a URI (s3://) does not have.
+    location = f"{str(storage_path).rstrip('/')}/{name}"
     run_dir = None if is_uri(storage_path) else str(Path(storage_path) / name)
-    if run_dir:  # the run whole, as `jobs/train.py --config` trains it again
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / CONFIG_FILE).write_text(json.dumps(config.record(), indent=1) + "\n")
+    write_text(f"{location}/{CONFIG_FILE}", json.dumps(config.record(), indent=1) + "\n")
     run = loop_config(
         config,
         data,
         run_dir,
         extra_metrics,
-        mid_epoch_dir=f"{str(storage_path).rstrip('/')}/{name}/mid_epoch",
+        history_at=location,
+        mid_epoch_dir=f"{location}/mid_epoch",
         log_steps=log_steps,
         seed_drawn=seed_drawn,
         started_at=started_at,

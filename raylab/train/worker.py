@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from raylab.data.storage import append_text
 from raylab.train.checkpoints import plain_config, save_state
 
 
@@ -71,12 +72,11 @@ def write_progress(run_dir: str | None, rank: int, epoch: int, step: int = 0) ->
     (d / f"rank-{rank}").write_text(f"{epoch} {step} {os.getpid()}\n")
 
 
-def append_history(run_dir: str | None, record: dict) -> None:
-    """Append one JSON line to ``run_dir/history.jsonl``: every epoch and every resume."""
-    if run_dir:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(run_dir) / "history.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+def append_history(location: str | None, record: dict) -> None:
+    """Append one JSON line to ``location/history.jsonl`` (the run's folder or, for a run
+    stored on a URI, its place there): every epoch and every resume."""
+    if location:
+        append_text(f"{location}/history.jsonl", json.dumps(record) + "\n")
 
 
 def process_created_at() -> float | None:
@@ -125,11 +125,19 @@ class EpochReporter:
     ``run_dir/history.jsonl``; every rank reports the metrics to Ray Train."""
 
     def __init__(
-        self, config: dict, run_dir: str | None, rank: int, environment: dict | None = None
+        self,
+        config: dict,
+        run_dir: str | None,
+        rank: int,
+        environment: dict | None = None,
+        history_at: str | None = None,
     ) -> None:
         """``config``: the run's settings as plain values, saved in every checkpoint with
-        ``environment`` (what else decides the numbers: versions, threads, device)."""
+        ``environment`` (what else decides the numbers: versions, threads, device);
+        ``history_at``: where ``history.jsonl`` goes (default ``run_dir``; a URI for a run
+        stored on one, which has no local folder)."""
         self.config, self.run_dir, self.rank = config, run_dir, rank
+        self.history_at = history_at or run_dir
         self.environment = environment or {}
         self.writer = None
         if rank == 0 and run_dir:
@@ -152,7 +160,7 @@ class EpochReporter:
                 self.log(metrics, line)
             ray.train.report(metrics, checkpoint=checkpoint)
         if self.rank == 0:  # after the report: every worker finished the epoch and it is saved
-            append_history(self.run_dir, {"event": "epoch"} | metrics | {"at": time.time()})
+            append_history(self.history_at, {"event": "epoch"} | metrics | {"at": time.time()})
 
     def save(
         self, directory: str | Path, epoch: int, metrics: dict, state: Callable[[int], dict]

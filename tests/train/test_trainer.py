@@ -414,9 +414,10 @@ def test_a_damaged_video_fails_only_its_sample(damaged_shards, ray_session, tmp_
 def test_a_run_stored_on_s3_writes_no_local_files(
     demo_shards, s3_store, ray_session, tmp_path, monkeypatch
 ):
-    """Checkpoints on s3:// go there through Ray Train, the best one with its weights; the
-    loop's own files (history, TensorBoard) have no folder, rather than one named after the
-    URI (``s3:/...``) in the working directory."""
+    """Checkpoints on s3:// go there through Ray Train, and the run's record beside them
+    (config.json, as `jobs/train.py --config` trains it again, and history.jsonl); the
+    files that need a local folder (TensorBoard, progress) are not written, rather than
+    written to one named after the URI (``s3:/...``) in the working directory."""
     import pyarrow.fs
 
     monkeypatch.chdir(tmp_path)  # where a folder named after the URI would appear
@@ -428,6 +429,13 @@ def test_a_run_stored_on_s3_writes_no_local_files(
     fs, root = pyarrow.fs.FileSystem.from_uri(f"{location}/s3run")
     stored = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
     assert any(i.base_name == "state.pt" for i in stored), [i.path for i in stored]
+    with fs.open_input_stream(f"{root}/config.json") as f:
+        assert TrainConfig.from_record(json.loads(f.read())) == replace(
+            config, classes=load_manifest(demo_shards)["classes"]
+        )
+    with fs.open_input_stream(f"{root}/history.jsonl") as f:
+        events = [json.loads(line)["event"] for line in f.read().decode().splitlines()]
+    assert events == ["started", "epoch", "startup"], events
     assert list(tmp_path.iterdir()) == []  # nothing written here
 
 

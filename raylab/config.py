@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from raylab.data.clips import ClipConfig, missing_settings
+from raylab.data.clips import ClipConfig, check_choices, missing_settings
 
 if TYPE_CHECKING:
     import torch
@@ -153,10 +153,7 @@ class TrainConfig:
         object.__setattr__(self, "std", tuple(std))
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "model_options", dict(self.model_options))
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        check_choices(self)
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 steps, got {self.checkpoint_every}")
 

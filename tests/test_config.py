@@ -41,12 +41,12 @@ def test_one_clip_type_checks_itself_and_counts_its_views():
     assert ClipConfig(size=224).working_short_side == 256
     assert ClipConfig(modality="flow").channels == 2 and clip.channels == 3
     for bad, message in [
-        ({"test_crops": 2}, "crops must be 1"),
+        ({"test_crops": 2}, "test_crops must be one of 1, 3; got 2"),
         ({"short_side": 100}, "smaller than the crop"),
         ({"crop_scales": ()}, "crop scales must lie in"),
         ({"crop_scales": (0.0,)}, "crop scales must lie in"),
         ({"crop_scales": (1.0, 1.2)}, "crop scales must lie in"),
-        ({"modality": "depth"}, "modality must be"),
+        ({"modality": "depth"}, "modality must be one of 'rgb', 'flow'; got 'depth'"),
         ({"scheme": "sparse"}, "scheme must be"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -81,7 +81,7 @@ def test_normalisation_follows_the_modality_and_settings_are_checked():
     flow = TrainConfig(clip=ClipConfig(modality="flow"))
     assert flow.mean == FLOW_MEAN and len(flow.std) == 2
     assert TrainConfig(mean=[0.5, 0.4, 0.3]).mean == (0.5, 0.4, 0.3)
-    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw'"):
+    with pytest.raises(ValueError, match="optimizer must be one of 'sgd', 'adamw'"):
         TrainConfig(optimizer="lamb")
     with pytest.raises(ValueError, match="schedule must be"):
         TrainConfig(schedule="linear")

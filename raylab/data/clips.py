@@ -16,6 +16,17 @@ from dataclasses import asdict, dataclass, field, fields, replace
 TSN_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
 
 
+def check_choices(settings) -> None:
+    """Every field of the dataclass ``settings`` that lists ``choices`` in its metadata (the
+    flag's choices too, :func:`raylab.jobs.add_config_flags`) holds one of them."""
+    for f in fields(settings):
+        choices = f.metadata.get("choices")
+        value = getattr(settings, f.name)
+        if choices is not None and value not in choices:
+            allowed = ", ".join(map(repr, choices))
+            raise ValueError(f"{f.name} must be one of {allowed}; got {value!r}")
+
+
 def default_short_side(size: int) -> int:
     """The short side crops of ``size`` are cut from when none is given: ``size * 8 / 7``
     (128 for 112, 256 for 224), the ratio C3D and I3D use."""
@@ -104,12 +115,7 @@ class ClipConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_scales", tuple(self.crop_scales))
-        if self.modality not in ("rgb", "flow"):
-            raise ValueError(f"modality must be 'rgb' or 'flow', got {self.modality!r}")
-        if self.test_crops not in (1, 3):
-            raise ValueError(f"crops must be 1 (centre) or 3 (three-crop), got {self.test_crops}")
-        if self.scheme not in ("dense", "segments"):
-            raise ValueError(f"scheme must be 'dense' or 'segments', got {self.scheme!r}")
+        check_choices(self)
         if self.size < 8 or self.frames < 1 or self.stride < 1 or self.test_clips < 1:
             raise ValueError(f"invalid clip {self}")
         if not self.crop_scales or not all(0 < s <= 1 for s in self.crop_scales):

@@ -102,6 +102,8 @@ def trial_starts(experiment: Path) -> list[dict]:
         startup = next((h for h in history if h["event"] == "startup"), None)
         epochs = [h for h in history if h["event"] == "epoch"]
         fresh = [r for r in results if not r.get("restored")]
+        if not fresh:
+            continue  # its epochs trained before a resume: its start is not in this folder
         times = [r["time_this_iter_s"] for r in fresh]
         later = times[1:]
 

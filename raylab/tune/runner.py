@@ -134,6 +134,18 @@ def share_across_trials() -> None:
     get_or_create_stats_actor()
 
 
+def study_sampler(options: TuneOptions):
+    """The Optuna sampler of a search: its draws are a function of ``options.seed``."""
+    import optuna
+
+    if options.searcher == "random":
+        return optuna.samplers.RandomSampler(seed=options.seed)
+    # TPE models the space after n_startup_trials random ones (Optuna's default is 10, a
+    # whole small search): a third of the trials, at least 3.
+    startup = max(3, min(10, options.num_samples // 3))
+    return optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=startup)
+
+
 def build_tuner(options: TuneOptions, *, resume: bool = False):
     """The ``Tuner`` of an experiment, new or restored from ``options.experiment_dir``.
 
@@ -177,22 +189,13 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
             options.experiment_dir, trainable, resume_unfinished=True, restart_errored=True
         )
     options.study_path.parent.mkdir(parents=True, exist_ok=True)
-    sampler = (
-        optuna.samplers.RandomSampler(seed=options.seed)
-        if options.searcher == "random"
-        # TPE models the space after n_startup_trials random ones (Optuna's default is 10,
-        # a whole small search): a third of the trials, at least 3.
-        else optuna.samplers.TPESampler(
-            seed=options.seed, n_startup_trials=max(3, min(10, options.num_samples // 3))
-        )
-    )
     options.space.check_data(limits.min_frames)
     searcher = _searcher_class()(
         # Strides are drawn among those whose clip fits the shortest video.
         space=functools.partial(options.space.define, max_span=limits.min_frames),
         metric=METRIC,
         mode="max",
-        sampler=sampler,
+        sampler=study_sampler(options),
         storage=optuna.storages.RDBStorage(f"sqlite:///{options.study_path}"),
         study_name=options.name,
     )

@@ -226,9 +226,28 @@ def untimed(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in UNTIMED} for row in rows]
 
 
+def stored_text(location: str | Path) -> str:
+    """A file of a local folder or of s3://."""
+    fs, path = storage(location)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def stored_json(location: str | Path) -> dict | list:
+    return json.loads(stored_text(location))
+
+
 def table(experiment: Path) -> list[dict]:
     """A search's trial table without what two runs of it may differ in."""
     return untimed(json.loads((experiment / "trials.json").read_text()))
+
+
+def history(experiment: Path) -> dict[str, list[dict]]:
+    """Every Train run's history lines (epochs and resumes), by Tune trial id."""
+    return {
+        h.parent.name.removeprefix("train-"): [json.loads(x) for x in h.read_text().splitlines()]
+        for h in experiment.glob("train_runs/train-*/history.jsonl")
+    }
 
 
 def epoch_figures(experiment: Path) -> list[list[dict]]:
@@ -256,10 +275,10 @@ def epoch_figures(experiment: Path) -> list[list[dict]]:
 
 @pytest.fixture(scope="module")
 def submitted(s3_shards, s3_store, ray_head, tmp_path_factory) -> dict:
-    """The seeded search with seed 3, submitted with `ray job submit` to the head with token
-    auth, its data and results on s3:// (a real S3 endpoint, configured by the environment
-    alone), the study local under --root; what the dashboards showed while it ran, and what
-    it ended with."""
+    """The seeded search, submitted with `ray job submit` to the head with token auth, its
+    data and results on s3:// (a real S3 endpoint, configured by the environment alone), the
+    study local under --root; what the dashboards showed while it ran, and what it ended
+    with."""
     url, token, env = ray_head["url"], ray_head["token"], ray_head["env"]
     seen: dict = {}
     try:
@@ -275,7 +294,7 @@ def submitted(s3_shards, s3_store, ray_head, tmp_path_factory) -> dict:
         "--working-dir", str(REPO),
         "--", "python", "jobs/tune_t3d.py",
         "--data", s3_shards, "--storage-path", f"{s3_store}/results",
-        "--root", str(root), "--name", name, *SEEDED, "--seed", "3",
+        "--root", str(root), "--name", name, *SEEDED, "--seed", "2",
     ]  # fmt: skip
 
     def submit():
@@ -335,13 +354,12 @@ def submitted(s3_shards, s3_store, ray_head, tmp_path_factory) -> dict:
         every=2,
     )  # fmt: skip
     seen["logs"] = get_json(f"{url}/api/jobs/{job_id}/logs", token)["logs"]
-    return seen | {"job_id": job_id, "name": name, "experiment": f"{s3_store}/results/{name}"}
-
-
-def stored_json(location: str) -> dict | list:
-    fs, path = storage(location)
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+    experiment = f"{s3_store}/results/{name}"
+    # A local copy of what the bucket holds, for the tests that read trial folders.
+    fs, path = storage(experiment)
+    copy = root / "copy"
+    pyarrow.fs.copy_files(path, str(copy), source_filesystem=fs)
+    return seen | {"job_id": job_id, "name": name, "experiment": experiment, "db": db, "copy": copy}
 
 
 def test_ray_job_submit_runs_the_search_and_dashboards_show_it(submitted):
@@ -406,35 +424,14 @@ def test_ray_job_submit_runs_the_search_and_dashboards_show_it(submitted):
     assert "jobs/train.py" in report  # how to reproduce the best trial
 
 
-def history(experiment: Path) -> dict[str, list[dict]]:
-    """Every Train run's history lines (epochs and resumes), by Tune trial id."""
-    return {
-        h.parent.name.removeprefix("train-"): [json.loads(x) for x in h.read_text().splitlines()]
-        for h in experiment.glob("train_runs/train-*/history.jsonl")
-    }
-
-
-@pytest.fixture(scope="module")
-def seeded_search(demo_shards, ray_head, tmp_path_factory) -> tuple[Path, dict, str]:
-    """The seeded search with seed 2, run by its driver on the head (as `python
-    jobs/tune_t3d.py` on a cluster's head node): (experiment, result, console)."""
-    root = tmp_path_factory.mktemp("seeded")
-    env = ray_head["env"] | {"RAY_ADDRESS": ray_head["address"]}
-    args = ["--data", str(demo_shards), "--root", str(root), "--name", "seed2"]
-    job = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), *args, *SEEDED, "--seed", "2"]
-    done = subprocess.run(job, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root / "results" / "seed2", last_json(done.stdout), done.stdout + done.stderr
-
-
 def test_a_search_ends_after_exactly_its_budget_and_prunes_what_the_data_cannot_feed(
-    seeded_search,
+    submitted,
 ):
     """Draws of a crop the shards cannot give are PRUNED before they start, with the reason
     in the study, trials.json and the report; the others train until the trials have trained
     3 epochs in all, and the trial running then is stopped and closed in the study."""
-    experiment, result, console = seeded_search
-    rows = json.loads((experiment / "trials.json").read_text())
+    experiment, result = submitted["experiment"], last_json(submitted["logs"])
+    rows = stored_json(f"{experiment}/trials.json")
     pruned = [r for r in rows if r["status"] == "pruned"]
     trained = [r for r in rows if r["status"] != "pruned"]
     assert pruned and sum(r.get("epochs", 0) for r in trained) == 3, rows
@@ -443,8 +440,8 @@ def test_a_search_ends_after_exactly_its_budget_and_prunes_what_the_data_cannot_
     assert all(r["size"] == 128 and r["prune_reason"].startswith(reason) for r in pruned)
     assert all(r["size"] == 48 for r in trained)
     assert result["trials"]["pruned"] == len(pruned)
-    assert f"trial {pruned[0]['trial_id']} pruned before it started" in console
-    with sqlite3.connect(f"file:{experiment / 'optuna.db'}?mode=ro", uri=True) as con:
+    assert f"trial {pruned[0]['trial_id']} pruned before it started" in submitted["logs"]
+    with sqlite3.connect(f"file:{submitted['db']}?mode=ro", uri=True) as con:
         states = con.execute(
             "SELECT t.state, a.value_json FROM trials t JOIN trial_user_attributes a "
             "ON a.trial_id = t.trial_id AND a.key = 'prune_reason'"
@@ -452,20 +449,116 @@ def test_a_search_ends_after_exactly_its_budget_and_prunes_what_the_data_cannot_
     assert len(states) == len(pruned) and {s for s, _ in states} == {"PRUNED"}
     assert all(json.loads(v).startswith(reason) for _, v in states)
     # The study has ended with the search: the trial the budget cut is PRUNED, none RUNNING.
-    now = study_trials(experiment / "optuna.db")
+    now = study_trials(submitted["db"])
     assert "RUNNING" not in dict(now).values() and len(now) == len(rows), now
-    assert reason in Path(result["report"]).read_text()
+    assert reason in stored_text(f"{experiment}/report.html")
     # The result's checkpoint is the best epoch's, as Tune recorded it.
     best = next(r for r in rows if r["trial_id"] == result["best_trial"])
-    state = torch.load(f"{result['best_checkpoint']}/state.pt", weights_only=True)
+    fs, path = storage(f"{result['best_checkpoint']}/state.pt")
+    with fs.open_input_file(path) as f:
+        state = torch.load(io.BytesIO(f.read()), weights_only=True)
     assert state["epoch"] + 1 == best["best_epoch"] == result["metrics"]["best_epoch"]
 
 
-def test_the_best_trial_trains_again_exactly_from_its_record(seeded_search, run_job, tmp_path):
+def test_the_same_search_draws_the_same_trials_and_another_seed_others(demo_shards):
+    """The searcher's draws are a function of the search's seed: seed 2 twice draws the
+    same trials, seed 3 others (that another seed also trains other figures from the same
+    draw is tests/train/test_trainer.py's)."""
+    import optuna
+
+    from raylab.tune.runner import study_sampler
+    from raylab.tune.space import DataLimits
+
+    min_frames = DataLimits.of(demo_shards).min_frames
+
+    def draws(seed: str) -> list[dict]:
+        common = ["--root", "/r", "--name", "n", "--seed", seed]
+        options = tune_job.build_options(
+            tune_job.parse_args([*SEEDED, *common]), str(demo_shards), False, False
+        )
+        study = optuna.create_study(sampler=study_sampler(options))
+        configs = []
+        for _ in range(options.num_samples):
+            trial = study.ask()
+            constants = options.space.define(trial, max_span=min_frames)
+            configs.append(trial.params | constants)
+            study.tell(trial, 0.5)
+        return configs
+
+    two = draws("2")
+    assert draws("2") == two and draws("3") != two
+    assert {c["size"] for c in two} == {48, 128}  # both what trains and what is pruned
+
+
+@pytest.fixture(scope="module")
+def resumed(demo_shards, ray_head, tmp_path_factory) -> dict:
+    """The seeded search again, on local shards, interrupted: the Tune driver (`python
+    jobs/tune_t3d.py` on the head, as on a cluster's head node) gets SIGINT once one trial
+    has trained all its epochs and the next one has started training; then `--resume`."""
+    root = tmp_path_factory.mktemp("resumed")
+    args = ["--data", str(demo_shards), "--root", str(root), "--name", "resumable"]
+    env = ray_head["env"] | {"RAY_ADDRESS": ray_head["address"]}
+    job = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), *args, *SEEDED, "--seed", "2"]
+    # Output to files: an unread pipe fills up and blocks the job.
+    out_file, err_file = root / "out.txt", root / "err.txt"
+    with open(out_file, "w") as out, open(err_file, "w") as err:
+        proc = subprocess.Popen(job, env=env, stdout=out, stderr=err, text=True)
+    experiment = root / "results" / "resumable"
+    db = experiment / "optuna.db"
+
+    def trained_and_more():
+        runs = history(experiment)
+        full = {t for t, h in runs.items() if any(r.get("epoch") == 2 for r in h)}
+        return full if full and len(runs) > len(full) else None
+
+    full = wait_for("a fully trained trial and a later one", trained_and_more, 600)
+    before, states = history(experiment), dict(study_trials(db))
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, err_file.read_text()[-3000:]
+    done = subprocess.run(job + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {
+        "experiment": experiment,
+        "db": db,
+        "interrupted": last_json(out_file.read_text()),
+        "full": full,
+        "before": before,
+        "states": states,
+        "result": last_json(done.stdout),
+    }
+
+
+def test_interrupted_search_resumes_into_the_same_search(resumed, submitted):
+    """Interrupted, the search prints how to resume; `--resume` finishes it in the same study
+    (earlier states unchanged, none left RUNNING) without training the finished trial again,
+    and its budget counts the epochs trained before. What it ends with is the uninterrupted
+    search's (the submitted one, same seed, its shards and results on S3): every trial,
+    status, figure and epoch."""
+    assert resumed["interrupted"]["interrupted"] is True
+    assert "--resume --name resumable" in resumed["interrupted"]["resume"]
+    experiment, result = resumed["experiment"], resumed["result"]
+    after = history(experiment)
+    now = dict(study_trials(resumed["db"]))
+    assert "RUNNING" not in now.values(), now
+    assert {n: s for n, s in resumed["states"].items() if s != "RUNNING"}.items() <= now.items()
+    for trial in resumed["full"]:
+        # A finished trial is not trained again: the same epochs, no resume event.
+        assert after[trial] == resumed["before"][trial], trial
+    uninterrupted, expected = submitted["copy"], last_json(submitted["logs"])
+    assert table(experiment) == table(uninterrupted)
+    assert epoch_figures(experiment) == epoch_figures(uninterrupted)
+    assert result["best_config"] == expected["best_config"]
+    untimed = {k: v for k, v in result["metrics"].items() if k not in TIMED}
+    assert untimed == {k: v for k, v in expected["metrics"].items() if k not in TIMED}
+    assert Path(result["report"]).exists()
+
+
+def test_the_best_trial_trains_again_exactly_from_its_record(resumed, run_job, tmp_path):
     """The search's reproduce command (best/command.txt: ``jobs/train.py --config
     best/config.json``) trains the best trial's run again, alone: every figure of every
     epoch as the trial had it."""
-    experiment, result, _ = seeded_search
+    experiment, result = resumed["experiment"], resumed["result"]
     command = shlex.split((experiment / "best" / "command.txt").read_text())
     assert command[:2] == ["python", "jobs/train.py"] and "--config" in command
     out = command.index("--out")
@@ -488,11 +581,11 @@ def test_the_best_trial_trains_again_exactly_from_its_record(seeded_search, run_
     ]
 
 
-def test_each_trial_says_where_its_start_went(seeded_search):
+def test_each_trial_says_where_its_start_went(submitted):
     """benchmarks/trial_start.py reads a search's trials: for each trained one, its first
     epoch against its later ones, the points of its start in the order reached, and the
     search's time between one trial's last epoch and the next one's start."""
-    rows = trial_start.trial_starts(seeded_search[0])
+    rows = trial_start.trial_starts(submitted["copy"])
     assert [r["epochs"] for r in rows] == [2, 1]
     for row in rows:
         points = [row["points"][p] for p in ("process", "loop", "model", "batch", "step")]
@@ -503,69 +596,6 @@ def test_each_trial_says_where_its_start_went(seeded_search):
         assert row["train_s"][0] > 0 and row["val_s"][0] > 0
     assert rows[0]["steady"] is not None and rows[1]["steady"] is None  # 2 epochs, then 1
     assert "gap" not in rows[0] and rows[1]["gap"] > 0
-
-
-def test_another_seed_gives_another_search(seeded_search, submitted):
-    """Seed 3 (the submitted search, on the same videos from S3) draws other trials and
-    trains other figures than seed 2. The same seed again: the interrupted search below,
-    whose table and figures are seed 2's."""
-    three = stored_json(f"{submitted['experiment']}/trials.json")
-    assert untimed(three) != table(seeded_search[0])
-
-
-def test_interrupted_search_resumes_into_the_same_search(
-    seeded_search, demo_shards, ray_head, tmp_path
-):
-    """The seeded search again, interrupted: the Tune driver (`python jobs/tune_t3d.py` on
-    the head) gets SIGINT once one trial has trained all its epochs and the next one has
-    started training. It prints how to resume; `--resume` finishes it in the same study
-    (earlier states unchanged, none left RUNNING) without training the finished trial
-    again, and its budget counts the epochs trained before. What it ends with is the
-    uninterrupted search's: every trial, status, figure and epoch."""
-    args = ["--data", str(demo_shards), "--root", str(tmp_path), "--name", "resumable"]
-    # A driver of its own on the head (as `python jobs/tune_t3d.py` on a cluster's head node).
-    env = ray_head["env"] | {"RAY_ADDRESS": ray_head["address"]}
-    job = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), *args]
-    # Output to files: an unread pipe fills up and blocks the job.
-    out_file, err_file = tmp_path / "out.txt", tmp_path / "err.txt"
-    with open(out_file, "w") as out, open(err_file, "w") as err:
-        proc = subprocess.Popen(
-            [*job, *SEEDED, "--seed", "2"], env=env, stdout=out, stderr=err, text=True
-        )
-    experiment = tmp_path / "results" / "resumable"
-    db = experiment / "optuna.db"
-
-    def trained_and_more():
-        runs = history(experiment)
-        full = {t for t, h in runs.items() if any(r.get("epoch") == 2 for r in h)}
-        return full if full and len(runs) > len(full) else None
-
-    full = wait_for("a fully trained trial and a later one", trained_and_more, 600)
-    before, states = history(experiment), dict(study_trials(db))
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=300)
-    assert proc.returncode == 0, err_file.read_text()[-3000:]
-    interrupted = last_json(out_file.read_text())
-    assert interrupted["interrupted"] is True
-    assert "--resume --name resumable" in interrupted["resume"]
-
-    done = subprocess.run(job + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = last_json(done.stdout)
-    after = history(experiment)
-    now = dict(study_trials(db))
-    assert "RUNNING" not in now.values(), now
-    assert {n: s for n, s in states.items() if s != "RUNNING"}.items() <= now.items()
-    for trial in full:
-        # A finished trial is not trained again: the same epochs, no resume event.
-        assert after[trial] == before[trial], trial
-    uninterrupted, expected = seeded_search[0], seeded_search[1]
-    assert table(experiment) == table(uninterrupted)
-    assert epoch_figures(experiment) == epoch_figures(uninterrupted)
-    assert result["best_config"] == expected["best_config"]
-    untimed = {k: v for k, v in result["metrics"].items() if k not in TIMED}
-    assert untimed == {k: v for k, v in expected["metrics"].items() if k not in TIMED}
-    assert Path(result["report"]).exists()
 
 
 def test_the_documented_command_runs_the_embedded_search():

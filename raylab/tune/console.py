@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -48,10 +49,21 @@ def describe(config: dict) -> str:
 class TrialConsole(Callback):
     """One line per trial event on ``out``, and the table of trials at the end."""
 
-    def __init__(self, max_epochs: int, stopper=None, out: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        max_epochs: int,
+        stopper=None,
+        out: TextIO | None = None,
+        refusal: Callable[[dict], str | None] | None = None,
+    ) -> None:
+        """``refusal(config)``: why the data cannot feed a trial's configuration, known when
+        it starts (:func:`raylab.tune.space.data_refusal`), so that such a trial is told as
+        pruned, never as started; a trial pruned for another reason is told at its result."""
         self.max_epochs = max_epochs
         self.stopper = stopper  # a NotLearningStopper, to say why a trial stopped
         self.out = out
+        self.refusal = refusal
+        self.told_pruned: set[str] = set()
         self.best: dict[str, float] = {}
         self.started: set[str] = set()
         self.ended: set[str] = set()  # trials whose end Tune reported (complete or error)
@@ -63,15 +75,22 @@ class TrialConsole(Callback):
         best = self.best.get(trial_id)
         return f", best val top-1 {best:.3f}" if best is not None else ""
 
+    def _pruned(self, trial_id: str, reason: str | None) -> None:
+        if trial_id not in self.told_pruned:
+            self.told_pruned.add(trial_id)
+            self._print(f"trial {trial_id} pruned before it started: {reason}")
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        reason = self.refusal(trial.config) if self.refusal else None
+        if reason:
+            self._pruned(trial.trial_id, reason)
+            return
         self.started.add(trial.trial_id)
         self._print(f"trial {trial.trial_id} started: {describe(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if result.get("pruned"):
-            self._print(
-                f"trial {trial.trial_id} pruned before it started: {result.get('prune_reason')}"
-            )
+            self._pruned(trial.trial_id, result.get("prune_reason"))
             return
         value = result.get(METRIC)
         if not isinstance(value, int | float) or not math.isfinite(value):

@@ -34,7 +34,7 @@ from raylab.train.checkpoints import best_checkpoint_in, save_state
 from raylab.tune.options import TuneOptions
 from raylab.tune.resources import memory_budget, trial_concurrency
 from raylab.tune.results import local_experiment
-from raylab.tune.space import Budget, DataLimits, Pruned, plan_trial
+from raylab.tune.space import Budget, DataLimits, Pruned, data_refusal, plan_trial
 
 
 def run_trial(
@@ -199,6 +199,7 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
         storage=optuna.storages.RDBStorage(f"sqlite:///{options.study_path}"),
         study_name=options.name,
     )
+    refusal = functools.partial(data_refusal, limits=limits, template=options.trial_template())
     stopper = None
     if options.stop_at_chance_after and options.early_stopping != "none":
         stopper = NotLearningStopper(ChanceRule(limits.num_classes, options.stop_at_chance_after))
@@ -242,7 +243,7 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
             # TrialConsole prints the search's story; Tune's reporter would repeat it in
             # tables of every config and result.
             verbose=0,
-            callbacks=[TrialConsole(options.max_epochs, stopper)],
+            callbacks=[TrialConsole(options.max_epochs, stopper, refusal=refusal)],
             stop=CombinedStopper(*stoppers) if stoppers else None,
         ),
     )

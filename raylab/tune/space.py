@@ -303,6 +303,26 @@ def model_of(config: dict, width: float) -> tuple[str, dict]:
     return "stm", options
 
 
+def data_refusal(config: dict, limits: DataLimits, template: TrainConfig) -> str | None:
+    """Why the shards cannot feed a sampled ``config``'s clips (None: they can). Cheap, so
+    that the search's console can say so when the trial starts (:func:`plan_trial`)."""
+    frames, size = config["frames"], config["size"]
+    clip = replace(template.clip, frames=frames, stride=config["stride"], size=size)
+    if clip.span > limits.min_frames:
+        return (
+            f"clip span {clip.span} frames ({frames} frames x stride {clip.stride}) is longer "
+            f"than the shortest training video ({limits.min_frames} frames)"
+        )
+    try:
+        clip.rendition(limits.renditions)
+    except ValueError:
+        return (
+            f"resolution {size} is cropped from frames at short side {clip.working_short_side},"
+            f" above the stored renditions {list(limits.renditions)}"
+        )
+    return None
+
+
 def plan_trial(
     config: dict, limits: DataLimits, budget: Budget, template: TrainConfig | None = None
 ) -> TrialPlan | Pruned:
@@ -317,20 +337,11 @@ def plan_trial(
     for their gradients) fits ``budget.memory_gib``.
     """
     template = template or TrainConfig(optimizer="adamw")
+    refusal = data_refusal(config, limits, template)
+    if refusal:
+        return Pruned(refusal)
     frames, size = config["frames"], config["size"]
     clip = replace(template.clip, frames=frames, stride=config["stride"], size=size)
-    if clip.span > limits.min_frames:
-        return Pruned(
-            f"clip span {clip.span} frames ({frames} frames x stride {clip.stride}) is longer "
-            f"than the shortest training video ({limits.min_frames} frames)"
-        )
-    try:
-        clip.rendition(limits.renditions)
-    except ValueError:
-        return Pruned(
-            f"resolution {size} is cropped from frames at short side {clip.working_short_side},"
-            f" above the stored renditions {list(limits.renditions)}"
-        )
     name, options = model_of(config, budget.width)
     refusal = input_contract(name, **options).refusal(frames, size)
     if refusal:  # the space never draws this; a hand-written config can

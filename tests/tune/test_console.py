@@ -30,12 +30,18 @@ def test_describe_names_the_architecture_and_clip_by_their_plain_names():
 def test_one_line_per_event_and_a_table_at_the_end():
     out = io.StringIO()
     stopper = NotLearningStopper(ChanceRule(num_classes=8, patience=4))
-    console = TrialConsole(max_epochs=12, stopper=stopper, out=out)
+
+    def refusal(config: dict) -> str | None:  # as the data refuses a crop it cannot give
+        return "no rendition for 128" if config["size"] == 128 else None
+
+    console = TrialConsole(max_epochs=12, stopper=stopper, out=out, refusal=refusal)
     good = trial("aaaa0001", STM, "TERMINATED", {"training_iteration": 12})
     flat = trial("aaaa0002", T3D, "TERMINATED", {"training_iteration": 4})
     cut = trial("aaaa0003", STM, "TERMINATED", {"training_iteration": 2})
     pruned = trial("aaaa0004", STM, "TERMINATED", {"pruned": True, "prune_reason": "too big"})
-    for t in (good, flat, cut, pruned):
+    crop = {"pruned": True, "prune_reason": "no rendition for 128"}
+    refused = trial("aaaa0005", STM | {"size": 128}, "TERMINATED", crop)
+    for t in (good, flat, cut, pruned, refused):
         console.on_trial_start(0, [], t)
     for epoch, score in enumerate([0.2, 0.9], start=1):
         result = {"training_iteration": epoch, "val_video_top1": score, "train_loss": 1.0}
@@ -47,9 +53,10 @@ def test_one_line_per_event_and_a_table_at_the_end():
     console.on_trial_result(0, [], cut, {"training_iteration": 2, "val_video_top1": 0.4})
     console.on_trial_result(0, [], cut, {"training_iteration": 2, "val_video_top1": float("nan")})
     console.on_trial_result(0, [], pruned, pruned.last_result)
-    for t in (good, flat, cut, pruned):
+    console.on_trial_result(0, [], refused, refused.last_result)
+    for t in (good, flat, cut, pruned, refused):
         console.on_trial_complete(0, [], t)
-    console.on_experiment_end([good, flat, cut, pruned])
+    console.on_experiment_end([good, flat, cut, pruned, refused])
     lines = out.getvalue().splitlines()
     assert "trial aaaa0001 started: stm 45/all 8x48 s4 lr 3.0e-03 wd 1.0e-04" in lines
     assert sum(": val top-1 " in line for line in lines) == 2 + 4 + 1  # NaN is not an epoch
@@ -59,10 +66,20 @@ def test_one_line_per_event_and_a_table_at_the_end():
     )
     assert "trial aaaa0003 stopped early after epoch 2, best val top-1 0.400" in lines
     assert "trial aaaa0004 pruned before it started: too big" in lines
+    # A crop the data cannot give is told when the trial starts, once, and never as started.
+    told = [line for line in lines if line.startswith("trial aaaa0005")]
+    assert told == ["trial aaaa0005 pruned before it started: no rendition for 128"], told
     table = lines[lines.index(next(x for x in lines if x.startswith("trial  "))) :]
     # Best first; every trial once, with its status.
-    assert [row.split()[0] for row in table[2:]] == ["aaaa0001", "aaaa0003", "aaaa0002", "aaaa0004"]
-    assert [row.split()[1] for row in table[2:]] == ["done", "stopped", "stopped", "pruned"]
+    order = ["aaaa0001", "aaaa0003", "aaaa0002", "aaaa0004", "aaaa0005"]
+    assert [row.split()[0] for row in table[2:]] == order
+    assert [row.split()[1] for row in table[2:]] == [
+        "done",
+        "stopped",
+        "stopped",
+        "pruned",
+        "pruned",
+    ]
 
 
 def test_ray_notices_go_to_the_log_file_not_the_console(tmp_path):

@@ -436,6 +436,26 @@ class Sums:
     time: float = 0.0
     position: int = 0  # the next video of the epoch's plan
 
+    def take(self, batch: dict) -> tuple[dict, bool]:
+        """Count a delivered batch's videos, decoded and failed, and move past them in the
+        plan. Returns the rows to train on (the decoded ones; all rows, to step on nothing,
+        when none decoded) and whether any decoded."""
+        ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
+        self.failed += int((~ok).sum())
+        self.videos += int(ok.sum())
+        if not self.first_error and not ok.all():
+            self.first_error = error_text(batch["error"][~ok][0])
+        self.position = int(batch["position"][-1]) + 1
+        if not ok.any():
+            return batch, False
+        return {k: v[ok] for k, v in batch.items()}, True
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a step's mean loss and correct predictions over its ``len(y)`` examples."""
+        self.loss += loss.item() * len(y)
+        self.correct += (logits.argmax(1) == y).sum().item()
+        self.seen += len(y)
+
 
 def loop_config(
     config: TrainConfig,
@@ -560,30 +580,22 @@ def run_epochs(run: dict, task: Task) -> None:
         for batch in batches:
             sums.wait += time.perf_counter() - tick
             clock.mark("first_batch")
-            ok = batch["label"] >= 0  # placeholder rows of videos that failed to decode
-            sums.failed += int((~ok).sum())
-            sums.videos += int(ok.sum())
-            if not sums.first_error and not ok.all():
-                sums.first_error = error_text(batch["error"][~ok][0])
-            sums.position = int(batch["position"][-1]) + 1
+            rows, decoded = sums.take(batch)
             if step_log is not None:
                 step_log.write(epoch, step + 1, batch)
-            rows = {k: v[ok] for k, v in batch.items()} if ok.any() else batch
             draw = np.random.default_rng([config.seed, epoch, rank, step])
             logits, y = task.forward(compiled, to_device(rows, device), rows["video_id"], draw)
             y = y.clamp(min=0)
             loss = torch.nn.functional.cross_entropy(
                 logits.float(), y, label_smoothing=config.label_smoothing
             )
-            if not ok.any():  # a batch of nothing else still steps, so DDP stays in step
+            if not decoded:  # a batch of nothing else still steps, so DDP stays in step
                 loss = loss * 0.0
             step += 1
             learn(loss, step, model, optimizer, scheduler, config)
             clock.mark("first_step")
-            if ok.any():
-                sums.loss += loss.item() * len(y)
-                sums.correct += (logits.argmax(1) == y).sum().item()
-                sums.seen += len(y)
+            if decoded:
+                sums.add(loss, logits, y)
             write_progress(run_dir, rank, epoch, step=step)
             now = time.perf_counter()
             sums.time += now - began

@@ -23,6 +23,7 @@ of the experiment, the best checkpoint, the study and the report.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -30,10 +31,13 @@ import time
 from pathlib import Path
 
 from raylab.data.storage import Shards, raylab_home
-from raylab.jobs import one_line_errors, start_ray
+from raylab.jobs import add_config_flags, one_line_errors, start_ray
 from raylab.tune.options import EARLY_STOPPING, SEARCHERS
 from raylab.tune.presets import CPU_DEFAULT, demo_shards
 from raylab.tune.space import SearchSpace
+
+# The search space's knobs, each a flag (the field's choices and help are the flag's).
+KNOBS = [f.name for f in dataclasses.fields(SearchSpace)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,17 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="experiment name (default tune_t3d-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name")
     space = p.add_argument_group("search space (one value fixes a knob)")
-    space.add_argument("--family", nargs="+", choices=["t3d", "stm"])
-    space.add_argument("--depth", nargs="+", type=int, choices=[121, 169, 201])
-    space.add_argument("--frames", nargs="+", type=int)
-    space.add_argument("--t3d-frames", nargs="+", type=int, help="T3D's own, in place of --frames")
-    space.add_argument("--stm-frames", nargs="+", type=int, help="STM's own, in place of --frames")
-    space.add_argument("--size", nargs="+", type=int)
-    space.add_argument("--stride", nargs="+", type=int)
-    space.add_argument("--stm-stages", nargs="+", help="e.g. 2345 45 5")
-    space.add_argument("--stm-blocks", nargs="+", choices=["all", "first"])
-    space.add_argument("--lr", nargs="+", type=float, help="a value or a LOW HIGH range")
-    space.add_argument("--weight-decay", nargs="+", type=float, help="a value or LOW HIGH")
+    # Unset, a knob is the preset's (the embedded default) or SearchSpace's.
+    add_config_flags(space, SearchSpace, only=KNOBS, defaults=dict.fromkeys(KNOBS))
     run = p.add_argument_group("search and trials")
     run.add_argument("--num-samples", type=int)
     run.add_argument("--max-epochs", type=int, help="epochs of a trial ASHA never stops")
@@ -124,23 +119,9 @@ def build_options(args: argparse.Namespace, shards: str, use_gpu: bool, embedded
     from raylab.tune.options import TuneOptions
 
     preset = CPU_DEFAULT if embedded else {}
-
-    def knob(flag, default):
-        return tuple(flag) if flag else tuple(preset.get(default[0], default[1]))
-
     defaults = SearchSpace()
     space = SearchSpace(
-        family=knob(args.family, ("family", defaults.family)),
-        depth=knob(args.depth, ("depth", defaults.depth)),
-        stm_stages=knob(args.stm_stages, ("stm_stages", defaults.stm_stages)),
-        stm_blocks=knob(args.stm_blocks, ("stm_blocks", defaults.stm_blocks)),
-        frames=knob(args.frames, ("frames", defaults.frames)),
-        t3d_frames=knob(args.t3d_frames, ("t3d_frames", defaults.t3d_frames)),
-        stm_frames=knob(args.stm_frames, ("stm_frames", defaults.stm_frames)),
-        size=knob(args.size, ("size", defaults.size)),
-        stride=knob(args.stride, ("stride", defaults.stride)),
-        lr=knob(args.lr, ("lr", defaults.lr)),
-        weight_decay=knob(args.weight_decay, ("weight_decay", defaults.weight_decay)),
+        **{k: tuple(getattr(args, k) or preset.get(k, getattr(defaults, k))) for k in KNOBS}
     )
 
     def value(flag, key, default):

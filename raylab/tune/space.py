@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -60,29 +60,43 @@ STM_STAGE_SETS: tuple[str, ...] = tuple(
 class SearchSpace:
     """The choices of every knob; one choice fixes it. Ranges are (low, high), log-uniform."""
 
-    family: tuple[str, ...] = ("t3d", "stm")
-    depth: tuple[int, ...] = (121, 169, 201)
-    stm_stages: tuple[str, ...] = STM_STAGE_SETS
-    stm_blocks: tuple[str, ...] = ("all", "first")
+    # Each knob's metadata is its flag's (jobs/tune_t3d.py, by raylab.jobs.add_config_flags):
+    # the choices a knob may list, and its help.
+    family: tuple[str, ...] = field(default=("t3d", "stm"), metadata={"choices": ("t3d", "stm")})
+    depth: tuple[int, ...] = field(
+        default=(121, 169, 201),
+        metadata={"choices": (121, 169, 201), "help": "T3D's DenseNet depth"},
+    )
+    stm_stages: tuple[str, ...] = field(
+        default=STM_STAGE_SETS,
+        metadata={"choices": STM_STAGE_SETS, "metavar": "STAGES", "help": "e.g. 2345 45 5"},
+    )
+    stm_blocks: tuple[str, ...] = field(
+        default=("all", "first"), metadata={"choices": ("all", "first")}
+    )
     frames: tuple[int, ...] = (8, 16, 32, 64)
-    t3d_frames: tuple[int, ...] = ()  # a family's own frame counts; empty: ``frames``
-    stm_frames: tuple[int, ...] = ()
+    # A family's own frame counts; empty: ``frames``.
+    t3d_frames: tuple[int, ...] = field(
+        default=(), metadata={"help": "T3D's own, in place of --frames"}
+    )
+    stm_frames: tuple[int, ...] = field(
+        default=(), metadata={"help": "STM's own, in place of --frames"}
+    )
     size: tuple[int, ...] = (112, 160, 224)
     stride: tuple[int, ...] = (1, 2, 4, 8)
-    lr: tuple[float, ...] = (1e-4, 1e-2)
-    weight_decay: tuple[float, ...] = (1e-5, 1e-2)
+    lr: tuple[float, ...] = field(
+        default=(1e-4, 1e-2), metadata={"help": "a value or a LOW HIGH range"}
+    )
+    weight_decay: tuple[float, ...] = field(
+        default=(1e-5, 1e-2), metadata={"help": "a value or LOW HIGH"}
+    )
 
     def __post_init__(self) -> None:
-        allowed = {
-            "family": {"t3d", "stm"},
-            "depth": {121, 169, 201},
-            "stm_stages": set(STM_STAGE_SETS),
-            "stm_blocks": {"all", "first"},
-        }
-        for name, valid in allowed.items():
-            bad = [v for v in getattr(self, name) if v not in valid]
+        for knob in fields(self):
+            valid = knob.metadata.get("choices")
+            bad = [v for v in getattr(self, knob.name) if valid and v not in valid]
             if bad:
-                raise ValueError(f"search space: {name} {bad} not among {sorted(valid)}")
+                raise ValueError(f"search space: {knob.name} {bad} not among {sorted(valid)}")
         for name in ("family", "depth", "stm_stages", "stm_blocks", "frames", "size", "stride"):
             if not getattr(self, name):
                 raise ValueError(f"search space: {name} needs at least one choice")

@@ -169,12 +169,13 @@ def test_stage_sets_are_every_nonempty_subset():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("family", ("c3d",), "family"),
-        ("depth", (50,), "depth"),
+        ("family", ("c3d",), r"family \['c3d'\] not among \['stm', 't3d'\]"),
+        ("depth", (50,), r"depth \[50\] not among \[121, 169, 201\]"),
+        ("stm_blocks", ("some",), r"stm_blocks \['some'\] not among"),
         ("frames", (), "frames"),
         ("stm_frames", (0, 8), "stm_frames must be positive"),
         ("lr", (1e-3, 1e-2, 1e-1), "lr"),
-        ("stm_stages", ("16",), "stm_stages"),
+        ("stm_stages", ("16",), r"stm_stages \['16'\] not among"),
     ],
 )
 def test_bad_space_is_refused_with_the_knob_named(field, value, message):

@@ -143,7 +143,8 @@ def _plan_ids(
 @pytest.fixture(scope="module")
 def seeded_runs(demo_shards, ray_session, tmp_path_factory) -> dict:
     """Tiny runs of one recipe: twice with seed 1 (the second killed mid-epoch) and once
-    with seed 2; every step's video ids logged."""
+    with seed 2, which is then run again for one more epoch; every step's video ids
+    logged."""
     root = tmp_path_factory.mktemp("seeded")
     recipe = {"epochs": 2, "batch_size": 2, "seed": 1}
 
@@ -184,19 +185,22 @@ def seeded_runs(demo_shards, ray_session, tmp_path_factory) -> dict:
     watcher.join(timeout=5)
     runs["kills"] = killed
     runs["other_seed"] = fit("other_seed", seed=2)
+    runs["other_seed_again"] = fit("other_seed", seed=2, epochs=3)
     return runs
 
 
 def test_the_same_seed_trains_the_same_run_and_another_seed_another(seeded_runs):
     root = seeded_runs["root"]
     assert seeded_runs["once"].error is None and seeded_runs["other_seed"].error is None
-    once, other = _epochs(root / "once"), _epochs(root / "other_seed")
-    assert [r["epoch"] for r in once] == [1, 2]
+    once, other = _epochs(root / "once"), _epochs(root / "other_seed")[:2]  # then a third
+    assert [r["epoch"] for r in once] == [1, 2] == [r["epoch"] for r in other]
     # Every training and validation figure of every epoch, and the clips of every step.
     assert _epochs(root / "killed") == once
     assert _steps(root / "killed") == _steps(root / "once")
     assert [r["train_loss"] for r in other] != [r["train_loss"] for r in once]
-    assert _steps(root / "other_seed") != _steps(root / "once")
+    other_steps = {k: v for k, v in _steps(root / "other_seed").items() if k[0] <= 2}
+    assert other_steps.keys() == _steps(root / "once").keys()
+    assert other_steps != _steps(root / "once")
     # The run records what else decides its numbers.
     started = [r for r in _history(root / "once") if r["event"] == "started"]
     assert len(started) == 1 and started[0]["environment"]["threads_per_worker"] >= 1
@@ -357,14 +361,14 @@ def test_the_best_checkpoint_is_kept_and_its_weights_saved(ray_session, tmp_path
     assert set(saved) == {"w"} and torch.equal(saved["w"], torch.full((3,), 2.0))
 
 
-def test_rerunning_the_same_run_resumes_and_keeps_the_best(demo_shards, ray_session, tmp_path):
-    first = _fit(demo_shards, tmp_path, "again", epochs=1, batch_size=8)
-    assert first.error is None and first.metrics["epoch"] == 1
-    second = _fit(demo_shards, tmp_path, "again", epochs=2, batch_size=8)
-    assert second.error is None and second.metrics["epoch"] == 2
-    history = _history(tmp_path / "again")
-    assert [r["epoch"] for r in history if r["event"] == "epoch"] == [1, 2]
-    assert {"event": "resumed", "from_epoch": 1} in history
+def test_rerunning_the_same_run_resumes_and_keeps_the_best(seeded_runs, demo_shards):
+    """The seed-2 run of two epochs run again with three: it resumes after its second epoch,
+    trains the third, and keeps the best epoch's checkpoint, which holds the run whole."""
+    root, second = seeded_runs["root"], seeded_runs["other_seed_again"]
+    assert second.error is None and second.metrics["epoch"] == 3
+    history = _history(root / "other_seed")
+    assert [r["epoch"] for r in history if r["event"] == "epoch"] == [1, 2, 3]
+    assert {"event": "resumed", "from_epoch": 2} in history
     from raylab.train.checkpoints import best_checkpoint
 
     best = best_checkpoint(second)
@@ -377,7 +381,8 @@ def test_rerunning_the_same_run_resumes_and_keeps_the_best(demo_shards, ray_sess
     # are the clips evaluation cuts from it.
     from raylab.infer.evaluate import evaluation_clip
 
-    trained = replace(TINY, epochs=2, batch_size=8, classes=load_manifest(demo_shards)["classes"])
+    classes = load_manifest(demo_shards)["classes"]
+    trained = replace(TINY, epochs=3, batch_size=2, seed=2, classes=classes)
     assert TrainConfig.from_record(state["config"]) == trained
     assert evaluation_clip(TrainConfig.from_record(state["config"])) == trained.clip
 

@@ -130,6 +130,13 @@ class TrainConfig:
             "help": "CUDA: deterministic kernels where they exist, no cuDNN autotuner (slower)"
         },
     )
+    flush_denormal: bool = field(
+        default=True,
+        metadata={
+            "help": "CPU: flush denormal floats to zero (x86 FTZ/DAZ); arithmetic on them is "
+            "many times slower, and a T3D's early epochs are full of them"
+        },
+    )
     init_from: str | None = field(
         default=None,
         metadata={"help": "plain state dict to start from (e.g. transferred T3D weights)"},

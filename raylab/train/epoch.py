@@ -280,12 +280,17 @@ def rank_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def set_determinism(deterministic: bool, device: torch.device) -> None:
-    """On CUDA: cuDNN's autotuner for speed, or, when ``deterministic``, deterministic
-    algorithms where they exist (cuDNN's backward of 3D pooling has none: it warns and
-    stays as it is). CPU kernels are deterministic at a fixed thread count already."""
+def set_numerics(config: TrainConfig, device: torch.device) -> None:
+    """How this worker computes. On the CPU, denormal floats flushed to zero when
+    ``config.flush_denormal``: arithmetic on them is many times slower, and a T3D's early
+    epochs meet many (docs/results.md, "Denormal floats"). On CUDA: cuDNN's autotuner for speed,
+    or, when ``config.deterministic``, deterministic algorithms where they exist (cuDNN's
+    backward of 3D pooling has none: it warns and stays as it is). CPU kernels are
+    deterministic at a fixed thread count already."""
+    torch.set_flush_denormal(config.flush_denormal)
     if device.type != "cuda":
         return
+    deterministic = config.deterministic
     torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -511,7 +516,7 @@ def run_epochs(run: dict, task: Task) -> None:
     clock = StartClock(run.get("started_at"), active=rank == 0)
     clock.mark("loop_entered")
     device = worker_device()
-    set_determinism(config.deterministic, device)
+    set_numerics(config, device)
 
     ordered = run["data"].get("ordered", True)
     store = MidEpochStore(run["mid_epoch_dir"]) if run.get("mid_epoch_dir") and ordered else None

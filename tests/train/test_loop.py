@@ -71,3 +71,18 @@ def test_a_pass_read_ahead_starts_before_it_is_asked_and_keeps_its_order_and_err
         for item in ahead:
             seen.append(item)
     assert seen == [0, 1, 2, 3, 4]  # every batch before the error, in order
+
+
+def test_a_worker_flushes_denormal_floats_unless_told_not_to():
+    """A float below 2**-126 is denormal: flushed, it computes as zero (and fast)."""
+    from raylab.train.epoch import set_numerics
+
+    tiny = torch.tensor([1e-39])
+    cpu = torch.device("cpu")
+    try:
+        set_numerics(TrainConfig(), cpu)
+        assert (tiny * 1.0).item() == 0.0
+        set_numerics(TrainConfig(flush_denormal=False), cpu)
+        assert (tiny * 1.0).item() == pytest.approx(1e-39)
+    finally:
+        torch.set_flush_denormal(False)

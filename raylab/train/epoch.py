@@ -510,7 +510,7 @@ def run_epochs(run: dict, task: Task) -> None:
     import ray.train.torch
 
     config = TrainConfig.from_record(run["config"])
-    run_dir, history = run["run_dir"], run.get("history_at") or run["run_dir"]
+    run_dir, history = run["run_dir"], run["history_at"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     clock = StartClock(run.get("started_at"), active=rank == 0)

@@ -521,6 +521,7 @@ def build_transfer_trainer(
         config,
         data,
         run_dir,
+        history_at=f"{str(storage_path).rstrip('/')}/{name}",  # on a URI too, as training
         mid_epoch_dir=f"{str(storage_path).rstrip('/')}/{name}/mid_epoch",
         log_steps=log_steps,
     )

@@ -15,11 +15,13 @@ evaluation pass is the same.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from ray.data._internal.execution.execution_callback import ExecutionCallback
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raylab.data.clips import ClipConfig
@@ -193,6 +195,30 @@ class UnitDecoder:
         return self.decoder(videos | {"position": np.asarray(positions, np.int64)})
 
 
+# The shortest step of Ray Data's scheduling loop in a pass's consuming process.
+LOOP_STEP_S = 0.02
+
+
+class PacedSchedulingLoop(ExecutionCallback):
+    """Ray Data's scheduling loop waits on its running tasks, but once a pass's decoding
+    has run ahead of a slower trainer (every task done, or done and held back until the
+    trainer takes its batches) it does not wait at all and spins, holding the GIL and a
+    core that the trainer, in the same process, needs: on two cores the demo search's first
+    T3D trained 7 clips/s so, 19-20 paced (docs/results.md, "Ray Data's spinning
+    scheduling loop"). Paced, a step starts at most every ``LOOP_STEP_S``; each step takes
+    every finished task and dispatches what it can, so the pass loses at most that much
+    per step, against decode tasks of a tenth of a second and more."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def on_execution_step(self, executor) -> None:
+        wait = self._last + LOOP_STEP_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last = time.monotonic()
+
+
 def clip_dataset(
     shards: str | Path | Shards,
     split: str,
@@ -256,7 +282,7 @@ def clip_dataset(
     # (Ray Data's preserve_order held every unit behind the slowest earlier one: at two
     # workers on two cores, 25% fewer clips/s; benchmarks/determinism_cost.py).
     columns = ["video_id", "label", "height", "width", column]
-    return ds.map_batches(
+    decoded = ds.map_batches(
         UnitDecoder(ClipDecoder(clip, train, column, seed, epoch), columns, shards),
         batch_size=max(1, videos_per_batch // 8),  # units (of up to 8 videos) per task
         batch_format="numpy",
@@ -264,6 +290,8 @@ def clip_dataset(
         num_cpus=decoder_cpus,
         resources={decoder_resource: 1} if decoder_resource else None,
     )
+    decoded.context.custom_execution_callback_classes.append(PacedSchedulingLoop)
+    return decoded
 
 
 def planned_rows(

@@ -23,7 +23,13 @@ from raylab.infer.evaluate import (
     predict,
     report_metrics,
 )
-from raylab.jobs import add_inference_flags, inference_resources, one_line_errors, start_ray
+from raylab.jobs import (
+    add_inference_flags,
+    inference_resources,
+    one_line_errors,
+    print_result,
+    start_ray,
+)
 from raylab.train.checkpoints import load_checkpoint
 
 
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         "confusion_png": str(png),
         "checkpoint": str(args.checkpoint),
     }
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

@@ -31,6 +31,7 @@ from raylab.jobs import (
     inference_resources,
     model_option_flags,
     one_line_errors,
+    print_result,
     start_ray,
 )
 from raylab.models import MODEL_INFO, MODEL_NAMES, input_contract
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         "layer": features.layer,
         "dim": features.dim,
     }
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

@@ -13,12 +13,11 @@ SHARDS/not_processed.jsonl; the job then exits with status 1 and the next run re
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from raylab.data.annotations import FORMATS
 from raylab.data.ingest import EncodeParams, IngestIncomplete, ingest
-from raylab.jobs import one_line_errors
+from raylab.jobs import one_line_errors, print_result
 
 
 @one_line_errors("ingest")
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
             progress=not args.no_progress,
         )
     except IngestIncomplete as err:
-        print(json.dumps(vars(err.summary) | {"error": str(err)}))
+        print_result(vars(err.summary) | {"error": str(err)})
         raise SystemExit(str(err)) from err
     result = vars(summary)
     print(
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{summary.skipped} already done, in {summary.seconds}s -> {summary.out}",
         file=sys.stderr,
     )
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

@@ -10,10 +10,9 @@ classes and the train/test counts.
 from __future__ import annotations
 
 import argparse
-import json
 
 from raylab.data.synthetic import make_demo_dataset
-from raylab.jobs import one_line_errors
+from raylab.jobs import one_line_errors, print_result
 
 
 @one_line_errors("make_demo_data")
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
         width=width,
         clips_per_group=args.clips_per_group,
     )
-    print(json.dumps(summary))
+    print_result(summary)
     return summary
 
 

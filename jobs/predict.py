@@ -20,7 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-from raylab.jobs import add_inference_flags, inference_resources, one_line_errors, start_ray
+from raylab.jobs import (
+    add_inference_flags,
+    inference_resources,
+    one_line_errors,
+    print_result,
+    start_ray,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         "views_per_video": clip.test_views,
         "ray_log": str(ray_log),
     }
-    print(json.dumps(summary))
+    print_result(summary)
     return summary
 
 

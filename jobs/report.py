@@ -12,10 +12,9 @@ from Tune's trial folders. Needs no Ray. The last stdout line is a JSON object:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from raylab.jobs import one_line_errors
+from raylab.jobs import one_line_errors, print_result
 from raylab.report import load_trials, write_report
 
 
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not exp.is_dir():
         p.error(f"no experiment folder at {exp}")
     result = {"report": str(write_report(exp)), "trials": len(load_trials(exp))}
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

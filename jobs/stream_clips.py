@@ -8,7 +8,6 @@ The last stdout line is a JSON object: clips, seconds, clips_per_s and the clip 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -17,7 +16,13 @@ from tqdm import tqdm
 from raylab.config import ClipConfig
 from raylab.data.pipeline import ClipTensors, clip_dataset
 from raylab.data.storage import Shards
-from raylab.jobs import add_config_flags, config_from_flags, one_line_errors, start_ray
+from raylab.jobs import (
+    add_config_flags,
+    config_from_flags,
+    one_line_errors,
+    print_result,
+    start_ray,
+)
 
 
 @one_line_errors("stream_clips")
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         "clips_per_s": round(clips / seconds, 1),
     }
     print(f"{clips} clips in {seconds:.1f}s: {clips / seconds:.1f} clips/s", file=sys.stderr)
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

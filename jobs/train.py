@@ -27,6 +27,7 @@ from raylab.jobs import (
     config_from_flags,
     model_option_flags,
     one_line_errors,
+    print_result,
     start_ray,
 )
 from raylab.train.trainer import DataOptions, build_trainer, check_model, decode_failure
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": config.seed,
     }
     print(f"best epoch {state['epoch'] + 1}: {state['metrics']}", file=sys.stderr)
-    print(json.dumps(summary, default=str))
+    print_result(summary)
     return summary
 
 

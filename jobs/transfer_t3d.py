@@ -24,13 +24,18 @@ again resumes from the run's latest checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from raylab.config import ClipConfig
 from raylab.data.storage import Shards
-from raylab.jobs import add_config_flags, config_from_flags, one_line_errors, start_ray
+from raylab.jobs import (
+    add_config_flags,
+    config_from_flags,
+    one_line_errors,
+    print_result,
+    start_ray,
+)
 from raylab.models import MODEL_INFO
 from raylab.train.transfer import STUDENTS, TransferOptions, transfer_config
 
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         "hard_negatives": args.hard_negatives,
     }
     print(f"best epoch {state['epoch'] + 1}: {state['metrics']}", file=sys.stderr)
-    print(json.dumps(summary, default=str))
+    print_result(summary)
     return summary
 
 

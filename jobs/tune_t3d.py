@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from raylab.data.storage import Shards, raylab_home
-from raylab.jobs import add_config_flags, one_line_errors, start_ray
+from raylab.jobs import add_config_flags, one_line_errors, print_result, start_ray
 from raylab.tune.options import EARLY_STOPPING, SEARCHERS
 from raylab.tune.presets import CPU_DEFAULT, demo_shards
 from raylab.tune.space import SearchSpace
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         resume += f" --storage-path {options.storage_path} --root {root}"
         summary = {"interrupted": True, "experiment": options.experiment_dir, "resume": resume}
         print(f"interrupted; continue with: {resume}", file=sys.stderr)
-        print(json.dumps(summary))
+        print_result(summary)
         return summary
     close_study(options)
     try:
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     (local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     write_report(local)
     upload_outputs(options, local)
-    print(json.dumps(summary, default=str))
+    print_result(summary)
     return summary
 
 

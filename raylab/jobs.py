@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -238,6 +240,16 @@ def inference_resources(args: argparse.Namespace, **overrides: Any):
     from raylab.infer.batch import InferenceResources
 
     return config_from_flags(InferenceResources, args, **overrides)
+
+
+def print_result(result: dict) -> None:
+    """Print the job's result as its last line, one line of JSON, once Ray (when this job
+    started or joined it) is shut down: a message of Ray's (a lost node's, a worker's) can
+    otherwise still reach the console after it."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    print(json.dumps(result, default=str), flush=True)
 
 
 def start_ray(*, log_to_driver: bool = False, progress_bars: bool = False, **init: Any) -> None:

@@ -282,8 +282,8 @@ def rank_seed(seed: int, epoch: int, rank: int) -> int:
 
 def set_numerics(config: TrainConfig, device: torch.device) -> None:
     """How this worker computes. On the CPU, denormal floats flushed to zero when
-    ``config.flush_denormal``: arithmetic on them is many times slower, and a T3D's early
-    epochs meet many (docs/results.md, "Denormal floats"). On CUDA: cuDNN's autotuner for speed,
+    ``config.flush_denormal`` (arithmetic on them is many times slower; docs/results.md,
+    "Denormal floats", found no effect on the demo's T3D). On CUDA: cuDNN's autotuner for speed,
     or, when ``config.deterministic``, deterministic algorithms where they exist (cuDNN's
     backward of 3D pooling has none: it warns and stays as it is). CPU kernels are
     deterministic at a fixed thread count already."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, field, fields
 
 import pytest
@@ -135,3 +136,27 @@ def test_inference_flags_make_the_resources():
     assert inference_resources(args) == InferenceResources(
         predictors=2, use_gpu=True, batch_size=4, decoder_cpus=2, predictor_cpus=0.5
     )
+
+
+def test_a_jobs_result_line_comes_after_ray_is_shut_down(ray_session, tmp_path):
+    """print_result shuts down the Ray a job joined before it prints the job's JSON line, so
+    no message of Ray's can follow it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import ray\n"
+        "from raylab.jobs import print_result, start_ray\n"
+        "start_ray()\n"
+        "print_result({'ray_up_before': ray.is_initialized()})\n"
+        "print('ray up after:', ray.is_initialized())\n"
+    )
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert json.loads(lines[-2]) == {"ray_up_before": True}
+    assert lines[-1] == "ray up after: False"

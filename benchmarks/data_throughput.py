@@ -6,7 +6,9 @@ Measured side by side in one run, on the same videos and the same number of proc
   (a) raw bound: decord decoding exactly the sampled frames from the shard bytes, in a
       tight loop in ``workers`` processes (no crops, no Ray, no transfer);
   (b) the Ray Data pipeline as training reads it: decode tasks -> batches in the epoch
-      plan's order (``planned_batches``);
+      plan's order (``planned_batches``), with Ray Data's scheduling loop paced as training
+      runs it, and the same unpaced, pass for pass alternately (what the pace costs a pass
+      that only waits on decoding, as a GPU trainer's does);
   (c) per-file baseline: a torch DataLoader whose ``workers`` open each source video,
       decode the clip's frames at source resolution and resize + crop them per sample,
       as MMAction2- and PyTorchVideo-style loaders do.
@@ -158,12 +160,11 @@ def cpu_split(before: dict, after: dict, seconds: float) -> dict[str, float]:
     return dict(sorted(cores.items(), key=lambda kv: -kv[1]))
 
 
-def ray_pipeline(
-    shards: Path, spec: ClipConfig, passes: int
-) -> tuple[float, dict[str, float], float]:
-    """Clips/s through clip_dataset, decode tasks as the CPUs allow, after a warm-up pass,
-    the cores each kind of process used meanwhile, and CPU-seconds per clip (Ray's idle
-    rate, measured after the warm-up, taken off).
+def ray_pipeline(shards: Path, spec: ClipConfig, passes: int) -> dict[str, dict]:
+    """Clips/s through clip_dataset, decode tasks as the CPUs allow, with Ray Data's
+    scheduling loop paced (as training reads it) and unpaced, pass for pass alternately
+    after a warm-up pass of each: per kind, clips/s, CPU-seconds per clip (Ray's idle rate,
+    measured after the warm-up, taken off) and the cores each kind of process used.
 
     No cap on decode tasks (as jobs/train.py runs it): Ray Data counts a finished task
     against the cap until it has collected its output, so a cap of one task per core kept
@@ -175,30 +176,42 @@ def ray_pipeline(
     from raylab.data.storage import Shards
 
     source = Shards.open(shards)
-    ds = clip_dataset(
-        source,
-        "train",
-        ClipConfig(frames=spec.frames, stride=spec.stride, size=spec.size),
-        train=True,
-        videos_per_batch=16,
-    )
+    clip = ClipConfig(frames=spec.frames, stride=spec.stride, size=spec.size)
     videos = source.manifest.splits["train"]
+    kinds = {
+        kind: clip_dataset(source, "train", clip, train=True, videos_per_batch=16, paced=paced)
+        for kind, paced in (("paced", True), ("unpaced", False))
+    }
 
-    def one_pass():  # as a training worker reads it: batches of 16 in the plan's order
-        yield from planned_batches(ds, 16, 0, videos, prefetch_blocks=4)
+    def one_pass(ds):  # as a training worker reads it: batches of 16 in the plan's order
+        return sum(len(b["label"]) for b in planned_batches(ds, 16, 0, videos, prefetch_blocks=4))
 
-    for _ in one_pass():
-        pass
+    for ds in kinds.values():
+        one_pass(ds)
     baseline = idle_rate()
-    before = _cpu_seconds()
-    n = 0
-    with CpuPerClip(baseline) as cost:
-        for _ in range(passes):
-            for batch in one_pass():
-                n += len(batch["label"])
-    cores = cpu_split(before, _cpu_seconds(), cost.elapsed)
+    totals = {kind: {"clips": 0, "seconds": 0.0, "cpu": 0.0, "cores": {}} for kind in kinds}
+    for _ in range(passes):
+        for kind, ds in kinds.items():
+            before = _cpu_seconds()
+            with CpuPerClip(baseline) as cost:
+                clips = one_pass(ds)
+            total = totals[kind]
+            total["clips"] += clips
+            total["seconds"] += cost.elapsed
+            total["cpu"] += cost.cpu
+            for name, used in cpu_split(before, _cpu_seconds(), 1.0).items():
+                total["cores"][name] = total["cores"].get(name, 0.0) + used
     ray.shutdown()
-    return n / cost.elapsed, cores, cost.per_clip(n)
+    return {
+        kind: {
+            "clips_per_s": t["clips"] / t["seconds"],
+            "cpu_s_per_clip": t["cpu"] / t["clips"],
+            "cores": {
+                k: v / t["seconds"] for k, v in sorted(t["cores"].items(), key=lambda kv: -kv[1])
+            },
+        }
+        for kind, t in totals.items()
+    }
 
 
 class PerFileDataset:
@@ -334,7 +347,9 @@ def main() -> None:
     # and a decode task holds its CPU until its output is collected (see ray_pipeline).
     ray.init(num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    b, cores, b_cpu = ray_pipeline(shards, spec, args.passes)
+    piped = ray_pipeline(shards, spec, args.passes)
+    b, b_cpu = piped["paced"]["clips_per_s"], piped["paced"]["cpu_s_per_clip"]
+    b0, b0_cpu = piped["unpaced"]["clips_per_s"], piped["unpaced"]["cpu_s_per_clip"]
     c = per_file(paths, spec, args.workers, args.passes)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
@@ -346,28 +361,35 @@ def main() -> None:
     )
     print(f"clip: {args.frames} frames at {args.size}x{args.size}; {args.workers} processes each")
     print(f"(a) raw decord bound      {a:8.1f} clips/s")
-    print(f"(b) Ray Data pipeline     {b:8.1f} clips/s")
+    print(f"(b) Ray Data pipeline     {b:8.1f} clips/s   (scheduling loop paced, as trained)")
+    print(f"    the same, unpaced     {b0:8.1f} clips/s   (paced / unpaced = {b / b0:.2f})")
     print(f"(c) per-file DataLoader   {c:8.1f} clips/s")
     print(f"(b)/(a) = {b / a:.2f}   (b)/(c) = {b / c:.2f}")
     print(
         f"CPU per clip: (a) {a_cpu * 1e3:.1f} ms  (b) {b_cpu * 1e3:.1f} ms  "
-        f"(b)/(a) = {b_cpu / a_cpu:.2f}   (machine's idle busy time taken off)"
+        f"(b unpaced) {b0_cpu * 1e3:.1f} ms  (b)/(a) = {b_cpu / a_cpu:.2f}   "
+        "(machine's idle busy time taken off)"
     )
-    print(f"cores in use during (b), of {os.cpu_count()}:")
-    for kind, used in cores.items():
-        if used >= 0.01:
-            print(f"    {kind:36s} {used:5.2f}")
+    for kind, run in piped.items():
+        print(f"cores in use during (b) {kind}, of {os.cpu_count()}:")
+        for name, used in run["cores"].items():
+            if used >= 0.01:
+                print(f"    {name:36s} {used:5.2f}")
     print(
         json.dumps(
             {
                 "a": a,
                 "b": b,
+                "b_unpaced": b0,
                 "c": c,
                 "b_over_a": b / a,
                 "b_over_c": b / c,
-                "b_cores": cores,
+                "paced_over_unpaced": b / b0,
+                "b_cores": piped["paced"]["cores"],
+                "b_unpaced_cores": piped["unpaced"]["cores"],
                 "a_cpu_s_per_clip": a_cpu,
                 "b_cpu_s_per_clip": b_cpu,
+                "b_unpaced_cpu_s_per_clip": b0_cpu,
                 "cpu_b_over_a": b_cpu / a_cpu,
             }
         )

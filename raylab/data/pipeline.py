@@ -195,8 +195,10 @@ class UnitDecoder:
         return self.decoder(videos | {"position": np.asarray(positions, np.int64)})
 
 
-# The shortest step of Ray Data's scheduling loop in a pass's consuming process.
+# The shortest step of Ray Data's scheduling loop in a pass's consuming process, once it
+# has taken QUICK_STEPS steps in a row that were shorter.
 LOOP_STEP_S = 0.02
+QUICK_STEPS = 5
 
 
 class PacedSchedulingLoop(ExecutionCallback):
@@ -205,18 +207,24 @@ class PacedSchedulingLoop(ExecutionCallback):
     trainer takes its batches) it does not wait at all and spins, holding the GIL and a
     core that the trainer, in the same process, needs: on two cores the demo search's first
     T3D trained 7 clips/s so, 19-20 paced (docs/results.md, "Ray Data's spinning
-    scheduling loop"). Paced, a step starts at most every ``LOOP_STEP_S``; each step takes
-    every finished task and dispatches what it can, so the pass loses at most that much
-    per step, against decode tasks of a tenth of a second and more."""
+    scheduling loop"). Paced, once ``QUICK_STEPS`` steps in a row took less than
+    ``LOOP_STEP_S``, a step starts at most every ``LOOP_STEP_S`` until one waits on a task
+    again; each step takes every finished task and dispatches what it can. A few quick
+    steps are how the loop hands a finished task's slot to the next task: pacing every
+    step cost a pass bound by decoding (as a GPU trainer's is) 7% of its clips/s
+    (``benchmarks/data_throughput.py``)."""
 
     def __init__(self) -> None:
-        self._last = 0.0
+        self._last = time.monotonic()
+        self._quick = 0
 
     def on_execution_step(self, executor) -> None:
-        wait = self._last + LOOP_STEP_S - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        self._last = time.monotonic()
+        now = time.monotonic()
+        self._quick = self._quick + 1 if now - self._last < LOOP_STEP_S else 0
+        if self._quick >= QUICK_STEPS:
+            time.sleep(max(0.0, self._last + LOOP_STEP_S - now))
+            now = time.monotonic()
+        self._last = now
 
 
 def clip_dataset(
@@ -235,6 +243,7 @@ def clip_dataset(
     decoder_cpus: float = 1.0,
     decoder_resource: str | None = None,
     videos_per_batch: int = 8,
+    paced: bool = True,
 ):
     """A ``ray.data.Dataset`` of ``clip``'s rows of one epoch's pass over one split of an
     ingested shard folder (a location, or the :class:`~raylab.data.storage.Shards` opened
@@ -258,7 +267,8 @@ def clip_dataset(
     (``benchmarks/data_throughput.py``), so cap above the number meant to run.
     ``videos_per_batch``: videos a decode task takes, as whole units of up to 8 (at least
     one unit). Rows leave in the order their tasks finish: :func:`planned_rows` puts them in
-    the plan's order.
+    the plan's order. ``paced``: Ray Data's scheduling loop steps at most every
+    ``LOOP_STEP_S`` (:class:`PacedSchedulingLoop`); off only to measure what that costs.
     """
     import ray
 
@@ -290,7 +300,8 @@ def clip_dataset(
         num_cpus=decoder_cpus,
         resources={decoder_resource: 1} if decoder_resource else None,
     )
-    decoded.context.custom_execution_callback_classes.append(PacedSchedulingLoop)
+    if paced:
+        decoded.context.custom_execution_callback_classes.append(PacedSchedulingLoop)
     return decoded
 
 

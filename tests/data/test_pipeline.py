@@ -19,6 +19,7 @@ from raylab.data.clips import choose_rendition
 from raylab.data.decode import open_video, sample_views, scaled_size
 from raylab.data.pipeline import (
     LOOP_STEP_S,
+    QUICK_STEPS,
     ClipTensors,
     PacedSchedulingLoop,
     UnitDecoder,
@@ -317,11 +318,22 @@ def _loop_step_gaps(ray_session, callbacks: list) -> list[float]:
 
 def test_the_scheduling_loop_is_paced_while_the_consumer_waits(ray_session, demo_shards):
     """Once its tasks are done (or done and held back for a slow consumer) Ray Data's
-    scheduling loop does not wait and spins beside the consumer (70-770 steps in half a
-    second, measured, without a pace); the callbacks clip_dataset's passes carry start no
-    step sooner than LOOP_STEP_S after the one before."""
+    scheduling loop does not wait and spins beside the consumer (926 steps in a second,
+    measured, without a pace); the callbacks clip_dataset's passes carry let no more than
+    QUICK_STEPS steps in a row start sooner than LOOP_STEP_S after the one before."""
     ds = clip_dataset(demo_shards, "train", ClipConfig(frames=4, size=32))
     callbacks = ds.context.custom_execution_callback_classes
     assert PacedSchedulingLoop in callbacks
     gaps = _loop_step_gaps(ray_session, list(callbacks))
-    assert len(gaps) > 5 and min(gaps) >= 0.9 * LOOP_STEP_S, sorted(gaps)[:5]
+    quick_runs = "".join("q" if gap < 0.9 * LOOP_STEP_S else "." for gap in gaps).split(".")
+    longest = max(map(len, quick_runs))
+    assert len(gaps) > 5 and longest <= QUICK_STEPS, f"{len(gaps)} steps, {longest} quick in a row"
+    # benchmarks/data_throughput.py's unpaced passes: a pass's own, not every later one's
+    unpaced = clip_dataset(demo_shards, "train", ClipConfig(frames=4, size=32), paced=False)
+    assert PacedSchedulingLoop not in unpaced.context.custom_execution_callback_classes
+    assert (
+        PacedSchedulingLoop
+        in clip_dataset(
+            demo_shards, "train", ClipConfig(frames=4, size=32)
+        ).context.custom_execution_callback_classes
+    )

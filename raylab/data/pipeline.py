@@ -313,10 +313,14 @@ def planned_rows(
     ``views`` rows together, in view order (a video that failed to decode has one
     placeholder row), each video held back until every earlier one has been handed over. A
     position that never arrives is an error, not a silent skip. ``on_delivered`` is called
-    once a row of every video has arrived, before the rows still held are handed over."""
+    once a row of every video has arrived (at once when there are none), before the rows
+    still held are handed over."""
     held: dict[int, list[dict]] = {}
     nxt = start
     arrived: set[int] = set()
+    if on_delivered is not None and end == start:  # nothing to wait for
+        on_delivered()
+        on_delivered = None
 
     def whole(pos: int) -> bool:
         rows = held.get(pos, ())

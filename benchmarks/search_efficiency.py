@@ -9,6 +9,9 @@
     # replay: hundreds of searches simulated on the recorded curves, in seconds
     python benchmarks/search_efficiency.py replay CURVES.json [--searches 200] \
         [--budget-epochs 14 40]
+    # same: did two runs of a search (one on a slowed machine, say) train the same trials
+    # with the same figures in every epoch?
+    python benchmarks/search_efficiency.py same EXPERIMENT EXPERIMENT
 
 **live** runs jobs/tune_t3d.py on its demo set (the embedded CPU-sized search) with (a)
 ``--searcher tpe --early-stopping asha`` (the job's default), (b) random + ASHA and (c)
@@ -22,6 +25,9 @@ the median ratio (a)/(c).
 **record** runs the embedded search once with random draws and no early stopping, every
 trial to its last epoch, and writes ``curves.json``: each trained configuration with its
 per-epoch validation top-1, validation loss and training loss.
+
+**same** compares two experiments trial by trial and epoch by epoch, on every figure a
+trial reports except times, speeds, ids and paths.
 
 **replay** simulates searches on that table: Optuna's samplers (TPE, random) propose, and
 Optuna's pruners (successive halving, the asynchronous rule ASHA is; Hyperband; median)
@@ -49,7 +55,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from raylab.metrics import METRIC  # noqa: E402
+from raylab.metrics import METRIC, TIMED  # noqa: E402
 from raylab.tune.stopping import ChanceRule  # noqa: E402
 
 NUM_CLASSES = 8  # the demo set
@@ -139,6 +145,33 @@ def work_ratio(a: float | None, c: float | None, budget: float) -> tuple[float |
     if c is None:
         return a / budget, True
     return (a / c if c > 0 else None), False
+
+
+# What Tune adds to a trial's results (when, where, which process), and the checkpoint's path.
+UNTIMED_SKIP = TIMED | {
+    "checkpoint_path", "timestamp", "checkpoint_dir_name", "done", "trial_id", "date",
+    "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+    "iterations_since_restore",
+}  # fmt: skip
+
+
+def same(args: argparse.Namespace) -> dict:
+    """Whether two experiments trained the same trials with the same figures, epoch by epoch."""
+    # As JSON text, so that a NaN equals a NaN.
+    runs = [
+        [[json.dumps({k: v for k, v in r.items() if k not in UNTIMED_SKIP}, sort_keys=True)
+          for r in lines] for lines in read_trials(Path(e))]
+        for e in args.experiments
+    ]  # fmt: skip
+    print(f"trials: {' / '.join(str(len(r)) for r in runs)}")
+    for n, trials in enumerate(zip(*runs, strict=False), start=1):
+        lines = [json.loads(r) for r in trials[0]]
+        config = describe(lines[-1]["config"]) if lines and "config" in lines[-1] else "-"
+        top1 = " ".join(f"{r[METRIC]:.3f}" for r in epoch_results(lines))
+        print(f"{n}: {config}: {'same' if trials[0] == trials[1] else 'DIFFERENT'} ({top1})")
+    result = {"same": runs[0] == runs[1], "trials": [len(r) for r in runs]}
+    print(json.dumps(result))
+    return result
 
 
 # ---------------------------------------------------------------- running the job
@@ -480,7 +513,11 @@ def main(argv: list[str] | None = None) -> dict:
     rep.add_argument("--searches", type=int, default=200, help="per method (seeds 0..N-1)")
     rep.add_argument("--budget-epochs", nargs="+", type=int, default=[14, 40])
     rep.add_argument("--patience", type=int, default=3, help="epochs before the chance rule")
+    sm = modes.add_parser("same", help="two experiments' trials, epoch by epoch")
+    sm.add_argument("experiments", nargs=2)
     args = p.parse_args(own)
+    if args.mode == "same":
+        return same(args)
     if args.mode == "live":
         return live(args, passthrough)
     if args.mode == "record":

@@ -59,6 +59,28 @@ def test_points_count_work_in_trial_epochs_not_seconds(experiment):
     assert se.read_points(experiment.parent / "none") == []
 
 
+def test_same_compares_every_figure_but_times_and_ids(experiment, capsys):
+    """A run slowed down (other times, speeds, ids and paths) is the same search; one figure
+    of one epoch otherwise is not."""
+    import shutil
+
+    slowed = experiment.parent / "slowed"
+    shutil.copytree(experiment, slowed)
+    for result in slowed.glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines()]
+        for r in lines:
+            r |= {"timestamp": r["timestamp"] * 2, "clips_per_s": 1.0, "trial_id": "other"}
+            r |= {"time_this_iter_s": 99.0, "checkpoint_path": "/elsewhere"}
+        result.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert se.main(["same", str(experiment), str(slowed)])["same"]
+    result = next(slowed.glob("*_4_*/result.json"))
+    lines = [json.loads(line) for line in result.read_text().splitlines()]
+    lines[1]["train_loss"] += 1e-9
+    result.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert not se.main(["same", str(experiment), str(slowed)])["same"]
+    assert "4: t3d-121" in capsys.readouterr().out.split("DIFFERENT")[0].splitlines()[-1]
+
+
 def test_median_and_ratio_count_never_as_beyond_the_budget():
     assert se.median_with_missing([10.0, None, 40.0], math.inf) == 40.0
     assert se.median_with_missing([10.0, None], math.inf) is None

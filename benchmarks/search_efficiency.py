@@ -5,7 +5,7 @@
         [--methods tpe+asha random+asha random+none] [--work DIR] [-- JOB ARGS...]
     # record: every configuration of one random search trained to its last epoch
     python benchmarks/search_efficiency.py record [--num-samples 14] [--work DIR] \
-        [--experiment DIR]
+        [--experiment DIR [DIR ...]]
     # replay: hundreds of searches simulated on the recorded curves, in seconds
     python benchmarks/search_efficiency.py replay CURVES.json [--searches 200] \
         [--budget-epochs 14 40]
@@ -24,7 +24,9 @@ the median ratio (a)/(c).
 
 **record** runs the embedded search once with random draws and no early stopping, every
 trial to its last epoch, and writes ``curves.json``: each trained configuration with its
-per-epoch validation top-1, validation loss and training loss.
+per-epoch validation top-1, validation loss and training loss; ``--experiment`` reads
+experiments already run that way instead (live's random+none searches train every trial to
+its last epoch too), a configuration found in several once.
 
 **same** compares two experiments trial by trial and epoch by epoch, on every figure a
 trial reports except times, speeds, ids and paths.
@@ -250,9 +252,9 @@ def record(args: argparse.Namespace) -> dict:
     work = Path(args.work).resolve()
     name = f"record-seed{args.seed}"
     max_epochs = embedded("max_epochs")
-    experiment = Path(args.experiment).resolve() if args.experiment else work / "results" / name
+    experiments = [Path(e).resolve() for e in args.experiment or [work / "results" / name]]
     if not args.experiment:
-        shutil.rmtree(experiment, ignore_errors=True)
+        shutil.rmtree(experiments[0], ignore_errors=True)
         run_job(
             *("--root", str(work), "--name", name, "--seed", str(args.seed)),
             *("--searcher", "random", "--early-stopping", "none"),
@@ -260,27 +262,37 @@ def record(args: argparse.Namespace) -> dict:
             *("--budget-epochs", str(args.num_samples * max_epochs)),
             log=work / "logs" / f"{name}.log",
         )
-    table = curves_of(experiment, max_epochs)
+    table = curves_of(experiments, max_epochs)
     out = work / "curves.json"
     out.write_text(json.dumps(table, indent=1))
     print(f"{len(table['configs'])} configurations recorded in {out}")
     return {"curves": str(out), "configs": len(table["configs"])}
 
 
-def curves_of(experiment: Path, max_epochs: int) -> dict:
-    """The table a replay reads: each configuration trained to ``max_epochs`` and its curve
-    (a trial cut short, or pruned, is left out)."""
-    configs = []
-    for lines in read_trials(experiment):
-        epochs = epoch_results(lines)
-        if len(epochs) < max_epochs:
-            continue
-        config = {k: v for k, v in lines[0].get("config", {}).items() if k in KNOBS}
-        curve = [
-            {k: r.get(k) for k in (METRIC, "val_loss", "train_loss")} for r in epochs[:max_epochs]
-        ]
-        configs.append({"config": config, "curve": curve, "gmacs": epochs[0].get("gmacs")})
-    return {"experiment": str(experiment), "max_epochs": max_epochs, "configs": configs}
+def curves_of(experiments: list[Path], max_epochs: int) -> dict:
+    """The table a replay reads: each configuration trained to ``max_epochs`` and its curve,
+    from experiments whose trials trained every epoch (record's own search, or live's
+    random+none searches): a trial cut short, or pruned, is left out, and a configuration
+    found in several experiments is kept once, from the first."""
+    configs, seen = [], set()
+    for experiment in experiments:
+        for lines in read_trials(experiment):
+            epochs = epoch_results(lines)
+            config = {k: v for k, v in lines[0].get("config", {}).items() if k in KNOBS}
+            key = json.dumps(config, sort_keys=True)
+            if len(epochs) < max_epochs or key in seen:
+                continue
+            seen.add(key)
+            curve = [
+                {k: r.get(k) for k in (METRIC, "val_loss", "train_loss")}
+                for r in epochs[:max_epochs]
+            ]
+            configs.append({"config": config, "curve": curve, "gmacs": epochs[0].get("gmacs")})
+    return {
+        "experiments": [str(e) for e in experiments],
+        "max_epochs": max_epochs,
+        "configs": configs,
+    }
 
 
 def describe(config: dict) -> str:
@@ -505,8 +517,9 @@ def main(argv: list[str] | None = None) -> dict:
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument(
         "--experiment",
-        help="read the curves of this finished experiment (one run by record's own job "
-        "command: --searcher random --early-stopping none) instead of running it",
+        nargs="+",
+        help="read the curves of these finished experiments (run without early stopping: "
+        "record's own job command, or live's random+none searches) instead of running one",
     )
     rep = modes.add_parser("replay", help="searches simulated on recorded curves")
     rep.add_argument("curves", help="curves.json written by record")

@@ -81,6 +81,21 @@ def test_same_compares_every_figure_but_times_and_ids(experiment, capsys):
     assert "4: t3d-121" in capsys.readouterr().out.split("DIFFERENT")[0].splitlines()[-1]
 
 
+def test_recorded_curves_come_from_several_experiments_each_configuration_once(tmp_path):
+    """Trials trained to the last epoch, from every experiment given; a configuration cut
+    short is left out, one found again is kept once, from the first experiment."""
+    a, b = tmp_path / "record", tmp_path / "se-random-none-seed2"
+    t3d = {"family": "t3d", "depth": 121, "lr": 2e-3}
+    stm = {"family": "stm", "stm_stages": "24", "lr": 2e-3}
+    write_trial(a, 1, [epoch(i, 10 * i, 0.1 * i, config=t3d) for i in (1, 2, 3)])
+    write_trial(b, 1, [epoch(i, 10 * i, 0.05 * i, config=t3d) for i in (1, 2, 3)])
+    write_trial(b, 2, [epoch(i, 50 + 10 * i, 0.12, config=stm) for i in (1, 2, 3)])
+    write_trial(b, 3, [epoch(i, 90 + 10 * i, 0.3, config=stm | {"lr": 1e-3}) for i in (1, 2)])
+    table = se.curves_of([a, b], max_epochs=3)
+    got = [(c["config"]["family"], [p[se.METRIC] for p in c["curve"]]) for c in table["configs"]]
+    assert got == [("t3d", pytest.approx([0.1, 0.2, 0.3])), ("stm", [0.12, 0.12, 0.12])]
+
+
 def test_median_and_ratio_count_never_as_beyond_the_budget():
     assert se.median_with_missing([10.0, None, 40.0], math.inf) == 40.0
     assert se.median_with_missing([10.0, None], math.inf) is None

@@ -264,6 +264,7 @@ def record(args: argparse.Namespace) -> dict:
         )
     table = curves_of(experiments, max_epochs)
     out = work / "curves.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1))
     print(f"{len(table['configs'])} configurations recorded in {out}")
     return {"curves": str(out), "configs": len(table["configs"])}

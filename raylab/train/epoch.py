@@ -267,36 +267,39 @@ class Lookahead:
     epoch's training pass once the validation pass's have, while validation computes and
     the epoch is saved (started after both, its first batch came 0.5 s late in every epoch,
     4% of a demo T3D's epoch on two cores). Each start runs on the thread reading the pass
-    before it, before that pass ends, so the trainer finds it when it asks. Off (or for
-    passes in decoding order, ``DataOptions.ordered`` False) a pass starts when asked for.
-    The same clips in the same order either way."""
+    before it, before that pass ends, so the trainer finds it when it asks. Passes are kept
+    by epoch, and none is started while the trainer has not yet taken the epoch's before it:
+    a pass's clips can all arrive before its first batch is taken (its decode units finish
+    out of order, and a tiny pass has few), and the chain would run on. Off (or for passes
+    in decoding order, ``DataOptions.ordered`` False) a pass starts when asked for. The same
+    clips in the same order either way."""
 
     def __init__(self, data: EpochData, epochs: int) -> None:
         self.data, self.epochs = data, epochs
         self.on = data.data.lookahead and data.data.ordered
-        self.started: dict[str, Ahead] = {}
+        self.started: dict[tuple[str, int], Ahead] = {}
 
     def start_training(self, epoch: int) -> None:
-        if self.on and epoch < self.epochs:
+        if self.on and epoch < self.epochs and ("train", epoch - 1) not in self.started:
             plan = self.data.train_plan(epoch)
             then = functools.partial(self.start_validation, epoch)
-            self.started["train"] = Ahead(self.data.train(epoch, plan, 0, on_delivered=then))
+            self.started["train", epoch] = Ahead(self.data.train(epoch, plan, 0, on_delivered=then))
 
     def start_validation(self, epoch: int) -> None:
         if self.on:
             then = functools.partial(self.start_training, epoch + 1)
-            self.started["val"] = Ahead(self.data.val(on_delivered=then))
+            self.started["val", epoch] = Ahead(self.data.val(on_delivered=then))
 
     def train(self, epoch: int, plan: list, start: int) -> Iterator[dict]:
         """Epoch ``epoch``'s training batches from video ``start`` of ``plan``."""
-        if (started := self.started.pop("train", None)) is not None:
+        if (started := self.started.pop(("train", epoch), None)) is not None:
             return started
         then = functools.partial(self.start_validation, epoch) if self.on else None
         return self.data.train(epoch, plan, start, on_delivered=then)
 
-    def val(self) -> Iterator[dict]:
-        """The validation batches of the epoch whose training pass was read last."""
-        return self.started.pop("val", None) or self.data.val()
+    def val(self, epoch: int) -> Iterator[dict]:
+        """Epoch ``epoch``'s validation batches."""
+        return self.started.pop(("val", epoch), None) or self.data.val()
 
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -646,7 +649,7 @@ def run_epochs(run: dict, task: Task) -> None:
         clock.mark("trained")
         model.eval()
         val_began = time.perf_counter()
-        val = task.evaluate(unwrap(model), passes.val())
+        val = task.evaluate(unwrap(model), passes.val(epoch))
         metrics["val_s"] = time.perf_counter() - val_began  # the validation pass, in seconds
         clock.mark("validated")
         check_validation_failures(epoch, val, config)

@@ -26,7 +26,11 @@ DEAD_NODE_FOUND_SOON = {
     "health_check_timeout_ms": 3000,
     "health_check_failure_threshold": 3,
 }
-EPOCHS = 2  # the first warms every process up; a decoder node goes in the second
+# The first epoch warms every process up; a decoder node goes in a later one. Passes are
+# decoded ahead of the trainer (raylab.train.epoch.Lookahead), so a tiny second epoch can be
+# decoded before the trainer reaches it; the third is started no sooner than the second is
+# taken, so decoding still runs once the trainer is past the first.
+EPOCHS = 3
 
 
 def free_port() -> int:

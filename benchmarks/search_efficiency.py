@@ -149,19 +149,17 @@ def work_ratio(a: float | None, c: float | None, budget: float) -> tuple[float |
     return (a / c if c > 0 else None), False
 
 
-# What Tune adds to a trial's results (when, where, which process), and the checkpoint's path.
-UNTIMED_SKIP = TIMED | {
-    "checkpoint_path", "timestamp", "checkpoint_dir_name", "done", "trial_id", "date",
-    "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
-    "iterations_since_restore",
-}  # fmt: skip
-
-
 def same(args: argparse.Namespace) -> dict:
     """Whether two experiments trained the same trials with the same figures, epoch by epoch."""
+    from ray.tune.result import AUTO_RESULT_KEYS, DONE, TRIAL_ID
+
+    # What Tune adds to a result (when, where, which process; the configuration and the
+    # iteration stay compared), the trainer's timed figures and the checkpoint's path.
+    skip = (set(AUTO_RESULT_KEYS) - {"config", "training_iteration"}) | {DONE, TRIAL_ID}
+    skip |= TIMED | {"checkpoint_path"}
     # As JSON text, so that a NaN equals a NaN.
     runs = [
-        [[json.dumps({k: v for k, v in r.items() if k not in UNTIMED_SKIP}, sort_keys=True)
+        [[json.dumps({k: v for k, v in r.items() if k not in skip}, sort_keys=True)
           for r in lines] for lines in read_trials(Path(e))]
         for e in args.experiments
     ]  # fmt: skip

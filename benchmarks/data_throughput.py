@@ -199,6 +199,7 @@ def ray_pipeline(shards: Path, spec: ClipConfig, passes: int) -> dict[str, dict]
             total["clips"] += clips
             total["seconds"] += cost.elapsed
             total["cpu"] += cost.cpu
+            # CPU-seconds per kind of process (over 1 s); cores once summed over the passes
             for name, used in cpu_split(before, _cpu_seconds(), 1.0).items():
                 total["cores"][name] = total["cores"].get(name, 0.0) + used
     ray.shutdown()

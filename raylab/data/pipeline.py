@@ -267,8 +267,8 @@ def clip_dataset(
     (``benchmarks/data_throughput.py``), so cap above the number meant to run.
     ``videos_per_batch``: videos a decode task takes, as whole units of up to 8 (at least
     one unit). Rows leave in the order their tasks finish: :func:`planned_rows` puts them in
-    the plan's order. ``paced``: Ray Data's scheduling loop steps at most every
-    ``LOOP_STEP_S`` (:class:`PacedSchedulingLoop`); off only to measure what that costs.
+    the plan's order. ``paced``: Ray Data's scheduling loop is paced while it spins
+    (:class:`PacedSchedulingLoop`); off only to measure what that costs.
     """
     import ray
 

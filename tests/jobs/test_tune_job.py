@@ -252,18 +252,23 @@ def history(experiment: Path) -> dict[str, list[dict]]:
     }
 
 
+def trial_numbers(experiment: Path) -> dict[str, int]:
+    """Each trial's place in the order the search created them, by Tune trial id: Tune names
+    a trial's folder run_trial_<id>_<n>_... when it creates the trial."""
+    return {
+        m.group(1): int(m.group(2))
+        for d in experiment.glob("run_trial_*")
+        if (m := re.match(r"run_trial_([0-9a-f]{8})_(\d+)_", d.name))
+    }
+
+
 def epoch_figures(experiment: Path) -> list[list[dict]]:
     """Each trained trial's epochs as its Train run recorded them, in the order the trials
     ran, without the clock: the epochs the search counted (a trial the budget stops may
     train on until it is stopped, as timing has it), the last line of an epoch trained
     again after a resume."""
     rows = {r["trial_id"]: r for r in json.loads((experiment / "trials.json").read_text())}
-    # Tune names a trial's folder run_trial_<id>_<n>_...: n counts the trials as created.
-    number = {
-        m.group(1): int(m.group(2))
-        for d in experiment.glob("run_trial_*")
-        if (m := re.match(r"run_trial_([0-9a-f]{8})_(\d+)_", d.name))
-    }
+    number = trial_numbers(experiment)
     figures = []
     for trial, lines in sorted(history(experiment).items(), key=lambda kv: number[kv[0]]):
         epochs = {
@@ -497,7 +502,7 @@ def test_the_same_search_draws_the_same_trials_and_another_seed_others(demo_shar
 def resumed(demo_shards, ray_head, tmp_path_factory) -> dict:
     """The seeded search again, on local shards, interrupted: the Tune driver (`python
     jobs/tune_t3d.py` on the head, as on a cluster's head node) gets SIGINT once one trial
-    has trained all its epochs and the next one has started training; then `--resume`."""
+    has trained all its epochs and the search has created the next one; then `--resume`."""
     root = tmp_path_factory.mktemp("resumed")
     args = ["--data", str(demo_shards), "--root", str(root), "--name", "resumable"]
     env = ray_head["env"] | {"RAY_ADDRESS": ray_head["address"]}
@@ -510,11 +515,14 @@ def resumed(demo_shards, ray_head, tmp_path_factory) -> dict:
     db = experiment / "optuna.db"
 
     def trained_and_more():
-        runs = history(experiment)
-        full = {t for t, h in runs.items() if any(r.get("epoch") == 2 for r in h)}
-        return full if full and len(runs) > len(full) else None
+        # The next trial counts from its creation (one at a time: once Tune has ended the
+        # last), not from its Train run's first line: from there to its first epoch, which
+        # ends the budget, is a tiny epoch, too short for a poll and a signal to land in.
+        full = {t for t, h in history(experiment).items() if any(r.get("epoch") == 2 for r in h)}
+        number = trial_numbers(experiment)
+        return full if full and max(number.values()) > max(number[t] for t in full) else None
 
-    full = wait_for("a fully trained trial and a later one", trained_and_more, 600)
+    full = wait_for("a fully trained trial and a later one", trained_and_more, 600, every=0.2)
     before, states = history(experiment), dict(study_trials(db))
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=300)

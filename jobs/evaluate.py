@@ -25,6 +25,7 @@ from raylab.infer.evaluate import (
 )
 from raylab.jobs import (
     add_inference_flags,
+    check_clips,
     inference_resources,
     one_line_errors,
     print_result,
@@ -50,10 +51,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--out", help="where metrics.json and confusion.png go")
     args = p.parse_args(argv)
-    # The checkpoints are checked before Ray starts: a wrong path costs a second.
-    for checkpoint in filter(None, (args.checkpoint, args.flow_checkpoint)):
-        evaluation_clip(load_checkpoint(checkpoint)[1])
+    # The checkpoints and their clips on the data are checked before Ray starts: a wrong
+    # path costs a second.
     shards = Shards.open(args.data)
+    streams = [(args.checkpoint, shards)]
+    if args.flow_checkpoint:
+        streams.append((args.flow_checkpoint, Shards.open(args.flow_data or shards)))
+    for checkpoint, data in streams:
+        check_clips("evaluate", data, evaluation_clip(load_checkpoint(checkpoint)[1]), [args.split])
     classes = list(shards.manifest.classes)
 
     start_ray()

@@ -28,6 +28,7 @@ from raylab.infer.features import ModelSource, extract_features, write_features
 from raylab.jobs import (
     add_config_flags,
     add_inference_flags,
+    check_clips,
     inference_resources,
     model_option_flags,
     one_line_errors,
@@ -107,7 +108,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     shards = Shards.open(args.data)
     classes = list(shards.manifest.classes)  # a mistaken --data ends the job before Ray
-    start_ray()
     out = Path(args.out).resolve()
 
     if args.checkpoint:
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
             num_classes=len(classes),
             weights=str(Path(args.weights).resolve()) if args.weights else None,
         )
-
+    check_clips("extract_features", shards, clip, args.splits or shards.manifest.splits)
+    start_ray()
     features = extract_features(
         shards,
         source,

@@ -18,6 +18,7 @@ from raylab.data.pipeline import ClipTensors, clip_dataset
 from raylab.data.storage import Shards
 from raylab.jobs import (
     add_config_flags,
+    check_clips,
     config_from_flags,
     one_line_errors,
     print_result,
@@ -43,11 +44,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch")
     args = p.parse_args(argv)
-    shards = Shards.open(args.data)
-    total = shards.manifest.videos(args.split)  # before Ray starts
+    clip = config_from_flags(ClipConfig, args)
+    shards = check_clips("stream_clips", Shards.open(args.data), clip, [args.split])
+    total = shards.manifest.videos(args.split)
 
     start_ray()
-    clip = config_from_flags(ClipConfig, args)
     ds = clip_dataset(
         shards,
         args.split,

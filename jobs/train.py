@@ -24,6 +24,7 @@ from raylab.config import ClipConfig, TrainConfig
 from raylab.data.storage import Shards, resolve_location
 from raylab.jobs import (
     add_config_flags,
+    check_clips,
     config_from_flags,
     model_option_flags,
     one_line_errors,
@@ -207,9 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     config = train_config(args)
     data = data_options(args)
     # A mistaken --data, model or clip ends the job here, before Ray starts.
-    shards = Shards.open(data.shards)
-    manifest = shards.manifest
+    shards = Shards.open(data.shards).check()
     check_model(config)
+    check_clips("train", shards, config.clip, ("train", data.val_split))
+    manifest = shards.manifest
     if args.pretrained:
         config = pretrained_init(config, args.pretrained, len(manifest.classes), out)
     start_ray(log_to_driver=True)

@@ -31,6 +31,7 @@ from raylab.config import ClipConfig
 from raylab.data.storage import Shards
 from raylab.jobs import (
     add_config_flags,
+    check_clips,
     config_from_flags,
     one_line_errors,
     print_result,
@@ -109,7 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
     sgd = args.optimizer == "sgd"
     lr = args.lr if args.lr is not None else (0.1 if sgd else 1e-3)
     weight_decay = args.weight_decay if args.weight_decay is not None else (1e-4 if sgd else 0.05)
-    shards = Shards.open(args.data).check()  # a mistaken --data ends the job before Ray
+    # The student's clips, described once: dense RGB clips, the frames its input contract
+    # names unless --frames says otherwise. A mistaken --data or clip ends the job before Ray.
+    frames = args.frames or MODEL_INFO[args.student].contract.frames
+    clip = config_from_flags(ClipConfig, args, frames=frames)
+    shards = check_clips("transfer_t3d", Shards.open(args.data), clip, ("train", args.val_split))
     start_ray(log_to_driver=True)
     options = TransferOptions(
         teacher_frames=args.teacher_frames,
@@ -119,10 +124,6 @@ def main(argv: list[str] | None = None) -> dict:
         ),
     )
     try:
-        # The student's clips, described once: dense RGB clips, the frames its input
-        # contract names unless --frames says otherwise.
-        frames = args.frames or MODEL_INFO[args.student].contract.frames
-        clip = config_from_flags(ClipConfig, args, frames=frames)
         config = config_from_flags(
             RECIPE,
             args,

@@ -9,7 +9,8 @@ every job that uses them, with no edit to the jobs.
 
 Ray: :func:`start_ray` is the one place a job calls ``ray.init``.
 
-Mistakes: a missing shard folder, an unknown model, a clip the videos cannot give: the job
+Mistakes: a missing shard folder, an unknown model, a clip the videos cannot give
+(:func:`check_clips`, before Ray starts): the job
 ends with one line on stderr naming the job, the input and what to do (the error's own
 message), and exit status 1, never a traceback. ``RAYLAB_TRACEBACK=1`` shows the traceback
 instead, for a mistake that turns out to be raylab's.
@@ -26,7 +27,11 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from raylab.data.clips import ClipConfig
+    from raylab.data.storage import Shards
 
 # What a user's input raises: a path that is not there, a value that is not allowed.
 USER_MISTAKES = (FileNotFoundError, NotADirectoryError, ValueError)
@@ -240,6 +245,24 @@ def inference_resources(args: argparse.Namespace, **overrides: Any):
     from raylab.infer.batch import InferenceResources
 
     return config_from_flags(InferenceResources, args, **overrides)
+
+
+def check_clips(job: str, shards: Shards, clip: ClipConfig, splits: Iterable[str]) -> Shards:
+    """``shards``, once clips as ``clip`` says can be cut from the ``splits`` named, before
+    Ray starts: a clear error when no stored rendition is large enough; a line saying how
+    many videos are shorter than a clip spans, which the sampler loops to fill it (as
+    MMAction2 does), when some are."""
+    clip.rendition(shards.manifest.renditions)
+    for split in dict.fromkeys(splits):
+        frames = shards.frame_counts(split)
+        shorter = sum(n < clip.span for n in frames)
+        if shorter:
+            print(
+                f"{job}: {shorter} of {len(frames)} {split!r} videos are shorter than a clip's "
+                f"{clip.span} frames (longest {max(frames)}); each of those is looped to fill it",
+                file=sys.stderr,
+            )
+    return shards
 
 
 def print_result(result: dict) -> None:

@@ -160,3 +160,27 @@ def test_a_jobs_result_line_comes_after_ray_is_shut_down(ray_session, tmp_path):
     lines = done.stdout.strip().splitlines()
     assert json.loads(lines[-2]) == {"ray_up_before": True}
     assert lines[-1] == "ray up after: False"
+
+
+def test_clips_longer_than_some_videos_are_said_and_a_missing_rendition_ends_the_job(
+    tiny_shards, capsys
+):
+    """Videos shorter than a clip are looped by the sampler: the job says how many, per
+    split; frames larger than every stored rendition end it, before Ray starts."""
+    from raylab.data.clips import ClipConfig
+    from raylab.data.storage import Shards
+    from raylab.jobs import check_clips
+
+    shards = Shards.open(tiny_shards)  # train: 20-70 frames; val: 33 and 44; rendition 32
+    fits = ClipConfig(frames=20, size=16)
+    assert check_clips("train", shards, fits, ["train", "val", "train"]) is shards
+    assert capsys.readouterr().err == ""
+    check_clips("train", shards, ClipConfig(frames=12, stride=4, size=16), ["train", "val"])
+    assert capsys.readouterr().err.splitlines() == [
+        "train: 4 of 8 'train' videos are shorter than a clip's 45 frames (longest 70); "
+        "each of those is looped to fill it",
+        "train: 2 of 2 'val' videos are shorter than a clip's 45 frames (longest 44); "
+        "each of those is looped to fill it",
+    ]
+    with pytest.raises(ValueError, match="short side 37 need a rendition of at least"):
+        check_clips("train", shards, ClipConfig(frames=8, size=32), ["train"])

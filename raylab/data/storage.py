@@ -234,6 +234,20 @@ class Shards:
         """A random-access pyarrow file of one of :meth:`files`."""
         return self.fs.open_input_file(file.split("://", 1)[1] if is_uri(file) else file)
 
+    def frame_counts(self, split: str) -> list[int]:
+        """Every video's ``num_frames`` in one split, in shard order (that column alone read,
+        once per split)."""
+        import pyarrow.parquet as pq
+
+        cache = self.__dict__.setdefault("_frame_counts", {})
+        if split not in cache:
+            counts: list[int] = []
+            for file in self.files(split):
+                with self.open_file(file) as f:
+                    counts += pq.read_table(f, columns=["num_frames"]).column(0).to_pylist()
+            cache[split] = counts
+        return cache[split]
+
 
 def load_manifest(shards: str | Path | Shards) -> dict:
     """The manifest of a shard folder (local or a URI) as the record it is stored as; a clear

@@ -258,14 +258,9 @@ class DataLimits:
     @classmethod
     def of(cls, shards: str | Path | Shards) -> DataLimits:
         """Read the manifest and the ``num_frames`` column of the training split."""
-        import pyarrow.parquet as pq
-
         shards = Shards.open(shards)
         manifest = shards.manifest
-        frames = []
-        for file in shards.files("train"):
-            with shards.open_file(file) as f:
-                frames += pq.read_table(f, columns=["num_frames"]).column(0).to_pylist()
+        frames = shards.frame_counts("train")
         return cls(
             renditions=manifest.renditions,
             min_frames=min(frames),

@@ -115,6 +115,14 @@ def test_shards_read_their_manifest_once_and_travel_with_it(tiny_shards):
         Shards.open(tiny_shards).check()  # a new one reads it
 
 
+def test_frame_counts_are_read_once_per_split(tiny_shards):
+    shards = Shards.open(tiny_shards)
+    assert shards.frame_counts("train") == [40, 30, 50, 60, 45, 20, 70, 35]
+    (tiny_shards / "train" / "part-00001.parquet").unlink()
+    assert len(shards.frame_counts("train")) == 8  # not read again
+    assert shards.frame_counts("val") == [33, 44]
+
+
 def test_shards_of_a_missing_folder_say_what_is_wrong(tmp_path):
     missing = Shards.open(tmp_path / "nothing")  # opening reads nothing yet
     with pytest.raises(FileNotFoundError) as err:

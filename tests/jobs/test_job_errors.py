@@ -46,8 +46,9 @@ def test_a_missing_input_ends_the_job_in_one_line(job, args, says, tmp_path):
         (["--model", "c3dx"], "unknown model 'c3dx'; valid names: c3d,"),
         (["--model", "c3d", "--frames", "2", "--size", "8"], "is too small; needs T >= 16"),
         (["--model", "c3d", "--model-option", "head"], "--model-option head: "),
+        (["--model", "c3d", "--size", "112"], "short side 128 need a rendition of at least"),
     ],
-    ids=["unknown-model", "impossible-clip", "malformed-model-option"],
+    ids=["unknown-model", "impossible-clip", "malformed-model-option", "no-such-rendition"],
 )
 def test_a_wrong_model_or_clip_ends_training_in_one_line(args, says, demo_shards, tmp_path):
     done = subprocess.run(
@@ -60,4 +61,5 @@ def test_a_wrong_model_or_clip_ends_training_in_one_line(args, says, demo_shards
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[-1].startswith("train: ") and says in lines[-1], lines
+    assert not any("Started a local Ray instance" in line for line in lines)
     assert not (tmp_path / "run").exists()  # nothing started, nothing written

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -171,9 +172,39 @@ def trial_table(trials, max_epochs: int, best: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def native_stderr_to(log_file: Path) -> None:
+    """Point this process's file descriptor 2 at ``log_file`` (appended to) and
+    ``sys.stderr`` at a copy of the console's.
+
+    Ray's core worker logs from C++ straight to descriptor 2, past Python's logging: on every
+    Ray Data actor pool, for one, an error-level notice that its constructor arguments sit
+    in the object store (ray-project/ray#57733), which is Ray's internals, not the user's
+    story. Python's own writes (print, tracebacks, progress bars, the job's one-line errors,
+    logging handlers already writing to ``sys.stderr``) still reach the console.
+    """
+    old = sys.stderr
+    old.flush()
+    console = os.dup(2)
+    log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    encoding = getattr(old, "encoding", None) or "utf-8"
+    sys.stderr = os.fdopen(console, "w", buffering=1, encoding=encoding, errors="backslashreplace")
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and handler.stream in (
+                old,
+                sys.__stderr__,
+            ):
+                handler.setStream(sys.stderr)
+
+
 def route_ray_logs(log_file: str | Path) -> Path:
     """Send the INFO records of Ray's and Optuna's loggers in this process to ``log_file``,
-    and only their warnings and errors to the console. Returns the log file's path.
+    and only their warnings and errors to the console; what Ray's core worker (C++) writes
+    to this process's stderr goes to the file too (:func:`native_stderr_to`). Returns the
+    log file's path.
 
     Call it before ``ray.init(configure_logging=False)``, which then leaves these handlers
     alone. A logger's own file handlers (Ray Data's session file) keep everything.
@@ -184,6 +215,7 @@ def route_ray_logs(log_file: str | Path) -> Path:
     optuna.logging.disable_default_handler()
     path = Path(log_file)
     path.parent.mkdir(parents=True, exist_ok=True)
+    native_stderr_to(path)  # first: the console handler below writes to the new sys.stderr
     to_file = logging.FileHandler(path)
     to_file.setLevel(logging.INFO)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -61,15 +61,22 @@ def main(argv: list[str] | None = None) -> dict:
         check_clips("evaluate", data, evaluation_clip(load_checkpoint(checkpoint)[1]), [args.split])
     classes = list(shards.manifest.classes)
 
-    start_ray()
     out = Path(args.out or Path(args.checkpoint).parent / "eval").resolve()
+    start_ray(log_file=out / "ray-driver.log")
     resources = inference_resources(args)  # with --decoder-resource
     common = {"split": args.split, "clips": args.clips, "crops": args.crops, "resources": resources}
-    rgb = predict(shards, args.checkpoint, **common)
+    rgb = predict(
+        shards,
+        args.checkpoint,
+        progress="evaluate rgb" if args.flow_checkpoint else "evaluate",
+        **common,
+    )
     metrics = {"rgb": report_metrics(rgb, classes) | {"clip_acc": rgb["clip_acc"]}}
     final = rgb
     if args.flow_checkpoint:
-        flow = predict(args.flow_data or shards, args.flow_checkpoint, **common)
+        flow = predict(
+            args.flow_data or shards, args.flow_checkpoint, progress="evaluate flow", **common
+        )
         final = fuse(rgb, flow)
         metrics["flow"] = report_metrics(flow, classes) | {"clip_acc": flow["clip_acc"]}
         metrics["fused"] = report_metrics(final, classes)

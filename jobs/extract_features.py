@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
             weights=str(Path(args.weights).resolve()) if args.weights else None,
         )
     check_clips("extract_features", shards, clip, args.splits or shards.manifest.splits)
-    start_ray()
+    start_ray(log_file=out / "ray-driver.log")
     features = extract_features(
         shards,
         source,

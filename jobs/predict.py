@@ -62,11 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    from raylab.tune.console import route_ray_logs
-
-    # The console follows the videos; Ray's own INFO records go to a file beside the output.
-    ray_log = route_ray_logs(out.with_name(out.name + ".ray.log"))
-    start_ray(configure_logging=False)
+    # The console follows the videos; Ray's own records go to a file beside the output.
+    ray_log = start_ray(log_file=out.with_name(out.name + ".ray.log"))
     print(
         f"{len(videos)} videos, {clip.test_views} views each ({clip.frames} frames x stride "
         f"{clip.stride} at {clip.size} px), model {config.model}",

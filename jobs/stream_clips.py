@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from raylab.config import ClipConfig
 from raylab.data.pipeline import ClipTensors, clip_dataset
-from raylab.data.storage import Shards
+from raylab.data.storage import Shards, raylab_home
 from raylab.jobs import (
     add_config_flags,
     check_clips,
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     shards = check_clips("stream_clips", Shards.open(args.data), clip, [args.split])
     total = shards.manifest.videos(args.split)
 
-    start_ray()
+    start_ray(log_file=raylab_home() / "logs" / time.strftime("stream_clips-%Y%m%d-%H%M%S.log"))
     ds = clip_dataset(
         shards,
         args.split,

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = shards.manifest
     if args.pretrained:
         config = pretrained_init(config, args.pretrained, len(manifest.classes), out)
-    start_ray(log_to_driver=True)
+    start_ray(log_to_driver=True, log_file=out / "ray-driver.log")
     trainer = build_trainer(
         config,
         replace(data, shards=shards),  # the manifest read above, not again

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     frames = args.frames or MODEL_INFO[args.student].contract.frames
     clip = config_from_flags(ClipConfig, args, frames=frames)
     shards = check_clips("transfer_t3d", Shards.open(args.data), clip, ("train", args.val_split))
-    start_ray(log_to_driver=True)
+    start_ray(log_to_driver=True, log_file=out / "ray-driver.log")
     options = TransferOptions(
         teacher_frames=args.teacher_frames,
         hard_negatives=args.hard_negatives,

@@ -31,7 +31,13 @@ import time
 from pathlib import Path
 
 from raylab.data.storage import Shards, raylab_home
-from raylab.jobs import add_config_flags, one_line_errors, print_result, start_ray
+from raylab.jobs import (
+    add_config_flags,
+    one_line_errors,
+    print_result,
+    route_ray_logs,
+    start_ray,
+)
 from raylab.tune.options import EARLY_STOPPING, SEARCHERS
 from raylab.tune.presets import CPU_DEFAULT, demo_shards
 from raylab.tune.space import SearchSpace
@@ -162,7 +168,6 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from raylab.report import write_report
-    from raylab.tune.console import route_ray_logs
     from raylab.tune.options import load_options, options_dir, save_options
     from raylab.tune.results import local_dir, upload_outputs
     from raylab.tune.runner import (

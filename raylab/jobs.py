@@ -7,7 +7,8 @@ help and choices of its ``metadata``, which are that setting's one description. 
 flags become the dataclass again with :func:`config_from_flags`; a new field is a new flag of
 every job that uses them, with no edit to the jobs.
 
-Ray: :func:`start_ray` is the one place a job calls ``ray.init``.
+Ray: :func:`start_ray` is the one place a job calls ``ray.init``; given a log file, it sends
+Ray's own records there (:func:`route_ray_logs`), leaving the console to the job's story.
 
 Mistakes: a missing shard folder, an unknown model, a clip the videos cannot give
 (:func:`check_clips`, before Ray starts): the job
@@ -22,11 +23,13 @@ import argparse
 import dataclasses
 import functools
 import json
+import logging
 import os
 import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -275,13 +278,104 @@ def print_result(result: dict) -> None:
     print(json.dumps(result, default=str), flush=True)
 
 
-def start_ray(*, log_to_driver: bool = False, progress_bars: bool = False, **init: Any) -> None:
+# Loggers of Ray's (and Optuna's) that print INFO records on a driver's console.
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "optuna")
+
+
+def native_stderr_to(log_file: Path) -> None:
+    """Point this process's file descriptor 2 at ``log_file`` (appended to) and
+    ``sys.stderr`` at a copy of the console's.
+
+    Ray's core worker logs from C++ straight to descriptor 2, past Python's logging: on every
+    Ray Data actor pool, for one, an error-level notice that its constructor arguments sit
+    in the object store (ray-project/ray#57733), which is Ray's internals, not the user's
+    story. Python's own writes (print, tracebacks, progress bars, the job's one-line errors,
+    logging handlers already writing to ``sys.stderr``) still reach the console.
+    """
+    old = sys.stderr
+    old.flush()
+    console = os.dup(2)
+    log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    encoding = getattr(old, "encoding", None) or "utf-8"
+    sys.stderr = os.fdopen(console, "w", buffering=1, encoding=encoding, errors="backslashreplace")
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and handler.stream in (
+                old,
+                sys.__stderr__,
+            ):
+                handler.setStream(sys.stderr)
+
+
+def route_ray_logs(log_file: str | Path) -> Path:
+    """Send the INFO records of Ray's and Optuna's loggers in this process to ``log_file``,
+    and only their warnings and errors to the console; what Ray's core worker (C++) writes
+    to this process's stderr goes to the file too (:func:`native_stderr_to`). Returns the
+    log file's path.
+
+    Call it before ``ray.init(configure_logging=False)``, which then leaves these handlers
+    alone. A logger's own file handlers (Ray Data's session file) keep everything.
+    """
+    import optuna
+    import ray.data  # noqa: F401  (Ray Data sets up its loggers when imported: ours go over them)
+
+    # Optuna adds its own stderr handler on first use; ours replace it.
+    optuna.logging.disable_default_handler()
+    path = Path(log_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    native_stderr_to(path)  # first: the console handler below writes to the new sys.stderr
+    to_file = logging.FileHandler(path)
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_console = logging.StreamHandler(sys.stderr)
+    to_console.setLevel(logging.WARNING)
+    to_console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler or not isinstance(
+                handler, logging.FileHandler
+            ):
+                handler.setLevel(max(handler.level, logging.WARNING))
+        # Children that propagate reach both through the top loggers' handlers.
+        if name in ("ray", "optuna") or not logger.propagate:
+            logger.addHandler(to_file)
+            if not any(h.level >= logging.WARNING for h in logger.handlers if h is not to_file):
+                logger.addHandler(to_console)
+    # The notice that progress bars are off is about our own setting (a search's console
+    # has no room for a bar per dataset): it belongs in the file.
+    notice = logging.getLogger("ray.data._internal.progress")
+    notice.propagate = False
+    notice.addHandler(to_file)
+    return path
+
+
+def start_ray(
+    *,
+    log_to_driver: bool = False,
+    progress_bars: bool = False,
+    log_file: str | Path | None = None,
+    **init: Any,
+) -> Path | None:
     """Start Ray, or join the cluster ``RAY_ADDRESS`` names: the one place a job calls
     ``ray.init`` (``init``: its other arguments, e.g. ``configure_logging=False``). Workers'
     output reaches this console only with ``log_to_driver``; Ray Data's progress bars are off
-    unless ``progress_bars`` (they would bury the job's own lines)."""
+    unless ``progress_bars`` (they would bury the job's own lines). With ``log_file``, Ray's
+    own records on this driver go there (:func:`route_ray_logs`; the console says where once)
+    and its path is returned."""
     import ray
 
+    path = None
+    if log_file is not None:
+        path = route_ray_logs(log_file)
+        print(f"Ray's log: {path}", file=sys.stderr)
+        init["configure_logging"] = False
     ray.init(ignore_reinit_error=True, log_to_driver=log_to_driver, **init)
     if not progress_bars:
         ray.data.DataContext.get_current().enable_progress_bars = False
+    return path

@@ -18,6 +18,7 @@ from raylab.data.storage import Shards
 from raylab.infer.batch import InferenceResources, batches, test_views, through_model
 from raylab.infer.figures import pyplot, save_figure
 from raylab.metrics import topk_accuracy, video_scores
+from raylab.progress import progress_bar
 from raylab.train.checkpoints import load_checkpoint
 
 
@@ -66,24 +67,31 @@ def predict(
     clips: int = 1,
     crops: int = 1,
     resources: InferenceResources | None = None,
+    progress: str | None = None,
 ) -> dict:
     """Per-video scores of one model over a split: ``{"ids", "labels", "scores", "views",
     "clip_acc", "decode_failures"}``; a video whose bytes cannot be decoded is left out of
-    the scores and listed by id in ``decode_failures``.
+    the scores and listed by id in ``decode_failures``. ``progress``: the label of a
+    progress bar over the views (none when not given).
 
     Clip geometry (frames, stride, size, scheme) comes from the checkpoint's config.
     """
     resources = resources or InferenceResources()
     _, config = load_checkpoint(checkpoint)
+    shards = Shards.open(shards)
     ds = test_views(shards, split, evaluation_clip(config, clips, crops), resources)
     out = through_model(ds, Predictor, {"checkpoint": str(checkpoint)}, resources)
     ids, labels, logits, views, failed = [], [], [], 0, []
+    total = shards.manifest.videos(split) * clips * crops
+    bar = progress_bar(total=total, desc=progress, unit="view", disable=progress is None)
     for batch, ok in batches(out):
         failed.extend(str(v) for v in batch["video_id"][~ok])
         ids.extend(str(v) for v in batch["video_id"][ok])
         labels.extend(int(v) for v in batch["label"][ok])
         logits.append(batch["logits"][ok])
         views += int(ok.sum())
+        bar.update(int(ok.sum()) + clips * crops * len(set(batch["video_id"][~ok])))
+    bar.close()
     if not ids:
         raise ValueError(f"no clip of split {split!r} under {shards} could be decoded")
     scores, video_labels, video_ids = video_scores(ids, labels, np.concatenate(logits))

@@ -5,30 +5,22 @@ its knobs, each epoch's validation accuracy, stopped early, pruned with the reas
 failed) and, at the end, one table of every trial. Tune's own reporter is turned off where
 the tuner is built (``verbose=0``), so these are the search's only progress lines.
 
-:func:`route_ray_logs` keeps Ray's INFO records (Ray Data's execution plans, Tune's
-bookkeeping) out of the driver's console and writes them, whole, to a log file; Ray's
-warnings and errors still reach the console. Worker processes' output (each Train worker's
-epoch line, decode tasks' warnings) stays in the Ray session's log files when the driver
-connects with ``ray.init(log_to_driver=False)``.
+Ray's own records go to a log file (:func:`raylab.jobs.route_ray_logs`, as for every job).
+Worker processes' output (each Train worker's epoch line, decode tasks' warnings) stays in
+the Ray session's log files when the driver connects with ``ray.init(log_to_driver=False)``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TextIO
 
 from ray.tune import Callback
 
 from raylab.metrics import METRIC, epoch_of, trial_status
 from raylab.tune.space import knobs
-
-# Loggers of Ray's (and Optuna's) that print INFO records on a driver's console.
-LIBRARY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "optuna")
 
 
 def describe(config: dict) -> str:
@@ -170,75 +162,3 @@ def trial_table(trials, max_epochs: int, best: dict[str, float]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def native_stderr_to(log_file: Path) -> None:
-    """Point this process's file descriptor 2 at ``log_file`` (appended to) and
-    ``sys.stderr`` at a copy of the console's.
-
-    Ray's core worker logs from C++ straight to descriptor 2, past Python's logging: on every
-    Ray Data actor pool, for one, an error-level notice that its constructor arguments sit
-    in the object store (ray-project/ray#57733), which is Ray's internals, not the user's
-    story. Python's own writes (print, tracebacks, progress bars, the job's one-line errors,
-    logging handlers already writing to ``sys.stderr``) still reach the console.
-    """
-    old = sys.stderr
-    old.flush()
-    console = os.dup(2)
-    log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(log, 2)
-    os.close(log)
-    encoding = getattr(old, "encoding", None) or "utf-8"
-    sys.stderr = os.fdopen(console, "w", buffering=1, encoding=encoding, errors="backslashreplace")
-    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, logging.StreamHandler) and handler.stream in (
-                old,
-                sys.__stderr__,
-            ):
-                handler.setStream(sys.stderr)
-
-
-def route_ray_logs(log_file: str | Path) -> Path:
-    """Send the INFO records of Ray's and Optuna's loggers in this process to ``log_file``,
-    and only their warnings and errors to the console; what Ray's core worker (C++) writes
-    to this process's stderr goes to the file too (:func:`native_stderr_to`). Returns the
-    log file's path.
-
-    Call it before ``ray.init(configure_logging=False)``, which then leaves these handlers
-    alone. A logger's own file handlers (Ray Data's session file) keep everything.
-    """
-    import optuna
-
-    # Optuna adds its own stderr handler on first use; ours replace it.
-    optuna.logging.disable_default_handler()
-    path = Path(log_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    native_stderr_to(path)  # first: the console handler below writes to the new sys.stderr
-    to_file = logging.FileHandler(path)
-    to_file.setLevel(logging.INFO)
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    to_console = logging.StreamHandler(sys.stderr)
-    to_console.setLevel(logging.WARNING)
-    to_console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    for name in LIBRARY_LOGGERS:
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET or logger.level > logging.INFO:
-            logger.setLevel(logging.INFO)
-        for handler in logger.handlers:
-            if type(handler) is logging.StreamHandler or not isinstance(
-                handler, logging.FileHandler
-            ):
-                handler.setLevel(max(handler.level, logging.WARNING))
-        # Children that propagate reach both through the top loggers' handlers.
-        if name in ("ray", "optuna") or not logger.propagate:
-            logger.addHandler(to_file)
-            if not any(h.level >= logging.WARNING for h in logger.handlers if h is not to_file):
-                logger.addHandler(to_console)
-    # The notice that progress bars are off is about our own setting (a search's console
-    # has no room for a bar per dataset): it belongs in the file.
-    notice = logging.getLogger("ray.data._internal.progress")
-    notice.propagate = False
-    notice.addHandler(to_file)
-    return path

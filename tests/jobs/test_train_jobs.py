@@ -41,11 +41,13 @@ def test_train_flags_reach_the_clips_it_trains_on():
     assert resumable.checkpoint_every == 5 and not resumable.deterministic
 
 
-def test_train_then_evaluate_multi_view(s3_shards, run_job, tmp_path):
+def test_train_then_evaluate_multi_view(s3_shards, run_job, job_process, tmp_path):
     """Both jobs read their shards from s3:// (a real S3 endpoint, configured by the
     environment alone); the run's own files stay in its local folder. Evaluated with the
     views its validation used, the best checkpoint scores what the run recorded for it:
-    the Train workers' validation and the evaluation job's inference agree video by video."""
+    the Train workers' validation and the evaluation job's inference agree video by video.
+    The evaluation's console has its progress bar and result; Ray's records (its dataset's
+    plan, the core worker's line about the model's actor pool) are in its log file."""
     run = tmp_path / "run"
     trained = run_job(
         "train.py",
@@ -70,11 +72,17 @@ def test_train_then_evaluate_multi_view(s3_shards, run_job, tmp_path):
     model = build_model("c3d", 8, width=0.125, head="pooled")
     model.load_state_dict(state)
 
-    evaluated = run_job(
+    done = job_process(
         "evaluate.py",
         *("--data", s3_shards, "--checkpoint", trained["best_checkpoint"]),
         *("--clips", "2", "--crops", "3", "--out", str(tmp_path / "eval")),
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluated = json.loads(done.stdout.strip().splitlines()[-1])
+    ray_log = (tmp_path / "eval" / "ray-driver.log").read_text()
+    for line in ("Starting execution of Dataset", "core_worker.cc"):
+        assert line in ray_log and line not in done.stderr, (line, done.stderr[-2000:])
+    assert "evaluate: 100%" in done.stderr and "rgb: video top1" in done.stderr
     m = evaluated["metrics"]
     assert m["views_per_video"] == 6  # counted from the predictions: 2 clips x 3 crops
     assert m["videos"] == 8  # every validation video of the demo shards, once

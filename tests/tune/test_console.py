@@ -82,45 +82,6 @@ def test_one_line_per_event_and_a_table_at_the_end():
     ]
 
 
-def test_ray_notices_go_to_the_log_file_not_the_console(tmp_path):
-    """A driver that routes Ray's logs and runs a dataset with progress bars off (as the
-    search does), its map on an actor pool (as evaluation's): Ray's INFO lines, the
-    progress-bar notice and the core worker's own line about the pool's actor (C++, written
-    to the process's stderr) are in the file only; the driver's own stderr lines and its
-    warnings reach the console."""
-    import subprocess
-    import sys
-
-    log = tmp_path / "driver.log"
-    script = f"""
-import ray
-from raylab.tune.console import route_ray_logs
-route_ray_logs({str(log)!r})
-ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
-         configure_logging=False)
-ray.data.DataContext.get_current().enable_progress_bars = False
-class Same:
-    def __call__(self, batch):
-        return batch
-pool = ray.data.ActorPoolStrategy(size=1)
-print(ray.data.range(10).map_batches(Same, compute=pool).count())
-import logging, sys
-print("the driver's own line", file=sys.stderr)
-logging.getLogger("ray.data").warning("a warning of Ray's")
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "10"
-    text = log.read_text()
-    in_file = ("Starting execution of Dataset", "Progress bars disabled", "core_worker.cc")
-    for line in in_file:
-        assert line in text and line not in done.stderr, (line, done.stderr[-2000:])
-    for line in ("the driver's own line", "WARNING", "a warning of Ray's"):
-        assert line in done.stderr, (line, done.stderr[-2000:])
-
-
 def test_trials_running_when_the_search_ends_say_so():
     """Tune stops the trials still running at the time budget without a completion event."""
     out = io.StringIO()

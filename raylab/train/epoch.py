@@ -548,11 +548,25 @@ def loop_config(
     }
 
 
+def quiet_report_records() -> None:
+    """Keep Ray Train's INFO record of each report (the whole metrics dict, every epoch) off
+    the console, as ``LoggingConfig(log_level="WARNING")`` keeps its others: it logs that one
+    under its module file's path, not under ``ray.train``."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # moved in another Ray: the record shows again, nothing breaks
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def run_epochs(run: dict, task: Task) -> None:
     """Train ``task`` as ``run`` (see :func:`loop_config`) says, in this Ray Train worker."""
     import ray.train
     import ray.train.torch
 
+    quiet_report_records()
     config = TrainConfig.from_record(run["config"])
     run_dir, history = run["run_dir"], run["history_at"]
     ctx = ray.train.get_context()

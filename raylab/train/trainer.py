@@ -83,6 +83,10 @@ def run_config(
             checkpoint_score_order="max",
         ),
         callbacks=callbacks,
+        # Ray Train's own INFO records (resources requested, the worker group started, each
+        # checkpoint and report) stay in its session log files; the console keeps the run's
+        # epoch lines and Ray Train's warnings.
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),
     )
 
 
@@ -125,6 +129,9 @@ def torch_trainer(
     # Its controller polls the workers every 2 s by default, and a worker's report waits in
     # a one-slot queue until the next poll: short epochs wait on it, and a run's end is seen
     # a poll later (`benchmarks/trial_start.py poll`, docs/results.md).
+    # Ray Train's workers send print() to its logger as well as to their stdout, which the
+    # driver then shows twice: each epoch line printed once is enough.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if quick_start():
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")

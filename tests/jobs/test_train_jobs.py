@@ -41,15 +41,16 @@ def test_train_flags_reach_the_clips_it_trains_on():
     assert resumable.checkpoint_every == 5 and not resumable.deterministic
 
 
-def test_train_then_evaluate_multi_view(s3_shards, run_job, job_process, tmp_path):
+def test_train_then_evaluate_multi_view(s3_shards, job_process, tmp_path):
     """Both jobs read their shards from s3:// (a real S3 endpoint, configured by the
     environment alone); the run's own files stay in its local folder. Evaluated with the
     views its validation used, the best checkpoint scores what the run recorded for it:
     the Train workers' validation and the evaluation job's inference agree video by video.
-    The evaluation's console has its progress bar and result; Ray's records (its dataset's
-    plan, the core worker's line about the model's actor pool) are in its log file."""
+    The training's console has its epoch lines and the evaluation's its progress bar and
+    result; Ray's own records (Ray Train's reports, the dataset's plan, the core worker's
+    line about the model's actor pool) are not on them."""
     run = tmp_path / "run"
-    trained = run_job(
+    done = job_process(
         "train.py",
         *("--data", s3_shards, "--model", "c3d", "--out", str(run)),
         *("--width", "0.125", "--model-option", "head=pooled"),
@@ -57,6 +58,13 @@ def test_train_then_evaluate_multi_view(s3_shards, run_job, job_process, tmp_pat
         *("--cpus-per-worker", "0.5", "--crop-scales", "1.0", "0.875", "--seed", "none"),
         *("--val-clips", "2", "--val-crops", "3"),
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trained = json.loads(done.stdout.strip().splitlines()[-1])
+    # The console: each epoch's line once, none of Ray Train's own records.
+    console = done.stdout + done.stderr
+    assert [console.count(f"epoch {e}/2  loss") for e in (1, 2)] == [1, 1], console[-3000:]
+    for internal in ("Reporting training result", "Started training worker group"):
+        assert internal not in console, console[-3000:]
     metrics = trained["metrics"]
     # A seed drawn from fresh entropy is the run's seed, recorded as drawn.
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from checkout import REPO
-from processes import session_workers_running
+from processes import raylet_pid, session_workers_running, workers_running
 from videos import (
     counter_frames,
     frame_index,
@@ -325,6 +326,18 @@ def test_a_lost_cluster_rejects_no_valid_video(tmp_path, ray_session):
         env = os.environ | {"RAY_ADDRESS": cluster.address}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _wait_for_a_part(out, proc)
+        # The head's workers frozen first, so that the tasks they hold cannot finish while
+        # the head is stopped (gracefully, as Cluster.shutdown does it, its processes one
+        # after another: the ingest finished all ten meanwhile in one CI-like run); then
+        # killed, as the head's raylet would have them.
+        workers = workers_running(raylet_pid(cluster.head_node), "ray::")
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        cluster.remove_node(cluster.head_node)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     finally:
         cluster.shutdown()
     stdout, stderr = (b.decode() for b in proc.communicate(timeout=240))

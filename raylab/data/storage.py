@@ -147,7 +147,9 @@ class Shards:
     and the manifest are opened and read on first use, then kept. Pickled (into Ray tasks
     and actors), a Shards keeps its manifest but not its filesystem, which the receiving
     process opens again from the location: a pickled pyarrow S3 filesystem would carry
-    credentials given to it, where one opened from the URI takes the receiver's own.
+    credentials given to it, where one opened from the URI takes the receiver's own. Nor
+    does it carry the frame counts a job read (:meth:`frame_counts`): one number a video,
+    they would ride along with every decode task.
     """
 
     location: str
@@ -164,7 +166,7 @@ class Shards:
         return self.location
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_storage"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_storage", "_frame_counts")}
 
     @property
     def is_uri(self) -> bool:

@@ -121,6 +121,8 @@ def test_frame_counts_are_read_once_per_split(tiny_shards):
     (tiny_shards / "train" / "part-00001.parquet").unlink()
     assert len(shards.frame_counts("train")) == 8  # not read again
     assert shards.frame_counts("val") == [33, 44]
+    # Not sent along when the shards are (to every decode task): a number a video.
+    assert "_frame_counts" not in pickle.loads(pickle.dumps(shards)).__dict__
 
 
 def test_shards_of_a_missing_folder_say_what_is_wrong(tmp_path):

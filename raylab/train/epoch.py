@@ -343,7 +343,8 @@ def set_numerics(config: TrainConfig, device: torch.device) -> None:
 
 
 def environment(device: torch.device, world: int) -> dict:
-    """What besides the config decides a run's numbers: library versions, threads, device."""
+    """What besides the config decides a run's numbers: library versions, threads, device,
+    the CPU's vector unit."""
     import decord
     import ray
 
@@ -355,6 +356,9 @@ def environment(device: torch.device, world: int) -> dict:
         "python": platform.python_version(),
         "threads_per_worker": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        # The CPU's vector unit picks oneDNN's and ATen's kernels, so the last bits: the same
+        # seed on an AVX-512 and an AVX2 machine trains apart (docs/training.md).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "workers": world,
     }
 

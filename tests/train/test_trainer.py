@@ -204,6 +204,7 @@ def test_the_same_seed_trains_the_same_run_and_another_seed_another(seeded_runs)
     # The run records what else decides its numbers.
     started = [r for r in _history(root / "once") if r["event"] == "started"]
     assert len(started) == 1 and started[0]["environment"]["threads_per_worker"] >= 1
+    assert started[0]["environment"]["cpu_capability"]  # the vector unit: AVX512, AVX2, ...
     assert started[0]["environment"]["seed_drawn"] is False
     # And where its start went: each point of the first epoch once, in the order reached,
     # the last after the first epoch's line; the killed run's resumption records none.

@@ -31,7 +31,7 @@ CPU_DEFAULT = {
     "reduction_factor": 2,
     "batch_size": 8,
     "crop_scales": (1.0,),
-    "stop_at_chance_after": 3,
+    "stop_at_chance_after": 2,
     "budget_epochs": 14,
 }
 

@@ -47,7 +47,7 @@ def test_one_line_per_event_and_a_table_at_the_end():
         result = {"training_iteration": epoch, "val_video_top1": score, "train_loss": 1.0}
         console.on_trial_result(0, [], good, result)
     for epoch in range(1, 5):
-        result = {"training_iteration": epoch, "val_video_top1": 0.125, "train_loss": 2.1}
+        result = {"training_iteration": epoch, "val_video_top1": 0.125, "train_loss": 2.2}
         stopper(flat.trial_id, result)
         console.on_trial_result(0, [], flat, result)
     console.on_trial_result(0, [], cut, {"training_iteration": 2, "val_video_top1": 0.4})

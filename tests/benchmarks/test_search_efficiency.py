@@ -121,7 +121,7 @@ def table() -> dict:
             {"config": {"family": "t3d", "depth": 121, "lr": 2e-3},
              "curve": curve([0.125, 0.15, 0.5, 0.7], [2.07, 1.95, 1.6, 1.2])},
             {"config": {"family": "stm", "stm_stages": [4, 5], "lr": 2e-3},
-             "curve": curve([0.125, 0.13, 0.14, 0.12], [2.2, 2.1, 2.09, 2.08])},
+             "curve": curve([0.125, 0.13, 0.14, 0.12], [2.15, 2.2, 2.17, 2.14])},
             {"config": {"family": "t3d", "depth": 169, "lr": 1.5e-3},
              "curve": curve([0.3, 0.65, 0.7, 0.8], [1.9, 1.5, 1.2, 1.0])},
         ],
@@ -151,3 +151,24 @@ def test_a_replayed_search_is_a_function_of_its_seed_and_spends_exactly_its_budg
         for s in range(10)
     ]
     assert any(c != others[0] for c in others)
+
+
+def test_curves_files_join_into_one_table_of_equal_lengths(tmp_path):
+    one, other = tmp_path / "one.json", tmp_path / "other.json"
+    one.write_text(json.dumps(table()))
+    other.write_text(json.dumps(table() | {"configs": table()["configs"][:1]}))
+    joined = se.read_tables([str(one), str(other)])
+    assert joined["max_epochs"] == 4 and len(joined["configs"]) == 4
+    other.write_text(json.dumps(table() | {"max_epochs": 8}))
+    with pytest.raises(SystemExit, match="different lengths"):
+        se.read_tables([str(one), str(other)])
+
+
+def test_the_recorded_tables_in_the_repository_keep_every_learner():
+    """The search's chance rule, on the curves recorded on two machines (benchmarks/curves):
+    no configuration that ended at 0.6 or more is stopped."""
+    paths = sorted(str(p) for p in (se.REPO / "benchmarks" / "curves").glob("*.json"))
+    tab = se.read_tables(paths)
+    rule = se.ChanceRule(se.NUM_CLASSES, se.embedded("stop_at_chance_after"))
+    scores = se.rule_scores(tab, {"search": rule})["search"]
+    assert len(paths) >= 2 and scores["learners_stopped"] == [] and scores["stopped"] >= 16

@@ -2,7 +2,8 @@
 
     # live: the embedded search itself, once per method and seed
     python benchmarks/search_efficiency.py live [--seeds 0 1 2 3 4] [--budget-epochs 14] \
-        [--methods tpe+asha random+asha random+none] [--work DIR] [-- JOB ARGS...]
+        [--methods tpe+asha random+asha random+none] [--reuse METHOD ...] [--work DIR] \
+        [-- JOB ARGS...]
     # record: every configuration of one random search trained to its last epoch
     python benchmarks/search_efficiency.py record [--num-samples 14] [--work DIR] \
         [--experiment DIR [DIR ...]]
@@ -220,15 +221,19 @@ def live(args: argparse.Namespace, passthrough: list[str]) -> dict:
         for method in args.methods:
             searcher, early_stopping = METHODS[method]
             name = f"se-{method.replace('+', '-')}-seed{seed}"
-            shutil.rmtree(work / "results" / name, ignore_errors=True)  # else Tune would mix
-            print(f"{name}: searching for {budget} trial-epochs", file=sys.stderr, flush=True)
-            run_job(
-                *("--root", str(work), "--name", name, "--seed", str(seed)),
-                *("--searcher", searcher, "--early-stopping", early_stopping),
-                *("--budget-epochs", str(budget), "--num-samples", "200"),
-                *passthrough,
-                log=work / "logs" / f"{name}.log",
-            )
+            done = (work / "results" / name / "summary.json").exists()
+            if method in args.reuse and done:
+                print(f"{name}: read from its earlier run", file=sys.stderr, flush=True)
+            else:
+                shutil.rmtree(work / "results" / name, ignore_errors=True)  # else Tune would mix
+                print(f"{name}: searching for {budget} trial-epochs", file=sys.stderr, flush=True)
+                run_job(
+                    *("--root", str(work), "--name", name, "--seed", str(seed)),
+                    *("--searcher", searcher, "--early-stopping", early_stopping),
+                    *("--budget-epochs", str(budget), "--num-samples", "200"),
+                    *passthrough,
+                    log=work / "logs" / f"{name}.log",
+                )
             curve = best_so_far(read_points(work / "results" / name))
             runs.append(
                 {
@@ -409,8 +414,8 @@ def replay(args: argparse.Namespace) -> dict:
         f"val top-1 and train loss >= {ln_k}, after 3": ChanceRule(
             NUM_CLASSES, 3, loss_fraction=1.0
         ),
-        f"val top-1 and train loss >= {rule.loss_fraction:g} {ln_k}, after {patience} (the "
-        "search's)": rule,
+        f"val top-1 and train loss >= {rule.loss_fraction:g} {ln_k} after {patience}, or >= "
+        f"{ln_k} after {rule.late} (the search's)": rule,
     }
     scores = rule_scores(table, rules)
     print(f"\nchance rules on the recorded curves (floor {rule.floor:.4f}, {ln_k} = "
@@ -545,6 +550,14 @@ def main(argv: list[str] | None = None) -> dict:
     lv.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     lv.add_argument("--budget-epochs", type=int, help="default: the embedded search's")
     lv.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    lv.add_argument(
+        "--reuse",
+        nargs="*",
+        choices=list(METHODS),
+        default=[],
+        help="methods whose finished searches in --work are read, not run again (those a "
+        "change left alone: random+none after a change to early stopping)",
+    )
     rec = modes.add_parser("record", help="every configuration of a random search, in full")
     rec.add_argument("--num-samples", type=int, default=14)
     rec.add_argument("--seed", type=int, default=0)

@@ -3,9 +3,11 @@
 * :class:`ChanceRule` / :class:`NotLearningStopper`: a floor under ASHA for searches run one
   trial at a time. ASHA stops a trial at a rung when others did better there; the first
   trial to reach a rung has nothing to be compared with and goes on. The rule ends a trial
-  that after ``patience`` epochs has never scored above ``margin`` x chance on validation
-  and whose latest training loss is still at least ``loss_fraction`` x ln K (ln K is the
-  loss of a uniform guess): both must say "not learning", so one validation video, which
+  that has never scored above ``margin`` x chance on validation and whose latest training
+  loss says it is not learning either: after ``patience`` epochs, a loss of at least
+  ``loss_fraction`` x ln K (ln K is the loss of a uniform guess: such a network is worse
+  than guessing on its own training clips); after ``late_patience``, a loss not below ln K
+  (it hovers at a uniform guess). Both figures must agree, so one validation video, which
   moves top-1 by 1/96 on the demo set, cannot stop a network whose training loss is falling.
 * :class:`WorkBudget`: the search ends once its trials have trained a number of epochs in
   all. Counted in work, not seconds, a search run one trial at a time is a function of its
@@ -40,11 +42,18 @@ class ChanceRule:
     patience: int
     margin: float = 1.5  # x chance: the validation top-1 a learner must pass
     # x ln K, the loss of a uniform guess: a trial whose latest training loss is at least
-    # this is not learning; None: validation top-1 alone. On the recorded curves of the demo
-    # search (docs/search.md), after 2 epochs every network that went on to learn was at
-    # most 1.015 ln 8 (2.11) and every one that did not at least 1.04 ln 8 (2.17): above a
-    # uniform guess's loss and rising, where a learner hovers at it before it falls.
+    # this after ``patience`` epochs is not learning; None: validation top-1 alone. On the
+    # recorded curves of the demo search (docs/search.md), after 2 epochs every network
+    # that went on to learn was at most 1.015 ln 8 and every STM at least 1.033 ln 8.
     loss_fraction: float | None = 1.03
+    # Epochs after which a loss not below ln K itself stops a trial at chance: a learner can
+    # hover at ln K for 3 epochs before it falls (a T3D-121 at 2.098 after 3 ended at 0.73),
+    # a network that never learns for all 8. None: ``patience`` + 2.
+    late_patience: int | None = None
+
+    @property
+    def late(self) -> int:
+        return self.patience + 2 if self.late_patience is None else self.late_patience
 
     @property
     def floor(self) -> float:
@@ -56,9 +65,13 @@ class ChanceRule:
         text = f"not learning (val top-1 at most {self.floor:.3f}, {self.margin:g}x chance"
         if self.loss_fraction is None:
             return text + ")"
-        loss = self.loss_fraction * math.log(self.num_classes)
+        ln_k = math.log(self.num_classes)
+        loss = self.loss_fraction * ln_k
         times = "" if self.loss_fraction == 1 else f"{self.loss_fraction:g} x "
-        return f"{text}; train loss at least {loss:.3f}, {times}ln {self.num_classes})"
+        text += f"; train loss at least {loss:.3f}, {times}ln {self.num_classes}"
+        if self.loss_fraction > 1:
+            text += f", or from epoch {self.late} at least {ln_k:.3f}"
+        return text + ")"
 
     def stops(self, results: list[dict]) -> bool:
         """Whether a trial whose epochs so far gave ``results`` (in order) stops now."""
@@ -72,7 +85,10 @@ class ChanceRule:
         if self.loss_fraction is None:
             return True
         losses = [r["train_loss"] for r in epochs if _number(r.get("train_loss"))]
-        return not losses or losses[-1] >= self.loss_fraction * math.log(self.num_classes)
+        if not losses:
+            return True
+        ln_k = math.log(self.num_classes)
+        return losses[-1] >= self.loss_fraction * ln_k or (done >= self.late and losses[-1] >= ln_k)
 
 
 class NotLearningStopper(Stopper):

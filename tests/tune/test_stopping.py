@@ -23,6 +23,9 @@ CURVES = {
     # One that hovers at ln 8, then rises away from it, as a T3D-169 did (2.110, 2.115,
     # 2.163): not learning, caught an epoch later.
     "drifting": [(0.125, 2.11), (0.125, 2.115), (0.125, 2.163), (0.125, 2.17)],
+    # One that hovers just above ln 8 and never learns, as a T3D-169 of `make demo SEED=1`
+    # did on an AVX-512 machine (2.107, 2.130, 2.133, 2.117; at chance for 8 epochs).
+    "hovering": [(0.135, 2.107), (0.135, 2.130), (0.146, 2.133), (0.135, 2.117), (0.115, 2.1)],
     # One that passed the floor at epoch 2 and dipped: its best counts.
     "dip": [(0.125, 2.06), (0.21, 1.98), (0.15, 1.95), (0.3, 1.7)],
 }
@@ -46,14 +49,15 @@ def stop_epoch(rule: ChanceRule, name: str) -> int | None:
 def test_the_rule_stops_only_what_neither_score_nor_loss_calls_learning():
     rule = ChanceRule(num_classes=8, patience=2)  # floor 0.1875; loss at least 1.03 ln 8
     assert rule.floor == 1.5 / 8
-    assert [stop_epoch(rule, name) for name in CURVES] == [2, None, 3, None]
-    assert "train loss at least 2.142, 1.03 x ln 8" in rule.why
+    assert [stop_epoch(rule, name) for name in CURVES] == [2, None, 3, 4, None]
+    assert "train loss at least 2.142, 1.03 x ln 8, or from epoch 4 at least 2.079" in rule.why
+    assert stop_epoch(ChanceRule(num_classes=8, patience=2, late_patience=5), "hovering") == 5
     # The rule before (after 3 epochs, a loss not below ln 8) stops the late learner too,
     # and top-1 alone stops it on one video's evidence.
     before = ChanceRule(num_classes=8, patience=3, loss_fraction=1.0)
-    assert [stop_epoch(before, name) for name in CURVES] == [3, 3, 3, None]
+    assert [stop_epoch(before, name) for name in CURVES] == [3, 3, 3, 3, None]
     alone = ChanceRule(num_classes=8, patience=2, loss_fraction=None)
-    assert [stop_epoch(alone, name) for name in CURVES] == [2, 2, 2, None]
+    assert [stop_epoch(alone, name) for name in CURVES] == [2, 2, 2, 2, None]
     # The latest epoch's loss decides: below the bar after a first epoch above it goes on.
     assert not rule.stops([{"val_video_top1": 0.1, "train_loss": 2.3},
                            {"val_video_top1": 0.1, "train_loss": 2.09}])  # fmt: skip
@@ -65,7 +69,7 @@ def test_the_stopper_keeps_each_trials_epochs_and_skips_unscored_reports():
     for name in CURVES:
         for result in results(name)[:3]:
             stopped = stopper(name, result)
-        assert stopped == (name in ("flat", "drifting"))
+        assert stopped == (name in ("flat", "drifting"))  # after 3 epochs
     assert stopper.stopped == {"flat", "drifting"} and not stopper.stop_all()
     # A NaN score (no video decoded) is an epoch with no score, judged on its loss.
     nan = NotLearningStopper(ChanceRule(num_classes=4, patience=1))

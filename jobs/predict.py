@@ -7,9 +7,10 @@ Reads the source videos themselves (any container FFmpeg reads; no ingest), cuts
 the checkpoint's own test clips (its frames, stride and crop size; ``--clips`` x ``--crops``
 views, scores averaged per video) and runs them through the model as Ray Data batch
 inference. Writes one JSON line per video to ``--out``: ``{"video", "views", "top":
-[{"class", "score"}, ...]}``, or ``{"video", "error"}`` for a file that cannot be decoded;
-the job goes on past such files. A CSV lists videos in its ``path`` column (else its first),
-relative to the CSV's folder. The last stdout line is a JSON object with the counts and
+[{"class", "score"}, ...], "frames"}``, or ``{"video", "error"}`` for a file that cannot be
+decoded; the job goes on past such files. A video shorter than a clip spans is looped to fill
+it, as training's clips are, and marked ``"looped": true``. A CSV lists videos in its
+``path`` column (else its first), relative to the CSV's folder. The last stdout line is a JSON object with the counts and
 the output path.
 """
 
@@ -87,11 +88,20 @@ def main(argv: list[str] | None = None) -> dict:
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"could not classify {r['error']}", file=sys.stderr)
+    looped = [r for r in results if r.get("looped")]
+    if looped:
+        print(
+            f"predict: {len(looped)} of {len(results)} videos are shorter than a clip's "
+            f"{clip.span} frames (shortest {min(r['frames'] for r in looped)}); each was looped "
+            'to fill it ("looped": true in its line)',
+            file=sys.stderr,
+        )
     summary = {
         "predictions": str(out),
         "videos": len(results),
         "classified": len(results) - len(failed),
         "failed": len(failed),
+        "looped": len(looped),
         "checkpoint": str(args.checkpoint),
         "views_per_video": clip.test_views,
         "ray_log": str(ray_log),

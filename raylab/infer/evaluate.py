@@ -54,8 +54,9 @@ class Predictor:
             "view": batch["view"],
             "logits": logits,
         }
-        if "error" in batch:  # why a placeholder row's video failed
-            out["error"] = batch["error"]
+        for key in ("error", "frames"):  # why a placeholder row's video failed; its length
+            if key in batch:
+                out[key] = batch[key]
         return out
 
 

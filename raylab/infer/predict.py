@@ -81,6 +81,7 @@ class SourceClips:
         short_side = self.params.short_sides[0]
         column = rendition_column(short_side)
         rows: dict[str, list] = {"video_id": [], "label": [], "height": [], "width": [], column: []}
+        frames: dict[str, int] = {}  # each video's own frame count, reported with its views
         failed: list[tuple[str, str]] = []
         for path in batch["path"]:
             path = str(path)
@@ -92,6 +93,7 @@ class SourceClips:
             except Exception as err:  # FFmpeg failing on a file is that file's fault
                 failed.append((path, describe_error(path, err)))
                 continue
+            frames[path] = int(encoded["num_frames"])
             rows["video_id"].append(path)
             rows["label"].append(0)  # unknown; the decoder only carries it through
             rows["height"].append(encoded["height"])
@@ -103,6 +105,7 @@ class SourceClips:
                 for k, v in rows.items()
             }
         )
+        out["frames"] = np.asarray([frames[str(v)] for v in out["video_id"]], np.int64)
         if not failed:
             return out
         blank = np.zeros(
@@ -115,6 +118,7 @@ class SourceClips:
                 [out["video_id"], np.asarray([p for p, _ in failed], object)]
             ),
             "view": np.concatenate([out["view"], np.full(len(failed), FAILED, np.int32)]),
+            "frames": np.concatenate([out["frames"], np.zeros(len(failed), np.int64)]),
             "error": np.concatenate(
                 [out["error"].reshape(-1, ERROR_BYTES), np.stack([error_row(e) for _, e in failed])]
             ),
@@ -166,7 +170,9 @@ def predict_videos(
     progress=None,
 ) -> list[dict]:
     """One result per video, in ``videos``' order: ``{"video", "top": [{"class", "score"},
-    ...]}`` (the ``top`` classes by averaged score) or ``{"video", "error"}``."""
+    ...], "frames"}`` (the ``top`` classes by averaged score; ``"looped": true`` beside a
+    video shorter than a clip spans, whose clips repeat it to fill their frames, as
+    training's do) or ``{"video", "error"}``."""
     from raylab.infer.evaluate import Predictor, evaluation_clip
     from raylab.train.checkpoints import load_checkpoint
 
@@ -179,11 +185,14 @@ def predict_videos(
         videos, clip, short_side=short_side, decoder_cpus=resources.decoder_cpus
     )
     out = through_model(ds, Predictor, {"checkpoint": str(checkpoint)}, resources)
-    ids, logits, errors = [], [], {}
+    ids, logits, errors, frames = [], [], {}, {}
     for batch, ok in batches(out):
         for vid, err in zip(batch["video_id"][~ok], batch["error"][~ok], strict=True):
             errors[str(vid)] = error_text(err)
         ids.extend(str(v) for v in batch["video_id"][ok])
+        frames.update(
+            zip(map(str, batch["video_id"][ok]), batch["frames"][ok].tolist(), strict=True)
+        )
         logits.append(batch["logits"][ok])
         if progress is not None:  # counts views: a failed video's one row stands for all
             progress.update(int(ok.sum()) + views * int((~ok).sum()))
@@ -197,5 +206,8 @@ def predict_videos(
                 "video": vid,
                 "views": views,
                 "top": [{"class": classes[i], "score": round(float(s[i]), 4)} for i in best],
+                "frames": frames[vid],
             }
+            if frames[vid] < clip.span:
+                results[vid]["looped"] = True
     return [results.get(v, {"video": v, "error": "no clip came back"}) for v in videos]

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from videos import counter_frames, write_video
 
 from raylab.config import ClipConfig, TrainConfig
 from raylab.data.synthetic import DEMO_CLASSES
@@ -36,18 +37,23 @@ def test_predict_job_on_recorded_videos_and_a_broken_file(real_videos, run_job, 
     shutil.copy(real_videos["bikes"], folder / "street" / "bikes.mp4")
     shutil.copy(real_videos["carphone"], folder / "carphone.mp4")
     (folder / "broken.mp4").write_bytes(real_videos["carphone"].read_bytes()[:3000])
+    write_video(folder / "short.mp4", counter_frames(12))  # a clip spans 31 frames
     out = tmp_path / "preds.jsonl"
     summary = run_job(
         "predict.py",
         *("--checkpoint", str(checkpoint), "--videos", str(folder), "--out", str(out)),
         *("--clips", "2", "--crops", "3", "--top", "3"),
     )
-    assert (summary["videos"], summary["classified"], summary["failed"]) == (3, 2, 1)
+    assert (summary["videos"], summary["classified"], summary["failed"]) == (4, 3, 1)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     by_name = {Path(r["video"]).name: r for r in lines}
-    assert sorted(by_name) == ["bikes.mp4", "broken.mp4", "carphone.mp4"]
+    assert sorted(by_name) == ["bikes.mp4", "broken.mp4", "carphone.mp4", "short.mp4"]
     assert "broken.mp4" in by_name["broken.mp4"]["error"]
-    for name in ("bikes.mp4", "carphone.mp4"):
+    # The short video is classified from looped clips and says so; the long ones do not.
+    assert summary["looped"] == 1
+    assert by_name["short.mp4"]["frames"] == 12 and by_name["short.mp4"]["looped"] is True
+    assert by_name["bikes.mp4"]["frames"] == 250 and "looped" not in by_name["bikes.mp4"]
+    for name in ("bikes.mp4", "carphone.mp4", "short.mp4"):
         top = by_name[name]["top"]
         assert by_name[name]["views"] == 6
         assert len(top) == 3 and {t["class"] for t in top} <= set(DEMO_CLASSES)

@@ -8,6 +8,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from raylab.data.ingest import x264_asm
+
 
 def counter_frames(n: int, height: int = 64, width: int = 80) -> np.ndarray:
     """Frames whose grey level encodes their index (16 + 6 i), to check frame-exact decoding.
@@ -49,7 +51,11 @@ def write_video(
         stream = out.add_stream(codec, rate=Fraction(fps))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = pix_fmt
-        stream.options = options or {}
+        options = dict(options or {})
+        if codec == "libx264" and x264_asm():  # the same frames, the same bytes
+            given = options.get("x264-params")
+            options["x264-params"] = f"{given}:{x264_asm()}" if given else x264_asm()
+        stream.options = options
         if rotation or hflip:
             stream.set_display_rotation(rotation, hflip=hflip)
         if sample_aspect is not None:

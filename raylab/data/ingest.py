@@ -186,20 +186,20 @@ def _new_encoder(short_side: int, height: int, width: int, rate: Fraction, param
 
 
 @functools.cache
-def _x264_asm() -> str:
-    """x264's option that holds it to its AVX2 routines on a CPU with AVX-512, else "".
+def x264_asm() -> str:
+    """x264's ``asm`` option that holds it to its AVX2 routines on a CPU with AVX-512, else "".
 
     With its AVX-512 routines x264 now and then encodes the same frames to other bytes (on a
     2-core AMD EPYC, 3-6 of 16 runs of 16 videos in Ray tasks; valgrind sees
-    ``x264_encoder_encode`` read uninitialised stack), so a rendition would not be a function
-    of its source. The AVX2 routines gave the same bytes every run, and the bytes the
-    AVX-512 ones give when they agree.
+    ``x264_encoder_encode`` read uninitialised stack), so a rendition, or a generated video,
+    would not be a function of its frames. The AVX2 routines gave the same bytes every run,
+    and the bytes the AVX-512 ones give when they agree.
     """
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return ""
-    return ":asm=avx2" if {"avx2", "avx512f"} <= flags else ""
+    return "asm=avx2" if {"avx2", "avx512f"} <= flags else ""
 
 
 def _new_encoder_sized(h: int, w: int, rate: Fraction, params: EncodeParams, crf: int):
@@ -213,7 +213,9 @@ def _new_encoder_sized(h: int, w: int, rate: Fraction, params: EncodeParams, crf
     stream.options = {
         "crf": str(crf),
         "preset": params.preset,
-        "x264-params": f"keyint={k}:min-keyint={k}:scenecut=0:bframes=0{_x264_asm()}",
+        "x264-params": ":".join(
+            filter(None, [f"keyint={k}:min-keyint={k}:scenecut=0:bframes=0", x264_asm()])
+        ),
     }
     stream.codec_context.thread_count = 1
     return buf, out, stream

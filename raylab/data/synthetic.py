@@ -187,16 +187,18 @@ def render_video(scene: Scene, trajectory: np.ndarray) -> np.ndarray:
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 25) -> None:
     """Encode uint8 (T, H, W, 3) frames as H.264 yuv420p MP4 with PyAV.
 
-    With one encoder thread the stream is a function of the frames, but for rare exceptions
-    in x264 itself: about one encode in a few thousand of identical frames (identical YUV
-    planes, zeroed buffer padding too) came out different within one process, more often
-    once torch or decord had been imported, so a test can expect equal bytes only mostly."""
+    With one encoder thread, and x264 held to its AVX2 routines on an AVX-512 CPU
+    (:func:`raylab.data.ingest.x264_asm`), the stream is a function of the frames."""
+    from raylab.data.ingest import x264_asm
+
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         # One encoder thread: x264's output then depends only on its input.
         stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+        if x264_asm():
+            stream.options |= {"x264-params": x264_asm()}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

@@ -10,8 +10,8 @@ inference. Writes one JSON line per video to ``--out``: ``{"video", "views", "to
 [{"class", "score"}, ...], "frames"}``, or ``{"video", "error"}`` for a file that cannot be
 decoded; the job goes on past such files. A video shorter than a clip spans is looped to fill
 it, as training's clips are, and marked ``"looped": true``. A CSV lists videos in its
-``path`` column (else its first), relative to the CSV's folder. The last stdout line is a JSON object with the counts and
-the output path.
+``path`` column (else its first), relative to the CSV's folder. The last stdout line is a
+JSON object with the counts and the output path.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from raylab.data.ingest import x264_asm
+from raylab.data.ingest import x264_options
 
 
 def counter_frames(n: int, height: int = 64, width: int = 80) -> np.ndarray:
@@ -52,9 +52,8 @@ def write_video(
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = pix_fmt
         options = dict(options or {})
-        if codec == "libx264" and x264_asm():  # the same frames, the same bytes
-            given = options.get("x264-params")
-            options["x264-params"] = f"{given}:{x264_asm()}" if given else x264_asm()
+        if codec == "libx264":  # the same frames, the same bytes
+            options |= x264_options(options.get("x264-params", ""))
         stream.options = options
         if rotation or hflip:
             stream.set_display_rotation(rotation, hflip=hflip)

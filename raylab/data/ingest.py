@@ -202,6 +202,13 @@ def x264_asm() -> str:
     return "asm=avx2" if {"avx2", "avx512f"} <= flags else ""
 
 
+def x264_options(params: str = "") -> dict[str, str]:
+    """libx264's ``x264-params`` option: ``params`` (``key=value:...``) and :func:`x264_asm`;
+    empty when both are."""
+    joined = ":".join(filter(None, [params, x264_asm()]))
+    return {"x264-params": joined} if joined else {}
+
+
 def _new_encoder_sized(h: int, w: int, rate: Fraction, params: EncodeParams, crf: int):
     buf = io.BytesIO()
     out = av.open(buf, mode="w", format="mp4")
@@ -213,9 +220,7 @@ def _new_encoder_sized(h: int, w: int, rate: Fraction, params: EncodeParams, crf
     stream.options = {
         "crf": str(crf),
         "preset": params.preset,
-        "x264-params": ":".join(
-            filter(None, [f"keyint={k}:min-keyint={k}:scenecut=0:bframes=0", x264_asm()])
-        ),
+        **x264_options(f"keyint={k}:min-keyint={k}:scenecut=0:bframes=0"),
     }
     stream.codec_context.thread_count = 1
     return buf, out, stream

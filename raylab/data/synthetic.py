@@ -30,6 +30,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from raylab.data.ingest import x264_options
 from raylab.progress import progress_bar
 
 DEMO_CLASSES: tuple[str, ...] = (
@@ -189,16 +190,12 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 25) -> None:
 
     With one encoder thread, and x264 held to its AVX2 routines on an AVX-512 CPU
     (:func:`raylab.data.ingest.x264_asm`), the stream is a function of the frames."""
-    from raylab.data.ingest import x264_asm
-
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         # One encoder thread: x264's output then depends only on its input.
-        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
-        if x264_asm():
-            stream.options |= {"x264-params": x264_asm()}
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", **x264_options()}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

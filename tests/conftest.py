@@ -6,6 +6,12 @@ import importlib.util
 import os
 from pathlib import Path
 
+# PyAV before any test module imports decord: decord loads its bundled FFmpeg 4 and libvpx
+# into the process's global symbols, and a PyAV loaded after it opens libvpx's VP9 encoder
+# on them and fails (EINVAL in videos.write_vp9_with_hidden_frames), so the ingest tests'
+# VP9 files failed whenever a module that imports decord first (test_synthetic.py) ran
+# earlier in the same worker.
+import av  # noqa: F401
 import pytest
 
 # The clusters started here run without token auth whatever the user's shell or

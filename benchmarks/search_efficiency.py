@@ -1,7 +1,7 @@
 """Does the search method pay? Measured in work (trial-epochs), over many seeds.
 
     # live: the embedded search itself, once per method and seed
-    python benchmarks/search_efficiency.py live [--seeds 0 1 2 3 4] [--budget-epochs 14] \
+    python benchmarks/search_efficiency.py live [--seeds 0 1 2 3 4] [--budget-epochs 24] \
         [--methods tpe+asha random+asha random+none] [--reuse METHOD ...] [--work DIR] \
         [-- JOB ARGS...]
     # record: every configuration of one random search trained to its last epoch
@@ -9,7 +9,7 @@
         [--experiment DIR [DIR ...]]
     # replay: hundreds of searches simulated on the recorded curves, in seconds
     python benchmarks/search_efficiency.py replay CURVES.json [--searches 200] \
-        [--budget-epochs 14 40]
+        [--budget-epochs 24 40]
     # same: did two runs of a search (one on a slowed machine, say) train the same trials
     # with the same figures in every epoch?
     python benchmarks/search_efficiency.py same EXPERIMENT EXPERIMENT
@@ -434,7 +434,7 @@ def replay(args: argparse.Namespace) -> dict:
         "random+median": ("random", "median"),
     }
     summary: dict = {"curves": args.curves, "rules": scores, "budgets": {}}
-    for budget in args.budget_epochs:
+    for budget in args.budget_epochs or [embedded("budget_epochs"), 40]:
         runs = []
         for method, (sampler, pruner) in methods.items():
             for seed in range(args.searches):
@@ -570,7 +570,9 @@ def main(argv: list[str] | None = None) -> dict:
     rep = modes.add_parser("replay", help="searches simulated on recorded curves")
     rep.add_argument("curves", nargs="+", help="curves.json written by record (one or more)")
     rep.add_argument("--searches", type=int, default=200, help="per method (seeds 0..N-1)")
-    rep.add_argument("--budget-epochs", nargs="+", type=int, default=[14, 40])
+    rep.add_argument(
+        "--budget-epochs", nargs="+", type=int, help="default: the embedded search's, and 40"
+    )
     rep.add_argument(
         "--patience", type=int, help="epochs before the chance rule (default: the search's)"
     )

@@ -1,9 +1,10 @@
 """Where a search trial's start goes, and how long the search waits between trials.
 
     # the embedded search (jobs/tune_t3d.py on its demo set) with the start-up work as it
-    # was and as it is, alternately, and each one's breakdown, side by side
+    # was, as it is without spare processes, and as it is, one after another, each one's
+    # breakdown and the whole job's time, side by side
     python benchmarks/trial_start.py run [--budget-epochs 8] [--seed 0] [--rounds 1] \
-        [--work DIR]
+        [--variants before no-spares after] [--work DIR]
     # the breakdown of an experiment already run (make demo's, for one)
     python benchmarks/trial_start.py read EXPERIMENT_DIR
     # a Train run of 3 short epochs, each reported with a checkpoint, with the Train
@@ -57,10 +58,18 @@ VARIANTS = {
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0",
         "RAYLAB_QUICK_START": "0",
     },
+    # All of it but the spare processes each trial leaves for the next (raylab.train.spares).
+    "no-spares": {
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        "RAYLAB_QUICK_START": "1",
+        "RAYLAB_SPARES": "0",
+    },
     "after": {
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
         "RAYLAB_QUICK_START": "1",
+        "RAYLAB_SPARES": "1",
     },
 }
 
@@ -189,10 +198,12 @@ def search(work: Path, name: str, seed: int, budget: int, env: dict) -> Path:
     command = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), "--root", str(work)]
     command += ["--name", name, "--seed", str(seed), "--budget-epochs", str(budget)]
     print(f"{name}: searching for {budget} trial-epochs ({env})", file=sys.stderr, flush=True)
+    began = time.perf_counter()
     with log.open("w") as err:
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True, env=job_env)
     if done.returncode:
         raise SystemExit(f"{name} failed (log {log}):\n{log.read_text()[-3000:]}")
+    (experiment / "job_s.txt").write_text(f"{time.perf_counter() - began:.1f}\n")
     return experiment
 
 
@@ -215,18 +226,20 @@ def run(args: argparse.Namespace) -> dict:
             )
             print(f"\n## {variant}, round {r + 1}")
             rows = read(experiment)["rows"]
-            figures[variant] = summary(rows) | {"table": untimed_table(experiment)}
+            # The whole job: Ray's start, the search, the evaluation and the report.
+            job_s = float((experiment / "job_s.txt").read_text())
+            figures[variant] = summary(rows) | {"job_s": job_s, "table": untimed_table(experiment)}
         tables = [f.pop("table") for f in figures.values()]
         same = all(t == tables[0] for t in tables)
         out["rounds"].append({"figures": figures, "same_trial_table": same})
     print("\n## side by side (medians over a search's trials; seconds)")
     keys = ["extra_first_epoch_s", "max_extra_first_epoch_s", "gap_s", "max_gap_s"]
-    keys += ["data_wait_first", "data_wait_later"]
-    print(f"{'round':5s} {'variant':8s} " + " ".join(f"{k:>24s}" for k in keys))
+    keys += ["data_wait_first", "data_wait_later", "job_s"]
+    print(f"{'round':5s} {'variant':9s} " + " ".join(f"{k:>24s}" for k in keys))
     for r, entry in enumerate(out["rounds"], start=1):
         for variant, f in entry["figures"].items():
             cells = " ".join(f"{_f(f[k], '.3f'):>24s}" for k in keys)
-            print(f"{r:5d} {variant:8s} {cells}")
+            print(f"{r:5d} {variant:9s} {cells}")
         print(f"      same trial table in every variant: {entry['same_trial_table']}")
     return out
 

@@ -521,6 +521,7 @@ def loop_config(
     log_steps: bool = False,
     seed_drawn: bool = False,
     started_at: float | None = None,
+    spares: bool = False,
 ) -> dict:
     """What a per-worker loop is given: the run's config (as plain values, the form every
     checkpoint keeps), where its clips come from and the splits' row groups (their footers
@@ -530,7 +531,8 @@ def loop_config(
     the folder), where mid-epoch checkpoints go, whether each step's
     video ids are logged (``run_dir/steps/rank-N.jsonl``), whether the seed was drawn
     from fresh entropy (recorded) and when the run began (``started_at``, Unix time; now by
-    default), which its start-up timings count from (:class:`~raylab.train.worker.StartClock`)."""
+    default), which its start-up timings count from (:class:`~raylab.train.worker.StartClock`),
+    and whether its workers leave spare processes for the next trial's (``spares``)."""
     shards = Shards.open(data.shards)
     groups = {"train": row_groups(shards, "train")}
     groups["val"] = row_groups(shards, data.val_split)
@@ -549,6 +551,7 @@ def loop_config(
         "log_steps": log_steps,
         "seed_drawn": seed_drawn,
         "started_at": time.time() if started_at is None else started_at,
+        "spares": spares,
     }
 
 
@@ -674,9 +677,22 @@ def run_epochs(run: dict, task: Task) -> None:
         metrics |= val | run["extra_metrics"]
         reporter.end_epoch(epoch, metrics, task.line(metrics, config.epochs), epoch_state)
         clock.write(history)
+        if epoch == start_epoch and run.get("spares"):
+            _keep_worker_spares()
         if store and rank == 0:
             store.clear()  # the epoch's checkpoint supersedes its mid-epoch ones
     reporter.close()
+
+
+def _keep_worker_spares() -> None:
+    """Spares for the next trial's workers on this node, asked by its first worker."""
+    import ray.train
+
+    from raylab.train.spares import keep_worker_spares
+
+    context = ray.train.get_context()
+    if context.get_local_rank() == 0:
+        keep_worker_spares(context.get_local_world_size())
 
 
 def optimiser_and_schedule(model: torch.nn.Module, config: TrainConfig, steps_per_epoch: int):

@@ -174,6 +174,7 @@ def build_trainer(
     log_steps: bool = False,
     seed_drawn: bool = False,
     started_at: float | None = None,
+    spares: bool = False,
 ):
     """A TorchTrainer that trains ``config`` on the shards in ``data``, in ``config.workers``
     workers with a GPU each when ``use_gpu``.
@@ -189,6 +190,8 @@ def build_trainer(
     ``storage_path/name/config.json`` (local folders). ``seed_drawn``: the seed came from fresh
     entropy (it is recorded as such). ``started_at``: when the run began (Unix time; a
     search's trial passes its own start), which its start-up timings count from.
+    ``spares``: after the first epoch, each node's first worker starts spare worker
+    processes for the next trial's workers (:mod:`raylab.train.spares`).
     """
     shards = Shards.open(data.shards)  # read once: the workers are given it
     data = replace(data, shards=shards)
@@ -219,6 +222,7 @@ def build_trainer(
         log_steps=log_steps,
         seed_drawn=seed_drawn,
         started_at=started_at,
+        spares=spares,
     )
     return torch_trainer(
         train_loop,

@@ -51,6 +51,7 @@ def run_trial(
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from raylab.train import spares
     from raylab.train.trainer import DataOptions, build_trainer, quick_start
 
     # Tune's trial table is the progress display; per-trial data bars would garble it.
@@ -77,9 +78,12 @@ def run_trial(
         cpus_per_worker=options.cpus_per_worker,
         max_failures=1,
         keep_checkpoints=2,
-        callbacks=[TuneReportCallback()],
+        # Once its first epoch is in, the trial's processes start spares for the next's.
+        callbacks=[TuneReportCallback()]
+        + ([spares.KeepSpares.for_this_trial()] if spares.enabled() else []),
         extra_metrics=plan.cost | {"batch_size": plan.run.batch_size, "pruned": False},
         started_at=began,
+        spares=spares.enabled(),
     )
     result = trainer.fit()
     if result.error:

@@ -595,7 +595,8 @@ def test_the_best_trial_trains_again_exactly_from_its_record(resumed, run_job, t
 def test_each_trial_says_where_its_start_went(submitted):
     """benchmarks/trial_start.py reads a search's trials: for each trained one, its first
     epoch against its later ones, the points of its start in the order reached, and the
-    search's time between one trial's last epoch and the next one's start."""
+    search's time between one trial's last epoch and the next one's start; the second
+    trial starts in the processes the first left it."""
     rows = trial_start.trial_starts(submitted["copy"])
     assert [r["epochs"] for r in rows] == [2, 1]
     for row in rows:
@@ -607,6 +608,9 @@ def test_each_trial_says_where_its_start_went(submitted):
         assert row["train_s"][0] > 0 and row["val_s"][0] > 0
     assert rows[0]["steady"] is not None and rows[1]["steady"] is None  # 2 epochs, then 1
     assert "gap" not in rows[0] and rows[1]["gap"] > 0
+    # The second trial's Train worker ran in a process started before the trial: the spare
+    # the first trial left (raylab.train.spares). The first trial had none to take.
+    assert rows[0]["points"]["process"] > 0 > rows[1]["points"]["process"]
 
 
 def test_the_documented_command_runs_the_embedded_search():

@@ -16,7 +16,8 @@ controller) asks for spares of both kinds, as many as a trial starts on the node
 cluster, the first worker of each other node asks for its node's
 (:func:`keep_worker_spares`). The next trial takes them. A raylet starts at most as many
 processes at once as its node has CPUs and drops a request beyond that, so the spares are
-asked for one at a time, a moment apart, in a thread of their own.
+asked for one at a time, a moment apart, by one :class:`SpareKeeper` the search's driver
+starts: a trial of short epochs may end before its spares are all asked for.
 
 The spares are bare Python processes with Ray loaded (about half a second of a core
 each). Spares that had also imported torch (a ``worker_process_setup_hook``) started the
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 
@@ -74,9 +76,15 @@ def this_process_runtime_env() -> str:
     return ray._private.worker.global_worker.core_worker.get_current_runtime_env()
 
 
-def prestart(count: int, runtime_env: str, keep_alive_s: int = KEEP_ALIVE_S) -> bool:
-    """Ask this node's raylet to start ``count`` worker processes of this job for
-    ``runtime_env`` (serialised), kept ``keep_alive_s``. False if the call failed."""
+def prestart(
+    count: int,
+    runtime_env: str,
+    node_id: str | None = None,
+    keep_alive_s: int = KEEP_ALIVE_S,
+) -> bool:
+    """Ask the raylet of ``node_id`` (default: this process's node) to start ``count``
+    worker processes of this job for ``runtime_env`` (serialised), kept ``keep_alive_s``.
+    False if the call failed."""
     global _failed
     if count < 1:
         return True
@@ -90,7 +98,8 @@ def prestart(count: int, runtime_env: str, keep_alive_s: int = KEEP_ALIVE_S) -> 
         )
 
         context = ray.get_runtime_context()
-        node = next(n for n in ray.nodes() if n["NodeID"] == context.get_node_id())
+        node_id = node_id or context.get_node_id()
+        node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
         info = runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env=runtime_env)
         request = node_manager_pb2.PrestartWorkersRequest(
             language=common_pb2.Language.PYTHON,
@@ -112,20 +121,53 @@ def prestart(count: int, runtime_env: str, keep_alive_s: int = KEEP_ALIVE_S) -> 
         return False
 
 
-def ask_in_turn(requests: list[tuple[int, str]], pause_s: float = PAUSE_S) -> threading.Thread:
-    """Ask for ``(count, runtime_env)`` spares one process at a time, ``pause_s`` apart, in
-    a daemon thread (returned, started)."""
+Request = tuple[int, str, str]  # (processes, serialised runtime environment, node id)
 
-    def run() -> None:
-        for count, runtime_env in requests:
-            for _ in range(count):
-                if not prestart(1, runtime_env):
-                    return
-                time.sleep(pause_s)
 
-    thread = threading.Thread(target=run, name="raylab-spares", daemon=True)
-    thread.start()
-    return thread
+def _ask_in_turn(requests: list[Request], pause_s: float) -> None:
+    for count, runtime_env, node_id in requests:
+        for _ in range(count):
+            if not prestart(1, runtime_env, node_id):
+                return
+            time.sleep(pause_s)
+
+
+class SpareKeeper:
+    """The search's one asker of spares (an actor its driver starts: :func:`start_keeper`):
+    it outlives the trials that ask, whose processes may end a moment after their first
+    epoch, and asks for one process at a time, ``pause_s`` apart, whoever asked."""
+
+    def __init__(self, pause_s: float = PAUSE_S) -> None:
+        self.pause_s = pause_s
+        self.requests: queue.Queue = queue.Queue()
+        threading.Thread(target=self._serve, name="raylab-spares", daemon=True).start()
+
+    def ask(self, requests: list[Request]) -> None:
+        self.requests.put(requests)
+
+    def _serve(self) -> None:
+        while True:
+            _ask_in_turn(self.requests.get(), self.pause_s)
+
+
+KEEPER = "raylab-spare-keeper"
+
+
+def start_keeper():
+    """Start the search's :class:`SpareKeeper` (in its driver, which holds the returned
+    handle: the keeper lives as long as the search)."""
+    return ray.remote(num_cpus=0)(SpareKeeper).options(name=KEEPER, get_if_exists=True).remote()
+
+
+def ask(requests: list[Request]) -> None:
+    """Hand ``requests`` to the search's keeper; without one (a run outside a search), ask in
+    a thread of this process."""
+    try:
+        keeper = ray.get_actor(KEEPER)
+    except ValueError:
+        threading.Thread(target=_ask_in_turn, args=(requests, PAUSE_S), daemon=True).start()
+        return
+    keeper.ask.remote(requests)
 
 
 def _single_node() -> bool:
@@ -136,7 +178,8 @@ def keep_worker_spares(local_workers: int) -> None:
     """On a cluster, spares for the next trial's workers and decode task on this node (the
     Train worker of local rank 0 calls it); on one machine the controller asks for them."""
     if not _single_node():
-        ask_in_turn([(local_workers + DECODERS, this_process_runtime_env())])
+        node = ray.get_runtime_context().get_node_id()
+        ask([(local_workers + DECODERS, this_process_runtime_env(), node)])
 
 
 class KeepSpares(UserCallback):
@@ -160,4 +203,5 @@ class KeepSpares(UserCallback):
         here = CONTROLLER_PROCESSES
         if _single_node():  # the workers run here too
             here += run_context.scaling_config.num_workers + DECODERS
-        ask_in_turn([(TRIAL_PROCESSES, self.trial_env), (here, this_process_runtime_env())])
+        node = ray.get_runtime_context().get_node_id()  # the trial's too: the head
+        ask([(TRIAL_PROCESSES, self.trial_env, node), (here, this_process_runtime_env(), node)])

@@ -122,13 +122,18 @@ def _searcher_class():
     return StudySearch
 
 
+_spare_keeper = None  # the search's SpareKeeper, held by its driver
+
+
 def share_across_trials() -> None:
     """Start in the search's driver what every trial would otherwise start again: Ray Data's
     statistics actor. A trial's first dataset creates it inside the trial's placement group
     (Tune's trial groups take in what their actors start), so it dies with the trial and
     the next trial starts another process; created here, outside any group, one serves them
-    all. ``RAYLAB_QUICK_START=0`` leaves it to the trials (``benchmarks/trial_start.py``
-    compares the two)."""
+    all. And the keeper that asks for each trial's spare processes
+    (:class:`raylab.train.spares.SpareKeeper`), which must outlive the trials. Neither with
+    ``RAYLAB_QUICK_START=0`` (``benchmarks/trial_start.py`` compares the two)."""
+    from raylab.train import spares
     from raylab.train.trainer import quick_start
 
     if not quick_start():
@@ -136,6 +141,9 @@ def share_across_trials() -> None:
     from ray.data._internal.stats import get_or_create_stats_actor
 
     get_or_create_stats_actor()
+    if spares.enabled():
+        global _spare_keeper
+        _spare_keeper = spares.start_keeper()  # held here: it lives as long as the search
 
 
 def study_sampler(options: TuneOptions):

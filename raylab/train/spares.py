@@ -19,11 +19,10 @@ processes at once as its node has CPUs and drops a request beyond that, so the s
 asked for one at a time, a moment apart, by one :class:`SpareKeeper` the search's driver
 starts: a trial of short epochs may end before its spares are all asked for.
 
-The spares are bare Python processes with Ray loaded (about half a second of a core
-each). Spares that had also imported torch (a ``worker_process_setup_hook``) started the
-next trial's first epoch within 1-2.5 s of its later ones, but on two cores their imports
-cost the running trial more than they saved the next (docs/results.md, "Trial start"), and
-torch's thread pool, sized before Ray gave the process its CPUs, changed the figures.
+The spares are bare Python processes with Ray loaded (about half a second of a core each):
+ones that imported torch as well would start the next trial sooner but cost the running
+trial more on two cores, and size torch's thread pool before Ray gives the process its CPUs
+(docs/results.md, "Trial start").
 
 ``PrestartWorkers`` is the raylet's gRPC service, not a public Ray API: a failed call is
 logged once and costs only the time it would have saved.
@@ -40,11 +39,8 @@ import time
 import ray
 from ray.train import UserCallback
 
-# Processes a trial starts, by kind. The trial's: Tune's trial actor and the queue its
-# reports travel by. The controller's: the controller, its placement-group cleaner,
-# synchronisation actor and dataset manager; then, on each worker's node, the worker and
-# a decode task's process (a trial's decode tasks run in its placement group, whose
-# processes Ray ends with it).
+# Processes a trial starts, by kind (see above): the trial's two; the controller's four,
+# and on each worker's node, the workers and a decode task's process.
 TRIAL_PROCESSES = 2
 CONTROLLER_PROCESSES = 4
 DECODERS = 1

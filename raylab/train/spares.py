@@ -58,12 +58,14 @@ _failed = False
 
 
 def enabled() -> bool:
-    """Whether searches keep spares: with raylab's other start-up cuts
-    (:func:`raylab.train.trainer.quick_start`), unless the environment says
-    ``RAYLAB_SPARES=0`` (``benchmarks/trial_start.py`` measures the difference)."""
+    """Whether searches keep spares: when the environment says ``RAYLAB_SPARES=1``, with
+    raylab's other start-up cuts (:func:`raylab.train.trainer.quick_start`). Off by default:
+    on two cores they do not shorten the search, and the raylet, counting the spares beside
+    a trial's processes, warns on the console once a node has 4x its CPUs in Python workers
+    (``benchmarks/trial_start.py`` measures them, docs/results.md)."""
     from raylab.train.trainer import quick_start
 
-    return quick_start() and os.environ.get("RAYLAB_SPARES", "1") != "0"
+    return quick_start() and os.environ.get("RAYLAB_SPARES", "0") == "1"
 
 
 def this_process_runtime_env() -> str:

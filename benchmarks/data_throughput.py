@@ -1,6 +1,7 @@
 """Clips/s of the clip pipeline against its raw bound and against a per-file loader.
 
-    python benchmarks/data_throughput.py [--source-size 320x240] [--videos 48] [--workers 2]
+    python benchmarks/data_throughput.py [--source-size 320x240] [--videos 48] [--workers 2] \
+        [--task-videos 8]
 
 Measured side by side in one run, on the same videos and the same number of processes:
   (a) raw bound: decord decoding exactly the sampled frames from the shard bytes, in a
@@ -8,7 +9,9 @@ Measured side by side in one run, on the same videos and the same number of proc
   (b) the Ray Data pipeline as training reads it: decode tasks -> batches in the epoch
       plan's order (``planned_batches``), with Ray Data's scheduling loop paced as training
       runs it, and the same unpaced, pass for pass alternately (what the pace costs a pass
-      that only waits on decoding, as a GPU trainer's does);
+      that only waits on decoding, as a GPU trainer's does), and the same with decode tasks
+      of ``--task-videos`` videos each (8, one unit, by default: every task's size before
+      tasks took a window of the plan);
   (c) per-file baseline: a torch DataLoader whose ``workers`` open each source video,
       decode the clip's frames at source resolution and resize + crop them per sample,
       as MMAction2- and PyTorchVideo-style loaders do.
@@ -42,6 +45,7 @@ from raylab.config import ClipConfig
 from raylab.data.clips import choose_rendition
 from raylab.data.decode import open_video, scaled_size
 from raylab.data.ingest import EncodeParams, ingest
+from raylab.data.pipeline import task_videos
 from raylab.data.sampling import dense_clip_indices
 from raylab.data.storage import rendition_column
 
@@ -160,11 +164,15 @@ def cpu_split(before: dict, after: dict, seconds: float) -> dict[str, float]:
     return dict(sorted(cores.items(), key=lambda kv: -kv[1]))
 
 
-def ray_pipeline(shards: Path, spec: ClipConfig, passes: int) -> dict[str, dict]:
+def ray_pipeline(
+    shards: Path, spec: ClipConfig, passes: int, task_sizes: tuple[int, ...] = ()
+) -> dict[str, dict]:
     """Clips/s through clip_dataset, decode tasks as the CPUs allow, with Ray Data's
-    scheduling loop paced (as training reads it) and unpaced, pass for pass alternately
-    after a warm-up pass of each: per kind, clips/s, CPU-seconds per clip (Ray's idle rate,
-    measured after the warm-up, taken off) and the cores each kind of process used.
+    scheduling loop paced (as training reads it) and unpaced, and paced with each of
+    ``task_sizes`` videos a decode task in place of training's default, pass for pass
+    alternately after a warm-up pass of each: per kind, clips/s, CPU-seconds per clip (Ray's
+    idle rate, measured after the warm-up, taken off) and the cores each kind of process
+    used.
 
     No cap on decode tasks (as jobs/train.py runs it): Ray Data counts a finished task
     against the cap until it has collected its output, so a cap of one task per core kept
@@ -179,9 +187,13 @@ def ray_pipeline(shards: Path, spec: ClipConfig, passes: int) -> dict[str, dict]
     clip = ClipConfig(frames=spec.frames, stride=spec.stride, size=spec.size)
     videos = source.manifest.splits["train"]
     kinds = {
-        kind: clip_dataset(source, "train", clip, train=True, videos_per_batch=16, paced=paced)
+        kind: clip_dataset(source, "train", clip, train=True, paced=paced)
         for kind, paced in (("paced", True), ("unpaced", False))
     }
+    for n in task_sizes:
+        kinds[f"paced, {n} videos a task"] = clip_dataset(
+            source, "train", clip, train=True, videos_per_task=n
+        )
 
     def one_pass(ds):  # as a training worker reads it: batches of 16 in the plan's order
         return sum(len(b["label"]) for b in planned_batches(ds, 16, 0, videos, prefetch_blocks=4))
@@ -286,6 +298,13 @@ def main() -> None:
     p.add_argument("--video-frames", type=int, default=64, help="frames per demo video")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--passes", type=int, default=3)
+    p.add_argument(
+        "--task-videos",
+        type=int,
+        nargs="*",
+        default=[8],
+        help="also time (b) with decode tasks of this many videos (8: one unit, as before)",
+    )
     p.add_argument("--keyframe-interval", type=int, default=EncodeParams.keyframe_interval)
     p.add_argument(
         "--repeat",
@@ -348,7 +367,7 @@ def main() -> None:
     # and a decode task holds its CPU until its output is collected (see ray_pipeline).
     ray.init(num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    piped = ray_pipeline(shards, spec, args.passes)
+    piped = ray_pipeline(shards, spec, args.passes, tuple(args.task_videos))
     b, b_cpu = piped["paced"]["clips_per_s"], piped["paced"]["cpu_s_per_clip"]
     b0, b0_cpu = piped["unpaced"]["clips_per_s"], piped["unpaced"]["cpu_s_per_clip"]
     c = per_file(paths, spec, args.workers, args.passes)
@@ -364,6 +383,9 @@ def main() -> None:
     print(f"(a) raw decord bound      {a:8.1f} clips/s")
     print(f"(b) Ray Data pipeline     {b:8.1f} clips/s   (scheduling loop paced, as trained)")
     print(f"    the same, unpaced     {b0:8.1f} clips/s   (paced / unpaced = {b / b0:.2f})")
+    others = {kind: run for kind, run in piped.items() if kind not in ("paced", "unpaced")}
+    for kind, run in others.items():
+        print(f"    {kind + ':':22s}{run['clips_per_s']:8.1f} clips/s")
     print(f"(c) per-file DataLoader   {c:8.1f} clips/s")
     print(f"(b)/(a) = {b / a:.2f}   (b)/(c) = {b / c:.2f}")
     print(
@@ -371,6 +393,11 @@ def main() -> None:
         f"(b unpaced) {b0_cpu * 1e3:.1f} ms  (b)/(a) = {b_cpu / a_cpu:.2f}   "
         "(machine's idle busy time taken off)"
     )
+    videos = task_videos(spec, train=True)
+    print(f"    decode tasks of {videos} videos (training's default for this clip)")
+    for kind, run in others.items():
+        cpu = run["cpu_s_per_clip"]
+        print(f"    {kind}: {cpu * 1e3:.1f} ms  ({cpu / a_cpu:.2f} of (a))")
     for kind, run in piped.items():
         print(f"cores in use during (b) {kind}, of {os.cpu_count()}:")
         for name, used in run["cores"].items():
@@ -392,6 +419,15 @@ def main() -> None:
                 "b_cpu_s_per_clip": b_cpu,
                 "b_unpaced_cpu_s_per_clip": b0_cpu,
                 "cpu_b_over_a": b_cpu / a_cpu,
+                "task_videos": videos,
+                "other_tasks": {
+                    kind: {
+                        "clips_per_s": run["clips_per_s"],
+                        "cpu_s_per_clip": run["cpu_s_per_clip"],
+                        "cpu_over_a": run["cpu_s_per_clip"] / a_cpu,
+                    }
+                    for kind, run in others.items()
+                },
             }
         )
     )

@@ -1,12 +1,14 @@
 """The Ray Data clip pipeline: Parquet shards -> decode tasks -> uint8 clip rows.
 
 A pass is one epoch of one rank's plan (:mod:`raylab.data.plan`): which videos, in which
-order. Decode tasks on CPU nodes each read the rows of a Parquet row group that one unit
-of the plan names (only the columns a clip needs, and only the one rendition it decodes
-from) and turn those videos into clip rows ``{clip: uint8 [T, H, W, 3], label, video_id,
-view, error, position}``; each clip's draws come from ``(seed, epoch, video)``. Delivery
-keeps the units' order, and :func:`planned_batches` puts the rows back into the plan's
-order before batching, so the batches of an epoch are a function of the seed. A Train
+order. Decode tasks on CPU nodes each take a few units of the plan (a unit: the rows of a
+Parquet row group that fall in one shuffle window, :func:`task_spans` says how many units
+a task takes), read those rows (only the columns a clip needs, and only the one rendition
+it decodes from) and turn the videos into clip rows ``{clip: uint8 [T, H, W, 3], label,
+video_id, view, error, position}``; each clip's draws come from ``(seed, epoch, video)``.
+Rows arrive as tasks finish, and
+:func:`planned_batches` puts them back into the plan's order before batching, so the
+batches of an epoch are a function of the seed. A Train
 worker makes the uint8 clips float and normalises them on its device (a quarter of
 float32's traffic through the object store). Evaluation views are not random: every
 evaluation pass is the same.
@@ -15,11 +17,13 @@ evaluation pass is the same.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 from ray.data.collate_fn import NumpyBatchCollateFn
@@ -178,7 +182,6 @@ class UnitDecoder:
         self.decoder, self.columns, self.shards = decoder, columns, shards
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         tables, positions = [], []
@@ -193,6 +196,57 @@ class UnitDecoder:
         rows = pa.concat_tables(tables)
         videos = {name: rows.column(name).to_numpy() for name in self.columns}
         return self.decoder(videos | {"position": np.asarray(positions, np.int64)})
+
+
+# What one decode task takes on. A task has a fixed cost of about 15 ms of CPU, most of it
+# Ray Data's bookkeeping in the consuming process (the trainer's), the rest Ray's task and
+# the raylet's, and so does each block a task hands on: tasks of one unit (8 videos) paid
+# 1.8 ms a clip for it (benchmarks/data_throughput.py). Bounded in bytes, because a task
+# holds its clips twice (the rows, then its output block), and in videos, which one
+# decoder takes from the others at a pass's end.
+TASK_BYTES = 64 * 2**20
+TASK_VIDEOS = 64
+UNIT_VIDEOS = 8  # videos of one decode unit at most (decode_units)
+
+
+def task_videos(clip: ClipConfig, train: bool) -> int:
+    """The most videos a decode task takes by default: as many whole units as
+    ``TASK_BYTES`` of decoded views hold (at least one unit, at most ``TASK_VIDEOS``
+    videos); or as many as the environment's ``RAYLAB_TASK_VIDEOS`` says (8 was every
+    task's size before)."""
+    if os.environ.get("RAYLAB_TASK_VIDEOS"):
+        return max(1, int(os.environ["RAYLAB_TASK_VIDEOS"]))
+    video_bytes = clip.views(train) * clip.frames * clip.size**2 * clip.channels
+    units = min(TASK_BYTES // (UNIT_VIDEOS * video_bytes), TASK_VIDEOS // UNIT_VIDEOS)
+    return UNIT_VIDEOS * max(1, units)
+
+
+def task_spans(windows: list[int], most: int) -> list[tuple[int, int]]:
+    """How a pass's units are cut into decode tasks, as ``[start, end)`` spans of the units
+    in plan order, given each unit's shuffle window: a unit a task in the pass's first
+    window, so that its first batch waits for little, then a task a window (in equal parts
+    when it has more than ``most`` units).
+
+    A task hands on its rows when it ends, and a window's videos are spread over its units
+    (each the videos of one row group), so a task that held part of a window would hold
+    back the rows the trainer needs next; a whole window decodes while the trainer trains
+    on the one before. Tasks of 2, 4 and 8 units cut across windows had the trainer of a
+    demo T3D wait 6.6-7.5% of its later epochs, against 2.8-4.7% at a unit a task.
+    """
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while start < len(windows):
+        end = start + 1
+        while end < len(windows) and windows[end] == windows[start]:
+            end += 1
+        if windows[start] == windows[0]:
+            spans.extend((i, i + 1) for i in range(start, end))
+        else:  # the window in equal parts of at most ``most`` units
+            parts = -(-(end - start) // max(1, most))
+            cuts = [start + (end - start) * k // parts for k in range(parts + 1)]
+            spans.extend(zip(cuts[:-1], cuts[1:], strict=True))
+        start = end
+    return spans
 
 
 # The shortest step of Ray Data's scheduling loop in a pass's consuming process, once it
@@ -242,7 +296,7 @@ def clip_dataset(
     decoders: int | None = None,
     decoder_cpus: float = 1.0,
     decoder_resource: str | None = None,
-    videos_per_batch: int = 8,
+    videos_per_task: int | None = None,
     paced: bool = True,
 ):
     """A ``ray.data.Dataset`` of ``clip``'s rows of one epoch's pass over one split of an
@@ -265,9 +319,10 @@ def clip_dataset(
     nodes). Ray Data counts a finished task against the cap until it has collected the
     task's output: a cap of one task per core kept ~1.2 running on two cores
     (``benchmarks/data_throughput.py``), so cap above the number meant to run.
-    ``videos_per_batch``: videos a decode task takes, as whole units of up to 8 (at least
-    one unit). Rows leave in the order their tasks finish: :func:`planned_rows` puts them in
-    the plan's order. ``paced``: Ray Data's scheduling loop is paced while it spins
+    ``videos_per_task``: the most videos a decode task takes, as whole units of up to 8 (at
+    least one unit; a pass's first tasks take one, :func:`task_spans`); by default
+    :func:`task_videos`. Rows leave a task at a time, in the order tasks finish:
+    :func:`planned_rows` puts them in the plan's order. ``paced``: Ray Data's scheduling loop is paced while it spins
     (:class:`PacedSchedulingLoop`); off only to measure what that costs.
     """
     import ray
@@ -284,17 +339,24 @@ def clip_dataset(
     if plan is None:
         rows = [g["rows"] for g in groups]
         plan = train_plan(rows, seed=seed, epoch=epoch, window=window) if train else eval_plan(rows)
-    units = decode_units(plan, groups, start=start, window=window)
-    # One block per unit, so that decode tasks take units whole; a unit's few bytes are a
-    # task's whole input: it reads its videos itself.
-    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+    units = decode_units(plan, groups, start=start, window=window, videos=UNIT_VIDEOS)
+    most = max(1, (videos_per_task or task_videos(clip, train)) // UNIT_VIDEOS)
+    windows = [u["positions"][0] // max(1, window) for u in units]
+    # One block per task, holding whole units; a unit's few bytes are a task's whole input:
+    # it reads its videos itself.
+    if units:
+        ds = ray.data.from_arrow(
+            [pa.Table.from_pylist(units[a:b]) for a, b in task_spans(windows, most)]
+        )
+    else:
+        ds = ray.data.from_items([])
     # Units leave as their tasks finish; planned_rows puts their rows in the plan's order
     # (Ray Data's preserve_order held every unit behind the slowest earlier one: at two
     # workers on two cores, 25% fewer clips/s; benchmarks/determinism_cost.py).
     columns = ["video_id", "label", "height", "width", column]
     decoded = ds.map_batches(
         UnitDecoder(ClipDecoder(clip, train, column, seed, epoch), columns, shards),
-        batch_size=max(1, videos_per_batch // 8),  # units (of up to 8 videos) per task
+        batch_size=None,  # a block, one task's units, at once
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=decoders),
         num_cpus=decoder_cpus,

@@ -20,6 +20,9 @@ from raylab.data.decode import open_video, sample_views, scaled_size
 from raylab.data.pipeline import (
     LOOP_STEP_S,
     QUICK_STEPS,
+    TASK_BYTES,
+    TASK_VIDEOS,
+    UNIT_VIDEOS,
     ClipTensors,
     PacedSchedulingLoop,
     UnitDecoder,
@@ -27,6 +30,8 @@ from raylab.data.pipeline import (
     planned_batches,
     planned_rows,
     row_groups,
+    task_spans,
+    task_videos,
 )
 from raylab.data.plan import decode_units, eval_plan
 from raylab.data.sampling import sample_rng
@@ -108,7 +113,7 @@ def test_epochs_visit_row_groups_in_a_new_order(demo_shards, tmp_path, ray_sessi
 
     def epoch(n: int) -> tuple[str, ...]:
         ds = clip_dataset(
-            tmp_path, "train", ClipConfig(frames=4, size=32), epoch=n, videos_per_batch=2
+            tmp_path, "train", ClipConfig(frames=4, size=32), epoch=n, videos_per_task=2
         )
         rows = list(planned_rows(ds.iter_batches(batch_size=None), 0, table.num_rows))
         assert [int(r["position"]) for r in rows] == list(range(table.num_rows))
@@ -117,6 +122,63 @@ def test_epochs_visit_row_groups_in_a_new_order(demo_shards, tmp_path, ray_sessi
     orders = [epoch(n) for n in range(3)]
     assert all(sorted(o) == sorted(table["video_id"].to_pylist()) for o in orders)
     assert len({o[:2] for o in orders}) > 1
+
+
+def test_decode_tasks_take_whole_units_up_to_their_bytes():
+    small = ClipConfig(frames=4, size=32)
+    assert task_videos(small, train=True) == TASK_VIDEOS  # few bytes: the most videos
+    for clip in (ClipConfig(frames=16, size=112), ClipConfig(frames=64, size=224)):
+        for train in (True, False):
+            n = task_videos(clip, train)
+            assert n % UNIT_VIDEOS == 0 and UNIT_VIDEOS <= n <= TASK_VIDEOS
+            view = clip.frames * clip.size**2 * clip.channels
+            assert n == UNIT_VIDEOS or n * clip.views(train) * view <= TASK_BYTES
+    big = ClipConfig(frames=32, size=112, test_clips=2, test_crops=3)  # six views a video
+    assert task_videos(big, train=False) == UNIT_VIDEOS < task_videos(big, train=True)
+
+
+def test_tasks_take_a_unit_in_the_first_window_then_a_window():
+    assert task_spans([], 8) == []
+    assert task_spans([0, 0, 0, 1, 1, 1, 1, 2], 8) == [(0, 1), (1, 2), (2, 3), (3, 7), (7, 8)]
+    assert task_spans([0, 0, 1, 1, 1, 2], 2) == [(0, 1), (1, 2), (2, 3), (3, 5), (5, 6)]
+    assert task_spans([0] + [1] * 8, 6) == [(0, 1), (1, 5), (5, 9)]  # 8 units: 4 and 4
+    assert task_spans([3, 4, 4], 1) == [(0, 1), (1, 2), (2, 3)]  # a resumed pass
+
+
+def test_a_pass_decodes_a_window_a_task_after_its_first(demo_shards, tmp_path, ray_session):
+    """The train split six times over, 8 videos a row group (units of 8, windows of 64
+    videos): by default the first window decodes a unit a task and each later one in one
+    task; at one unit a task, a task a unit. Every video comes back as often as it is
+    listed."""
+    import re
+    import shutil
+    from collections import Counter
+
+    import pyarrow as pa
+
+    shutil.copy(demo_shards / "manifest.json", tmp_path / "manifest.json")
+    (tmp_path / "train").mkdir()
+    table = pq.read_table(sorted((demo_shards / "train").glob("*.parquet")))
+    table = pa.concat_tables([table] * 6)
+    pq.write_table(table, tmp_path / "train" / "part-00000.parquet", row_group_size=8)
+    clip = ClipConfig(frames=4, size=32)
+    assert task_videos(clip, train=False) == 64  # a window a task
+    units = len(row_groups(tmp_path, "train"))
+    assert units == table.num_rows // 8 > 8
+
+    def tasks_and_blocks(videos_per_task: int | None) -> tuple[int, list[int]]:
+        ds = clip_dataset(tmp_path, "train", clip, train=False, videos_per_task=videos_per_task)
+        out = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        videos = np.concatenate([b["video_id"] for b in out])
+        assert Counter(videos) == Counter(table["video_id"].to_pylist())
+        tasks = re.search(r"MapBatches\(UnitDecoder\): (\d+) tasks executed", ds.stats())
+        return int(tasks.group(1)), sorted(len(b["label"]) for b in out)
+
+    later = [64] * (table.num_rows // 64 - 1) + (
+        [table.num_rows % 64] if table.num_rows % 64 else []
+    )
+    assert tasks_and_blocks(None) == (8 + len(later), sorted([8] * 8 + later))
+    assert tasks_and_blocks(UNIT_VIDEOS) == (units, [8] * units)
 
 
 def test_a_seeded_epoch_replays_exactly_in_the_same_order(demo_shards, ray_session):

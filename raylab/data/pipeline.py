@@ -198,12 +198,12 @@ class UnitDecoder:
         return self.decoder(videos | {"position": np.asarray(positions, np.int64)})
 
 
-# What one decode task takes on. A task has a fixed cost of about 15 ms of CPU, most of it
-# Ray Data's bookkeeping in the consuming process (the trainer's), the rest Ray's task and
-# the raylet's, and so does each block a task hands on: tasks of one unit (8 videos) paid
-# 1.8 ms a clip for it (benchmarks/data_throughput.py). Bounded in bytes, because a task
-# holds its clips twice (the rows, then its output block), and in videos, which one
-# decoder takes from the others at a pass's end.
+# What one decode task takes on. A task has a fixed cost of some 20 ms of CPU, shared by
+# the decode process, Ray Data's bookkeeping in the process that reads the pass (the
+# trainer's) and the raylet, and so does each block a task hands on: tasks of one unit
+# (8 videos) cost 2.3 ms a clip more than tasks of a window (benchmarks/data_throughput.py).
+# Bounded in bytes, because a task holds its clips twice (the rows, then its output
+# block), and in videos, which one decoder takes from the others at a pass's end.
 TASK_BYTES = 64 * 2**20
 TASK_VIDEOS = 64
 UNIT_VIDEOS = 8  # videos of one decode unit at most (decode_units)

@@ -2,10 +2,10 @@
 
     # the embedded search (jobs/tune_t3d.py on its demo set) with the start-up work as it
     # was, as it is without spare processes (with decode tasks of one unit each, too:
-    # unit-tasks), and as it is, one after another, each one's breakdown and the whole
-    # job's time, side by side
+    # unit-tasks; and every validation pass decoded too: decode-before), and as it is, one
+    # after another, each one's breakdown and the whole job's time, side by side
     python benchmarks/trial_start.py run [--budget-epochs 8] [--seed 0] [--rounds 1] \
-        [--variants before unit-tasks no-spares after] [--work DIR]
+        [--variants before unit-tasks decode-before no-spares after] [--work DIR]
     # the breakdown of an experiment already run (make demo's, for one)
     python benchmarks/trial_start.py read EXPERIMENT_DIR
     # a Train run of 3 short epochs, each reported with a checkpoint, with the Train
@@ -74,6 +74,16 @@ VARIANTS = {
         "RAYLAB_QUICK_START": "1",
         "RAYLAB_SPARES": "0",
         "RAYLAB_TASK_VIDEOS": "8",
+    },
+    # As no-spares, with the data pipeline as it was before validation passes were kept
+    # (raylab.train.epoch.DataOptions.val_keep_bytes) and with decode tasks of a unit.
+    "decode-before": {
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        "RAYLAB_QUICK_START": "1",
+        "RAYLAB_SPARES": "0",
+        "RAYLAB_TASK_VIDEOS": "8",
+        "RAYLAB_VAL_KEEP_BYTES": "0",
     },
     "after": {
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -245,11 +255,11 @@ def run(args: argparse.Namespace) -> dict:
     print("\n## side by side (medians over a search's trials; seconds)")
     keys = ["extra_first_epoch_s", "max_extra_first_epoch_s", "gap_s", "max_gap_s"]
     keys += ["data_wait_first", "data_wait_later", "job_s"]
-    print(f"{'round':5s} {'variant':10s} " + " ".join(f"{k:>24s}" for k in keys))
+    print(f"{'round':5s} {'variant':13s} " + " ".join(f"{k:>24s}" for k in keys))
     for r, entry in enumerate(out["rounds"], start=1):
         for variant, f in entry["figures"].items():
             cells = " ".join(f"{_f(f[k], '.3f'):>24s}" for k in keys)
-            print(f"{r:5d} {variant:10s} {cells}")
+            print(f"{r:5d} {variant:13s} {cells}")
         print(f"      same trial table in every variant: {entry['same_trial_table']}")
     return out
 

@@ -27,7 +27,7 @@ import os
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -131,6 +131,13 @@ class DataOptions:
     # Start each pass's pipeline before the trainer asks for it (Lookahead). The same clips
     # in the same order, sooner. False: each pass starts when its first batch is asked for.
     lookahead: bool = True
+    # A rank's validation batches are the same every epoch (evaluation views are not
+    # random): up to this many bytes of them are kept after the first pass and handed over
+    # again, not decoded again, which leaves the decoders to the next training pass.
+    # 0: every validation pass decodes. The environment's RAYLAB_VAL_KEEP_BYTES sets it.
+    val_keep_bytes: int = field(
+        default_factory=lambda: int(os.environ.get("RAYLAB_VAL_KEEP_BYTES", 512 * 2**20))
+    )
 
 
 class EpochData:
@@ -146,6 +153,7 @@ class EpochData:
         self.shards = Shards.open(data.shards)
         quiet_data_console()
         self.train_groups, self.val_groups = groups["train"], groups["val"]
+        self.val_kept: list[dict] | None = None  # the validation pass, once it fits
 
     def _common(self) -> dict:
         d = self.data
@@ -201,7 +209,11 @@ class EpochData:
 
     def val(self, on_delivered=None) -> Iterator[dict]:
         """This rank's part of the validation videos, the same every time;
-        ``on_delivered()`` as in :meth:`train`."""
+        ``on_delivered()`` as in :meth:`train`. Decoded the first time and kept when its
+        batches fit ``DataOptions.val_keep_bytes``; then handed over as kept (their
+        ``on_delivered()`` at once)."""
+        if self.val_kept is not None:
+            return _replayed(self.val_kept, on_delivered)
         plan = eval_plan([g["rows"] for g in self.val_groups], rank=self.rank, world=self.world)
         ds = clip_dataset(
             self.shards,
@@ -212,9 +224,31 @@ class EpochData:
             groups=self.val_groups,
             **self._common(),
         )
-        return self._batches(
+        batches = self._batches(
             ds, 0, len(plan), self.config.clip.test_views, on_delivered=on_delivered
         )
+        return self._keeping(batches) if self.data.val_keep_bytes > 0 else batches
+
+    def _keeping(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """``batches``, kept as :attr:`val_kept` once all have passed, if they fit."""
+        kept: list[dict] | None = []
+        size = 0
+        for batch in batches:
+            if kept is not None:
+                size += sum(v.nbytes for v in batch.values())
+                if size <= self.data.val_keep_bytes:
+                    kept.append(batch)
+                else:
+                    kept = None
+            yield batch
+        if kept is not None:
+            self.val_kept = kept
+
+
+def _replayed(batches: list[dict], on_delivered=None) -> Iterator[dict]:
+    if on_delivered is not None:
+        on_delivered()
+    yield from batches
 
 
 def quiet_data_console() -> None:

@@ -3,6 +3,7 @@ the read-ahead and the passes started ahead of the trainer."""
 
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,6 +114,37 @@ def test_each_pass_starts_before_the_one_before_it_ends(demo_shards):
     assert _ids(early.train(1, plans[1], 0)) == wanted[1]
     off = EpochData(DataOptions(shards=demo_shards, lookahead=False), groups, config, 0, 1)
     assert not Lookahead(off, 2).on
+
+
+def test_validation_is_decoded_once_and_handed_over_again_when_it_fits(demo_shards):
+    """The second validation pass hands over the first one's batches, not newly decoded
+    ones, and calls on_delivered before the first; above val_keep_bytes every pass
+    decodes. The batches are the same either way."""
+    from raylab.data.clips import ClipConfig
+    from raylab.data.pipeline import row_groups
+
+    config = TrainConfig(epochs=2, batch_size=2, clip=ClipConfig(frames=4, size=32))
+    groups = {split: row_groups(demo_shards, split) for split in ("train", "val")}
+
+    def passes(keep_bytes: int) -> tuple[list[dict], list[dict], list[str]]:
+        data = EpochData(
+            DataOptions(shards=demo_shards, val_keep_bytes=keep_bytes), groups, config, 0, 1
+        )
+        first = list(data.val())
+        events: list[str] = []
+        second = []
+        for batch in data.val(on_delivered=lambda: events.append("delivered")):
+            events.append("batch")
+            second.append(batch)
+        return first, second, events
+
+    first, second, events = passes(DataOptions(shards=demo_shards).val_keep_bytes)
+    assert len(first) > 1 and all(a is b for a, b in zip(first, second, strict=True))
+    assert events[0] == "delivered" and events.count("batch") == len(first)
+    small_first, small_second, _ = passes(first[0]["clip"].nbytes)  # not even a batch fits
+    assert not any(a is b for a, b in zip(small_first, small_second, strict=True))
+    for a, b in zip(first, small_second, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_a_worker_flushes_denormal_floats_unless_told_not_to():

@@ -25,6 +25,23 @@ RGB_MEAN, RGB_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 FLOW_MEAN, FLOW_STD = (0.5, 0.5), (0.5, 0.5)
 
 
+def env_int(name: str, default: int, least: int = 0) -> int:
+    """The whole number the environment's ``name`` holds (``default`` when unset or empty);
+    a clear error naming the variable when it holds anything else or less than ``least``."""
+    import os
+
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = least - 1
+    if number < least:
+        raise ValueError(f"{name}={value!r}: set it to a whole number of at least {least}")
+    return number
+
+
 def normalise(clip: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (B, T, H, W, C) on the device -> normalised float (B, C, T, H, W)."""
     x = clip.permute(0, 4, 1, 2, 3).float().div_(255.0)

@@ -97,3 +97,27 @@ def test_normalise_layout_and_values():
     assert torch.allclose(x[:, 0], torch.full_like(x[:, 0], 2.0))
     assert torch.allclose(x[:, 1], torch.full_like(x[:, 1], -1.0))
     assert torch.allclose(x[:, 2], torch.full_like(x[:, 2], -0.5))
+
+
+def test_environment_numbers_are_read_or_refused_by_name(monkeypatch):
+    from raylab.config import env_int
+    from raylab.data.pipeline import task_videos
+    from raylab.train.epoch import DataOptions
+
+    monkeypatch.delenv("RAYLAB_TASK_VIDEOS", raising=False)
+    assert env_int("RAYLAB_TASK_VIDEOS", 7) == 7
+    clip = ClipConfig(frames=4, size=32)
+    by_bytes = task_videos(clip, train=True)
+    monkeypatch.setenv("RAYLAB_TASK_VIDEOS", "16")
+    assert task_videos(clip, train=True) == 16 != by_bytes
+    monkeypatch.setenv("RAYLAB_TASK_VIDEOS", "0")
+    assert task_videos(clip, train=True) == by_bytes
+    for bad in ("sixteen", "-8", "1.5"):
+        monkeypatch.setenv("RAYLAB_TASK_VIDEOS", bad)
+        with pytest.raises(ValueError, match=r"RAYLAB_TASK_VIDEOS=.*whole number"):
+            task_videos(clip, train=True)
+    monkeypatch.setenv("RAYLAB_VAL_KEEP_BYTES", "0")
+    assert DataOptions(shards="x").val_keep_bytes == 0
+    monkeypatch.setenv("RAYLAB_VAL_KEEP_BYTES", "lots")
+    with pytest.raises(ValueError, match="RAYLAB_VAL_KEEP_BYTES='lots'"):
+        DataOptions(shards="x")

@@ -17,7 +17,6 @@ evaluation pass is the same.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from raylab.config import env_int
 from raylab.data.clips import ClipConfig
 from raylab.data.decode import open_flow, open_video, sample_views, scaled_size
 from raylab.data.plan import Slot, batches_of, decode_units, eval_plan, train_plan
@@ -214,8 +214,8 @@ def task_videos(clip: ClipConfig, train: bool) -> int:
     ``TASK_BYTES`` of decoded views hold (at least one unit, at most ``TASK_VIDEOS``
     videos); or as many as the environment's ``RAYLAB_TASK_VIDEOS`` says (8 was every
     task's size before)."""
-    if os.environ.get("RAYLAB_TASK_VIDEOS"):
-        return max(1, int(os.environ["RAYLAB_TASK_VIDEOS"]))
+    if fixed := env_int("RAYLAB_TASK_VIDEOS", 0):  # 0 or unset: by the bytes
+        return fixed
     video_bytes = clip.views(train) * clip.frames * clip.size**2 * clip.channels
     units = min(TASK_BYTES // (UNIT_VIDEOS * video_bytes), TASK_VIDEOS // UNIT_VIDEOS)
     return UNIT_VIDEOS * max(1, units)

@@ -34,7 +34,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from raylab.config import TrainConfig
+from raylab.config import TrainConfig, env_int
 from raylab.data.pipeline import clip_dataset, error_text, planned_batches, row_groups
 from raylab.data.plan import eval_plan, train_plan
 from raylab.data.storage import Shards
@@ -136,7 +136,7 @@ class DataOptions:
     # again, not decoded again, which leaves the decoders to the next training pass.
     # 0: every validation pass decodes. The environment's RAYLAB_VAL_KEEP_BYTES sets it.
     val_keep_bytes: int = field(
-        default_factory=lambda: int(os.environ.get("RAYLAB_VAL_KEEP_BYTES", 512 * 2**20))
+        default_factory=lambda: env_int("RAYLAB_VAL_KEEP_BYTES", 512 * 2**20)
     )
 
 

@@ -11,6 +11,7 @@ follows from them; the input normalisation of a modality is computed here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,6 @@ FLOW_MEAN, FLOW_STD = (0.5, 0.5), (0.5, 0.5)
 def env_int(name: str, default: int, least: int = 0) -> int:
     """The whole number the environment's ``name`` holds (``default`` when unset or empty);
     a clear error naming the variable when it holds anything else or less than ``least``."""
-    import os
-
     value = os.environ.get(name, "").strip()
     if not value:
         return default

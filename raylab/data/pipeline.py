@@ -6,9 +6,8 @@ Parquet row group that fall in one shuffle window, :func:`task_spans` says how m
 a task takes), read those rows (only the columns a clip needs, and only the one rendition
 it decodes from) and turn the videos into clip rows ``{clip: uint8 [T, H, W, 3], label,
 video_id, view, error, position}``; each clip's draws come from ``(seed, epoch, video)``.
-Rows arrive as tasks finish, and
-:func:`planned_batches` puts them back into the plan's order before batching, so the
-batches of an epoch are a function of the seed. A Train
+Rows arrive as tasks finish, and :func:`planned_batches` puts them back into the plan's
+order before batching, so the batches of an epoch are a function of the seed. A Train
 worker makes the uint8 clips float and normalises them on its device (a quarter of
 float32's traffic through the object store). Evaluation views are not random: every
 evaluation pass is the same.
@@ -229,9 +228,9 @@ def task_spans(windows: list[int], most: int) -> list[tuple[int, int]]:
 
     A task hands on its rows when it ends, and a window's videos are spread over its units
     (each the videos of one row group), so a task that held part of a window would hold
-    back the rows the trainer needs next; a whole window decodes while the trainer trains
-    on the one before. Tasks of 2, 4 and 8 units cut across windows had the trainer of a
-    demo T3D wait 6.6-7.5% of its later epochs, against 2.8-4.7% at a unit a task.
+    back rows the trainer needs next (tasks cut across windows made it wait longer than
+    tasks of a unit did, docs/results.md); a whole window decodes while the trainer trains
+    on the one before.
     """
     spans: list[tuple[int, int]] = []
     start = 0
@@ -322,8 +321,9 @@ def clip_dataset(
     ``videos_per_task``: the most videos a decode task takes, as whole units of up to 8 (at
     least one unit; a pass's first tasks take one, :func:`task_spans`); by default
     :func:`task_videos`. Rows leave a task at a time, in the order tasks finish:
-    :func:`planned_rows` puts them in the plan's order. ``paced``: Ray Data's scheduling loop is paced while it spins
-    (:class:`PacedSchedulingLoop`); off only to measure what that costs.
+    :func:`planned_rows` puts them in the plan's order. ``paced``: Ray Data's scheduling
+    loop is paced while it spins (:class:`PacedSchedulingLoop`); off only to measure what
+    that costs.
     """
     import ray
 

@@ -154,6 +154,7 @@ class EpochData:
         quiet_data_console()
         self.train_groups, self.val_groups = groups["train"], groups["val"]
         self.val_kept: list[dict] | None = None  # the validation pass, once it fits
+        self.keep_val = data.val_keep_bytes > 0  # until a pass has not fitted
 
     def _common(self) -> dict:
         d = self.data
@@ -227,7 +228,7 @@ class EpochData:
         batches = self._batches(
             ds, 0, len(plan), self.config.clip.test_views, on_delivered=on_delivered
         )
-        return self._keeping(batches) if self.data.val_keep_bytes > 0 else batches
+        return self._keeping(batches) if self.keep_val else batches
 
     def _keeping(self, batches: Iterator[dict]) -> Iterator[dict]:
         """``batches``, kept as :attr:`val_kept` once all have passed, if they fit."""
@@ -238,8 +239,8 @@ class EpochData:
                 size += sum(v.nbytes for v in batch.values())
                 if size <= self.data.val_keep_bytes:
                     kept.append(batch)
-                else:
-                    kept = None
+                else:  # it never will: later passes are the same
+                    kept, self.keep_val = None, False
             yield batch
         if kept is not None:
             self.val_kept = kept

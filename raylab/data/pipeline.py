@@ -343,9 +343,11 @@ def clip_dataset(
     most = max(1, (videos_per_task or task_videos(clip, train)) // UNIT_VIDEOS)
     windows = [u["positions"][0] // max(1, window) for u in units]
     # One block per task, holding whole units; a unit's few bytes are a task's whole input:
-    # it reads its videos itself.
+    # it reads its videos itself. Made here, with no task: from_arrow asks remote tasks for
+    # the blocks' metadata and waits for them, and a pass started while decode tasks hold
+    # every CPU of the trial then waited on them while they waited on it.
     if units:
-        ds = ray.data.from_arrow(
+        ds = ray.data.from_blocks(
             [pa.Table.from_pylist(units[a:b]) for a, b in task_spans(windows, most)]
         )
     else:

@@ -181,6 +181,28 @@ def test_a_pass_decodes_a_window_a_task_after_its_first(demo_shards, tmp_path, r
     assert tasks_and_blocks(UNIT_VIDEOS) == (units, [8] * units)
 
 
+def test_a_pass_is_made_while_every_cpu_is_held(demo_shards, ray_session):
+    """A trial starts its next pass while its decode tasks hold every CPU it has: making the
+    pass must not wait for a CPU (from_arrow's metadata tasks did, and a search hung)."""
+    import threading
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([{"CPU": ray_session.cluster_resources()["CPU"]}])
+    ray_session.get(group.ready())
+    made = threading.Event()
+
+    def make() -> None:
+        clip_dataset(demo_shards, "train", ClipConfig(frames=4, size=32), epoch=1)
+        made.set()
+
+    try:
+        threading.Thread(target=make, daemon=True).start()
+        assert made.wait(timeout=60), "making a pass waited for a CPU"
+    finally:
+        remove_placement_group(group)
+
+
 def test_a_seeded_epoch_replays_exactly_in_the_same_order(demo_shards, ray_session):
     def run():
         ds = clip_dataset(

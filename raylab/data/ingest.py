@@ -267,10 +267,10 @@ def orientation_of(matrix: np.ndarray | None) -> Orientation:
 
 
 def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
-    for side in frame.side_data:
-        if side.type.name == "DISPLAYMATRIX":
-            return np.frombuffer(bytes(side), dtype=np.int32)
-    return None
+    # Looked up by name: iterating the side data yields the entries in PyAV 18.1.0 but their
+    # types from 18.1.1 on; the mapping lookup is the same in both.
+    side = frame.side_data.get("DISPLAYMATRIX")
+    return None if side is None else np.frombuffer(bytes(side), dtype=np.int32)
 
 
 def _orient_frame(frame: av.VideoFrame, orientation: Orientation) -> av.VideoFrame:

@@ -250,7 +250,9 @@ def test_other_encoding_parameters_are_refused(ingested, source):
 def _ten_videos_and_a_broken_one(src: Path) -> Path:
     lines = ["path,label,split"]
     for i in range(10):
-        write_video(src / f"v{i}.mp4", noise_frames(40, 120, 160, seed=i))
+        # The first part's two videos are short and the rest long, so a kill on the first
+        # part lands mid-ingest even when the parts are written back to back.
+        write_video(src / f"v{i}.mp4", noise_frames(8 if i < 2 else 120, 120, 160, seed=i))
         lines.append(f"v{i}.mp4,{'ab'[i % 2]},train")
     (src / "bad.mp4").write_text("junk")
     lines.append("bad.mp4,a,train")

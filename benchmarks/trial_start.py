@@ -5,7 +5,11 @@
     # unit-tasks; and every validation pass decoded too: decode-before), and as it is, one
     # after another, each one's breakdown and the whole job's time, side by side
     python benchmarks/trial_start.py run [--budget-epochs 8] [--seed 0] [--rounds 1] \
-        [--variants before unit-tasks decode-before no-spares after] [--work DIR]
+        [--variants before unit-tasks decode-before no-spares after] [--baseline REV ...] \
+        [--baseline-first] [--work DIR]
+    # the search as it is beside the search at an earlier commit (a checkout of its files
+    # under DIR/checkouts), both with no-spares' environment
+    python benchmarks/trial_start.py run --variants no-spares --baseline REV
     # the breakdown of an experiment already run (make demo's, for one)
     python benchmarks/trial_start.py read EXPERIMENT_DIR
     # a Train run of 3 short epochs, each reported with a checkpoint, with the Train
@@ -207,20 +211,42 @@ def read(experiment: Path) -> dict:
     return out
 
 
-def search(work: Path, name: str, seed: int, budget: int, env: dict) -> Path:
-    """The embedded search (jobs/tune_t3d.py, its demo set under ``work``), ``env`` added."""
+def checkout_at(rev: str, work: Path) -> Path:
+    """This repository's files at commit ``rev``, under ``work`` (``git archive``: nothing
+    is added to the repository), to run the search as it was at that commit."""
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    path = work / "checkouts" / sha[:10]
+    if not (path / "jobs").is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", sha], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True)
+    return path
+
+
+def search(work: Path, name: str, seed: int, budget: int, env: dict, repo: Path = REPO) -> Path:
+    """The embedded search (``repo``'s jobs/tune_t3d.py, its demo set under ``work``),
+    ``env`` added."""
     experiment = work / "results" / name
     shutil.rmtree(experiment, ignore_errors=True)
     log = work / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
     job_env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": path} | env
-    command = [sys.executable, str(REPO / "jobs" / "tune_t3d.py"), "--root", str(work)]
+    command = [sys.executable, str(repo / "jobs" / "tune_t3d.py"), "--root", str(work)]
     command += ["--name", name, "--seed", str(seed), "--budget-epochs", str(budget)]
     print(f"{name}: searching for {budget} trial-epochs ({env})", file=sys.stderr, flush=True)
     began = time.perf_counter()
     with log.open("w") as err:
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True, env=job_env)
+        # Run from the checkout: Ray's workers import from the driver's working directory
+        # first, so from anywhere else a checkout's trials would run this one's code.
+        done = subprocess.run(
+            command, stdout=subprocess.PIPE, stderr=err, text=True, env=job_env, cwd=repo
+        )
     if done.returncode:
         raise SystemExit(f"{name} failed (log {log}):\n{log.read_text()[-3000:]}")
     (experiment / "job_s.txt").write_text(f"{time.perf_counter() - began:.1f}\n")
@@ -238,12 +264,15 @@ def untimed_table(experiment: Path) -> list[dict]:
 def run(args: argparse.Namespace) -> dict:
     work = Path(args.work).resolve()
     out: dict = {"seed": args.seed, "budget_epochs": args.budget_epochs, "rounds": []}
+    # (name, environment, checkout): each variant, and the commits named by --baseline, run
+    # as they are there with no-spares' environment.
+    runs = [(v, VARIANTS[v], REPO) for v in args.variants]
+    at = [(f"at-{rev}", VARIANTS["no-spares"], checkout_at(rev, work)) for rev in args.baseline]
+    runs = at + runs if args.baseline_first else runs + at
     for r in range(args.rounds):  # variants alternate, so a slow phase of the VM hits both
         figures = {}
-        for variant in args.variants:
-            experiment = search(
-                work, f"ts-{variant}-{r}", args.seed, args.budget_epochs, VARIANTS[variant]
-            )
+        for variant, env, repo in runs:
+            experiment = search(work, f"ts-{variant}-{r}", args.seed, args.budget_epochs, env, repo)
             print(f"\n## {variant}, round {r + 1}")
             rows = read(experiment)["rows"]
             # The whole job: Ray's start, the search, the evaluation and the report.
@@ -321,7 +350,15 @@ def main(argv: list[str] | None = None) -> dict:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--budget-epochs", type=int, default=8)
     s.add_argument("--rounds", type=int, default=1)
-    s.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    s.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    s.add_argument(
+        "--baseline",
+        nargs="*",
+        default=[],
+        metavar="REV",
+        help="also run the search as it was at these commits (after the variants)",
+    )
+    s.add_argument("--baseline-first", action="store_true", help="the commits before the variants")
     s.add_argument("--work", default=str(Path.home() / "raylab"), help="the demo set's root")
     p = sub.add_parser("poll", help="a short Train run per controller polling interval")
     p.add_argument("--runs", type=int, default=3)

@@ -8,6 +8,9 @@ import numpy as np
 
 # What checkpoints are ranked by, the search maximises and the report leads with.
 METRIC = "val_video_top1"
+# The config key under which a search's driver hands a trial the batch and costs it measured
+# for it (``raylab.tune.space.size_trial``): not a knob of the trial.
+SIZING_KEY = "sizing"
 # An epoch's figures that measure the clock, not the training (``at``: when its line of
 # history.jsonl was written): two runs of one seed agree on everything else.
 TIMED = frozenset({"clips_per_s", "pairs_per_s", "data_wait_frac", "train_s", "val_s", "at"})
@@ -110,7 +113,8 @@ def trial_row(
     ``best_epoch``, ``best_checkpoint`` where the results name checkpoints), the epochs
     it trained, its mean clips/s and its status. ``results`` are its reported epochs, in
     order (Tune's result lines); a missing or NaN figure is None."""
-    row = {"trial_id": trial_id, "path": path} | (config or {})
+    knobs = {k: v for k, v in (config or {}).items() if k != SIZING_KEY}
+    row = {"trial_id": trial_id, "path": path} | knobs
     if prune_reason is not None:
         row["prune_reason"] = prune_reason
     elif error is not None:

@@ -50,7 +50,13 @@ def check_clip(name: str, x: torch.Tensor, in_channels: int, min_thw: tuple[int,
 
 def init_weights(model: nn.Module) -> None:
     """He-normal convolutions, unit/zero norms, N(0, 0.01) linears with zero bias: torchvision's
-    scheme for VGG and ResNet. Special inits (STM's shift) are applied after it."""
+    scheme for VGG and ResNet. Special inits (STM's shift) are applied after it.
+
+    A model on the meta device (built to be measured) has no values to draw; drawing them
+    anyway goes through torch's Python references, whose first call imports torch._dynamo,
+    a second of a trial's start."""
+    if any(p.is_meta for p in model.parameters()):
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

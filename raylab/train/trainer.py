@@ -175,6 +175,7 @@ def build_trainer(
     seed_drawn: bool = False,
     started_at: float | None = None,
     spares: bool = False,
+    checked: bool = False,
 ):
     """A TorchTrainer that trains ``config`` on the shards in ``data``, in ``config.workers``
     workers with a GPU each when ``use_gpu``.
@@ -191,7 +192,10 @@ def build_trainer(
     entropy (it is recorded as such). ``started_at``: when the run began (Unix time; a
     search's trial passes its own start), which its start-up timings count from.
     ``spares``: after the first epoch, each node's first worker starts spare worker
-    processes for the next trial's workers (:mod:`raylab.train.spares`).
+    processes for the next trial's workers (:mod:`raylab.train.spares`). ``checked``: the
+    model was already built and run on the run's clip (a search's driver did, sizing the
+    trial), so :func:`check_model` is not run again: its meta forward pass imports
+    ``torch._dynamo``, a second of the trial's start.
     """
     shards = Shards.open(data.shards)  # read once: the workers are given it
     data = replace(data, shards=shards)
@@ -205,7 +209,8 @@ def build_trainer(
         raise ValueError(
             f"the config's classes {list(config.classes)} are not those of {shards} {list(classes)}"
         )
-    check_model(config)
+    if not checked:
+        check_model(config)
     # The run's record (its config, as `jobs/train.py --config` trains it again, and its
     # history) goes where its checkpoints go; its other files (TensorBoard, progress, step
     # logs) need a local folder, which a run stored on a URI (s3://) does not have.

@@ -25,6 +25,7 @@ from raylab.config import TrainConfig
 from raylab.data.storage import Shards
 from raylab.metrics import (
     METRIC,
+    SIZING_KEY,
     TRIAL_STATUSES,
     folder_trial_id,
     folder_trial_number,
@@ -34,7 +35,14 @@ from raylab.train.checkpoints import best_checkpoint_in, save_state
 from raylab.tune.options import TuneOptions
 from raylab.tune.resources import memory_budget, trial_concurrency
 from raylab.tune.results import local_experiment
-from raylab.tune.space import Budget, DataLimits, Pruned, data_refusal, plan_trial
+from raylab.tune.space import (
+    Budget,
+    DataLimits,
+    Pruned,
+    data_refusal,
+    plan_trial,
+    size_trial,
+)
 
 
 def run_trial(
@@ -84,6 +92,7 @@ def run_trial(
         extra_metrics=plan.cost | {"batch_size": plan.run.batch_size, "pruned": False},
         started_at=began,
         spares=spares.enabled(),
+        checked=SIZING_KEY in config,  # the driver ran the model on this clip, sizing it
     )
     result = trainer.fit()
     if result.error:
@@ -96,7 +105,22 @@ def _searcher_class():
 
     class StudySearch(OptunaSearch):
         """``OptunaSearch`` that records configurations pruned before they started as PRUNED
-        trials with a ``prune_reason``, and every trial's cost as user attributes."""
+        trials with a ``prune_reason``, and every trial's cost as user attributes; and that
+        sizes each configuration it draws (``sizer``: :func:`raylab.tune.space.size_trial`),
+        in the driver, which measures every trial's network in one process, so that the
+        trial starts with its batch and costs known."""
+
+        def __init__(self, *args, sizer=None, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._sizer = sizer
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if isinstance(config, dict) and self._sizer is not None:
+                sizing = self._sizer(config)
+                if sizing is not None:
+                    config[SIZING_KEY] = sizing
+            return config
 
         def _setup_study(self, mode) -> None:
             super()._setup_study(mode)
@@ -120,6 +144,19 @@ def _searcher_class():
             super().on_trial_complete(trial_id, result, error)
 
     return StudySearch
+
+
+def trial_folder(trial) -> str:
+    """Tune's own folder name for a trial (``run_trial_<id>_<n>_<knobs>_<date>``), its knobs
+    without the sizing the driver added to the config: else the sizing's four figures,
+    sorted in among the knobs, push an STM trial's placement out of the 130 characters
+    Tune keeps."""
+    from ray.tune.search.variant_generator import format_vars
+    from ray.tune.utils.util import date_str
+
+    number = trial.experiment_tag.split("_", 1)[0]
+    knobs = {(k,): v for k, v in trial.config.items() if k != SIZING_KEY}
+    return f"{trial}_{number}_{format_vars(knobs)}"[:130] + f"_{date_str()}"
 
 
 _spare_keeper = None  # the search's SpareKeeper, held by its driver
@@ -210,6 +247,9 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
         sampler=study_sampler(options),
         storage=optuna.storages.RDBStorage(f"sqlite:///{options.study_path}"),
         study_name=options.name,
+        sizer=functools.partial(
+            size_trial, limits=limits, budget=budget, template=options.trial_template()
+        ),
     )
     refusal = functools.partial(data_refusal, limits=limits, template=options.trial_template())
     stopper = None
@@ -247,6 +287,7 @@ def build_tuner(options: TuneOptions, *, resume: bool = False):
             num_samples=options.num_samples,
             max_concurrent_trials=concurrency,
             time_budget_s=options.time_budget_s,
+            trial_dirname_creator=trial_folder,
         ),
         run_config=tune.RunConfig(
             name=options.name,

@@ -45,6 +45,7 @@ import torch
 
 from raylab.config import ClipConfig, TrainConfig
 from raylab.data.storage import Shards
+from raylab.metrics import SIZING_KEY
 from raylab.models import build_model, input_contract
 from raylab.models.common import measure
 
@@ -332,18 +333,58 @@ def data_refusal(config: dict, limits: DataLimits, template: TrainConfig) -> str
     return None
 
 
+def size_trial(
+    config: dict, limits: DataLimits, budget: Budget, template: TrainConfig | None = None
+) -> dict | None:
+    """What a sampled ``config`` costs and the batch it trains at: ``{"batch_size", "gmacs",
+    "params_m", "memory_gib"}``, or ``{"pruned": reason}`` when no batch fits ``budget``'s
+    memory; None when the data or the model refuses the clip (:func:`plan_trial` says why).
+
+    It builds the network on the meta device and runs it once under
+    ``torch.utils.flop_counter``, whose first use in a process imports ``torch._dynamo``
+    (a second): the search's driver sizes every trial as it is drawn and hands the result
+    over in the config (``SIZING_KEY``), so no trial's start pays it.
+
+    The batch is the largest power of two up to ``budget.max_batch`` whose estimated
+    training memory (weights, gradients and AdamW state, plus twice the activations per clip
+    for their gradients) fits ``budget.memory_gib``.
+    """
+    template = template or TrainConfig(optimizer="adamw")
+    if data_refusal(config, limits, template):
+        return None
+    frames, size = config["frames"], config["size"]
+    name, options = model_of(config, budget.width)
+    if input_contract(name, **options).refusal(frames, size):
+        return None
+    with torch.device("meta"):
+        model = build_model(name, limits.num_classes, **options).eval()
+    gmacs, params_m, act_gib = measure(model, (1, 3, frames, size, size))
+    fixed_gib = params_m * 1e6 * 4 * 4 / 2**30  # weights, gradients, two AdamW moments
+    per_clip_gib = 2 * act_gib
+    fits = math.floor((budget.memory_gib - fixed_gib) / per_clip_gib) if per_clip_gib else 0
+    if fits < 1:
+        return {
+            "pruned": f"estimated memory {fixed_gib + per_clip_gib:.1f} GiB for a batch of one "
+            f"{frames}x{size}x{size} clip is above the device's {budget.memory_gib:.1f} GiB"
+        }
+    batch = 2 ** int(math.log2(min(fits, budget.max_batch)))
+    return {
+        "batch_size": batch,
+        "gmacs": gmacs,
+        "params_m": params_m,
+        "memory_gib": fixed_gib + batch * per_clip_gib,
+    }
+
+
 def plan_trial(
     config: dict, limits: DataLimits, budget: Budget, template: TrainConfig | None = None
 ) -> TrialPlan | Pruned:
     """The run a sampled ``config`` trains: ``template`` (the experiment's fixed settings:
     epochs, workers, seed, crop scales, test clips, dropout) with the drawn network, clip
-    (frames, stride, size), learning rate and weight decay, and the largest batch that fits;
-    or the reason the data or the machine cannot serve it. A clip the model itself cannot
-    take raises ValueError: the space draws none (:meth:`SearchSpace.define`).
-
-    The batch is the largest power of two up to ``budget.max_batch`` whose estimated
-    training memory (weights, gradients and AdamW state, plus twice the activations per clip
-    for their gradients) fits ``budget.memory_gib``.
+    (frames, stride, size), learning rate and weight decay, and the largest batch that fits
+    (:func:`size_trial`, taken from ``config[SIZING_KEY]`` where the search's driver put
+    it); or the reason the data or the machine cannot serve it. A clip the model itself
+    cannot take raises ValueError: the space draws none (:meth:`SearchSpace.define`).
     """
     template = template or TrainConfig(optimizer="adamw")
     refusal = data_refusal(config, limits, template)
@@ -355,32 +396,23 @@ def plan_trial(
     refusal = input_contract(name, **options).refusal(frames, size)
     if refusal:  # the space never draws this; a hand-written config can
         raise ValueError(f"{name} cannot take this configuration's clip: {refusal}")
-    with torch.device("meta"):
-        model = build_model(name, limits.num_classes, **options).eval()
-    gmacs, params_m, act_gib = measure(model, (1, 3, frames, size, size))
-    fixed_gib = params_m * 1e6 * 4 * 4 / 2**30  # weights, gradients, two AdamW moments
-    per_clip_gib = 2 * act_gib
-    fits = math.floor((budget.memory_gib - fixed_gib) / per_clip_gib) if per_clip_gib else 0
-    if fits < 1:
-        return Pruned(
-            f"estimated memory {fixed_gib + per_clip_gib:.1f} GiB for a batch of one "
-            f"{frames}x{size}x{size} clip is above the device's {budget.memory_gib:.1f} GiB"
-        )
-    batch = 2 ** int(math.log2(min(fits, budget.max_batch)))
+    sizing = config.get(SIZING_KEY) or size_trial(config, limits, budget, template)
+    if "pruned" in sizing:
+        return Pruned(sizing["pruned"])
     run = replace(
         template,
         model=name,
         model_options=options | template.model_options,
         clip=clip,
-        batch_size=batch,
+        batch_size=sizing["batch_size"],
         lr=config["lr"],
         weight_decay=config["weight_decay"],
     )
     return TrialPlan(
         run=run,
-        gmacs=gmacs,
-        params_m=params_m,
-        memory_gib=fixed_gib + batch * per_clip_gib,
+        gmacs=sizing["gmacs"],
+        params_m=sizing["params_m"],
+        memory_gib=sizing["memory_gib"],
         knobs=knobs(config),
     )
 

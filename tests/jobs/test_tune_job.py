@@ -29,7 +29,7 @@ from checkout import REPO
 from benchmarks import trial_start
 from jobs import tune_t3d as tune_job
 from raylab.data.storage import storage
-from raylab.metrics import TIMED
+from raylab.metrics import SIZING_KEY, TIMED
 
 BIN = Path(sys.executable).parent
 SEARCHED = {"family", "frames", "size", "stride", "lr", "weight_decay"}
@@ -607,6 +607,28 @@ def test_each_trial_says_where_its_start_went(submitted):
         assert row["train_s"][0] > 0 and row["val_s"][0] > 0
     assert rows[0]["steady"] is not None and rows[1]["steady"] is None  # 2 epochs, then 1
     assert "gap" not in rows[0] and rows[1]["gap"] > 0
+
+
+def test_the_driver_sizes_each_trial_it_draws(submitted):
+    """The search's driver measures each drawn network and hands the trial its batch and
+    costs in the config (``raylab.tune.space.size_trial``); the trial trains at that batch
+    and reports those costs, and the search's table shows the knobs, not the sizing."""
+    trained = 0
+    for params in sorted(submitted["copy"].glob("run_trial_*/params.json")):
+        config = json.loads(params.read_text())
+        results = [json.loads(x) for x in (params.parent / "result.json").read_text().splitlines()]
+        epochs = [r for r in results if "epoch" in r]
+        if epochs:
+            trained += 1
+            sizing = config[SIZING_KEY]
+            for key in ("batch_size", "gmacs", "params_m", "memory_gib"):
+                assert {r[key] for r in epochs} == {sizing[key]}, key
+    assert trained == 2
+    # Tune's folder names keep the knobs (cut at 130 characters), not the sizing.
+    for folder in submitted["copy"].glob("run_trial_*"):
+        assert "stride=" in folder.name and "gmacs=" not in folder.name, folder.name
+    rows = json.loads((submitted["copy"] / "trials.json").read_text())
+    assert rows and not [r for r in rows if SIZING_KEY in r]
 
 
 def test_the_documented_command_runs_the_embedded_search():

@@ -57,6 +57,27 @@ def test_a_bad_model_or_clip_fails_on_the_driver(demo_shards):
         build_trainer(wrong, _data(demo_shards), storage_path="/tmp", name="x")
 
 
+def test_a_checked_run_builds_its_trainer_without_torch_dynamo(demo_shards, tmp_path):
+    """A search trial's model was run on its clip by the search's driver: its trainer is
+    built without the meta pass that would import torch._dynamo (a second of its start)."""
+    import subprocess
+    import sys
+
+    program = f"""
+import sys
+from raylab.config import ClipConfig, TrainConfig
+from raylab.train.trainer import DataOptions, build_trainer
+config = TrainConfig(model="c3d", model_options={{"width": 0.125, "head": "pooled"}}, clip=ClipConfig(size=32))
+data = DataOptions(shards={str(demo_shards)!r})
+for checked in (True, False):
+    build_trainer(config, data, storage_path={str(tmp_path)!r}, name="x", checked=checked)
+    print("torch._dynamo" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
+
+
 def test_one_builder_sets_backend_workers_and_the_checkpoints_kept(tmp_path):
     """Training and transfer get their trainers from ``torch_trainer``: a CPU build of torch
     uses gloo even where GPUs are asked for (NCCL needs a CUDA build); every worker asks

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from raylab.config import TrainConfig
 from raylab.data.clips import ClipConfig, choose_rendition
+from raylab.metrics import SIZING_KEY
 from raylab.models import build_model, input_contract
 from raylab.tune.space import (
     STM_STAGE_SETS,
@@ -21,6 +22,7 @@ from raylab.tune.space import (
     knobs,
     model_of,
     plan_trial,
+    size_trial,
 )
 
 SPACE = SearchSpace()
@@ -296,6 +298,44 @@ def test_memory_estimate_lowers_the_batch_then_prunes():
     assert isinstance(tight, TrialPlan) and tight.run.batch_size == 2  # 3 fit -> a power of two
     none = plan_trial(config, LIMITS, Budget(0.001, 8, 0.125))
     assert isinstance(none, Pruned) and "estimated memory" in none.reason
+
+
+def test_a_sizing_from_the_driver_is_the_trials_own_and_is_taken_as_given():
+    stm = {"family": "stm", "stm_stages": "45", "stm_blocks": "first"} | BASE | {"frames": 8}
+    sizing = size_trial(stm, LIMITS, TINY)
+    own, handed = (
+        plan_trial(stm, LIMITS, TINY),
+        plan_trial(stm | {SIZING_KEY: sizing}, LIMITS, TINY),
+    )
+    assert handed == own and sizing["batch_size"] == own.run.batch_size == 8
+    # Taken as given: a trial does not measure again what its driver measured.
+    smaller = plan_trial(stm | {SIZING_KEY: sizing | {"batch_size": 2}}, LIMITS, TINY)
+    assert smaller.run.batch_size == 2
+    pruned = plan_trial(stm | {SIZING_KEY: {"pruned": "too big"}}, LIMITS, TINY)
+    assert pruned == Pruned("too big")
+    # The data's and the model's refusals stay the trial's to say.
+    assert size_trial(stm | {"frames": 64}, LIMITS, TINY) is None
+    assert size_trial({"family": "t3d", "depth": 121} | BASE | {"frames": 16}, LIMITS, TINY) is None
+
+
+def test_a_sized_trial_plans_without_torch_dynamo():
+    """Measuring a network imports torch._dynamo (a second of a trial's start); a trial its
+    driver sized plans without it."""
+    import subprocess
+    import sys
+
+    config = {"family": "t3d", "depth": 121} | BASE
+    sizing = size_trial(config, LIMITS, TINY)
+    program = f"""
+import sys
+from raylab.tune.space import Budget, DataLimits, plan_trial
+limits = DataLimits(renditions=(128,), min_frames=32, num_classes=8, train_videos=64)
+plan = plan_trial({config | {SIZING_KEY: sizing}!r}, limits, Budget(4.0, 8, 0.125))
+print(plan.run.batch_size, "torch._dynamo" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(sizing["batch_size"]), "False"]
 
 
 def test_cost_grows_with_the_clip():

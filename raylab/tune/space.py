@@ -36,7 +36,9 @@ device.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -333,6 +335,17 @@ def data_refusal(config: dict, limits: DataLimits, template: TrainConfig) -> str
     return None
 
 
+@functools.cache
+def _measured(
+    name: str, options: str, num_classes: int, frames: int, size: int
+) -> tuple[float, float, float]:
+    """``measure`` of a network on one clip, once per network and clip in a process: a
+    search draws the same architecture and clip for many trials (``options``: its JSON)."""
+    with torch.device("meta"):
+        model = build_model(name, num_classes, **json.loads(options)).eval()
+    return measure(model, (1, 3, frames, size, size))
+
+
 def size_trial(
     config: dict, limits: DataLimits, budget: Budget, template: TrainConfig | None = None
 ) -> dict | None:
@@ -356,9 +369,9 @@ def size_trial(
     name, options = model_of(config, budget.width)
     if input_contract(name, **options).refusal(frames, size):
         return None
-    with torch.device("meta"):
-        model = build_model(name, limits.num_classes, **options).eval()
-    gmacs, params_m, act_gib = measure(model, (1, 3, frames, size, size))
+    gmacs, params_m, act_gib = _measured(
+        name, json.dumps(options, sort_keys=True), limits.num_classes, frames, size
+    )
     fixed_gib = params_m * 1e6 * 4 * 4 / 2**30  # weights, gradients, two AdamW moments
     per_clip_gib = 2 * act_gib
     fits = math.floor((budget.memory_gib - fixed_gib) / per_clip_gib) if per_clip_gib else 0

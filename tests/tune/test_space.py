@@ -318,6 +318,23 @@ def test_a_sizing_from_the_driver_is_the_trials_own_and_is_taken_as_given():
     assert size_trial({"family": "t3d", "depth": 121} | BASE | {"frames": 16}, LIMITS, TINY) is None
 
 
+def test_a_network_and_clip_are_measured_once(monkeypatch):
+    """The driver sizes every trial; one network on one clip is built and measured once."""
+    import raylab.tune.space as space
+
+    built = []
+    real = space.build_model
+    monkeypatch.setattr(space, "build_model", lambda *a, **k: built.append(a) or real(*a, **k))
+    space._measured.cache_clear()
+    stm = {"family": "stm", "stm_stages": "25", "stm_blocks": "first"} | BASE | {"frames": 8}
+    first = size_trial(stm, LIMITS, TINY)
+    assert size_trial(stm | {"lr": 5e-3, "weight_decay": 1e-3}, LIMITS, TINY) == first
+    assert len(built) == 1
+    assert size_trial(stm | {"frames": 16}, LIMITS, TINY)["gmacs"] > first["gmacs"]
+    assert size_trial(stm | {"stm_stages": "2"}, LIMITS, TINY)["params_m"] < first["params_m"]
+    assert len(built) == 3
+
+
 def test_a_sized_trial_plans_without_torch_dynamo():
     """Measuring a network imports torch._dynamo (a second of a trial's start); a trial its
     driver sized plans without it."""

@@ -58,7 +58,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from raylab.metrics import METRIC, TIMED  # noqa: E402
+from raylab.metrics import METRIC, SIZING_KEY, TIMED  # noqa: E402
 from raylab.tune.stopping import ChanceRule  # noqa: E402
 
 NUM_CLASSES = 8  # the demo set
@@ -158,12 +158,20 @@ def same(args: argparse.Namespace) -> dict:
     # iteration stay compared), the trainer's timed figures and the checkpoint's path.
     skip = (set(AUTO_RESULT_KEYS) - {"config", "training_iteration"}) | {DONE, TRIAL_ID}
     skip |= TIMED | {"checkpoint_path"}
+
+    # The configuration without the driver's sizing: its figures are in every result too,
+    # and experiments from before the driver sized trials have none.
+    def compared(r: dict) -> dict:
+        kept = {k: v for k, v in r.items() if k not in skip}
+        if isinstance(kept.get("config"), dict):
+            kept["config"] = {k: v for k, v in kept["config"].items() if k != SIZING_KEY}
+        return kept
+
     # As JSON text, so that a NaN equals a NaN.
     runs = [
-        [[json.dumps({k: v for k, v in r.items() if k not in skip}, sort_keys=True)
-          for r in lines] for lines in read_trials(Path(e))]
+        [[json.dumps(compared(r), sort_keys=True) for r in lines] for lines in read_trials(Path(e))]
         for e in args.experiments
-    ]  # fmt: skip
+    ]
     print(f"trials: {' / '.join(str(len(r)) for r in runs)}")
     for n, trials in enumerate(zip(*runs, strict=False), start=1):
         lines = [json.loads(r) for r in trials[0]]

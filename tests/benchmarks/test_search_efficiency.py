@@ -71,6 +71,8 @@ def test_same_compares_every_figure_but_times_and_ids(experiment, capsys):
         for r in lines:
             r |= {"timestamp": r["timestamp"] * 2, "clips_per_s": 1.0, "trial_id": "other"}
             r |= {"time_this_iter_s": 99.0, "checkpoint_path": "/elsewhere"}
+            if "config" in r:  # sized by its driver, as searches are since the sizing moved
+                r["config"] = r["config"] | {se.SIZING_KEY: {"batch_size": 8}}
         result.write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert se.main(["same", str(experiment), str(slowed)])["same"]
     result = next(slowed.glob("*_4_*/result.json"))

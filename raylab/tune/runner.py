@@ -1,8 +1,10 @@
 """Ray Tune over the search space: Optuna (TPE) proposes, ASHA stops early, Train runs.
 
-Each trial is a driver function (:func:`run_trial`) that plans the sampled configuration
-(``space.plan_trial``) and either reports why it was pruned or builds and fits a Ray Train
-``TorchTrainer`` whose epochs reach Tune through ``TuneReportCallback``.
+The search's driver sizes each configuration as it is drawn (``space.size_trial``: the
+batch and costs, in the config's ``sizing``). Each trial is a driver function
+(:func:`run_trial`) that plans the sampled configuration from it (``space.plan_trial``) and
+either reports why it was pruned or builds and fits a Ray Train ``TorchTrainer`` whose
+epochs reach Tune through ``TuneReportCallback``.
 Layout of an experiment (``storage_path/name``)::
 
     <Tune's trial folders>     params.json, result.json, progress.csv, TensorBoard events

@@ -52,9 +52,8 @@ def init_weights(model: nn.Module) -> None:
     """He-normal convolutions, unit/zero norms, N(0, 0.01) linears with zero bias: torchvision's
     scheme for VGG and ResNet. Special inits (STM's shift) are applied after it.
 
-    A model on the meta device (built to be measured) has no values to draw; drawing them
-    anyway goes through torch's Python references, whose first call imports torch._dynamo,
-    a second of a trial's start."""
+    A model on the meta device (built to be measured or checked) has no values to draw;
+    drawing them anyway runs torch's Python references for every weight, for nothing."""
     if any(p.is_meta for p in model.parameters()):
         return
     for m in model.modules():

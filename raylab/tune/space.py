@@ -357,18 +357,23 @@ def size_trial(
     ``torch.utils.flop_counter``, whose first use in a process imports ``torch._dynamo``
     (a second): the search's driver sizes every trial as it is drawn and hands the result
     over in the config (``SIZING_KEY``), so no trial's start pays it.
-
-    The batch is the largest power of two up to ``budget.max_batch`` whose estimated
-    training memory (weights, gradients and AdamW state, plus twice the activations per clip
-    for their gradients) fits ``budget.memory_gib``.
     """
     template = template or TrainConfig(optimizer="adamw")
     if data_refusal(config, limits, template):
         return None
-    frames, size = config["frames"], config["size"]
     name, options = model_of(config, budget.width)
-    if input_contract(name, **options).refusal(frames, size):
+    if input_contract(name, **options).refusal(config["frames"], config["size"]):
         return None
+    return _sizing(name, options, config["frames"], config["size"], limits, budget)
+
+
+def _sizing(
+    name: str, options: dict, frames: int, size: int, limits: DataLimits, budget: Budget
+) -> dict:
+    """:func:`size_trial` of a network and clip the data and the model take. The batch is
+    the largest power of two up to ``budget.max_batch`` whose estimated training memory
+    (weights, gradients and AdamW state, plus twice the activations per clip for their
+    gradients) fits ``budget.memory_gib``."""
     gmacs, params_m, act_gib = _measured(
         name, json.dumps(options, sort_keys=True), limits.num_classes, frames, size
     )
@@ -409,7 +414,7 @@ def plan_trial(
     refusal = input_contract(name, **options).refusal(frames, size)
     if refusal:  # the space never draws this; a hand-written config can
         raise ValueError(f"{name} cannot take this configuration's clip: {refusal}")
-    sizing = config.get(SIZING_KEY) or size_trial(config, limits, budget, template)
+    sizing = config.get(SIZING_KEY) or _sizing(name, options, frames, size, limits, budget)
     if "pruned" in sizing:
         return Pruned(sizing["pruned"])
     run = replace(

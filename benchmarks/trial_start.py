@@ -5,7 +5,8 @@
     # unit-tasks; and every validation pass decoded too: decode-before), and as it is, one
     # after another, each one's breakdown and the whole job's time, side by side
     python benchmarks/trial_start.py run [--budget-epochs 8] [--seed 0] [--rounds 1] \
-        [--variants before unit-tasks decode-before no-spares after] [--baseline REV ...] \
+        [--variants before unit-tasks decode-before val-after no-spares after] \
+        [--baseline REV ...] \
         [--baseline-first] [--work DIR]
     # the search as it is beside the search at an earlier commit (a checkout of its files
     # under DIR/checkouts), both with no-spares' environment
@@ -88,6 +89,15 @@ VARIANTS = {
         "RAYLAB_SPARES": "0",
         "RAYLAB_TASK_VIDEOS": "8",
         "RAYLAB_VAL_KEEP_BYTES": "0",
+    },
+    # As no-spares, with a fresh run's first validation pass decoded after its first
+    # training pass, as before it was decoded beside it (raylab.train.epoch.Lookahead).
+    "val-after": {
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        "RAYLAB_QUICK_START": "1",
+        "RAYLAB_SPARES": "0",
+        "RAYLAB_VAL_AHEAD": "0",
     },
     "after": {
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",

@@ -138,6 +138,11 @@ class DataOptions:
     val_keep_bytes: int = field(
         default_factory=lambda: env_int("RAYLAB_VAL_KEEP_BYTES", 512 * 2**20)
     )
+    # With lookahead, a fresh run decodes its first validation pass beside its first
+    # training pass, so that its second training pass starts as soon as the first's clips
+    # have arrived, as every later one does. The environment's RAYLAB_VAL_AHEAD=0 turns it
+    # off: the first validation pass then decodes after the first training pass.
+    val_ahead: bool = field(default_factory=lambda: env_int("RAYLAB_VAL_AHEAD", 1) != 0)
 
 
 class EpochData:
@@ -297,22 +302,35 @@ class Ahead:
 
 class Lookahead:
     """An epoch's passes, each started before the trainer asks for it
-    (``DataOptions.lookahead``): a fresh run's first training pass while the model is
-    built; the validation pass once the training pass's clips have all arrived; the next
-    epoch's training pass once the validation pass's have, while validation computes and
-    the epoch is saved (started after both, its first batch came 0.5 s late in every epoch,
-    4% of a demo T3D's epoch on two cores). Each start runs on the thread reading the pass
-    before it, before that pass ends, so the trainer finds it when it asks. Passes are kept
-    by epoch, and none is started while the trainer has not yet taken the epoch's before it:
-    a pass's clips can all arrive before its first batch is taken (its decode units finish
-    out of order, and a tiny pass has few), and the chain would run on. Off (or for passes
-    in decoding order, ``DataOptions.ordered`` False) a pass starts when asked for. The same
-    clips in the same order either way."""
+    (``DataOptions.lookahead``): a fresh run's first training pass, and beside it its first
+    validation pass (``DataOptions.val_ahead``), while the model is built (:meth:`start_run`);
+    the validation pass once the training pass's clips have all arrived; the next epoch's
+    training pass once the validation pass's have, while validation computes and the epoch
+    is saved (started after both, its first batch came 0.5 s late in every epoch, 4% of a
+    demo T3D's epoch on two cores). A validation pass started ahead, or kept from the first
+    (:meth:`EpochData.val`), is there at once, so the next training pass starts as soon as
+    the training pass's clips have arrived, from the first epoch on (with the first
+    validation pass decoded between them, a demo STM's second epoch waited 15% for its
+    clips; docs/results.md, "The first validation pass beside the first training pass").
+    Each start runs on the thread reading the pass before it, before that pass ends, so the
+    trainer finds it when it asks. Passes are kept by epoch, and none is started while the
+    trainer has not yet taken the epoch's before it: a pass's clips can all arrive before
+    its first batch is taken (its decode units finish out of order, and a tiny pass has
+    few), and the chain would run on. Off (or for passes in decoding order,
+    ``DataOptions.ordered`` False) a pass starts when asked for. The same clips in the same
+    order either way."""
 
     def __init__(self, data: EpochData, epochs: int) -> None:
         self.data, self.epochs = data, epochs
         self.on = data.data.lookahead and data.data.ordered
         self.started: dict[tuple[str, int], Ahead] = {}
+
+    def start_run(self) -> None:
+        """A fresh run's first passes: training's, then validation's (its decode tasks
+        queue behind the first training ones, so the first batches come as soon)."""
+        self.start_training(0)
+        if self.on and self.data.data.val_ahead:
+            self.started["val", 0] = Ahead(self.data.val())
 
     def start_training(self, epoch: int) -> None:
         if self.on and epoch < self.epochs and ("train", epoch - 1) not in self.started:
@@ -321,7 +339,9 @@ class Lookahead:
             self.started["train", epoch] = Ahead(self.data.train(epoch, plan, 0, on_delivered=then))
 
     def start_validation(self, epoch: int) -> None:
-        if self.on:
+        if ("val", epoch) in self.started:  # started beside its training pass
+            self.start_training(epoch + 1)
+        elif self.on:
             then = functools.partial(self.start_training, epoch + 1)
             self.started["val", epoch] = Ahead(self.data.val(on_delivered=then))
 
@@ -624,7 +644,7 @@ def run_epochs(run: dict, task: Task) -> None:
     data = EpochData(options, run["groups"], config, rank, world)
     passes = Lookahead(data, config.epochs)
     if ray.train.get_checkpoint() is None and not (store and store.latest()):
-        passes.start_training(0)  # decoding while the model is built
+        passes.start_run()  # decoding while the model is built
 
     torch.manual_seed(config.seed)  # every rank builds the same initial weights
     model = task.build(config, device)

@@ -116,6 +116,39 @@ def test_each_pass_starts_before_the_one_before_it_ends(demo_shards):
     assert not Lookahead(off, 2).on
 
 
+def test_a_fresh_run_decodes_its_first_validation_pass_beside_its_first_training_pass(
+    demo_shards,
+):
+    """start_run starts epoch 0's training and validation passes; epoch 1's training pass
+    then starts as soon as epoch 0's clips have arrived, before the trainer has taken the
+    validation pass, not after a validation pass decoded between them. Every pass hands
+    over the batches it would have anyway. Without val_ahead, only the training pass."""
+    from raylab.data.clips import ClipConfig
+    from raylab.data.pipeline import row_groups
+
+    config = TrainConfig(epochs=2, batch_size=8, clip=ClipConfig(frames=4, size=32))
+    groups = {split: row_groups(demo_shards, split) for split in ("train", "val")}
+    data = EpochData(DataOptions(shards=demo_shards), groups, config, 0, 1)
+    plans = [data.train_plan(epoch) for epoch in range(2)]
+    wanted = [_ids(data.train(epoch, plans[epoch], 0)) for epoch in range(2)]
+    wanted_val = _ids(data.val())
+
+    passes = Lookahead(data, 2)
+    passes.start_run()
+    assert set(passes.started) == {("train", 0), ("val", 0)}
+    *_, last = (set(passes.started) for _ in passes.train(0, plans[0], 0))
+    assert last == {("val", 0), ("train", 1)}
+    assert _ids(passes.val(0)) == wanted_val
+    assert _ids(passes.train(1, plans[1], 0)) == wanted[1]
+
+    off = EpochData(DataOptions(shards=demo_shards, val_ahead=False), groups, config, 0, 1)
+    after = Lookahead(off, 2)
+    after.start_run()
+    assert set(after.started) == {("train", 0)}
+    *_, last = (set(after.started) for _ in after.train(0, plans[0], 0))
+    assert last == {("val", 0)}
+
+
 def test_validation_is_decoded_once_and_handed_over_again_when_it_fits(demo_shards):
     """The second validation pass hands over the first one's batches, not newly decoded
     ones, and calls on_delivered before the first; above val_keep_bytes every pass

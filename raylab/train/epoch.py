@@ -326,8 +326,10 @@ class Lookahead:
         self.started: dict[tuple[str, int], Ahead] = {}
 
     def start_run(self) -> None:
-        """A fresh run's first passes: training's, then validation's (its decode tasks
-        queue behind the first training ones, so the first batches come as soon)."""
+        """A fresh run's first passes: training's, then validation's, whose decode tasks
+        queue behind the first training ones, so the first batches still come first. A
+        validation split larger than Ray Data decodes ahead of its reader decodes
+        the rest when the trainer reads it, as it did before."""
         self.start_training(0)
         if self.on and self.data.data.val_ahead:
             self.started["val", 0] = Ahead(self.data.val())

@@ -99,11 +99,19 @@ def test_decoding_stays_on_decoder_nodes_and_an_epoch_survives_losing_one(demo_s
         assert proc.returncode == 0, stderr[-3000:]
         assert killed, "no decode task ran on the first decoder node after epoch 1"
 
-        tasks = list_tasks(address=cluster.address, detail=True, limit=10_000,
-                           raise_on_missing_output=False)  # fmt: skip
+        # A task attempt's node comes with its worker's own events, flushed a second or so
+        # after it starts: an attempt that ran as the job ended may not have reported it yet.
+        deadline = time.monotonic() + 30
+        while True:
+            tasks = list_tasks(address=cluster.address, detail=True, limit=10_000,
+                               raise_on_missing_output=False)  # fmt: skip
+            decoding = [t for t in tasks if "UnitDecoder" in t.name]
+            if all(t.node_id for t in decoding) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         actors = list_actors(address=cluster.address, detail=True, limit=10_000,
                              raise_on_missing_output=False)  # fmt: skip
-        decode = {kinds.get(t.node_id, t.node_id) for t in tasks if "UnitDecoder" in t.name}
+        decode = {kinds.get(t.node_id, t.node_id) for t in decoding}
         train = [kinds.get(a.node_id) for a in actors if a.class_name == "RayTrainWorker"]
         assert decode == {"decoder"}
         assert train and set(train) == {"gpu"}

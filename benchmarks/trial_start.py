@@ -5,7 +5,7 @@
     # unit-tasks; and every validation pass decoded too: decode-before), and as it is, one
     # after another, each one's breakdown and the whole job's time, side by side
     python benchmarks/trial_start.py run [--budget-epochs 8] [--seed 0] [--rounds 1] \
-        [--variants before unit-tasks decode-before val-after no-spares after] \
+        [--variants before unit-tasks decode-before val-after no-head-start no-spares after] \
         [--baseline REV ...] \
         [--baseline-first] [--work DIR]
     # the search as it is beside the search at an earlier commit (a checkout of its files
@@ -98,6 +98,16 @@ VARIANTS = {
         "RAYLAB_QUICK_START": "1",
         "RAYLAB_SPARES": "0",
         "RAYLAB_VAL_AHEAD": "0",
+    },
+    # As no-spares, with a fresh run's first training pass decoded only once its Train
+    # worker reads it, as before its first clips were decoded as the run starts
+    # (raylab.train.epoch.head_start).
+    "no-head-start": {
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        "RAYLAB_QUICK_START": "1",
+        "RAYLAB_SPARES": "0",
+        "RAYLAB_HEAD_START_BYTES": "0",
     },
     "after": {
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",

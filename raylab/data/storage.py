@@ -88,10 +88,17 @@ def write_text(location: str | Path, text: str) -> None:
         f.write(text.encode())
 
 
+def exists(location: str | Path) -> bool:
+    """Whether the file or folder ``location`` (a local path or a URI) exists."""
+    import pyarrow.fs
+
+    fs, path = storage(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
 def append_text(location: str | Path, text: str) -> None:
     """Append ``text`` to the file ``location``. An object store cannot append: a URI's
     object is read and written again whole, which suits a run's small record files."""
-    import pyarrow.fs
 
     if not is_uri(location):
         Path(location).parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +107,7 @@ def append_text(location: str | Path, text: str) -> None:
         return
     fs, path = storage(location)
     before = b""
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+    if exists(location):
         with fs.open_input_stream(path) as f:
             before = f.read()
     with fs.open_output_stream(path) as f:

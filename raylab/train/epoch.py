@@ -35,9 +35,16 @@ import numpy as np
 import torch
 
 from raylab.config import TrainConfig, env_int
-from raylab.data.pipeline import clip_dataset, error_text, planned_batches, row_groups
+from raylab.data.pipeline import (
+    ReadAhead,
+    clip_dataset,
+    decode_ahead,
+    error_text,
+    planned_batches,
+    row_groups,
+)
 from raylab.data.plan import eval_plan, train_plan
-from raylab.data.storage import Shards
+from raylab.data.storage import Shards, exists
 from raylab.train.checkpoints import load_state
 from raylab.train.worker import (
     EpochReporter,
@@ -143,6 +150,14 @@ class DataOptions:
     # have arrived, as every later one does. The environment's RAYLAB_VAL_AHEAD=0 turns it
     # off: the first validation pass then decodes after the first training pass.
     val_ahead: bool = field(default_factory=lambda: env_int("RAYLAB_VAL_AHEAD", 1) != 0)
+    # With lookahead, a fresh run's first training pass starts decoding on the driver, as
+    # its Train run is being built (decode_ahead): up to this many bytes of its first clips
+    # over all ranks, decoded while the run's processes start, in one decoder's worth of
+    # CPU. They are kept until the run ends (its config holds them). 0: off; the
+    # environment's RAYLAB_HEAD_START_BYTES sets it.
+    head_start_bytes: int = field(
+        default_factory=lambda: env_int("RAYLAB_HEAD_START_BYTES", 256 * 2**20)
+    )
 
 
 class EpochData:
@@ -150,11 +165,19 @@ class EpochData:
     validation pass."""
 
     def __init__(
-        self, data: DataOptions, groups: dict, config: TrainConfig, rank: int, world: int
+        self,
+        data: DataOptions,
+        groups: dict,
+        config: TrainConfig,
+        rank: int,
+        world: int,
+        head: dict | None = None,
     ) -> None:
         """``groups``: the ``"train"`` and ``"val"`` splits' row groups, read once on the
-        driver (:func:`loop_config`), not by every worker as it starts."""
+        driver (:func:`loop_config`). ``head``: the first training pass's first clips,
+        decoded as the run started (:func:`head_start`)."""
         self.data, self.config, self.rank, self.world = data, config, rank, world
+        self.head = head
         self.shards = Shards.open(data.shards)
         quiet_data_console()
         self.train_groups, self.val_groups = groups["train"], groups["val"]
@@ -183,7 +206,7 @@ class EpochData:
         )
 
     def _batches(
-        self, ds, start: int, end: int, views: int = 1, on_delivered=None
+        self, ds, start: int, end: int, views: int = 1, on_delivered=None, ahead=None
     ) -> Iterator[dict]:
         ds.context.enable_progress_bars = False  # a bar per rank would garble the console
         if not self.data.ordered:  # as decoded, through Ray Data's local shuffle buffer
@@ -194,12 +217,17 @@ class EpochData:
                 local_shuffle_buffer_size=self.config.shuffle_buffer or None,
             )
         return planned_batches(
-            ds, self.config.batch_size, start, end, views, on_delivered=on_delivered
+            ds, self.config.batch_size, start, end, views, on_delivered=on_delivered, ahead=ahead
         )
 
     def train(self, epoch: int, plan: list, start: int, on_delivered=None) -> Iterator[dict]:
         """Epoch ``epoch``'s training batches (numpy) from video ``start`` of ``plan``;
-        ``on_delivered()`` once all its clips have arrived (ordered passes only)."""
+        ``on_delivered()`` once all its clips have arrived (ordered passes only). The
+        first pass of a fresh run starts with the clips its start decoded (``head``)."""
+        ahead, begin = None, start
+        if epoch == 0 and start == 0 and self.head is not None and self.data.ordered:
+            ahead, begin = self.head["blocks"][self.rank], self.head["videos"]
+            self.head = None  # once: a restarted pass decodes its clips again
         ds = clip_dataset(
             self.shards,
             "train",
@@ -207,11 +235,11 @@ class EpochData:
             train=True,
             epoch=epoch,
             plan=plan,
-            start=start,
+            start=begin,
             groups=self.train_groups,
             **self._common(),
         )
-        return self._batches(ds, start, len(plan), on_delivered=on_delivered)
+        return self._batches(ds, start, len(plan), on_delivered=on_delivered, ahead=ahead)
 
     def val(self, on_delivered=None) -> Iterator[dict]:
         """This rank's part of the validation videos, the same every time;
@@ -270,36 +298,6 @@ def quiet_data_console() -> None:
             handler.setLevel(logging.ERROR)
 
 
-class Ahead:
-    """A pass's batches, read by a thread from the moment this is made, up to ``depth``
-    ahead of the consumer; its errors are raised to the consumer where they arose."""
-
-    _END = object()
-
-    def __init__(self, batches: Iterator[dict], depth: int = 2) -> None:
-        import queue
-        import threading
-
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._thread = threading.Thread(target=self._read, args=(batches,), daemon=True)
-        self._thread.start()
-
-    def _read(self, batches: Iterator[dict]) -> None:
-        try:
-            for batch in batches:
-                self._queue.put(batch)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            self._queue.put(err)
-            return
-        self._queue.put(self._END)
-
-    def __iter__(self) -> Iterator[dict]:
-        while (item := self._queue.get()) is not self._END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-
 class Lookahead:
     """An epoch's passes, each started before the trainer asks for it
     (``DataOptions.lookahead``): a fresh run's first training pass, and beside it its first
@@ -323,7 +321,7 @@ class Lookahead:
     def __init__(self, data: EpochData, epochs: int) -> None:
         self.data, self.epochs = data, epochs
         self.on = data.data.lookahead and data.data.ordered
-        self.started: dict[tuple[str, int], Ahead] = {}
+        self.started: dict[tuple[str, int], ReadAhead] = {}
 
     def start_run(self) -> None:
         """A fresh run's first passes: training's, then validation's, whose decode tasks
@@ -332,20 +330,22 @@ class Lookahead:
         the rest when the trainer reads it, as it did before."""
         self.start_training(0)
         if self.on and self.data.data.val_ahead:
-            self.started["val", 0] = Ahead(self.data.val())
+            self.started["val", 0] = ReadAhead(self.data.val())
 
     def start_training(self, epoch: int) -> None:
         if self.on and epoch < self.epochs and ("train", epoch - 1) not in self.started:
             plan = self.data.train_plan(epoch)
             then = functools.partial(self.start_validation, epoch)
-            self.started["train", epoch] = Ahead(self.data.train(epoch, plan, 0, on_delivered=then))
+            self.started["train", epoch] = ReadAhead(
+                self.data.train(epoch, plan, 0, on_delivered=then)
+            )
 
     def start_validation(self, epoch: int) -> None:
         if ("val", epoch) in self.started:  # started beside its training pass
             self.start_training(epoch + 1)
         elif self.on:
             then = functools.partial(self.start_training, epoch + 1)
-            self.started["val", epoch] = Ahead(self.data.val(on_delivered=then))
+            self.started["val", epoch] = ReadAhead(self.data.val(on_delivered=then))
 
     def train(self, epoch: int, plan: list, start: int) -> Iterator[dict]:
         """Epoch ``epoch``'s training batches from video ``start`` of ``plan``."""
@@ -594,6 +594,8 @@ def loop_config(
     groups = {"train": row_groups(shards, "train")}
     groups["val"] = row_groups(shards, data.val_split)
     videos = sum(g["rows"] for g in groups["train"])
+    history_at = history_at or run_dir
+    fresh = not (history_at and exists(f"{history_at}/history.jsonl"))  # else it may resume
     return {
         "config": config.record(),
         "data": asdict(replace(data, shards=shards.location)),
@@ -602,14 +604,51 @@ def loop_config(
         # Every rank takes the same number of steps: its equal part of the plan.
         "steps_per_epoch": max(1, math.ceil(videos / config.workers / config.batch_size)),
         "run_dir": run_dir,
-        "history_at": history_at or run_dir,
+        "history_at": history_at,
         "extra_metrics": dict(extra_metrics or {}),
         "mid_epoch_dir": mid_epoch_dir,
         "log_steps": log_steps,
         "seed_drawn": seed_drawn,
         "started_at": time.time() if started_at is None else started_at,
         "spares": spares,
+        "head_start": head_start(config, data, shards, groups["train"]) if fresh else None,
     }
+
+
+def head_start(
+    config: TrainConfig, data: DataOptions, shards: Shards, groups: list[dict]
+) -> dict | None:
+    """Every rank's first clips of a fresh run's first training pass, decoding from now on
+    (:func:`~raylab.data.pipeline.decode_ahead`), while the run's processes start:
+    ``{"videos": how many of each rank's plan, "blocks": each rank's refs}``. None when
+    ``data.head_start_bytes`` is 0, without look-ahead, or where Ray is not started."""
+    import ray
+
+    on = data.lookahead and data.ordered and data.head_start_bytes > 0
+    if not (on and ray.is_initialized()):
+        return None
+    clip, window = config.clip, max(1, config.shuffle_buffer)
+    rows = [g["rows"] for g in groups]
+    plans = [
+        train_plan(rows, seed=config.seed, epoch=0, rank=rank, world=config.workers, window=window)
+        for rank in range(config.workers)
+    ]
+    clip_bytes = clip.views(True) * clip.frames * clip.size**2 * clip.channels
+    videos = min(min(map(len, plans)), data.head_start_bytes // (config.workers * clip_bytes))
+    if videos <= 0:
+        return None
+    blocks = decode_ahead(
+        shards,
+        clip,
+        plans,
+        videos=videos,
+        groups=groups,
+        window=window,
+        seed=config.seed,
+        decoder_cpus=data.decoder_cpus,
+        decoder_resource=data.decoder_resource,
+    )
+    return {"videos": videos, "blocks": blocks}
 
 
 def quiet_report_records() -> None:
@@ -643,7 +682,7 @@ def run_epochs(run: dict, task: Task) -> None:
     ordered = run["data"].get("ordered", True)
     store = MidEpochStore(run["mid_epoch_dir"]) if run.get("mid_epoch_dir") and ordered else None
     options = DataOptions(**run["data"] | {"shards": run["shards"]})
-    data = EpochData(options, run["groups"], config, rank, world)
+    data = EpochData(options, run["groups"], config, rank, world, head=run.get("head_start"))
     passes = Lookahead(data, config.epochs)
     if ray.train.get_checkpoint() is None and not (store and store.latest()):
         passes.start_run()  # decoding while the model is built

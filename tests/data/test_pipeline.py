@@ -6,6 +6,7 @@ import itertools
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 
@@ -25,6 +26,7 @@ from raylab.data.pipeline import (
     UNIT_VIDEOS,
     ClipTensors,
     PacedSchedulingLoop,
+    ReadAhead,
     UnitDecoder,
     clip_dataset,
     planned_batches,
@@ -421,3 +423,42 @@ def test_the_scheduling_loop_is_paced_while_the_consumer_waits(ray_session, demo
             demo_shards, "train", ClipConfig(frames=4, size=32)
         ).context.custom_execution_callback_classes
     )
+
+
+def test_a_pass_read_ahead_starts_before_it_is_asked_and_keeps_its_order_and_errors():
+    first_taken = threading.Event()
+
+    def batches():
+        first_taken.set()
+        yield from range(5)
+        raise RuntimeError("epoch 1: 3 of 8 training videos could not be decoded")
+
+    ahead = ReadAhead(batches(), depth=2)
+    assert first_taken.wait(timeout=30)  # reading before anyone iterates
+    seen = []
+    with pytest.raises(RuntimeError, match="could not be decoded"):
+        for item in ahead:
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]  # every batch before the error, in order
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's nice is Linux's")
+def test_a_head_start_task_decodes_at_a_lower_priority_on_a_thread_of_its_own():
+    """A task of decode_ahead decodes HEAD_START_NICE nicer (so that a run's starting
+    processes come first), on its own thread: the task's process keeps its priority for the
+    tasks it runs next. Its errors are the task's."""
+    from raylab.data.pipeline import HEAD_START_NICE, _decode_in_turn
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    rows, token = _decode_in_turn(lambda units: {"nice": nice()}, {}, None)
+    assert (rows, token) == ({"nice": min(before + HEAD_START_NICE, 19)}, True)
+    assert nice() == before
+
+    def broken(units):
+        raise OSError("shard part-0 unreadable")
+
+    with pytest.raises(OSError, match="unreadable"):
+        _decode_in_turn(broken, {}, None)

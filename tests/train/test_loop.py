@@ -1,14 +1,14 @@
 """Pieces of the training loop outside a Train run: schedules, optimisers, decode failures,
-the read-ahead and the passes started ahead of the trainer."""
+and the passes started ahead of the trainer."""
 
-import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from raylab.config import TrainConfig
-from raylab.train.epoch import Ahead, DataOptions, EpochData, Lookahead
+from raylab.train.epoch import DataOptions, EpochData, Lookahead, head_start, loop_config
 from raylab.train.loop import (
     DecodeFailures,
     check_decode_failures,
@@ -55,23 +55,6 @@ def test_an_epoch_stops_when_no_video_or_too_many_fail_to_decode():
         check_decode_failures(1, "training", 128, 128, first, 1.0)
     with pytest.raises(DecodeFailures, match=r"^epoch 1: 0 of 0 validation videos"):
         check_decode_failures(1, "validation", 0, 0, "", 0.05)
-
-
-def test_a_pass_read_ahead_starts_before_it_is_asked_and_keeps_its_order_and_errors():
-    first_taken = threading.Event()
-
-    def batches():
-        first_taken.set()
-        yield from range(5)
-        raise RuntimeError("epoch 1: 3 of 8 training videos could not be decoded")
-
-    ahead = Ahead(batches(), depth=2)
-    assert first_taken.wait(timeout=30)  # reading before anyone iterates
-    seen = []
-    with pytest.raises(RuntimeError, match="could not be decoded"):
-        for item in ahead:
-            seen.append(item)
-    assert seen == [0, 1, 2, 3, 4]  # every batch before the error, in order
 
 
 def _ids(batches) -> list[str]:
@@ -147,6 +130,56 @@ def test_a_fresh_run_decodes_its_first_validation_pass_beside_its_first_training
     assert set(after.started) == {("train", 0)}
     *_, last = (set(after.started) for _ in after.train(0, plans[0], 0))
     assert last == {("val", 0)}
+
+
+def test_a_fresh_run_decodes_its_first_clips_as_it_starts_and_its_first_pass_takes_them(
+    demo_shards, tmp_path
+):
+    """A fresh run's config starts decoding each rank's first training clips
+    (``head_start``): those blocks hold exactly the first ``videos`` positions of the
+    rank's own plan, and the rank's first pass takes them and decodes only the rest,
+    handing over the batches it would have without them. A run that has a history (it may
+    resume) starts none."""
+    import ray
+
+    from raylab.data.clips import ClipConfig
+    from raylab.data.pipeline import row_groups
+    from raylab.data.storage import Shards
+
+    config = TrainConfig(epochs=1, batch_size=4, workers=2, clip=ClipConfig(frames=4, size=32))
+    groups = {split: row_groups(demo_shards, split) for split in ("train", "val")}
+    clip_bytes = 4 * 32 * 32 * 3
+    options = DataOptions(shards=demo_shards, head_start_bytes=2 * 5 * clip_bytes)
+    head = head_start(config, options, Shards.open(demo_shards), groups["train"])
+    assert head["videos"] == 5 and len(head["blocks"]) == 2
+
+    for rank in range(2):
+        plain = EpochData(options, groups, config, rank, 2)
+        plan = plain.train_plan(0)
+        assert len(plan) > head["videos"]
+        blocks = ray.get(head["blocks"][rank])
+        assert sorted(p for b in blocks for p in b["position"]) == list(range(5))
+        want = list(plain.train(0, plan, 0))
+        got = list(EpochData(options, groups, config, rank, 2, head=head).train(0, plan, 0))
+        assert len(got) == len(want)
+        for a, b in zip(want, got, strict=True):
+            assert all(np.array_equal(a[k], b[k]) for k in ("clip", "label", "position"))
+            assert list(a["video_id"]) == list(b["video_id"])
+
+    # The blocks handed over are the ones taken: rank 1's head in rank 0's pass puts rank 1's
+    # first clips at its first positions.
+    swapped = head | {"blocks": head["blocks"][::-1]}
+    rank0 = EpochData(options, groups, config, 0, 2, head=swapped)
+    rank1 = EpochData(options, groups, config, 1, 2)
+    ids = _ids(rank0.train(0, rank0.train_plan(0), 0))
+    assert ids[:5] == _ids(rank1.train(0, rank1.train_plan(0), 0))[:5]
+
+    run_dir = tmp_path / "run"
+    assert loop_config(config, options, str(run_dir))["head_start"]["videos"] == 5
+    run_dir.mkdir()
+    (run_dir / "history.jsonl").write_text('{"event": "started"}\n')
+    assert loop_config(config, options, str(run_dir))["head_start"] is None
+    assert loop_config(config, replace(options, head_start_bytes=0))["head_start"] is None
 
 
 def test_validation_is_decoded_once_and_handed_over_again_when_it_fits(demo_shards):

@@ -8,7 +8,8 @@ flags become the dataclass again with :func:`config_from_flags`; a new field is 
 every job that uses them, with no edit to the jobs.
 
 Ray: :func:`start_ray` is the one place a job calls ``ray.init``; given a log file, it sends
-Ray's own records there (:func:`route_ray_logs`), leaving the console to the job's story.
+Ray's own records there (:func:`route_ray_logs`), leaving the console to the job's story. A
+node it starts gets :func:`ray_node_environment`'s settings.
 
 Mistakes: a missing shard folder, an unknown model, a clip the videos cannot give
 (:func:`check_clips`, before Ray starts): the job
@@ -355,6 +356,24 @@ def route_ray_logs(log_file: str | Path) -> Path:
     return path
 
 
+# Ray keeps as many idle worker processes on a node as it has CPUs and ends the others. A
+# run's decode tasks take processes started in its Train workers' environment; the tasks
+# that decode its first clips as it starts (raylab.data.pipeline.decode_ahead) take one
+# of the environment of the process that built the run. With two CPUs that one was ended
+# between a search's trials and started again for each, a second and more of every
+# trial's start; kept, a search's trials shared one (docs/results.md).
+SPARE_IDLE_WORKERS = 4
+IDLE_WORKERS_SETTING = "RAY_num_workers_soft_limit"  # read by the node's raylet
+
+
+def ray_node_environment() -> None:
+    """What a Ray node this process starts reads from the environment, unless it is set
+    already: it keeps up to its CPUs + ``SPARE_IDLE_WORKERS`` idle worker processes
+    (``RAY_num_workers_soft_limit``). A node joined, not started, keeps its own."""
+    spare = (os.cpu_count() or 1) + SPARE_IDLE_WORKERS
+    os.environ.setdefault(IDLE_WORKERS_SETTING, str(spare))
+
+
 def start_ray(
     *,
     log_to_driver: bool = False,
@@ -375,6 +394,7 @@ def start_ray(
         path = route_ray_logs(log_file)
         print(f"Ray's log: {path}", file=sys.stderr)
         init["configure_logging"] = False
+    ray_node_environment()
     ray.init(ignore_reinit_error=True, log_to_driver=log_to_driver, **init)
     if not progress_bars:
         ray.data.DataContext.get_current().enable_progress_bars = False

@@ -85,7 +85,10 @@ def ray_session(s3_store):
     (after the S3 endpoint, whose settings its workers inherit)."""
     import ray
 
+    from raylab.jobs import ray_node_environment
+
     if not ray.is_initialized():
+        ray_node_environment()  # as a job's own Ray gets
         ray.init(
             address="local",  # its own, even when a test's `ray start` head is running
             num_cpus=2,

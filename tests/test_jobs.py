@@ -223,3 +223,16 @@ logging.getLogger("ray.data").warning("a warning of Ray's")
         assert line in text and line not in done.stderr, (line, done.stderr[-2000:])
     for line in ("the driver's own line", "WARNING", "a warning of Ray's"):
         assert line in done.stderr, (line, done.stderr[-2000:])
+
+
+def test_a_ray_node_a_job_starts_keeps_idle_workers_beyond_its_cpus(monkeypatch):
+    """A node start_ray starts keeps CPUs + SPARE_IDLE_WORKERS idle worker processes (a run's
+    head-start decoder among them); a setting the environment already has is kept."""
+    from raylab.jobs import IDLE_WORKERS_SETTING, SPARE_IDLE_WORKERS, ray_node_environment
+
+    monkeypatch.delenv(IDLE_WORKERS_SETTING, raising=False)
+    ray_node_environment()
+    assert int(os.environ[IDLE_WORKERS_SETTING]) == os.cpu_count() + SPARE_IDLE_WORKERS
+    monkeypatch.setenv(IDLE_WORKERS_SETTING, "3")
+    ray_node_environment()
+    assert os.environ[IDLE_WORKERS_SETTING] == "3"

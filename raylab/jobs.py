@@ -361,31 +361,17 @@ def route_ray_logs(log_file: str | Path) -> Path:
 # that decode its first clips as it starts (raylab.data.pipeline.decode_ahead) take one
 # of the environment of the process that built the run. With two CPUs that one was ended
 # between a search's trials and started again for each, a second and more of every
-# trial's start; kept, a search's trials shared one (docs/results.md). The raylet warns on
-# the console once its live Python processes reach 4x the processes it starts at once (its
-# CPUs by default): make demo's job on a two-CPU node reached 8 once the head start's
-# process joined its others. Starting as many at once as it keeps idle raises the mark.
+# trial's start; kept, a search's trials shared one (docs/results.md).
 SPARE_IDLE_WORKERS = 4
 IDLE_WORKERS_SETTING = "RAY_num_workers_soft_limit"  # read by the node's raylet
-STARTING_WORKERS_SETTING = "RAY_maximum_startup_concurrency"
 
 
 def ray_node_environment() -> None:
     """What a Ray node this process starts reads from the environment, unless it is set
     already: it keeps up to its CPUs + ``SPARE_IDLE_WORKERS`` idle worker processes
-    (``RAY_num_workers_soft_limit``) and starts up to as many at once
-    (``RAY_maximum_startup_concurrency``). A node joined, not started, keeps its own."""
+    (``RAY_num_workers_soft_limit``). A node joined, not started, keeps its own."""
     spare = (os.cpu_count() or 1) + SPARE_IDLE_WORKERS
     os.environ.setdefault(IDLE_WORKERS_SETTING, str(spare))
-    os.environ.setdefault(STARTING_WORKERS_SETTING, str(spare))
-
-
-def node_exports() -> str:
-    """:func:`ray_node_environment`'s settings as shell ``export`` lines, for a script that
-    starts a node with ``ray start``."""
-    ray_node_environment()
-    names = (IDLE_WORKERS_SETTING, STARTING_WORKERS_SETTING)
-    return "\n".join(f"export {name}={int(os.environ[name])}" for name in names)
 
 
 def start_ray(

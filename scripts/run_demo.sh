@@ -19,7 +19,7 @@ if ray status --address 127.0.0.1:6379 >/dev/null 2>&1; then
   echo "using the running Ray cluster"
 else
   # The node's settings as a job's own Ray gets them (raylab.jobs.ray_node_environment).
-  eval "$(python -c 'from raylab.jobs import node_exports; print(node_exports())')"
+  eval "$(python -c 'import os; from raylab.jobs import ray_node_environment as e; e(); print("export RAY_num_workers_soft_limit=" + os.environ["RAY_num_workers_soft_limit"])')"
   ray start --head --dashboard-host=127.0.0.1 --disable-usage-stats >/dev/null
   echo "started a local Ray head (stop it with: ray stop)"
 fi

@@ -228,24 +228,11 @@ logging.getLogger("ray.data").warning("a warning of Ray's")
 def test_a_ray_node_a_job_starts_keeps_idle_workers_beyond_its_cpus(monkeypatch):
     """A node start_ray starts keeps CPUs + SPARE_IDLE_WORKERS idle worker processes (a run's
     head-start decoder among them); a setting the environment already has is kept."""
-    from raylab.jobs import (
-        IDLE_WORKERS_SETTING,
-        SPARE_IDLE_WORKERS,
-        STARTING_WORKERS_SETTING,
-        node_exports,
-        ray_node_environment,
-    )
+    from raylab.jobs import IDLE_WORKERS_SETTING, SPARE_IDLE_WORKERS, ray_node_environment
 
-    spare = os.cpu_count() + SPARE_IDLE_WORKERS
-    for name in (IDLE_WORKERS_SETTING, STARTING_WORKERS_SETTING):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv(IDLE_WORKERS_SETTING, raising=False)
     ray_node_environment()
-    assert int(os.environ[IDLE_WORKERS_SETTING]) == int(os.environ[STARTING_WORKERS_SETTING])
-    assert int(os.environ[IDLE_WORKERS_SETTING]) == spare
+    assert int(os.environ[IDLE_WORKERS_SETTING]) == os.cpu_count() + SPARE_IDLE_WORKERS
     monkeypatch.setenv(IDLE_WORKERS_SETTING, "3")
     ray_node_environment()
     assert os.environ[IDLE_WORKERS_SETTING] == "3"
-    assert node_exports().splitlines() == [
-        f"export {IDLE_WORKERS_SETTING}=3",
-        f"export {STARTING_WORKERS_SETTING}={spare}",
-    ]

@@ -160,6 +160,14 @@ class DataOptions:
     )
 
 
+def rank_plan(groups: list[dict], config: TrainConfig, epoch: int, rank: int, world: int):
+    """Rank ``rank`` of ``world``'s training plan of epoch ``epoch`` over the split's row
+    ``groups`` (:func:`raylab.data.plan.train_plan`, shuffled in ``config``'s windows)."""
+    rows = [g["rows"] for g in groups]
+    window = max(1, config.shuffle_buffer)
+    return train_plan(rows, seed=config.seed, epoch=epoch, rank=rank, world=world, window=window)
+
+
 class EpochData:
     """One rank's clips: each epoch's training pass from any position of its plan, and the
     validation pass."""
@@ -195,15 +203,7 @@ class EpochData:
         }
 
     def train_plan(self, epoch: int) -> list:
-        rows = [g["rows"] for g in self.train_groups]
-        return train_plan(
-            rows,
-            seed=self.config.seed,
-            epoch=epoch,
-            rank=self.rank,
-            world=self.world,
-            window=max(1, self.config.shuffle_buffer),
-        )
+        return rank_plan(self.train_groups, self.config, epoch, self.rank, self.world)
 
     def _batches(
         self, ds, start: int, end: int, views: int = 1, on_delivered=None, ahead=None
@@ -627,14 +627,10 @@ def head_start(
     on = data.lookahead and data.ordered and data.head_start_bytes > 0
     if not (on and ray.is_initialized()):
         return None
-    clip, window = config.clip, max(1, config.shuffle_buffer)
-    rows = [g["rows"] for g in groups]
-    plans = [
-        train_plan(rows, seed=config.seed, epoch=0, rank=rank, world=config.workers, window=window)
-        for rank in range(config.workers)
-    ]
+    clip, world = config.clip, config.workers
+    plans = [rank_plan(groups, config, 0, rank, world) for rank in range(world)]
     clip_bytes = clip.views(True) * clip.frames * clip.size**2 * clip.channels
-    videos = min(min(map(len, plans)), data.head_start_bytes // (config.workers * clip_bytes))
+    videos = min(min(map(len, plans)), data.head_start_bytes // (world * clip_bytes))
     if videos <= 0:
         return None
     blocks = decode_ahead(
@@ -643,7 +639,7 @@ def head_start(
         plans,
         videos=videos,
         groups=groups,
-        window=window,
+        window=max(1, config.shuffle_buffer),
         seed=config.seed,
         decoder_cpus=data.decoder_cpus,
         decoder_resource=data.decoder_resource,

@@ -187,22 +187,24 @@ def test_clips_longer_than_some_videos_are_said_and_a_missing_rendition_ends_the
 
 
 def test_ray_notices_go_to_the_log_file_not_the_console(tmp_path):
-    """A driver that routes Ray's logs and runs a dataset with progress bars off (as the
-    search does), its map on an actor pool (as evaluation's): Ray's INFO lines, the
-    progress-bar notice and the core worker's own line about the pool's actor (C++, written
-    to the process's stderr) are in the file only; the driver's own stderr lines and its
-    warnings reach the console."""
+    """A driver started with start_ray (Ray's logs routed, progress bars off, a node that
+    keeps CPUs + SPARE_IDLE_WORKERS idle processes) runs a dataset with its map on an actor
+    pool (as evaluation's): Ray's INFO lines, the progress-bar notice and the core worker's
+    own line about the pool's actor (C++, written to the process's stderr) are in the file
+    only; the driver's own stderr lines and its warnings reach the console."""
     import subprocess
     import sys
+
+    from raylab.jobs import IDLE_WORKERS_SETTING, SPARE_IDLE_WORKERS
 
     log = tmp_path / "driver.log"
     script = f"""
 import ray
-from raylab.jobs import route_ray_logs
-route_ray_logs({str(log)!r})
-ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
-         configure_logging=False)
-ray.data.DataContext.get_current().enable_progress_bars = False
+from raylab.jobs import start_ray
+start_ray(log_file={str(log)!r}, address="local", num_cpus=1, include_dashboard=False)
+raylet = ray._private.worker.global_worker.node.all_processes["raylet"][0].process.pid
+with open(f"/proc/{{raylet}}/environ", "rb") as f:
+    print(*sorted(v.decode() for v in f.read().split(b"\\0") if v.startswith(b"RAY_num")))
 class Same:
     def __call__(self, batch):
         return batch
@@ -212,11 +214,15 @@ import logging, sys
 print("the driver's own line", file=sys.stderr)
 logging.getLogger("ray.data").warning("a warning of Ray's")
 """
+    # The node start_ray starts keeps CPUs + SPARE_IDLE_WORKERS idle processes (this
+    # session's own setting left out of the job's environment).
+    env = {k: v for k, v in os.environ.items() if k != IDLE_WORKERS_SETTING}
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "10"
+    spare = os.cpu_count() + SPARE_IDLE_WORKERS
+    assert done.stdout.split() == [f"{IDLE_WORKERS_SETTING}={spare}", "10"]
     text = log.read_text()
     in_file = ("Starting execution of Dataset", "Progress bars disabled", "core_worker.cc")
     for line in in_file:

@@ -356,13 +356,15 @@ def route_ray_logs(log_file: str | Path) -> Path:
     return path
 
 
-# Ray keeps as many idle worker processes on a node as it has CPUs and ends the others. A
-# run's decode tasks take processes started in its Train workers' environment; the tasks
-# that decode its first clips as it starts (raylab.data.pipeline.decode_ahead) take one
-# of the environment of the process that built the run. With two CPUs that one was ended
-# between a search's trials and started again for each, a second and more of every
-# trial's start; kept, a search's trials shared one (docs/results.md).
-SPARE_IDLE_WORKERS = 4
+# Ray keeps as many idle worker processes on a node as it has CPUs and ends the ones idle
+# longest first. The process that decodes a run's first clips as it starts
+# (raylab.data.pipeline.decode_ahead) is idle from then on, longer than the run's decode
+# processes; with two CPUs Ray ended it between a search's trials and started another for
+# each, a second and more of every trial's start. One more idle process keeps it for the
+# next trial. More would keep others no one takes again (the node's prestarted processes,
+# an ingest's), and the raylet warns on the job's console once a node's Python processes
+# reach 4x its CPUs (docs/results.md).
+SPARE_IDLE_WORKERS = 1
 IDLE_WORKERS_SETTING = "RAY_num_workers_soft_limit"  # read by the node's raylet
 
 

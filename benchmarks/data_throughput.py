@@ -6,6 +6,11 @@
 Measured side by side in one run, on the same videos and the same number of processes:
   (a) raw bound: decord decoding exactly the sampled frames from the shard bytes, in a
       tight loop in ``workers`` processes (no crops, no Ray, no transfer);
+  (a2) the training view without the pipeline: the decode tasks' own function
+      (``ClipDecoder``: decord, then the crop, resize and flip training takes) on the same
+      rows in ``workers`` plain processes, one call per row group as a task makes it. (b)'s
+      CPU per clip over (a2)'s is what the pipeline itself adds (tasks, blocks, object
+      store, batching in plan order), apart from the work a training clip needs;
   (b) the Ray Data pipeline as training reads it: decode tasks -> batches in the epoch
       plan's order (``planned_batches``), with Ray Data's scheduling loop paced as training
       runs it, and the same unpaced, pass for pass alternately (what the pace costs a pass
@@ -15,7 +20,7 @@ Measured side by side in one run, on the same videos and the same number of proc
   (c) per-file baseline: a torch DataLoader whose ``workers`` open each source video,
       decode the clip's frames at source resolution and resize + crop them per sample,
       as MMAction2- and PyTorchVideo-style loaders do.
-Prints clips/s for each, the ratios (b)/(a) and (b)/(c), and how many cores each kind of
+Prints clips/s for each, the ratios (b)/(a), (b)/(a2) and (b)/(c), and how many cores each kind of
 process used during (b) (decode tasks, this consuming process, Ray's own processes), which
 says whether (b) is short of decode CPU or of something else.
 
@@ -45,7 +50,7 @@ from raylab.config import ClipConfig
 from raylab.data.clips import choose_rendition
 from raylab.data.decode import open_video, scaled_size
 from raylab.data.ingest import EncodeParams, ingest
-from raylab.data.pipeline import task_videos
+from raylab.data.pipeline import ClipDecoder, task_videos
 from raylab.data.sampling import dense_clip_indices
 from raylab.data.storage import rendition_column
 
@@ -59,6 +64,15 @@ def _raw_worker(args) -> int:
         idx = dense_clip_indices(len(reader), frames, stride, train=True, rng=rng)[0]
         reader.get_batch(idx.tolist()).asnumpy()
     return len(rows)
+
+
+def _view_worker(args) -> int:
+    import torch
+
+    torch.set_num_threads(1)  # as in a decode task: Ray gives it OMP_NUM_THREADS=1
+    batches, clip, column, epoch = args
+    decoder = ClipDecoder(clip, train=True, column=column, seed=0, epoch=epoch)
+    return sum(len(decoder(batch)["label"]) for batch in batches)
 
 
 def busy_seconds() -> float:
@@ -118,6 +132,32 @@ def raw_bound(shards: Path, spec: ClipConfig, workers: int, passes: int) -> tupl
             for p in range(passes):
                 jobs = [(c, spec.frames, spec.stride, spec.working_short_side, p) for c in chunks]
                 n += sum(pool.map(_raw_worker, jobs))
+        return n / cost.elapsed, cost.per_clip(n)
+
+
+def view_bound(shards: Path, spec: ClipConfig, workers: int, passes: int) -> tuple[float, float]:
+    """Clips/s of the decode tasks' function alone (the training view: decord, crop, resize,
+    flip) on the shard bytes, one call per row group, in ``workers`` processes without Ray,
+    and CPU-seconds per clip."""
+    import pyarrow.parquet as pq
+
+    column = rendition_column(choose_rendition(_renditions(shards), spec.working_short_side))
+    names = ["video_id", "label", "height", "width", column]
+    batches = []
+    for path in sorted((shards / "train").glob("*.parquet")):
+        parquet = pq.ParquetFile(path)
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=names)
+            batches.append({n: table[n].to_numpy(zero_copy_only=False) for n in names})
+    chunks = [batches[i::workers] for i in range(workers)]
+    clip = ClipConfig(frames=spec.frames, stride=spec.stride, size=spec.size)
+    with mp.get_context("spawn").Pool(workers) as pool:
+        first = [{n: v[:1] for n, v in c[0].items()} for c in chunks]
+        pool.map(_view_worker, [([f], clip, column, 0) for f in first])  # imports, warm-up
+        n = 0
+        with CpuPerClip(idle_rate()) as cost:
+            for p in range(passes):
+                n += sum(pool.map(_view_worker, [(c, clip, column, p) for c in chunks]))
         return n / cost.elapsed, cost.per_clip(n)
 
 
@@ -363,6 +403,7 @@ def main() -> None:
     spec = ClipConfig(frames=args.frames, stride=1, size=args.size)
 
     a, a_cpu = raw_bound(shards, spec, args.workers, args.passes)
+    a2, a2_cpu = view_bound(shards, spec, args.workers, args.passes)
     # One logical CPU more than cores: Ray Data's read tasks ask for a whole CPU,
     # and a decode task holds its CPU until its output is collected (see ray_pipeline).
     ray.init(num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
@@ -381,17 +422,22 @@ def main() -> None:
     )
     print(f"clip: {args.frames} frames at {args.size}x{args.size}; {args.workers} processes each")
     print(f"(a) raw decord bound      {a:8.1f} clips/s")
+    print(f"(a2) the training view    {a2:8.1f} clips/s   (decode tasks' function, no Ray)")
     print(f"(b) Ray Data pipeline     {b:8.1f} clips/s   (scheduling loop paced, as trained)")
     print(f"    the same, unpaced     {b0:8.1f} clips/s   (paced / unpaced = {b / b0:.2f})")
     others = {kind: run for kind, run in piped.items() if kind not in ("paced", "unpaced")}
     for kind, run in others.items():
         print(f"    {kind + ':':22s}{run['clips_per_s']:8.1f} clips/s")
     print(f"(c) per-file DataLoader   {c:8.1f} clips/s")
-    print(f"(b)/(a) = {b / a:.2f}   (b)/(c) = {b / c:.2f}")
+    print(f"(b)/(a) = {b / a:.2f}   (b)/(a2) = {b / a2:.2f}   (b)/(c) = {b / c:.2f}")
     print(
-        f"CPU per clip: (a) {a_cpu * 1e3:.1f} ms  (b) {b_cpu * 1e3:.1f} ms  "
-        f"(b unpaced) {b0_cpu * 1e3:.1f} ms  (b)/(a) = {b_cpu / a_cpu:.2f}   "
+        f"CPU per clip: (a) {a_cpu * 1e3:.1f} ms  (a2) {a2_cpu * 1e3:.1f} ms  "
+        f"(b) {b_cpu * 1e3:.1f} ms  (b unpaced) {b0_cpu * 1e3:.1f} ms   "
         "(machine's idle busy time taken off)"
+    )
+    print(
+        f"    (b)/(a) = {b_cpu / a_cpu:.2f}   (b)/(a2) = {b_cpu / a2_cpu:.2f} (the pipeline's own)"
+        f"   (a2)/(a) = {a2_cpu / a_cpu:.2f} (the training view's work)"
     )
     videos = task_videos(spec, train=True)
     print(f"    decode tasks of {videos} videos (training's default for this clip)")
@@ -407,18 +453,23 @@ def main() -> None:
         json.dumps(
             {
                 "a": a,
+                "a2": a2,
                 "b": b,
                 "b_unpaced": b0,
                 "c": c,
                 "b_over_a": b / a,
+                "b_over_a2": b / a2,
                 "b_over_c": b / c,
                 "paced_over_unpaced": b / b0,
                 "b_cores": piped["paced"]["cores"],
                 "b_unpaced_cores": piped["unpaced"]["cores"],
                 "a_cpu_s_per_clip": a_cpu,
+                "a2_cpu_s_per_clip": a2_cpu,
                 "b_cpu_s_per_clip": b_cpu,
                 "b_unpaced_cpu_s_per_clip": b0_cpu,
                 "cpu_b_over_a": b_cpu / a_cpu,
+                "cpu_b_over_a2": b_cpu / a2_cpu,
+                "cpu_a2_over_a": a2_cpu / a_cpu,
                 "task_videos": videos,
                 "other_tasks": {
                     kind: {

@@ -147,7 +147,7 @@ def write_report(experiment_dir: str | Path) -> Path:
         _trials_section(rows, best),
         _evaluation_section(exp, best, summary, evaluation),
         _curves_section(exp, rows, figure),
-        _search_section(exp, figure),
+        _search_section(exp, figure, stopped=sum(r.get("status") == "stopped" for r in rows)),
         _inspect_section(exp),
     ]
     page = (
@@ -351,7 +351,9 @@ def _curves_section(exp: Path, rows: list[dict], figure: _Figures) -> str:
     return "\n".join(out)
 
 
-def _search_section(exp: Path, figure: _Figures) -> str:
+def _search_section(exp: Path, figure: _Figures, stopped: int = 0) -> str:
+    """Optuna's view of the search. ``stopped``: trials Tune ended early, which Optuna has
+    no state for (see the note it gets)."""
     import optuna
 
     out = ["<h2>Search</h2>"]
@@ -370,10 +372,20 @@ def _search_section(exp: Path, figure: _Figures) -> str:
     tally = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
     out.append(f"<p>Optuna study <code>{_e(name)}</code>: {_e(tally or 'no trials')}.</p>")
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    metric = (study.metric_names or [METRIC])[0]
+    if stopped and complete:
+        # Ray's OptunaSearch tells Optuna a trial Tune ended as complete, with the value of
+        # its last result: a stopped trial's plotted value is its last epoch's, not its best.
+        which = "The trial" if stopped == 1 else f"The {stopped} trials"
+        verb, each = ("counts", "") if stopped == 1 else ("count", "each ")
+        out.append(
+            f"<p class='note'>{which} stopped early {verb} as complete here, {each}with the "
+            f"{_e(metric)} of its last epoch; the trials table above gives each trial's best "
+            "and how it ended.</p>"
+        )
     varied = any(t.params != complete[0].params for t in complete)
     # Optuna labels a single objective "Objective Value" unless told its name; most of its
-    # plots ignore the study's metric_names then, so pass the name to those that take one.
-    metric = (study.metric_names or [METRIC])[0]
+    # plots ignore the study's metric_names then, so pass the name (metric) to those that do.
     for func, title, reason in SEARCH_PLOTS:
         out.append(f"<h3>{title}</h3>")
         # Optuna would draw equal, meaningless bars: say so instead.

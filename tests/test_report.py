@@ -236,6 +236,17 @@ def test_report_is_self_contained(report):
     assert "<h3>Intermediate values</h3>\n<div" in report
 
 
+def test_report_says_optuna_counts_stopped_trials_as_complete(report):
+    """Optuna has no state for a trial Tune stopped early: it is COMPLETE there, with its
+    last epoch's value. The search section says so, and how many, next to Optuna's tally."""
+    search = report[report.index("<h2>Search</h2>") :]
+    note = (
+        "The trial stopped early counts as complete here, with the val_video_top1 of its last epoch"
+    )
+    assert note in search
+    assert search.index("Optuna study") < search.index(note) < search.index("<h3>")
+
+
 def test_report_best_trial_curves_come_first(report):
     best = report[report.index("<h2>Best trial</h2>") : report.index("<h2>Accuracy vs cost</h2>")]
     assert "Trial aaaa0002, per epoch." in best

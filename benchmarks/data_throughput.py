@@ -114,7 +114,7 @@ def raw_bound(shards: Path, spec: ClipConfig, workers: int, passes: int) -> tupl
     per clip."""
     import pyarrow.parquet as pq
 
-    column = rendition_column(choose_rendition(_renditions(shards), spec.working_short_side))
+    column = _column(shards, spec)
     table = pq.read_table(sorted((shards / "train").glob("*.parquet")))
     rows = list(
         zip(
@@ -141,7 +141,7 @@ def view_bound(shards: Path, spec: ClipConfig, workers: int, passes: int) -> tup
     and CPU-seconds per clip."""
     import pyarrow.parquet as pq
 
-    column = rendition_column(choose_rendition(_renditions(shards), spec.working_short_side))
+    column = _column(shards, spec)
     names = ["video_id", "label", "height", "width", column]
     batches = []
     for path in sorted((shards / "train").glob("*.parquet")):
@@ -150,15 +150,19 @@ def view_bound(shards: Path, spec: ClipConfig, workers: int, passes: int) -> tup
             table = parquet.read_row_group(group, columns=names)
             batches.append({n: table[n].to_numpy(zero_copy_only=False) for n in names})
     chunks = [batches[i::workers] for i in range(workers)]
-    clip = ClipConfig(frames=spec.frames, stride=spec.stride, size=spec.size)
     with mp.get_context("spawn").Pool(workers) as pool:
         first = [{n: v[:1] for n, v in c[0].items()} for c in chunks]
-        pool.map(_view_worker, [([f], clip, column, 0) for f in first])  # imports, warm-up
+        pool.map(_view_worker, [([f], spec, column, 0) for f in first])  # imports, warm-up
         n = 0
         with CpuPerClip(idle_rate()) as cost:
             for p in range(passes):
-                n += sum(pool.map(_view_worker, [(c, clip, column, p) for c in chunks]))
+                n += sum(pool.map(_view_worker, [(c, spec, column, p) for c in chunks]))
         return n / cost.elapsed, cost.per_clip(n)
+
+
+def _column(shards: Path, spec: ClipConfig) -> str:
+    """The shard column of the rendition ``spec``'s clips are decoded from."""
+    return rendition_column(choose_rendition(_renditions(shards), spec.working_short_side))
 
 
 def _renditions(shards: Path) -> list[int]:

@@ -160,11 +160,17 @@ class DataOptions:
     )
 
 
+def plan_window(config: TrainConfig) -> int:
+    """The videos a training plan shuffles within (``config.shuffle_buffer``, at least 1):
+    the plan's and its decode tasks' unit of order."""
+    return max(1, config.shuffle_buffer)
+
+
 def rank_plan(groups: list[dict], config: TrainConfig, epoch: int, rank: int, world: int):
     """Rank ``rank`` of ``world``'s training plan of epoch ``epoch`` over the split's row
-    ``groups`` (:func:`raylab.data.plan.train_plan`, shuffled in ``config``'s windows)."""
+    ``groups`` (:func:`raylab.data.plan.train_plan`, shuffled in :func:`plan_window`s)."""
     rows = [g["rows"] for g in groups]
-    window = max(1, config.shuffle_buffer)
+    window = plan_window(config)
     return train_plan(rows, seed=config.seed, epoch=epoch, rank=rank, world=world, window=window)
 
 
@@ -198,7 +204,7 @@ class EpochData:
             "decoders": d.decoders,
             "decoder_cpus": d.decoder_cpus,
             "decoder_resource": d.decoder_resource,
-            "window": max(1, self.config.shuffle_buffer),
+            "window": plan_window(self.config),
             "seed": self.config.seed,
         }
 
@@ -639,7 +645,7 @@ def head_start(
         plans,
         videos=videos,
         groups=groups,
-        window=max(1, config.shuffle_buffer),
+        window=plan_window(config),
         seed=config.seed,
         decoder_cpus=data.decoder_cpus,
         decoder_resource=data.decoder_resource,
